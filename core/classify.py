@@ -1,0 +1,256 @@
+"""Classification: which personal data a flow carries, and where it sat.
+
+:class:`Classifier` is built once from a policy and a device profile and then
+called on every :class:`Exchange`.  It is what the live addon, ``leakmap
+analyze`` and the tests all call, so they cannot disagree.
+
+One finding per (field, data type); when several detectors agree the
+strongest ``match`` wins: ``known`` > ``pattern`` > ``key``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import phonenumbers
+
+from leakmap.core.decode import Leaf, Limits, exchange_leaves
+from leakmap.core.device import DeviceProfile
+from leakmap.core.exchange import Exchange
+from leakmap.core.known import KnownMatcher
+from leakmap.core.validators import VALIDATORS, parse_phone
+from leakmap.policies.model import DataType, Policy
+
+MATCH_STRENGTH = {"known": 3, "pattern": 2, "key": 1}
+_COORDINATE = re.compile(r"(?<![\d.])-?\d{1,3}\.\d{2,}(?![\d.])")
+_LOCATION_RADIUS_KM = 1.0
+
+
+@dataclass(frozen=True)
+class Finding:
+    field: str
+    data_type: str
+    category: str
+    severity: str
+    encoding: str
+    match: str
+    value: str
+
+
+@dataclass
+class Analysis:
+    findings: list[Finding] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    truncated: bool = False
+
+
+def encoding_chain(layers: tuple[str, ...], inner: str) -> str:
+    """``layers`` (outermost first) around ``inner``: ``url(base64)``, ``sha256(md5)``."""
+    result = "" if inner == "plain" else inner
+    for layer in reversed(layers):
+        result = f"{layer}({result})" if result else layer
+    return result or "plain"
+
+
+def _distance_km(a: tuple[float, float], b: tuple[float, float]) -> float:
+    lat1, lon1, lat2, lon2 = map(math.radians, (*a, *b))
+    h = math.sin((lat2 - lat1) / 2) ** 2 + math.cos(lat1) * math.cos(lat2) * math.sin(
+        (lon2 - lon1) / 2
+    ) ** 2
+    return 2 * 6371.0 * math.asin(min(1.0, math.sqrt(h)))
+
+
+def _coordinates(text: str) -> list[float]:
+    return [float(number) for number in _COORDINATE.findall(text)]
+
+
+def _is_latlon(pair: tuple[float, float]) -> bool:
+    return -90 <= pair[0] <= 90 and -180 <= pair[1] <= 180 and pair != (0.0, 0.0)
+
+
+class Classifier:
+    """The policy and the device, ready to classify flows."""
+
+    def __init__(self, policy: Policy, device: DeviceProfile, limits: Limits | None = None):
+        self.policy = policy
+        self.device = device
+        self.limits = limits or Limits()
+        types = list(policy.data_types.values())
+        self.known = KnownMatcher(types, device)
+        self.pattern_types = [t for t in types if t.pattern is not None]
+        self.key_types = [t for t in types if t.keys is not None and not self._is_location(t)]
+        self.location_types = [t for t in types if self._is_location(t)]
+        self.phone_types = {
+            t.name for t in types if t.known and {"phone_number", "contacts", "sms.from"} & set(t.known.fields)
+        }
+
+    @staticmethod
+    def _is_location(data_type: DataType) -> bool:
+        by_known = data_type.known is not None and "location" in data_type.known.fields
+        by_keys = (
+            data_type.keys is not None
+            and data_type.keys.value is not None
+            and data_type.keys.value.validator == "latlon"
+        )
+        return by_known or by_keys
+
+    def _finding(self, data_type: str, leaf: Leaf, inner: str, match: str, value: str) -> Finding:
+        spec = self.policy.data_types[data_type]
+        return Finding(
+            field=leaf.path,
+            data_type=data_type,
+            category=spec.category,
+            severity=spec.severity,
+            encoding=encoding_chain(leaf.layers, inner),
+            match=match,
+            value=value,
+        )
+
+    # -- detectors, each yielding candidate findings for one leaf ----------
+
+    def _known_hits(self, leaf: Leaf) -> Iterator[Finding]:
+        for _start, _end, hit in self.known.search(leaf.value):
+            yield self._finding(hit.data_type, leaf, hit.encoding, "known", hit.canonical)
+        if self.known.known_phones and sum(ch.isdigit() for ch in leaf.value) >= 7:
+            yield from self._known_phone_numbers(leaf)
+
+    def _known_phone_numbers(self, leaf: Leaf) -> Iterator[Finding]:
+        region = self.device.region or "ZZ"
+        matcher = phonenumbers.PhoneNumberMatcher(
+            leaf.value[:4096], region, leniency=phonenumbers.Leniency.VALID
+        )
+        for match in matcher:
+            e164 = phonenumbers.format_number(match.number, phonenumbers.PhoneNumberFormat.E164)
+            for data_type, canonical in self.known.known_phones.get(e164, []):
+                yield self._finding(data_type, leaf, "plain", "known", canonical)
+
+    def _pattern_hits(self, leaf: Leaf) -> Iterator[Finding]:
+        for data_type in self.pattern_types:
+            assert data_type.pattern is not None and data_type.pattern.regex is not None
+            check = VALIDATORS.get(data_type.pattern.validator or "nonempty")
+            for match in data_type.pattern.regex.finditer(leaf.value):
+                text = match.group()
+                if text.strip() and (check is None or check(text, self.device.region)):
+                    yield self._finding(data_type.name, leaf, "plain", "pattern", text)
+
+    def _key_hits(self, leaf: Leaf) -> Iterator[Finding]:
+        if not leaf.key:
+            return
+        value = leaf.value.strip()
+        if not value:
+            return
+        for data_type in self.key_types:
+            assert data_type.keys is not None
+            if data_type.keys.matches(leaf.key) and self._value_passes(data_type, value):
+                yield self._finding(data_type.name, leaf, "plain", "key", value)
+
+    def _value_passes(self, data_type: DataType, value: str) -> bool:
+        assert data_type.keys is not None
+        rule = data_type.keys.value
+        regex = rule.regex if rule else None
+        validator = rule.validator if rule and rule.validator else None
+        if validator is None and data_type.pattern is not None:
+            validator = data_type.pattern.validator
+        if regex is not None and not regex.fullmatch(value):
+            return False
+        check = VALIDATORS.get(validator) if validator else None
+        return check is None or check(value, self.device.region)
+
+    # -- location: pairs of coordinates, matched by distance --------------
+
+    def _location_hits(self, leaves: list[Leaf]) -> Iterator[Finding]:
+        if not self.location_types:
+            return
+        siblings: dict[tuple[str | None, tuple[str, ...]], list[tuple[Leaf, float]]] = {}
+        for leaf in leaves:
+            numbers = _coordinates(leaf.value)
+            if len(numbers) >= 2:
+                for pair in zip(numbers, numbers[1:], strict=False):
+                    yield from self._located(leaf, pair, leaf.key)
+            elif len(numbers) == 1 and leaf.parent is not None:
+                siblings.setdefault((leaf.parent, leaf.layers), []).append((leaf, numbers[0]))
+        for group in siblings.values():
+            for (leaf_a, a), (leaf_b, b) in zip(group, group[1:], strict=False):
+                key = leaf_a.key if leaf_a.key else leaf_b.key
+                yield from self._located(leaf_a, (a, b), key, leaf_b.key)
+
+    def _located(
+        self, leaf: Leaf, pair: tuple[float, float], *keys: str | None
+    ) -> Iterator[Finding]:
+        text = f"{pair[0]},{pair[1]}"
+        for data_type in self.location_types:
+            for candidate in (pair, (pair[1], pair[0])):
+                if not _is_latlon(candidate):
+                    continue
+                near = self.device.location is not None and (
+                    _distance_km(candidate, self.device.location) <= _LOCATION_RADIUS_KM
+                )
+                if near:
+                    yield self._finding(data_type.name, leaf, "plain", "known", text)
+                    break
+                named = data_type.keys is not None and any(
+                    k and data_type.keys.matches(k) for k in keys
+                )
+                if named and candidate is pair:
+                    yield self._finding(data_type.name, leaf, "plain", "key", text)
+
+    # -- the whole flow ----------------------------------------------------
+
+    def classify(self, exchange: Exchange) -> Analysis:
+        """Findings and analysis problems for one flow.  Never raises."""
+        collector = exchange_leaves(exchange, self.limits)
+        analysis = Analysis(errors=collector.errors, truncated=collector.truncated)
+        best: dict[tuple[str, str], Finding] = {}
+        try:
+            for candidate in self._candidates(collector.leaves):
+                slot = (candidate.field, candidate.data_type)
+                if _stronger(candidate, best.get(slot)):
+                    best[slot] = candidate
+        except (RecursionError, MemoryError, ValueError) as e:
+            analysis.errors.append(f"classifier error: {type(e).__name__}: {e}")
+        findings = _explained(list(best.values()), self.device.region)
+        analysis.findings = sorted(findings, key=lambda f: (f.field, f.data_type))
+        return analysis
+
+    def _candidates(self, leaves: list[Leaf]) -> Iterator[Finding]:
+        for leaf in leaves:
+            yield from self._known_hits(leaf)
+            yield from self._pattern_hits(leaf)
+            yield from self._key_hits(leaf)
+        yield from self._location_hits(leaves)
+
+
+def _layers(encoding: str) -> int:
+    return 0 if encoding == "plain" else encoding.count("(") + 1
+
+
+def _stronger(candidate: Finding, current: Finding | None) -> bool:
+    if current is None:
+        return True
+    mine, theirs = MATCH_STRENGTH[candidate.match], MATCH_STRENGTH[current.match]
+    if mine != theirs:
+        return mine > theirs
+    return _layers(candidate.encoding) < _layers(current.encoding)
+
+
+def _explained(findings: list[Finding], region: str | None) -> list[Finding]:
+    """Drop shape or key guesses for a value that a known finding already names.
+
+    A contact's number is a ``contact`` (known); that it also looks like a
+    phone number adds nothing.
+    """
+    known = {(f.field, _normal(f.value, region)) for f in findings if f.match == "known"}
+    return [
+        f for f in findings
+        if f.match == "known" or (f.field, _normal(f.value, region)) not in known
+    ]
+
+
+def _normal(value: str, region: str | None) -> str:
+    phone = parse_phone(value, region)
+    if phone is not None:
+        return phonenumbers.format_number(phone, phonenumbers.PhoneNumberFormat.E164)
+    return "".join(ch for ch in value.lower() if ch.isalnum())

@@ -1,0 +1,518 @@
+"""Payload decoding: turn a request into named text leaves.
+
+Every value a request carries (query parameters, headers, cookies, body
+fields, WebSocket messages) becomes a :class:`Leaf` with the path where it sat
+(``request.body.json.contacts[1].tel``) and the encodings that had to be
+undone to reach it (``layers``, outermost first).  Nested containers are
+followed: JSON inside a JSON string, base64 or hex blobs that decode to text,
+percent-encoded values, form strings inside fields.
+
+Captured payloads are hostile.  Nothing here raises on bad input: every
+problem is written to :attr:`Collector.errors` and decoding moves on, within
+the byte, depth and leaf budgets of :class:`Limits`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from email.parser import BytesParser
+from email.policy import HTTP
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import brotli
+import defusedxml.ElementTree as SafeET
+import zstandard
+
+from leakmap.core import protobuf
+from leakmap.core.exchange import Exchange
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Budgets that keep one flow's analysis bounded."""
+
+    max_body_bytes: int = 16 * 1024 * 1024
+    max_decoded_bytes: int = 32 * 1024 * 1024
+    max_depth: int = 6
+    max_structure_depth: int = 64
+    max_leaves: int = 50_000
+    min_blob_length: int = 12
+
+
+@dataclass(frozen=True)
+class Leaf:
+    """One value and where it sat."""
+
+    path: str
+    value: str
+    layers: tuple[str, ...] = ()
+    key: str | None = None
+    parent: str | None = None
+
+
+@dataclass
+class Collector:
+    """Accumulates leaves and analysis problems for one flow."""
+
+    limits: Limits = field(default_factory=Limits)
+    leaves: list[Leaf] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    truncated: bool = False
+
+    def add(self, leaf: Leaf) -> bool:
+        """Keep ``leaf``; False once the leaf budget is spent."""
+        if len(self.leaves) >= self.limits.max_leaves:
+            self.note_once(f"leaf budget of {self.limits.max_leaves} values exhausted")
+            return False
+        self.leaves.append(leaf)
+        return True
+
+    def note(self, problem: str) -> None:
+        self.errors.append(problem)
+
+    def note_once(self, problem: str) -> None:
+        if problem not in self.errors:
+            self.errors.append(problem)
+
+    @property
+    def full(self) -> bool:
+        return len(self.leaves) >= self.limits.max_leaves
+
+
+# --------------------------------------------------------------------------
+# Content-Encoding, streamed with an output cap.
+
+_CHUNK = 64 * 1024
+
+
+class DecompressionLimit(Exception):
+    """The decoded body would exceed the cap."""
+
+
+def _stream_zlib(data: bytes, wbits: int, cap: int) -> tuple[bytes, bool]:
+    decoder = zlib.decompressobj(wbits)
+    out = bytearray()
+    pending = data
+    while pending and len(out) < cap:
+        out += decoder.decompress(pending, cap - len(out) + 1)
+        pending = decoder.unconsumed_tail
+        if decoder.eof:
+            break
+    return bytes(out[:cap]), len(out) > cap or bool(pending and not decoder.eof)
+
+
+def _stream_brotli(data: bytes, cap: int) -> tuple[bytes, bool]:
+    decoder = brotli.Decompressor()
+    out = bytearray(decoder.process(data, output_buffer_limit=_CHUNK))
+    while len(out) <= cap and not decoder.is_finished() and not decoder.can_accept_more_data():
+        out += decoder.process(b"", output_buffer_limit=_CHUNK)
+    return bytes(out[:cap]), len(out) > cap
+
+
+def _stream_zstd(data: bytes, cap: int) -> tuple[bytes, bool]:
+    reader = zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=True)
+    with reader:
+        out = reader.read(cap + 1)
+    return out[:cap], len(out) > cap
+
+
+def decompress(data: bytes, encoding: str, cap: int) -> tuple[bytes, bool]:
+    """Undo one Content-Encoding.  Returns (bytes, hit_cap); raises ValueError."""
+    name = encoding.strip().lower()
+    try:
+        if name in ("gzip", "x-gzip"):
+            return _stream_zlib(data, 16 + zlib.MAX_WBITS, cap)
+        if name == "deflate":
+            try:
+                return _stream_zlib(data, zlib.MAX_WBITS, cap)
+            except zlib.error:
+                return _stream_zlib(data, -zlib.MAX_WBITS, cap)
+        if name == "br":
+            return _stream_brotli(data, cap)
+        if name == "zstd":
+            return _stream_zstd(data, cap)
+    except (zlib.error, brotli.error, zstandard.ZstdError) as e:
+        raise ValueError(f"{name} body does not decode: {e}") from e
+    if name in ("identity", ""):
+        return data[:cap], len(data) > cap
+    raise ValueError(f"unknown content-encoding {name!r}")
+
+
+def undo_content_encoding(
+    body: bytes, content_encoding: str | None, collector: Collector
+) -> bytes | None:
+    """The body with every Content-Encoding undone, or None if it cannot be."""
+    if not content_encoding:
+        return body
+    cap = collector.limits.max_decoded_bytes
+    for encoding in reversed([e for e in content_encoding.split(",") if e.strip()]):
+        try:
+            body, hit_cap = decompress(body, encoding, cap)
+        except ValueError as e:
+            collector.note(f"decoder error: {e}")
+            return None
+        if hit_cap:
+            collector.truncated = True
+            collector.note(f"decompression limit hit: {encoding.strip()} body cut at {cap} bytes")
+    return body
+
+
+# --------------------------------------------------------------------------
+# Text values and the containers nested in them.
+
+_PERCENT = re.compile(r"%[0-9A-Fa-f]{2}")
+_BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}|[A-Za-z0-9_-]+={0,2}")
+_HEX = re.compile(r"(?:[0-9a-f]{2})+|(?:[0-9A-F]{2})+")
+_FORM = re.compile(r"[^=&\s]+=[^&\s]*(?:&[^=&\s]+=[^&\s]*)+")
+
+
+def is_texty(raw: bytes) -> str | None:
+    """``raw`` as text if it is mostly printable UTF-8, else None."""
+    if len(raw) < 4:
+        return None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    printable = sum(1 for ch in text if ch.isprintable() or ch in "\r\n\t")
+    return text if printable >= 0.9 * len(text) else None
+
+
+def decode_base64_text(value: str) -> str | None:
+    """Text inside a base64 (standard or URL-safe, padded or not) value."""
+    stripped = value.rstrip("=")
+    if len(stripped) % 4 == 1:
+        return None
+    padded = stripped + "=" * (-len(stripped) % 4)
+    altchars = b"-_" if ("-" in value or "_" in value) else None
+    try:
+        raw = base64.b64decode(padded, altchars=altchars, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return is_texty(raw)
+
+
+def decode_hex_text(value: str) -> str | None:
+    try:
+        return is_texty(bytes.fromhex(value))
+    except ValueError:
+        return None
+
+
+def _looks_like_json(text: str) -> bool:
+    stripped = text.strip()
+    return len(stripped) >= 2 and (
+        (stripped[0] == "{" and stripped[-1] == "}") or (stripped[0] == "[" and stripped[-1] == "]")
+    )
+
+
+def expand_text(
+    collector: Collector,
+    path: str,
+    text: str,
+    layers: tuple[str, ...] = (),
+    key: str | None = None,
+    parent: str | None = None,
+    depth: int = 0,
+) -> None:
+    """Record ``text`` at ``path`` and follow whatever it contains.
+
+    Structured text (JSON, a form string) is walked instead of being kept
+    whole, so each value inside is found once, at its own path.
+    """
+    if not text or collector.full:
+        return
+    if depth < collector.limits.max_depth and _walk_structured(collector, path, text, layers):
+        return
+    if not collector.add(Leaf(path, text, layers, key, parent)):
+        return
+    if depth >= collector.limits.max_depth:
+        if len(text) >= collector.limits.min_blob_length:
+            collector.note_once(f"nesting deeper than {collector.limits.max_depth} not followed")
+        return
+    for nested_path, nested_text, nested_layers in _unwrap_once(collector, path, text, layers):
+        expand_text(collector, nested_path, nested_text, nested_layers, key, parent, depth + 1)
+
+
+def _unwrap_once(
+    collector: Collector, path: str, text: str, layers: tuple[str, ...]
+) -> Iterator[tuple[str, str, tuple[str, ...]]]:
+    """The decoded text one encoding below ``text``, if any."""
+    if _PERCENT.search(text):
+        decoded = unquote(text)
+        if decoded != text:
+            yield path, decoded, (*layers, "url")
+            return
+    if len(text) < collector.limits.min_blob_length:
+        return
+    if _HEX.fullmatch(text):
+        decoded_hex = decode_hex_text(text)
+        if decoded_hex is not None:
+            yield path, decoded_hex, (*layers, "hex")
+            return
+    if _BASE64.fullmatch(text):
+        decoded_b64 = decode_base64_text(text)
+        if decoded_b64 is not None:
+            yield path, decoded_b64, (*layers, "base64")
+
+
+def _walk_structured(collector: Collector, path: str, text: str, layers: tuple[str, ...]) -> bool:
+    """Walk ``text`` if it is JSON or a form string; False when it is neither."""
+    if _looks_like_json(text):
+        parsed = parse_json(text, collector, quiet=True)
+        if parsed is not _INVALID:
+            walk_structure(collector, f"{path}.json", parsed, layers)
+            return True
+    if _FORM.fullmatch(text):
+        for name, value in parse_qsl(text, keep_blank_values=True):
+            expand_text(collector, f"{path}.form.{name}", value, layers, name, f"{path}.form",
+                        depth=len(layers) + 1)
+        return True
+    return False
+
+
+# --------------------------------------------------------------------------
+# Structured bodies.
+
+_INVALID = object()
+
+
+def parse_json(text: str | bytes, collector: Collector, quiet: bool = False) -> object:
+    """Parsed JSON with numbers kept as their exact text, or ``_INVALID``.
+
+    ``quiet`` is for text that only looks like JSON: failing is no problem.
+    """
+    try:
+        return json.loads(text, parse_int=str, parse_float=str, parse_constant=str)
+    except RecursionError:
+        collector.note("JSON nested too deeply to parse")
+    except (ValueError, TypeError) as e:
+        if not quiet:
+            collector.note(f"malformed JSON: {e}")
+    return _INVALID
+
+
+def walk_structure(
+    collector: Collector,
+    path: str,
+    node: object,
+    layers: tuple[str, ...] = (),
+    key: str | None = None,
+    parent: str | None = None,
+    depth: int = 0,
+) -> None:
+    """Leaves of a parsed JSON-like tree (dicts, lists, scalars)."""
+    if collector.full:
+        return
+    if depth > collector.limits.max_structure_depth:
+        collector.note_once(f"structure deeper than {collector.limits.max_structure_depth} cut")
+        return
+    if isinstance(node, dict):
+        for name, child in node.items():
+            walk_structure(collector, f"{path}.{name}", child, layers, str(name), path, depth + 1)
+    elif isinstance(node, list):
+        for index, child in enumerate(node):
+            walk_structure(collector, f"{path}[{index}]", child, layers, key, path, depth + 1)
+    elif isinstance(node, str):
+        expand_text(collector, path, node, layers, key, parent, depth=len(layers))
+    elif isinstance(node, bool):
+        collector.add(Leaf(path, "true" if node else "false", layers, key, parent))
+    elif node is not None:
+        collector.add(Leaf(path, str(node), layers, key, parent))
+
+
+def _walk_xml(collector: Collector, path: str, element: object, depth: int = 0) -> None:
+    if collector.full or depth > collector.limits.max_structure_depth:
+        return
+    tag = str(getattr(element, "tag", "node")).rsplit("}", 1)[-1]
+    here = f"{path}.{tag}"
+    for name, value in getattr(element, "attrib", {}).items():
+        expand_text(collector, f"{here}.@{name}", value, key=name, parent=here)
+    text = (getattr(element, "text", None) or "").strip()
+    if text:
+        expand_text(collector, here, text, key=tag, parent=path)
+    for child in list(element):  # type: ignore[call-overload]
+        _walk_xml(collector, here, child, depth + 1)
+
+
+def decode_xml(collector: Collector, path: str, body: bytes) -> bool:
+    try:
+        root = SafeET.fromstring(body)
+    except Exception as e:  # defusedxml raises several unrelated types
+        collector.note(f"malformed XML: {type(e).__name__}: {e}")
+        return False
+    _walk_xml(collector, f"{path}.xml", root)
+    return True
+
+
+def decode_multipart(collector: Collector, path: str, body: bytes, content_type: str) -> bool:
+    if "boundary=" not in content_type.lower():
+        collector.note("multipart body without a boundary: scanned as text")
+        return False
+    head = f"Content-Type: {content_type}\r\n\r\n".encode("latin-1", "replace")
+    message = BytesParser(policy=HTTP).parsebytes(head + body)
+    if not message.is_multipart():
+        collector.note("multipart body does not parse: scanned as text")
+        return False
+    for index, part in enumerate(message.iter_parts()):  # type: ignore[attr-defined]
+        name = part.get_param("name", header="content-disposition") or str(index)
+        payload = part.get_payload(decode=True) or b""
+        decode_payload(
+            collector,
+            f"{path}.multipart.{name}",
+            payload,
+            part.get_content_type(),
+        )
+    return True
+
+
+def _printable_runs(body: bytes, minimum: int = 6) -> Iterable[str]:
+    for match in re.finditer(rb"[\x20-\x7e]{%d,}" % minimum, body):
+        yield match.group().decode("ascii")
+
+
+def decode_binary(collector: Collector, path: str, body: bytes) -> None:
+    """Schema-less protobuf when it parses whole, else printable strings."""
+    fields = protobuf.parse(body, collector.limits.max_structure_depth)
+    if fields is not None:
+        for field_path, value in fields:
+            text = value if isinstance(value, str) else str(value)
+            expand_text(collector, f"{path}.protobuf.{field_path}", text, key=field_path)
+        return
+    for index, run in enumerate(_printable_runs(body)):
+        if collector.full:
+            return
+        expand_text(collector, f"{path}.strings[{index}]", run)
+
+
+def _kind_of(content_type: str, body: bytes) -> str:
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media.endswith("json") or media.endswith("+json"):
+        return "json"
+    if media == "application/x-www-form-urlencoded":
+        return "form"
+    if media.startswith("multipart/"):
+        return "multipart"
+    if media.endswith("xml"):
+        return "xml"
+    if "protobuf" in media or media.startswith("application/grpc"):
+        return "protobuf"
+    head = body[:64].lstrip()
+    if head[:1] in (b"{", b"["):
+        return "json"
+    if head[:5] == b"<?xml":
+        return "xml"
+    if media.startswith("text/") or is_texty(body[:4096]) is not None:
+        return "text"
+    return "binary"
+
+
+def decode_payload(collector: Collector, path: str, body: bytes, content_type: str) -> None:
+    """Leaves of a (decompressed) body according to its type."""
+    if not body:
+        return
+    kind = _kind_of(content_type or "", body)
+    if kind == "json":
+        parsed = parse_json(body, collector)
+        if parsed is not _INVALID:
+            walk_structure(collector, f"{path}.json", parsed)
+            return
+    elif kind == "form":
+        text = body.decode("utf-8", "replace")
+        for name, value in parse_qsl(text, keep_blank_values=True):
+            expand_text(collector, f"{path}.form.{name}", value, key=name, parent=f"{path}.form")
+        return
+    elif kind == "multipart" and decode_multipart(collector, path, body, content_type):
+        return
+    elif kind == "xml" and decode_xml(collector, path, body):
+        return
+    elif kind in ("protobuf", "binary"):
+        if content_type.lower().startswith("application/grpc") and len(body) >= 5:
+            body = body[5:]
+        decode_binary(collector, path, body)
+        return
+    expand_text(collector, f"{path}.text", body.decode("utf-8", "replace"))
+
+
+def decode_body(
+    collector: Collector,
+    path: str,
+    body: bytes,
+    content_type: str | None,
+    content_encoding: str | None,
+) -> None:
+    """Undo Content-Encoding, cap the size, then decode the payload."""
+    limit = collector.limits.max_body_bytes
+    if len(body) > limit:
+        collector.truncated = True
+        collector.note(f"body of {len(body)} bytes: only the first {limit} scanned")
+        body = body[:limit]
+    decoded = undo_content_encoding(body, content_encoding, collector)
+    if decoded is None:
+        decode_binary(collector, path, body)
+        return
+    decode_payload(collector, path, decoded, content_type or "")
+
+
+# --------------------------------------------------------------------------
+# A whole exchange.
+
+
+def _request_leaves(collector: Collector, exchange: Exchange) -> None:
+    url = exchange.url or ""
+    parts = urlsplit(url) if url else None
+    if parts is not None and parts.path:
+        expand_text(collector, "request.path", unquote(parts.path))
+    if parts is not None and parts.query:
+        for name, value in parse_qsl(parts.query, keep_blank_values=True):
+            expand_text(collector, f"request.query.{name}", value, key=name, parent="request.query")
+    for name, value in exchange.request_headers:
+        lower = name.lower()
+        if lower == "cookie":
+            _cookie_leaves(collector, value)
+        elif not lower.startswith(":"):
+            expand_text(collector, f"request.headers.{lower}", value, key=lower)
+    decode_body(
+        collector,
+        "request.body",
+        exchange.request_body,
+        exchange.header("content-type"),
+        exchange.header("content-encoding"),
+    )
+
+
+def _cookie_leaves(collector: Collector, header: str) -> None:
+    for pair in header.split(";"):
+        name, _, value = pair.strip().partition("=")
+        if name:
+            expand_text(collector, f"request.cookies.{name}", value, key=name)
+
+
+def _message_leaves(collector: Collector, exchange: Exchange) -> None:
+    prefix = "websocket" if exchange.kind in ("http", "websocket") else exchange.kind
+    sent = [m for m in exchange.messages if m.from_client]
+    for index, message in enumerate(sent):
+        decode_payload(collector, f"{prefix}.messages[{index}]", message.content, "")
+
+
+def exchange_leaves(exchange: Exchange, limits: Limits | None = None) -> Collector:
+    """Every value the client sent in ``exchange``, with the problems met."""
+    collector = Collector(limits or Limits())
+    if exchange.request_body_truncated:
+        collector.truncated = True
+        collector.note("request body was not captured whole")
+    try:
+        if exchange.kind in ("http", "websocket"):
+            _request_leaves(collector, exchange)
+        if exchange.dns_question:
+            expand_text(collector, "dns.question", exchange.dns_question)
+        _message_leaves(collector, exchange)
+    except RecursionError:
+        collector.note("decoder error: nesting too deep")
+    return collector

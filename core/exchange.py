@@ -1,0 +1,70 @@
+"""What the core knows about one flow: plain data, no mitmproxy objects.
+
+The live addon, the flow-file reader and the HAR reader all turn their input
+into an :class:`Exchange`, so that every path runs the same analysis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+
+@dataclass(frozen=True)
+class Message:
+    """One WebSocket, TCP or UDP message."""
+
+    from_client: bool
+    content: bytes
+    is_text: bool = False
+
+
+@dataclass
+class Exchange:
+    """A flow as seen by the core.
+
+    ``kind`` is one of ``http``, ``websocket``, ``tls`` (a TLS handshake that
+    failed, e.g. a pinned app), ``tcp``, ``udp`` or ``dns``.
+    """
+
+    flow_id: str
+    kind: str
+    timestamp: float
+    client_ip: str | None = None
+    client_port: int | None = None
+    server_ip: str | None = None
+    server_port: int | None = None
+    sni: str | None = None
+    host: str | None = None
+    scheme: str | None = None
+    method: str | None = None
+    url: str | None = None
+    path: str | None = None
+    http_version: str | None = None
+    request_headers: list[tuple[str, str]] = field(default_factory=list)
+    request_body: bytes = b""
+    request_body_truncated: bool = False
+    status_code: int | None = None
+    response_headers: list[tuple[str, str]] = field(default_factory=list)
+    response_size: int | None = None
+    messages: list[Message] = field(default_factory=list)
+    dns_question: str | None = None
+    error: str | None = None
+
+    @property
+    def request_size(self) -> int:
+        return len(self.request_body)
+
+    def header(self, name: str) -> str | None:
+        """The first request header called ``name`` (case-insensitive)."""
+        wanted = name.lower()
+        for key, value in self.request_headers:
+            if key.lower() == wanted:
+                return value
+        return None
+
+
+def iso_utc(timestamp: float) -> str:
+    """ISO 8601 UTC with a ``Z``: the one time format leakmap prints."""
+    moment = datetime.fromtimestamp(timestamp, tz=UTC)
+    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")

@@ -1,0 +1,95 @@
+"""Schema-less protobuf: field numbers and values from the wire format.
+
+Only a buffer that parses completely, with every length inside it, counts as
+protobuf; lying lengths and stray wire types make :func:`parse` return None.
+Length-delimited fields are read as nested messages when they parse whole,
+else as UTF-8 text when they are text, else skipped.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+
+Field = tuple[str, str | int | float]
+
+
+class _Invalid(Exception):
+    pass
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    result = 0
+    for shift in range(0, 70, 7):
+        if pos >= len(data):
+            raise _Invalid("varint runs past the end")
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+    raise _Invalid("varint too long")
+
+
+def _text(chunk: bytes) -> str | None:
+    try:
+        text = chunk.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return text if text and all(ch.isprintable() or ch in "\r\n\t" for ch in text) else None
+
+
+def _length_delimited(chunk: bytes, prefix: str, depth: int, max_depth: int) -> list[Field]:
+    text = _text(chunk)
+    if depth < max_depth and text is None:
+        nested = _parse(chunk, depth + 1, max_depth, prefix)
+        if nested is not None:
+            return nested
+    return [(prefix, text)] if text is not None else []
+
+
+def _float_field(prefix: str, value: float) -> list[Field]:
+    return [(prefix, value)] if math.isfinite(value) and 0 < abs(value) < 1e7 else []
+
+
+def _parse(data: bytes, depth: int, max_depth: int, prefix: str) -> list[Field] | None:
+    fields: list[Field] = []
+    pos = 0
+    try:
+        while pos < len(data):
+            tag, pos = _varint(data, pos)
+            number, wire_type = tag >> 3, tag & 7
+            if number == 0:
+                raise _Invalid("field number 0")
+            name = f"{prefix}.{number}" if prefix else str(number)
+            if wire_type == 0:
+                value, pos = _varint(data, pos)
+                fields.append((name, value))
+            elif wire_type == 1:
+                if pos + 8 > len(data):
+                    raise _Invalid("fixed64 runs past the end")
+                fields += _float_field(name, struct.unpack_from("<d", data, pos)[0])
+                pos += 8
+            elif wire_type == 2:
+                length, pos = _varint(data, pos)
+                if pos + length > len(data):
+                    raise _Invalid("length runs past the end")
+                fields += _length_delimited(data[pos : pos + length], name, depth, max_depth)
+                pos += length
+            elif wire_type == 5:
+                if pos + 4 > len(data):
+                    raise _Invalid("fixed32 runs past the end")
+                fields += _float_field(name, struct.unpack_from("<f", data, pos)[0])
+                pos += 4
+            else:
+                raise _Invalid(f"wire type {wire_type}")
+    except _Invalid:
+        return None
+    return fields
+
+
+def parse(data: bytes, max_depth: int = 16) -> list[Field] | None:
+    """(field path, value) pairs, e.g. ``("1.3", "text")``; None if not protobuf."""
+    if not data:
+        return None
+    return _parse(data, 0, max_depth, "")
