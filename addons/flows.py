@@ -1,0 +1,138 @@
+"""mitmproxy flows to :class:`~leakmap.core.exchange.Exchange`, and flow files.
+
+The only module that knows mitmproxy's flow classes.  Bodies are taken as
+``raw_content`` (still content-encoded): the core decodes them with a
+streaming decompressor and a cap, which mitmproxy's ``.content`` would not.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from mitmproxy import connection, dns, http, io, tcp, tls, udp
+from mitmproxy.exceptions import FlowReadException
+from mitmproxy.flow import Flow
+
+from leakmap.core.exchange import Exchange, Message
+
+
+def _ip(address: tuple | None) -> str | None:
+    if not address:
+        return None
+    try:
+        return str(ipaddress.ip_address(str(address[0]).split("%")[0]))
+    except ValueError:
+        return None
+
+
+def _port(address: tuple | None) -> int | None:
+    return int(address[1]) if address and len(address) > 1 else None
+
+
+def _server(conn: connection.Server) -> tuple[str | None, int | None]:
+    address = conn.peername or conn.address
+    return _ip(address), _port(conn.peername or conn.address)
+
+
+def _base(flow: Flow, kind: str) -> Exchange:
+    server_ip, server_port = _server(flow.server_conn)
+    client = flow.client_conn.peername
+    return Exchange(
+        flow_id=flow.id,
+        kind=kind,
+        timestamp=flow.timestamp_created,
+        client_ip=_ip(client),
+        client_port=_port(client),
+        server_ip=server_ip,
+        server_port=server_port,
+        sni=flow.server_conn.sni or flow.client_conn.sni,
+        host=flow.server_conn.sni or (str(flow.server_conn.address[0])
+                                      if flow.server_conn.address else None),
+        error=flow.error.msg if flow.error else None,
+    )
+
+
+def _http(flow: http.HTTPFlow) -> Exchange:
+    request = flow.request
+    exchange = _base(flow, "websocket" if flow.websocket else "http")
+    exchange.timestamp = request.timestamp_start or flow.timestamp_created
+    exchange.host = request.pretty_host
+    exchange.scheme = request.scheme
+    exchange.method = request.method
+    exchange.url = request.pretty_url
+    exchange.path = request.path
+    exchange.http_version = request.http_version
+    exchange.request_headers = [(k, v) for k, v in request.headers.items(multi=True)]
+    exchange.request_body = request.raw_content or b""
+    exchange.request_body_truncated = request.raw_content is None and bool(
+        request.headers.get("content-length", "0") not in ("", "0")
+    )
+    if flow.response is not None:
+        exchange.status_code = flow.response.status_code
+        exchange.response_headers = [(k, v) for k, v in flow.response.headers.items(multi=True)]
+        exchange.response_size = len(flow.response.raw_content or b"")
+    if flow.websocket is not None:
+        exchange.messages = [
+            Message(m.from_client, m.content, m.is_text) for m in flow.websocket.messages
+        ]
+    return exchange
+
+
+def _stream(flow: tcp.TCPFlow | udp.UDPFlow, kind: str) -> Exchange:
+    exchange = _base(flow, kind)
+    exchange.messages = [Message(m.from_client, m.content) for m in flow.messages]
+    return exchange
+
+
+def _dns(flow: dns.DNSFlow) -> Exchange:
+    exchange = _base(flow, "dns")
+    questions = flow.request.questions if flow.request else []
+    exchange.dns_question = questions[0].name if questions else None
+    exchange.host = exchange.dns_question
+    if flow.response is not None:
+        exchange.status_code = flow.response.response_code
+    return exchange
+
+
+def exchange_from_flow(flow: Flow) -> Exchange | None:
+    """The core's view of ``flow``; None for flow types leakmap does not log."""
+    if isinstance(flow, http.HTTPFlow):
+        return _http(flow)
+    if isinstance(flow, tcp.TCPFlow):
+        return _stream(flow, "tcp")
+    if isinstance(flow, udp.UDPFlow):
+        return _stream(flow, "udp")
+    if isinstance(flow, dns.DNSFlow):
+        return _dns(flow)
+    return None
+
+
+def exchange_from_tls_failure(data: tls.TlsData, timestamp: float) -> Exchange:
+    """A TLS handshake the client refused (a pinned app): who it tried to reach."""
+    server_ip, server_port = _server(data.context.server)
+    client = data.context.client
+    sni = client.sni or data.context.server.sni
+    return Exchange(
+        flow_id=str(uuid.uuid4()),
+        kind="tls",
+        timestamp=client.timestamp_start or timestamp,
+        client_ip=_ip(client.peername),
+        client_port=_port(client.peername),
+        server_ip=server_ip,
+        server_port=server_port,
+        sni=sni,
+        host=sni or server_ip,
+        error=client.error or "client refused the TLS handshake (certificate pinning?)",
+    )
+
+
+def read_flow_file(path: Path) -> Iterator[Flow]:
+    """Flows in a file written by ``mitmdump -w``.  Raises ValueError if unreadable."""
+    with path.open("rb") as handle:
+        try:
+            yield from io.FlowReader(handle).stream()
+        except FlowReadException as e:
+            raise ValueError(f"{path}: not a readable mitmproxy flow file ({e})") from e

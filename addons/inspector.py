@@ -1,0 +1,99 @@
+"""Inspector: classifies each finished flow and leaves the result in its metadata.
+
+Analysis runs on a worker thread (``asyncio.to_thread``), so a large body
+never blocks the event loop.  The result, a
+:class:`~leakmap.core.pipeline.FlowRecord`, goes to ``flow.metadata["leakmap"]``
+for the Review and Recorder addons.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from mitmproxy import ctx, dns, exceptions, http, tcp, tls, udp
+from mitmproxy.flow import Flow
+
+from leakmap.addons import options
+from leakmap.addons.flows import exchange_from_flow, exchange_from_tls_failure
+from leakmap.core.pipeline import FlowRecord, Pipeline
+from leakmap.core.yamlsource import ConfigError
+from leakmap.wiring import build_pipeline
+
+log = logging.getLogger(__name__)
+
+METADATA_KEY = "leakmap"
+PIPELINE_SETTINGS = ("policy", "device", "geoip_dir", "networks", "store_raw", "hash_key_file",
+                     "max_body")
+
+
+class Inspector:
+    def __init__(self) -> None:
+        self.pipeline: Pipeline | None = None
+
+    def load(self, loader) -> None:  # type: ignore[no-untyped-def]
+        options.declare(loader, PIPELINE_SETTINGS)
+
+    def configure(self, updated: set[str]) -> None:
+        watched = {f"leakmap_{name}" for name in PIPELINE_SETTINGS} | {"leakmap_db"}
+        if self.pipeline is not None and not updated & watched:
+            return
+        opts = ctx.options
+        try:
+            self.pipeline = build_pipeline(
+                policy=opts.leakmap_policy,
+                device=opts.leakmap_device,
+                db=getattr(opts, "leakmap_db", ""),
+                geoip_dir=opts.leakmap_geoip_dir,
+                networks=opts.leakmap_networks,
+                hash_key_file=opts.leakmap_hash_key_file,
+                store_raw=opts.leakmap_store_raw,
+                max_body=opts.leakmap_max_body,
+            ).pipeline
+        except ConfigError as e:
+            raise exceptions.OptionsError(str(e)) from e
+
+    async def _inspect(self, flow: Flow) -> None:
+        if self.pipeline is None or METADATA_KEY in flow.metadata:
+            return
+        exchange = exchange_from_flow(flow)
+        if exchange is not None:
+            flow.metadata[METADATA_KEY] = await asyncio.to_thread(self.pipeline.process, exchange)
+
+    async def response(self, flow: http.HTTPFlow) -> None:
+        if flow.websocket is None:
+            await self._inspect(flow)
+
+    async def error(self, flow: http.HTTPFlow) -> None:
+        if flow.websocket is None:
+            await self._inspect(flow)
+
+    async def websocket_end(self, flow: http.HTTPFlow) -> None:
+        await self._inspect(flow)
+
+    async def tcp_end(self, flow: tcp.TCPFlow) -> None:
+        await self._inspect(flow)
+
+    async def udp_end(self, flow: udp.UDPFlow) -> None:
+        await self._inspect(flow)
+
+    async def dns_response(self, flow: dns.DNSFlow) -> None:
+        await self._inspect(flow)
+
+    async def dns_error(self, flow: dns.DNSFlow) -> None:
+        await self._inspect(flow)
+
+    def tls_failed_client(self, data: tls.TlsData) -> None:
+        if self.pipeline is not None:
+            record = self.pipeline.process(exchange_from_tls_failure(data, time.time()))
+            tls_records(data).append(record)
+
+
+def tls_records(data: tls.TlsData) -> list[FlowRecord]:
+    """Records for a failed handshake, which has no flow to carry metadata."""
+    records: list[FlowRecord] | None = getattr(data, "leakmap_records", None)
+    if records is None:
+        records = []
+        data.leakmap_records = records  # type: ignore[attr-defined]
+    return records

@@ -1,0 +1,55 @@
+"""Every leakmap setting, once: a ``leakmap_*`` mitmproxy option and a CLI flag.
+
+``leakmap_policy`` is the option; ``--policy`` is the flag of ``leakmap run``
+and ``leakmap analyze``.  The addons declare the options from this table and
+the CLI builds its flags from it, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str  # without the leakmap_ prefix
+    type: type
+    default: object
+    help: str
+
+    @property
+    def option(self) -> str:
+        return f"leakmap_{self.name}"
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+SETTINGS = (
+    Setting("policy", str, "", "Policy YAML file. Empty: the shipped policies/default.yaml."),
+    Setting("device", str, "", "Device profile YAML with the known values of the phone under test."),
+    Setting("db", str, "", "SQLAlchemy database URL. Empty: SQLite in $LEAKMAP_HOME/leakmap.db."),
+    Setting("run_name", str, "", "Name of this run (unique in the database). Empty: command and UTC time."),
+    Setting("geoip_dir", str, "", "Folder with MaxMind GeoLite2/GeoIP2 or DB-IP mmdb files to use "
+            "instead of the embedded databases."),
+    Setting("networks", str, "", "YAML list of address-range overrides: {cidr, country, asn, as_org, "
+            "operator, operator_country}."),
+    Setting("store_raw", bool, False, "Also store raw PII values (default: masked preview and keyed "
+            "hash only)."),
+    Setting("hash_key_file", str, "", "File holding the HMAC key for value hashes. Empty: one key per "
+            "database under $LEAKMAP_HOME/keys."),
+    Setting("max_body", int, 16 * 1024 * 1024, "Bytes of a body scanned; the rest is skipped and "
+            "the flow marked truncated."),
+    Setting("flush_interval", float, 0.5, "Seconds between database commits (a crash loses at most "
+            "this much)."),
+)
+
+BY_NAME = {setting.name: setting for setting in SETTINGS}
+
+
+def declare(loader, names: tuple[str, ...]) -> None:  # type: ignore[no-untyped-def]
+    """Add the named settings as mitmproxy options."""
+    for name in names:
+        setting = BY_NAME[name]
+        loader.add_option(setting.option, setting.type, setting.default, setting.help)

@@ -1,0 +1,113 @@
+"""Recorder: writes every inspected flow to the store, off the event loop.
+
+Opens the database and starts a run when the proxy is running, hands each
+record to a :class:`~leakmap.store.db.FlowWriter` (a batching worker thread),
+and on shutdown drains it and closes the run.  A database that cannot be
+opened stops the proxy with one line instead of letting traffic through
+unrecorded.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+from mitmproxy import ctx, dns, exceptions, http, tcp, tls, udp
+from mitmproxy.flow import Flow
+from sqlalchemy import Engine
+
+import leakmap
+from leakmap.addons import options
+from leakmap.addons.inspector import METADATA_KEY, tls_records
+from leakmap.core.device import load_device
+from leakmap.core.yamlsource import ConfigError
+from leakmap.policies.model import load_policy
+from leakmap.store.db import FlowWriter, StoreError, finish_run, open_store, start_run
+
+log = logging.getLogger(__name__)
+
+
+def default_run_name(command: str) -> str:
+    return f"{command}-{datetime.now(tz=UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}"
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.engine: Engine | None = None
+        self.writer: FlowWriter | None = None
+        self.run_id: int | None = None
+
+    def load(self, loader) -> None:  # type: ignore[no-untyped-def]
+        options.declare(loader, ("db", "run_name", "flush_interval"))
+
+    def configure(self, updated: set[str]) -> None:
+        if "leakmap_db" in updated or self.engine is None:
+            if self.writer is not None:
+                raise exceptions.OptionsError("leakmap_db cannot change while a run is recording")
+            try:
+                self.engine = open_store(ctx.options.leakmap_db or None)
+            except StoreError as e:
+                raise exceptions.OptionsError(str(e)) from e
+
+    def running(self) -> None:
+        if self.engine is None or self.writer is not None:
+            return
+        opts = ctx.options
+        try:
+            policy = load_policy(opts.leakmap_policy or None)
+            device = load_device(opts.leakmap_device or None)
+            self.run_id = start_run(
+                self.engine,
+                name=opts.leakmap_run_name or default_run_name("live"),
+                command_name="run",
+                tool_version=leakmap.__version__,
+                policy_name=policy.name,
+                policy_sha256=policy.sha256,
+                device_sha256=device.sha256,
+                mode=",".join(opts.mode),
+            )
+        except (ConfigError, StoreError) as e:
+            log.error("leakmap: %s", e)
+            ctx.master.shutdown()
+            return
+        self.writer = FlowWriter(self.engine, self.run_id, interval=opts.leakmap_flush_interval)
+
+    def _record(self, flow: Flow) -> None:
+        record = flow.metadata.get(METADATA_KEY)
+        if record is not None and self.writer is not None:
+            self.writer.submit(record)
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        if flow.websocket is None:
+            self._record(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        if flow.websocket is None:
+            self._record(flow)
+
+    def websocket_end(self, flow: http.HTTPFlow) -> None:
+        self._record(flow)
+
+    def tcp_end(self, flow: tcp.TCPFlow) -> None:
+        self._record(flow)
+
+    def udp_end(self, flow: udp.UDPFlow) -> None:
+        self._record(flow)
+
+    def dns_response(self, flow: dns.DNSFlow) -> None:
+        self._record(flow)
+
+    def dns_error(self, flow: dns.DNSFlow) -> None:
+        self._record(flow)
+
+    def tls_failed_client(self, data: tls.TlsData) -> None:
+        if self.writer is not None:
+            for record in tls_records(data):
+                self.writer.submit(record)
+
+    def done(self) -> None:
+        if self.writer is not None and self.engine is not None and self.run_id is not None:
+            self.writer.close()
+            finish_run(self.engine, self.run_id, "completed")
+            log.info("leakmap: run closed, %d flows written", self.writer.written)
+            self.writer = None

@@ -1,0 +1,87 @@
+"""Review: marks flows with findings so the analyst sees them while the phone is in hand.
+
+In mitmweb and mitmproxy's console a flow with findings is marked and
+commented with its data types and destination; mitmdump prints one line per
+finding.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from mitmproxy import dns, http, tcp, tls, udp
+from mitmproxy.flow import Flow
+
+from leakmap.addons.inspector import METADATA_KEY, tls_records
+from leakmap.core.pipeline import FlowRecord
+
+log = logging.getLogger("leakmap")
+
+MARKER = ":warning:"
+
+
+def destination(record: FlowRecord) -> str:
+    place = record.country or record.geo_scope or "unknown"
+    if record.city:
+        place = f"{record.city}, {place}"
+    return place
+
+
+def comment(record: FlowRecord) -> str:
+    types = ", ".join(dict.fromkeys(f.data_type for f in record.findings))
+    return f"leakmap: {types} -> {destination(record)}"
+
+
+def finding_lines(record: FlowRecord) -> list[str]:
+    host = record.exchange.host or record.exchange.server_ip or "?"
+    return [
+        f"leakmap: {f.severity} {f.data_type} ({f.match}, {f.encoding}) at {f.field} "
+        f"-> {host} [{record.exchange.server_ip or '-'}, {destination(record)}]"
+        for f in record.findings
+    ]
+
+
+class Review:
+    def _show(self, flow: Flow) -> None:
+        record: FlowRecord | None = flow.metadata.get(METADATA_KEY)
+        if record is None or flow.metadata.get("leakmap_reviewed"):
+            return
+        flow.metadata["leakmap_reviewed"] = True
+        if record.findings:
+            flow.marked = MARKER
+            flow.comment = (flow.comment + "\n" if flow.comment else "") + comment(record)
+        self._log(record)
+
+    @staticmethod
+    def _log(record: FlowRecord) -> None:
+        for line in finding_lines(record):
+            log.warning(line)
+        if record.analysis_error:
+            log.info("leakmap: analysis problem on %s: %s", record.exchange.url or
+                     record.exchange.host, record.analysis_error)
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._show(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._show(flow)
+
+    def websocket_end(self, flow: http.HTTPFlow) -> None:
+        self._show(flow)
+
+    def tcp_end(self, flow: tcp.TCPFlow) -> None:
+        self._show(flow)
+
+    def udp_end(self, flow: udp.UDPFlow) -> None:
+        self._show(flow)
+
+    def dns_response(self, flow: dns.DNSFlow) -> None:
+        self._show(flow)
+
+    def dns_error(self, flow: dns.DNSFlow) -> None:
+        self._show(flow)
+
+    def tls_failed_client(self, data: tls.TlsData) -> None:
+        for record in tls_records(data):
+            log.info("leakmap: TLS refused by client for %s [%s, %s]", record.exchange.sni,
+                     record.exchange.server_ip, destination(record))

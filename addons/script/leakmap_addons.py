@@ -1,0 +1,13 @@
+"""mitmproxy entry script for leakmap.
+
+    mitmdump -s "$(leakmap addon-path)" --set leakmap_policy=policy.yaml --set leakmap_db=URL
+
+Works the same in mitmweb and mitmproxy.  Imports are absolute, from the
+installed ``leakmap`` package.
+"""
+
+from leakmap.addons.inspector import Inspector
+from leakmap.addons.recorder import Recorder
+from leakmap.addons.review import Review
+
+addons = [Inspector(), Review(), Recorder()]

@@ -1,0 +1,271 @@
+"""The ``leakmap`` command: a thin layer over the library.
+
+Domain errors (a bad policy, an unreachable database, an unreadable capture)
+become one ``Error: ...`` line here, at the edge, never a traceback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+
+import leakmap
+from leakmap.addons.options import SETTINGS, Setting
+from leakmap.cli import render
+from leakmap.core.exchange import Exchange
+from leakmap.core.yamlsource import ConfigError
+from leakmap.store.db import StoreError
+
+ANALYSIS_SETTINGS = ("policy", "device", "db", "run_name", "geoip_dir", "networks", "store_raw",
+                     "hash_key_file", "max_body")
+
+
+def _click_option(setting: Setting) -> Callable[[Any], Any]:
+    if setting.type is bool:
+        return click.option(setting.flag, setting.name, is_flag=True, default=False,
+                            help=setting.help)
+    return click.option(setting.flag, setting.name, type=setting.type, default=setting.default,
+                        show_default=bool(setting.default), help=setting.help)
+
+
+def settings_options(names: tuple[str, ...] | None = None) -> Callable[[Any], Any]:
+    """Add a CLI flag for each leakmap setting (all of them by default)."""
+    chosen = [s for s in SETTINGS if names is None or s.name in names]
+
+    def decorate(function: Any) -> Any:
+        for setting in reversed(chosen):
+            function = _click_option(setting)(function)
+        return function
+
+    return decorate
+
+
+def fail_cleanly(function: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn leakmap's own errors into one line and exit status 2."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except (ConfigError, StoreError, ValueError, OSError) as e:
+            raise click.ClickException(str(e)) from e
+
+    wrapper.__name__ = function.__name__
+    wrapper.__doc__ = function.__doc__
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(leakmap.__version__, prog_name="leakmap")
+def cli() -> None:
+    """leakmap: what a phone sends out, and where it goes.
+
+    Example: leakmap analyze samples/redmi-2014.har --device samples/redmi-device.yaml
+    """
+
+
+# --------------------------------------------------------------------------
+# run
+
+
+def addon_script_path() -> Path:
+    from leakmap.addons import script
+
+    return Path(script.__file__).parent / "leakmap_addons.py"
+
+
+@cli.command("addon-path")
+def addon_path() -> None:
+    """Print the path of the mitmproxy script that loads the leakmap addons.
+
+    Example: mitmdump -s "$(leakmap addon-path)" --set leakmap_db=sqlite:///lab.db
+    """
+    click.echo(str(addon_script_path()))
+
+
+def mitmdump_arguments(settings: dict[str, Any], mode: tuple[str, ...],
+                       listen_port: int | None, extra: tuple[str, ...]) -> list[str]:
+    """The mitmdump command line that ``leakmap run`` stands for."""
+    arguments = ["-s", str(addon_script_path())]
+    for setting in SETTINGS:
+        value = settings.get(setting.name)
+        if value is not None and value != setting.default:
+            text = str(value).lower() if setting.type is bool else str(value)
+            arguments += ["--set", f"{setting.option}={text}"]
+    for item in mode:
+        arguments += ["--mode", item]
+    if listen_port is not None:
+        arguments += ["--listen-port", str(listen_port)]
+    return arguments + list(extra)
+
+
+@cli.command(
+    "run", context_settings={"ignore_unknown_options": True, "allow_extra_args": True}
+)
+@click.option("--mode", "mode", multiple=True,
+              help="mitmproxy mode: regular, transparent, wireguard, local, socks5, "
+                   "reverse:URL, upstream:URL ... (repeatable).")
+@click.option("--listen-port", type=int, default=None, help="Port the proxy listens on.")
+@settings_options()
+@click.argument("mitmproxy_args", nargs=-1, type=click.UNPROCESSED)
+@fail_cleanly
+def run(mode: tuple[str, ...], listen_port: int | None, mitmproxy_args: tuple[str, ...],
+        **settings: Any) -> None:
+    """Start mitmproxy (mitmdump) with the leakmap addons loaded.
+
+    Other mitmproxy options pass through unchanged, e.g. --set block_global=false.
+
+    Example: leakmap run --mode wireguard --device phone.yaml --run-name unit3-boot
+    """
+    from mitmproxy.tools.main import mitmdump
+
+    from leakmap.addons.recorder import default_run_name
+    from leakmap.store.db import open_store
+    from leakmap.wiring import build_pipeline
+
+    settings["run_name"] = settings["run_name"] or default_run_name("run")
+    _check_settings(settings, build_pipeline, open_store)
+    arguments = mitmdump_arguments(settings, mode, listen_port, mitmproxy_args)
+    sys.exit(mitmdump(arguments) or 0)
+
+
+def _check_settings(settings: dict[str, Any], build: Callable[..., Any],
+                    open_store: Callable[..., Any]) -> None:
+    """Fail before the proxy starts, with one line, on a bad policy, profile or database."""
+    build(**{k: settings[k] for k in ANALYSIS_SETTINGS if k not in ("db", "run_name")},
+          db=settings["db"])
+    open_store(settings["db"] or None).dispose()
+
+
+# --------------------------------------------------------------------------
+# analyze
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _is_har(path: Path) -> bool:
+    with path.open("rb") as handle:
+        return handle.read(64).lstrip()[:1] == b"{"
+
+
+def read_capture(path: Path) -> Iterator[Exchange]:
+    """Exchanges of a HAR file or a mitmproxy flow file."""
+    from leakmap.core.har import read_har
+
+    if _is_har(path):
+        yield from read_har(path)
+        return
+    from leakmap.addons.flows import exchange_from_flow, read_flow_file
+
+    for flow in read_flow_file(path):
+        exchange = exchange_from_flow(flow)
+        if exchange is not None:
+            yield exchange
+
+
+@cli.command("analyze")
+@click.argument("captures", nargs=-1, required=True,
+                type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@settings_options(ANALYSIS_SETTINGS)
+@fail_cleanly
+def analyze(captures: tuple[Path, ...], **settings: Any) -> None:
+    """Run the live pipeline over saved captures (mitmproxy flow files or HAR 1.2).
+
+    Same capture, same policy, same profile: same database contents.
+
+    Example: leakmap analyze capture.flow --device phone.yaml --run-name replay-1
+    """
+    from leakmap.addons.recorder import default_run_name
+    from leakmap.store.db import finish_run, open_store, start_run, write_records
+    from leakmap.wiring import build_pipeline
+
+    assembled = build_pipeline(**{k: v for k, v in settings.items() if k != "run_name"})
+    engine = open_store(settings["db"] or None)
+    name = settings["run_name"] or default_run_name("analyze")
+    run_id = start_run(
+        engine, name, "analyze", leakmap.__version__,
+        policy_name=assembled.policy.name, policy_sha256=assembled.policy.sha256,
+        device_sha256=assembled.device.sha256, mode="offline",
+        captures=[{"path": str(p), "sha256": _sha256(p)} for p in captures],
+    )
+    flows = findings = 0
+    try:
+        for capture in captures:
+            batch = []
+            for exchange in read_capture(capture):
+                record = assembled.pipeline.process(exchange)
+                batch.append(record)
+                findings += len(record.findings)
+                if len(batch) >= 500:
+                    flows += write_records(engine, run_id, batch)
+                    batch.clear()
+            flows += write_records(engine, run_id, batch)
+    except BaseException:
+        finish_run(engine, run_id, "failed")
+        raise
+    finish_run(engine, run_id, "completed")
+    click.echo(f"run {name}: {flows} flows from {len(captures)} capture(s), {findings} findings",
+               err=True)
+
+
+# --------------------------------------------------------------------------
+# report
+
+
+@cli.command("report")
+@click.option("--db", default="", help="Database URL (default: $LEAKMAP_HOME/leakmap.db).")
+@click.option("--run", "run_name", default=None, help="Only this run.")
+@click.option("--country", "countries", multiple=True,
+              help="Only flows to this country (ISO alpha-2; repeatable).")
+@click.option("--format", "output_format", type=click.Choice(["table", "json", "csv"]),
+              default="table", show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write to this file instead of standard output.")
+@fail_cleanly
+def report(db: str, run_name: str | None, countries: tuple[str, ...], output_format: str,
+           output: Path | None) -> None:
+    """Findings and flows for review.
+
+    Example: leakmap report --run replay-1 --country CN --format json
+    """
+    from leakmap.store import queries
+    from leakmap.store.db import open_store
+
+    engine = open_store(db or None)
+    if run_name is not None and not queries.run_exists(engine, run_name):
+        raise click.ClickException(f"no run named {run_name!r} in {db or 'the default database'}")
+    found = queries.findings(engine, run_name, countries)
+    logged = queries.flows(engine, run_name, countries)
+    text = render.FORMATS[output_format](found, logged)
+    if output is None:
+        click.echo(text, nl=not text.endswith("\n"))
+    else:
+        output.write_text(text, encoding="utf-8")
+
+
+@cli.command("runs")
+@click.option("--db", default="", help="Database URL (default: $LEAKMAP_HOME/leakmap.db).")
+@fail_cleanly
+def runs(db: str) -> None:
+    """List the runs in a database.
+
+    Example: leakmap runs --db sqlite:///lab.db
+    """
+    from leakmap.store import queries
+    from leakmap.store.db import open_store
+
+    click.echo(render.runs_table(queries.runs(open_store(db or None))))
+
+
+def main() -> None:
+    cli(prog_name="leakmap")

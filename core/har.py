@@ -1,0 +1,126 @@
+"""HAR 1.2 files to :class:`Exchange` objects.
+
+Each entry's ``serverIPAddress`` is the server address.  Flow ids are derived
+from the file's SHA-256 and the entry's index, so analysing the same file
+twice gives the same ids.  Browser extras (``_webSocketMessages``) are read
+where present.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import ipaddress
+import json
+import uuid
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from leakmap.core.exchange import Exchange, Message
+
+
+def _timestamp(text: Any) -> float:
+    try:
+        return datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
+
+
+def _server_ip(text: Any) -> str | None:
+    if not text:
+        return None
+    try:
+        return str(ipaddress.ip_address(str(text).strip("[]")))
+    except ValueError:
+        return None
+
+
+def _body(post: dict[str, Any]) -> bytes:
+    text = post.get("text")
+    if isinstance(text, str):
+        if post.get("encoding") == "base64":
+            try:
+                return base64.b64decode(text)
+            except (binascii.Error, ValueError):
+                return text.encode("utf-8", "surrogateescape")
+        return text.encode("utf-8", "surrogateescape")
+    params = post.get("params") or []
+    pairs = [f"{p.get('name', '')}={p.get('value', '')}" for p in params if isinstance(p, dict)]
+    return "&".join(pairs).encode()
+
+
+def _headers(items: Any) -> list[tuple[str, str]]:
+    headers = []
+    for item in items if isinstance(items, list) else []:
+        if isinstance(item, dict) and "name" in item:
+            name = str(item["name"])
+            # HAR bodies are stored decoded: their Content-Encoding no longer applies.
+            if name.lower() != "content-encoding":
+                headers.append((name, str(item.get("value", ""))))
+    return headers
+
+
+def _websocket(entry: dict[str, Any]) -> list[Message]:
+    messages = []
+    for item in entry.get("_webSocketMessages") or []:
+        if isinstance(item, dict):
+            data = str(item.get("data", ""))
+            raw = data.encode("utf-8", "surrogateescape")
+            if item.get("opcode") == 2:
+                try:
+                    raw = base64.b64decode(data)
+                except (binascii.Error, ValueError):
+                    pass
+            messages.append(Message(item.get("type") == "send", raw, item.get("opcode") == 1))
+    return messages
+
+
+def exchange_from_entry(entry: dict[str, Any], flow_id: str) -> Exchange:
+    request = entry.get("request") or {}
+    response = entry.get("response") or {}
+    url = str(request.get("url", ""))
+    parts = urlsplit(url)
+    messages = _websocket(entry)
+    status = response.get("status")
+    return Exchange(
+        flow_id=flow_id,
+        kind="websocket" if messages else "http",
+        timestamp=_timestamp(entry.get("startedDateTime")),
+        server_ip=_server_ip(entry.get("serverIPAddress")),
+        server_port=parts.port or (443 if parts.scheme in ("https", "wss") else 80),
+        host=parts.hostname,
+        sni=parts.hostname if parts.scheme in ("https", "wss") else None,
+        scheme=parts.scheme or None,
+        method=str(request.get("method", "")) or None,
+        url=url or None,
+        path=parts.path,
+        http_version=str(request.get("httpVersion", "")) or None,
+        request_headers=_headers(request.get("headers")),
+        request_body=_body(request.get("postData") or {}),
+        status_code=status if isinstance(status, int) and status > 0 else None,
+        response_headers=_headers(response.get("headers")),
+        response_size=(response.get("content") or {}).get("size"),
+        messages=messages,
+        error=None if status else "no response",
+    )
+
+
+def read_har(path: Path) -> Iterator[Exchange]:
+    """Exchanges of a HAR file.  Raises ValueError if it is not HAR."""
+    raw = path.read_bytes()
+    try:
+        document = json.loads(raw)
+        entries = document["log"]["entries"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a HAR 1.2 file ({e})") from e
+    if not isinstance(entries, list):
+        raise ValueError(f"{path}: not a HAR 1.2 file (log.entries is not a list)")
+    digest = hashlib.sha256(raw).hexdigest()
+    for index, entry in enumerate(entries):
+        if isinstance(entry, dict):
+            flow_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"har:{digest}:{index}"))
+            yield exchange_from_entry(entry, flow_id)

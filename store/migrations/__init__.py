@@ -1,0 +1,1 @@
+"""Alembic migrations for the leakmap store (run by ``leakmap.store.db.open_store``)."""

@@ -1,0 +1,110 @@
+"""Read-side queries: findings and flows as plain dicts for reports."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, Select, select
+from sqlalchemy.orm import Session
+
+from leakmap.store.schema import Finding, Flow, Run
+
+FINDING_KEYS = (
+    "flow_id", "run", "timestamp", "host", "url", "server_ip", "server_port", "country",
+    "city", "asn", "as_org", "data_type", "category", "field", "encoding", "match",
+    "severity", "preview", "value_hash",
+)
+FLOW_KEYS = (
+    "flow_id", "run", "timestamp", "kind", "client_ip", "host", "sni", "method", "url",
+    "status_code", "server_ip", "server_port", "country", "city", "asn", "as_org",
+    "geo_scope", "request_size", "response_size", "finding_count", "analysis_error",
+)
+
+
+def iso(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    return moment.isoformat(timespec="microseconds") + "Z"
+
+
+def _filtered(query: Select[Any], run: str | None, countries: Sequence[str]) -> Select[Any]:
+    if run is not None:
+        query = query.where(Run.name == run)
+    if countries:
+        query = query.where(Flow.country.in_([c.upper() for c in countries]))
+    return query
+
+
+def _flow_fields(flow: Flow, run_name: str) -> dict[str, Any]:
+    values = {key: getattr(flow, key, None) for key in FLOW_KEYS if hasattr(flow, key)}
+    values["run"] = run_name
+    values["timestamp"] = iso(flow.timestamp)
+    return values
+
+
+def findings(engine: Engine, run: str | None = None, countries: Sequence[str] = ()) -> list[dict]:
+    query = (
+        select(Finding, Flow, Run.name)
+        .join(Flow, Finding.flow_pk == Flow.id)
+        .join(Run, Flow.run_id == Run.id)
+        .order_by(Flow.timestamp, Flow.flow_id, Finding.field, Finding.data_type)
+    )
+    rows = []
+    with Session(engine) as session:
+        for finding, flow, run_name in session.execute(_filtered(query, run, countries)):
+            row = _flow_fields(flow, run_name)
+            row.update(
+                data_type=finding.data_type,
+                category=finding.category,
+                field=finding.field,
+                encoding=finding.encoding,
+                match=finding.match,
+                severity=finding.severity,
+                preview=finding.preview,
+                value_hash=finding.value_hash,
+            )
+            if finding.raw_value is not None:
+                row["raw_value"] = finding.raw_value
+            rows.append({key: row.get(key) for key in (*FINDING_KEYS, "raw_value") if key in row})
+    return rows
+
+
+def flows(engine: Engine, run: str | None = None, countries: Sequence[str] = ()) -> list[dict]:
+    query = (
+        select(Flow, Run.name)
+        .join(Run, Flow.run_id == Run.id)
+        .order_by(Flow.timestamp, Flow.flow_id)
+    )
+    with Session(engine) as session:
+        return [
+            {key: row[key] for key in FLOW_KEYS}
+            for row in (
+                _flow_fields(flow, run_name)
+                for flow, run_name in session.execute(_filtered(query, run, countries))
+            )
+        ]
+
+
+def runs(engine: Engine) -> list[dict]:
+    with Session(engine) as session:
+        return [
+            {
+                "run": run.name,
+                "command": run.command,
+                "status": run.status,
+                "started_at": iso(run.started_at),
+                "ended_at": iso(run.ended_at),
+                "tool_version": run.tool_version,
+                "policy": run.policy_name,
+                "policy_sha256": run.policy_sha256,
+                "device_sha256": run.device_sha256,
+            }
+            for run in session.scalars(select(Run).order_by(Run.id))
+        ]
+
+
+def run_exists(engine: Engine, name: str) -> bool:
+    with Session(engine) as session:
+        return session.scalar(select(Run.id).where(Run.name == name)) is not None

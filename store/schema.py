@@ -1,0 +1,109 @@
+"""The database schema: runs, flows and findings.  The only place it is defined.
+
+Changes go through an Alembic migration in ``store/migrations/versions`` so
+that a database written by an older leakmap still opens.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Run(Base):
+    """One capture session (``leakmap run``) or one offline analysis."""
+
+    __tablename__ = "runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    command: Mapped[str] = mapped_column(String(20))
+    status: Mapped[str] = mapped_column(String(20), default="running")
+    started_at: Mapped[datetime] = mapped_column(DateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    tool_version: Mapped[str] = mapped_column(String(40))
+    policy_name: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    policy_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    device_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    mode: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    captures: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON list
+
+    flows: Mapped[list[Flow]] = relationship(back_populates="run")
+
+
+class Flow(Base):
+    """Every flow the proxy saw or a capture held, with or without findings."""
+
+    __tablename__ = "flows"
+    __table_args__ = (
+        UniqueConstraint("run_id", "flow_id", name="uq_flows_run_flow"),
+        Index("ix_flows_country", "country"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    flow_id: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))
+    timestamp: Mapped[datetime] = mapped_column(DateTime)
+    client_ip: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    client_port: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    server_ip: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    server_port: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    sni: Mapped[str | None] = mapped_column(Text, nullable=True)
+    host: Mapped[str | None] = mapped_column(Text, nullable=True)
+    scheme: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    method: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    http_version: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    request_size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    response_size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    geo_scope: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    country: Mapped[str | None] = mapped_column(String(2), nullable=True)
+    city: Mapped[str | None] = mapped_column(Text, nullable=True)
+    asn: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    as_org: Mapped[str | None] = mapped_column(Text, nullable=True)
+    finding_count: Mapped[int] = mapped_column(Integer, default=0)
+    truncated: Mapped[bool] = mapped_column(Boolean, default=False)
+    flow_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    analysis_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    run: Mapped[Run] = relationship(back_populates="flows")
+    findings: Mapped[list[Finding]] = relationship(back_populates="flow")
+
+
+class Finding(Base):
+    """One (flow, field, data type).  The raw value only when asked for."""
+
+    __tablename__ = "findings"
+    __table_args__ = (Index("ix_findings_data_type", "data_type"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    flow_pk: Mapped[int] = mapped_column(ForeignKey("flows.id", ondelete="CASCADE"), index=True)
+    data_type: Mapped[str] = mapped_column(String(64))
+    category: Mapped[str] = mapped_column(String(32))
+    severity: Mapped[str] = mapped_column(String(16))
+    field: Mapped[str] = mapped_column(Text)
+    encoding: Mapped[str] = mapped_column(String(100))
+    match: Mapped[str] = mapped_column(String(16))
+    preview: Mapped[str] = mapped_column(Text)
+    value_hash: Mapped[str] = mapped_column(String(64))
+    raw_value: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    flow: Mapped[Flow] = relationship(back_populates="findings")
