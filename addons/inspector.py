@@ -12,13 +12,13 @@ import asyncio
 import logging
 import time
 
-from mitmproxy import ctx, dns, exceptions, http, tcp, tls, udp
-from mitmproxy.flow import Flow
-
 from leakmap.addons import options
 from leakmap.addons.flows import exchange_from_flow, exchange_from_tls_failure
 from leakmap.core.pipeline import FlowRecord, Pipeline
 from leakmap.core.yamlsource import ConfigError
+from mitmproxy import ctx, dns, exceptions, http, tcp, tls, udp
+from mitmproxy.flow import Flow
+
 from leakmap.wiring import build_pipeline
 
 log = logging.getLogger(__name__)

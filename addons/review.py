@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import logging
 
-from mitmproxy import dns, http, tcp, tls, udp
-from mitmproxy.flow import Flow
-
 from leakmap.addons.inspector import METADATA_KEY, tls_records
 from leakmap.core.pipeline import FlowRecord
+from mitmproxy import dns, http, tcp, tls, udp
+from mitmproxy.flow import Flow
 
 log = logging.getLogger("leakmap")
 

@@ -69,7 +69,7 @@ def _summary(findings: Rows, flows: Rows) -> list[str]:
 
 def as_table(findings: Rows, flows: Rows) -> str:
     shown = [{**f, "timestamp": (f["timestamp"] or "")[:19].replace("T", " ")} for f in findings]
-    lines = _summary(findings, flows) + [""]
+    lines = [*_summary(findings, flows), ""]
     lines += _table(shown, TABLE_COLUMNS) if findings else ["no findings"]
     return "\n".join(lines) + "\n"
 

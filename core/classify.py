@@ -10,13 +10,13 @@ strongest ``match`` wins: ``known`` > ``pattern`` > ``key``.
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import phonenumbers
-
 from leakmap.core.decode import Leaf, Limits, exchange_leaves
 from leakmap.core.device import DeviceProfile
 from leakmap.core.exchange import Exchange
@@ -83,9 +83,6 @@ class Classifier:
         self.pattern_types = [t for t in types if t.pattern is not None]
         self.key_types = [t for t in types if t.keys is not None and not self._is_location(t)]
         self.location_types = [t for t in types if self._is_location(t)]
-        self.phone_types = {
-            t.name for t in types if t.known and {"phone_number", "contacts", "sms.from"} & set(t.known.fields)
-        }
 
     @staticmethod
     def _is_location(data_type: DataType) -> bool:
@@ -168,12 +165,12 @@ class Classifier:
         for leaf in leaves:
             numbers = _coordinates(leaf.value)
             if len(numbers) >= 2:
-                for pair in zip(numbers, numbers[1:], strict=False):
+                for pair in itertools.pairwise(numbers):
                     yield from self._located(leaf, pair, leaf.key)
             elif len(numbers) == 1 and leaf.parent is not None:
                 siblings.setdefault((leaf.parent, leaf.layers), []).append((leaf, numbers[0]))
         for group in siblings.values():
-            for (leaf_a, a), (leaf_b, b) in zip(group, group[1:], strict=False):
+            for (leaf_a, a), (leaf_b, b) in itertools.pairwise(group):
                 key = leaf_a.key if leaf_a.key else leaf_b.key
                 yield from self._located(leaf_a, (a, b), key, leaf_b.key)
 

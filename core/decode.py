@@ -28,7 +28,6 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import brotli
 import defusedxml.ElementTree as SafeET
 import zstandard
-
 from leakmap.core import protobuf
 from leakmap.core.exchange import Exchange
 
@@ -362,11 +361,11 @@ def decode_multipart(collector: Collector, path: str, body: bytes, content_type:
         return False
     for index, part in enumerate(message.iter_parts()):  # type: ignore[attr-defined]
         name = part.get_param("name", header="content-disposition") or str(index)
-        payload = part.get_payload(decode=True) or b""
+        payload = part.get_payload(decode=True)
         decode_payload(
             collector,
             f"{path}.multipart.{name}",
-            payload,
+            payload if isinstance(payload, bytes) else b"",
             part.get_content_type(),
         )
     return True
@@ -413,31 +412,41 @@ def _kind_of(content_type: str, body: bytes) -> str:
     return "binary"
 
 
+def _decode_form(collector: Collector, path: str, body: bytes) -> None:
+    for name, value in parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True):
+        expand_text(collector, f"{path}.form.{name}", value, key=name, parent=f"{path}.form")
+
+
+def _decode_structured(collector: Collector, path: str, body: bytes, kind: str,
+                       content_type: str) -> bool:
+    """Decode ``body`` as ``kind``; False when it is not that after all."""
+    if kind == "json":
+        parsed = parse_json(body, collector)
+        if parsed is _INVALID:
+            return False
+        walk_structure(collector, f"{path}.json", parsed)
+    elif kind == "form":
+        _decode_form(collector, path, body)
+    elif kind == "multipart":
+        return decode_multipart(collector, path, body, content_type)
+    elif kind == "xml":
+        return decode_xml(collector, path, body)
+    elif kind in ("protobuf", "binary"):
+        if content_type.lower().startswith("application/grpc") and len(body) >= 5:
+            body = body[5:]  # gRPC's 5-byte message prefix
+        decode_binary(collector, path, body)
+    else:
+        return False
+    return True
+
+
 def decode_payload(collector: Collector, path: str, body: bytes, content_type: str) -> None:
-    """Leaves of a (decompressed) body according to its type."""
+    """Leaves of a (decompressed) body according to its type; text when all else fails."""
     if not body:
         return
     kind = _kind_of(content_type or "", body)
-    if kind == "json":
-        parsed = parse_json(body, collector)
-        if parsed is not _INVALID:
-            walk_structure(collector, f"{path}.json", parsed)
-            return
-    elif kind == "form":
-        text = body.decode("utf-8", "replace")
-        for name, value in parse_qsl(text, keep_blank_values=True):
-            expand_text(collector, f"{path}.form.{name}", value, key=name, parent=f"{path}.form")
-        return
-    elif kind == "multipart" and decode_multipart(collector, path, body, content_type):
-        return
-    elif kind == "xml" and decode_xml(collector, path, body):
-        return
-    elif kind in ("protobuf", "binary"):
-        if content_type.lower().startswith("application/grpc") and len(body) >= 5:
-            body = body[5:]
-        decode_binary(collector, path, body)
-        return
-    expand_text(collector, f"{path}.text", body.decode("utf-8", "replace"))
+    if not _decode_structured(collector, path, body, kind, content_type or ""):
+        expand_text(collector, f"{path}.text", body.decode("utf-8", "replace"))
 
 
 def decode_body(

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import phonenumbers
-
 from leakmap.core.yamlsource import ConfigError, Sourced, load
 
 STRING_FIELDS = ("imei", "imsi", "iccid", "phone_number", "email", "android_id",
@@ -65,10 +64,10 @@ def _region(source: Sourced, data: dict[str, Any]) -> str | None:
     own = data.get("phone_number")
     if isinstance(own, str) and own.strip().startswith("+"):
         try:
-            region = phonenumbers.region_code_for_number(phonenumbers.parse(own))
+            found: str | None = phonenumbers.region_code_for_number(phonenumbers.parse(own))
         except phonenumbers.NumberParseException:
             return None
-        return region if region and region != "ZZ" else None
+        return found if found and found != "ZZ" else None
     return None
 
 

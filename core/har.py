@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import ipaddress
 import json
@@ -64,6 +65,14 @@ def _headers(items: Any) -> list[tuple[str, str]]:
     return headers
 
 
+def _request_headers(request: dict[str, Any]) -> list[tuple[str, str]]:
+    headers = _headers(request.get("headers"))
+    mime = (request.get("postData") or {}).get("mimeType")
+    if mime and not any(name.lower() == "content-type" for name, _ in headers):
+        headers.append(("content-type", str(mime)))
+    return headers
+
+
 def _websocket(entry: dict[str, Any]) -> list[Message]:
     messages = []
     for item in entry.get("_webSocketMessages") or []:
@@ -71,10 +80,8 @@ def _websocket(entry: dict[str, Any]) -> list[Message]:
             data = str(item.get("data", ""))
             raw = data.encode("utf-8", "surrogateescape")
             if item.get("opcode") == 2:
-                try:
+                with contextlib.suppress(binascii.Error, ValueError):
                     raw = base64.b64decode(data)
-                except (binascii.Error, ValueError):
-                    pass
             messages.append(Message(item.get("type") == "send", raw, item.get("opcode") == 1))
     return messages
 
@@ -99,7 +106,7 @@ def exchange_from_entry(entry: dict[str, Any], flow_id: str) -> Exchange:
         url=url or None,
         path=parts.path,
         http_version=str(request.get("httpVersion", "")) or None,
-        request_headers=_headers(request.get("headers")),
+        request_headers=_request_headers(request),
         request_body=_body(request.get("postData") or {}),
         status_code=status if isinstance(status, int) and status > 0 else None,
         response_headers=_headers(response.get("headers")),

@@ -21,7 +21,6 @@ from urllib.parse import quote
 
 import ahocorasick
 import phonenumbers
-
 from leakmap.core.device import DeviceProfile
 from leakmap.policies.model import DataType
 
@@ -82,8 +81,10 @@ def _case_forms(value: str, transforms: tuple[str, ...]) -> list[tuple[str, str]
     forms = [(value, "")]
     if "upper" in transforms or "lower" in transforms:
         forms += [(value.upper(), "upper"), (value.lower(), "lower")]
-    seen: set[str] = set()
-    return [(text, label) for text, label in forms if not (text in seen or seen.add(text))]
+    unique: dict[str, str] = {}
+    for text, label in forms:
+        unique.setdefault(text, label)
+    return list(unique.items())
 
 
 def _wrap(outer: str, inner: str) -> str:

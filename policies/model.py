@@ -128,7 +128,7 @@ class _Checker:
         try:
             return re.compile(value, re.IGNORECASE if whole else 0)
         except re.error as e:
-            raise self.fail(where, f"regex does not compile: {e.msg} (expected a Python regex)")
+            raise self.fail(where, f"regex does not compile: {e.msg} (expected a Python regex)") from e
 
     def value_rule(self, value: Any, where: NodePath) -> ValueRule:
         rule = self.mapping(value, where, _RULE_KEYS)

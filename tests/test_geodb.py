@@ -38,7 +38,9 @@ def net(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
 def write_city_db(path: Path, cidr: str, city: str, country: str) -> None:
     """A tiny IPv4 database in the GeoLite2-City layout."""
     writer = MMDBWriter(
-        ip_version=4, database_type="GeoLite2-City", languages=["en"],
+        ip_version=4,
+        database_type="GeoLite2-City",
+        languages=["en"],
         description={"en": "leakmap test city db"},
     )
     record = {
@@ -172,7 +174,14 @@ def test_unknown_input_never_raises(resolver: GeoResolver, value: str | None) ->
 def test_as_dict_has_all_fields(resolver: GeoResolver) -> None:
     data = resolver.lookup("8.8.8.8").as_dict()
     assert set(data) == {
-        "ip", "scope", "country", "city", "asn", "as_org", "operator", "operator_country",
+        "ip",
+        "scope",
+        "country",
+        "city",
+        "asn",
+        "as_org",
+        "operator",
+        "operator_country",
     }
     assert data["asn"] == 15169
 
@@ -235,16 +244,19 @@ def test_override_on_public_address_keeps_database_fields() -> None:
 
 
 def test_load_networks_reads_entries(tmp_path: Path) -> None:
-    path = write_file(tmp_path / "networks.yaml", (
-        "- cidr: 10.0.0.0/8\n"
-        "  country: de\n"
-        "  operator: Lab network\n"
-        "- cidr: 2001:db8::/32\n"
-        "  asn: AS64496\n"
-        "  as_org: Example\n"
-        "  operator_country: ~\n"
-        "- cidr: 192.0.2.7\n"
-    ))
+    path = write_file(
+        tmp_path / "networks.yaml",
+        (
+            "- cidr: 10.0.0.0/8\n"
+            "  country: de\n"
+            "  operator: Lab network\n"
+            "- cidr: 2001:db8::/32\n"
+            "  asn: AS64496\n"
+            "  as_org: Example\n"
+            "  operator_country: ~\n"
+            "- cidr: 192.0.2.7\n"
+        ),
+    )
     entries = load_networks(path)
     assert entries == [
         NetworkOverride(net("10.0.0.0/8"), country="DE", operator="Lab network"),
@@ -341,8 +353,10 @@ def make_source_packages(src: Path) -> None:
     """Tiny stand-ins for the two npm packages, unpacked."""
     country = src / "country" / "package"
     country.mkdir(parents=True)
-    write_file(country / "package.json", json.dumps(
-        {"name": build.COUNTRY_PACKAGE, "version": "2.3.2024010203"}))
+    write_file(
+        country / "package.json",
+        json.dumps({"name": build.COUNTRY_PACKAGE, "version": "2.3.2024010203"}),
+    )
     write_file(country / "NRO_LICENSE", "attribution to nro.net")
     writer = MMDBWriter(ip_version=6, ipv4_compatible=True, database_type="country ipvAll")
     writer.insert_network(IPSet(["52.74.0.0/15"]), {"country_code": "SG"})
@@ -350,15 +364,20 @@ def make_source_packages(src: Path) -> None:
     writer.to_db_file(str(country / "geo-whois-asn-country.mmdb"))
     asn = src / "asn" / "package"
     asn.mkdir(parents=True)
-    write_file(asn / "package.json", json.dumps(
-        {"name": build.ASN_PACKAGE, "version": "2.3.2024010203"}))
-    write_file(asn / "asn-ipv4.csv", (
-        '52.74.0.0,52.79.255.255,16509,"Amazon.com, Inc."\n'
-        "52.79.0.0,52.80.0.255,64500,Overlapping Example\n"
-    ))
-    write_file(asn / "asn-ipv6.csv", (
-        "2a00:1450::,2a00:1450:ffff:ffff:ffff:ffff:ffff:ffff,15169,Google LLC\n"
-    ))
+    write_file(
+        asn / "package.json", json.dumps({"name": build.ASN_PACKAGE, "version": "2.3.2024010203"})
+    )
+    write_file(
+        asn / "asn-ipv4.csv",
+        (
+            '52.74.0.0,52.79.255.255,16509,"Amazon.com, Inc."\n'
+            "52.79.0.0,52.80.0.255,64500,Overlapping Example\n"
+        ),
+    )
+    write_file(
+        asn / "asn-ipv6.csv",
+        ("2a00:1450::,2a00:1450:ffff:ffff:ffff:ffff:ffff:ffff,15169,Google LLC\n"),
+    )
 
 
 def test_build_from_dir_writes_readable_databases(tmp_path: Path) -> None:
