@@ -1,9 +1,10 @@
 """Inspector: classifies each finished flow and leaves the result in its metadata.
 
 Analysis runs on a worker thread (``asyncio.to_thread``), so a large body
-never blocks the event loop.  The result, a
-:class:`~leakmap.core.pipeline.FlowRecord`, goes to ``flow.metadata["leakmap"]``
-for the Review and Recorder addons.
+never blocks the event loop.  The result goes to
+``flow.metadata["leakmap"]`` as plain data (it is saved with the flow by
+``mitmdump -w``); :func:`flow_record` gives it back to the Review and Recorder
+addons as a :class:`~leakmap.core.pipeline.FlowRecord`.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 
 from leakmap.addons import options
 from leakmap.addons.flows import exchange_from_flow, exchange_from_tls_failure
-from leakmap.core.pipeline import FlowRecord, Pipeline
+from leakmap.core.pipeline import FlowRecord, Pipeline, record_from_summary, record_summary
 from leakmap.core.yamlsource import ConfigError
 from mitmproxy import ctx, dns, exceptions, http, tcp, tls, udp
 from mitmproxy.flow import Flow
@@ -31,6 +33,9 @@ PIPELINE_SETTINGS = ("policy", "device", "geoip_dir", "networks", "store_raw", "
 class Inspector:
     def __init__(self) -> None:
         self.pipeline: Pipeline | None = None
+        # Marks results of this process: a replayed flow keeps an older run's
+        # metadata, which must not stop it from being analysed again.
+        self.session = uuid.uuid4().hex
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
         options.declare(loader, PIPELINE_SETTINGS)
@@ -55,11 +60,13 @@ class Inspector:
             raise exceptions.OptionsError(str(e)) from e
 
     async def _inspect(self, flow: Flow) -> None:
-        if self.pipeline is None or METADATA_KEY in flow.metadata:
+        previous = flow.metadata.get(METADATA_KEY)
+        if self.pipeline is None or (previous and previous.get("session") == self.session):
             return
         exchange = exchange_from_flow(flow)
         if exchange is not None:
-            flow.metadata[METADATA_KEY] = await asyncio.to_thread(self.pipeline.process, exchange)
+            record = await asyncio.to_thread(self.pipeline.process, exchange)
+            flow.metadata[METADATA_KEY] = {**record_summary(record), "session": self.session}
 
     async def response(self, flow: http.HTTPFlow) -> None:
         if flow.websocket is None:
@@ -88,6 +95,13 @@ class Inspector:
         if self.pipeline is not None:
             record = self.pipeline.process(exchange_from_tls_failure(data, time.time()))
             tls_records(data).append(record)
+
+
+def flow_record(flow: Flow) -> FlowRecord | None:
+    """The Inspector's result for ``flow``, if it has one."""
+    summary = flow.metadata.get(METADATA_KEY)
+    exchange = exchange_from_flow(flow) if summary else None
+    return record_from_summary(exchange, summary) if exchange and summary else None
 
 
 def tls_records(data: tls.TlsData) -> list[FlowRecord]:

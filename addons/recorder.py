@@ -13,7 +13,7 @@ import logging
 from datetime import UTC, datetime
 
 from leakmap.addons import options
-from leakmap.addons.inspector import METADATA_KEY, tls_records
+from leakmap.addons.inspector import flow_record, tls_records
 from leakmap.core.device import load_device
 from leakmap.core.yamlsource import ConfigError
 from leakmap.policies.model import load_policy
@@ -73,7 +73,7 @@ class Recorder:
         self.writer = FlowWriter(self.engine, self.run_id, interval=opts.leakmap_flush_interval)
 
     def _record(self, flow: Flow) -> None:
-        record = flow.metadata.get(METADATA_KEY)
+        record = flow_record(flow) if self.writer is not None else None
         if record is not None and self.writer is not None:
             self.writer.submit(record)
 

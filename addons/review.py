@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from leakmap.addons.inspector import METADATA_KEY, tls_records
+from leakmap.addons.inspector import flow_record, tls_records
 from leakmap.core.pipeline import FlowRecord
 from mitmproxy import dns, http, tcp, tls, udp
 from mitmproxy.flow import Flow
@@ -42,8 +42,10 @@ def finding_lines(record: FlowRecord) -> list[str]:
 
 class Review:
     def _show(self, flow: Flow) -> None:
-        record: FlowRecord | None = flow.metadata.get(METADATA_KEY)
-        if record is None or flow.metadata.get("leakmap_reviewed"):
+        if flow.metadata.get("leakmap_reviewed"):
+            return
+        record = flow_record(flow)
+        if record is None:
             return
         flow.metadata["leakmap_reviewed"] = True
         if record.findings:

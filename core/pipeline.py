@@ -6,8 +6,8 @@ analyze``.  Its output, :class:`FlowRecord`, is what the store writes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
 
 from leakmap.core.classify import Analysis, Classifier, Finding
 from leakmap.core.exchange import Exchange
@@ -90,3 +90,32 @@ class Pipeline:
             value_hash=keyed_hash(self.hash_key, finding.value),
             raw_value=finding.value if self.store_raw else None,
         )
+
+
+def record_summary(record: FlowRecord) -> dict[str, Any]:
+    """``record`` without its exchange, as plain data (mitmproxy flow metadata)."""
+    return {
+        "geo_scope": record.geo_scope,
+        "country": record.country,
+        "city": record.city,
+        "asn": record.asn,
+        "as_org": record.as_org,
+        "analysis_error": record.analysis_error,
+        "truncated": record.truncated,
+        "findings": [asdict(finding) for finding in record.findings],
+    }
+
+
+def record_from_summary(exchange: Exchange, summary: dict[str, Any]) -> FlowRecord:
+    """The inverse of :func:`record_summary`, given the flow's exchange."""
+    return FlowRecord(
+        exchange=exchange,
+        geo_scope=summary.get("geo_scope"),
+        country=summary.get("country"),
+        city=summary.get("city"),
+        asn=summary.get("asn"),
+        as_org=summary.get("as_org"),
+        findings=[FindingRecord(**finding) for finding in summary.get("findings", [])],
+        analysis_error=summary.get("analysis_error"),
+        truncated=bool(summary.get("truncated")),
+    )

@@ -1,0 +1,186 @@
+"""Shared fixtures: real databases, a real proxy process, a real TLS server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from servers import TLSServer
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+HERE = Path(__file__).parent
+SAMPLES = HERE.parent / "samples"
+BIN = Path(sys.executable).parent
+PG_URL = os.environ.get(
+    "LEAKMAP_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+@pytest.fixture(autouse=True)
+def leakmap_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Keys and default databases go to a per-test folder, never the user's home."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("LEAKMAP_HOME", str(home))
+    return home
+
+
+def _postgres_reason() -> str | None:
+    try:
+        engine = create_engine(PG_URL, connect_args={"connect_timeout": 3})
+        with engine.connect():
+            pass
+        engine.dispose()
+    except Exception as e:
+        return f"no PostgreSQL server answers at {make_url(PG_URL).render_as_string()}: {e}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> str:
+    """The URL of a reachable PostgreSQL server, or a skip (a failure in CI)."""
+    reason = _postgres_reason()
+    if reason is not None:
+        if os.environ.get("LEAKMAP_REQUIRE_PG") == "1":
+            pytest.fail(f"LEAKMAP_REQUIRE_PG=1 but {reason}")
+        pytest.skip(f"{reason} (set LEAKMAP_TEST_PG_URL to test against PostgreSQL)")
+    return PG_URL
+
+
+@pytest.fixture
+def pg_url(pg_server: str) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    name = f"leakmap_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(pg_server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(pg_server).set(database=name).render_as_string(hide_password=False)
+    yield url
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    return str(request.getfixturevalue("pg_url"))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"proxy exited early with {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on {port} after {timeout}s")
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[TLSServer]:
+    with TLSServer(tmp_path) as server:
+        yield server
+
+
+@pytest.fixture
+def networks_file(tmp_path: Path) -> Path:
+    """Loopback placed in Beijing: how a lab (and these tests) pins a destination."""
+    path = tmp_path / "networks.yaml"
+    path.write_text(
+        "- {cidr: 127.0.0.0/8, country: CN, asn: 4808, as_org: China Unicom Beijing}\n"
+    )
+    return path
+
+
+class Proxy:
+    """A real ``leakmap run`` (or ``mitmdump -s``) subprocess on a free port."""
+
+    def __init__(self, command: list[str], port: int, confdir: Path, log: Path) -> None:
+        self.port = port
+        self.confdir = confdir
+        self.log_path = log
+        self._log = log.open("wb")
+        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT)
+        wait_for_port(port, self.process)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ca(self) -> Path:
+        return self.confdir / "mitmproxy-ca-cert.pem"
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            self.process.wait(timeout)
+        self._log.close()
+        return self.process.returncode
+
+    @property
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def start_proxy(tmp_path: Path) -> Iterator:
+    started: list[Proxy] = []
+
+    def start(*leakmap_args: str, via: str = "leakmap") -> Proxy:
+        port = free_port()
+        confdir = tmp_path / f"mitm-{port}"
+        common = ["--set", f"confdir={confdir}", "--set", "ssl_insecure=true"]
+        if via == "leakmap":
+            command = [str(BIN / "leakmap"), "run", "--listen-port", str(port),
+                       *leakmap_args, *common]
+        else:
+            script = subprocess.run([str(BIN / "leakmap"), "addon-path"], check=True,
+                                    capture_output=True, text=True).stdout.strip()
+            command = [str(BIN / "mitmdump"), "-s", script, "--listen-port", str(port),
+                       *leakmap_args, *common]
+        proxy = Proxy(command, port, confdir, tmp_path / f"proxy-{port}.log")
+        started.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in started:
+        if proxy.process.poll() is None:
+            proxy.process.kill()
+            proxy.process.wait()
+
+
+def leakmap_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run the installed ``leakmap`` command."""
+    result = subprocess.run([str(BIN / "leakmap"), *args], capture_output=True, text=True,
+                            timeout=300)
+    if check and result.returncode != 0:
+        raise AssertionError(f"leakmap {' '.join(args)} failed:\n{result.stderr}")
+    return result
+
+
+@pytest.fixture
+def device_file(tmp_path: Path) -> Path:
+    path = tmp_path / "device.yaml"
+    shutil.copy(SAMPLES / "redmi-1s.yaml", path)
+    return path

@@ -1,0 +1,134 @@
+"""End to end: a real proxy, a real HTTPS client, a real TLS server, the real database."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import ssl
+import subprocess
+from pathlib import Path
+
+import httpx
+from conftest import leakmap_cli
+
+IMEI = "865312345678902"  # samples/redmi-1s.yaml
+OWN_NUMBER = "+919812345678"
+EXPECTED = {
+    ("request.body.json.imei", "imei", "plain", "known"),
+    ("request.query.ph", "phone_number", "base64", "known"),
+    ("request.headers.x-device", "imei", "sha256", "known"),
+}
+
+
+def _client(proxy) -> httpx.Client:  # type: ignore[no-untyped-def]
+    context = ssl.create_default_context(cafile=str(proxy.ca))
+    return httpx.Client(proxy=proxy.url, verify=context, timeout=20)
+
+
+def _send_phone_traffic(proxy, server_port: int) -> None:  # type: ignore[no-untyped-def]
+    base = f"https://localhost:{server_port}"
+    phone_b64 = base64.b64encode(OWN_NUMBER.encode()).decode()
+    with _client(proxy) as client:
+        leaky = client.post(
+            f"{base}/v2/register",
+            params={"ph": phone_b64},
+            json={"imei": IMEI, "note": "hello"},
+            headers={"x-device": hashlib.sha256(IMEI.encode()).hexdigest()},
+        )
+        assert leaky.status_code == 200
+        assert client.get(f"{base}/generate_204").status_code == 200
+        decoy = client.post(f"{base}/v2/log", json={"serial": "865312345678903"})
+        assert decoy.status_code == 200
+
+
+def _report(db: str, run: str) -> dict:
+    result = leakmap_cli("report", "--db", db, "--run", run, "--format", "json")
+    return json.loads(result.stdout)
+
+
+def _finding_keys(report: dict) -> set[tuple[str, str, str, str]]:
+    return {(f["field"], f["data_type"], f["encoding"], f["match"]) for f in report["findings"]}
+
+
+def test_leakmap_run_logs_every_flow_and_exactly_the_planted_findings(
+    start_proxy, tls_server, tmp_path: Path, device_file: Path, networks_file: Path
+) -> None:
+    db = f"sqlite:///{tmp_path / 'live.db'}"
+    proxy = start_proxy("--device", str(device_file), "--db", db, "--run-name", "live-1",
+                        "--networks", str(networks_file))
+    _send_phone_traffic(proxy, tls_server.port)
+    assert proxy.stop() == 0, proxy.output
+
+    assert len(tls_server.received) == 3  # the proxy forwarded everything
+    report = _report(db, "live-1")
+    assert _finding_keys(report) == EXPECTED
+    assert len(report["flows"]) == 3
+    by_path = {f["url"].split("?")[0].rsplit("/", 1)[-1]: f for f in report["flows"]}
+    assert by_path["register"]["finding_count"] == 3
+    assert by_path["generate_204"]["finding_count"] == 0
+    assert by_path["log"]["finding_count"] == 0
+    for finding in report["findings"]:
+        assert finding["country"] == "CN"
+        assert finding["server_ip"] == "127.0.0.1"
+        assert finding["host"] == "localhost"
+        assert finding["run"] == "live-1"
+        assert finding["timestamp"].endswith("Z")
+        assert finding["severity"] == "high"
+        assert IMEI not in json.dumps(finding)  # only masked previews and keyed hashes
+    # mitmdump printed one line per finding while the phone was in hand
+    assert proxy.output.count("leakmap: high imei") == 2
+
+
+def test_mitmdump_script_and_flow_file_replay_agree(
+    start_proxy, tls_server, tmp_path: Path, device_file: Path, networks_file: Path
+) -> None:
+    live_db = f"sqlite:///{tmp_path / 'mitmdump.db'}"
+    capture = tmp_path / "capture.flow"
+    proxy = start_proxy(
+        "--set", f"leakmap_device={device_file}", "--set", f"leakmap_db={live_db}",
+        "--set", "leakmap_run_name=plain-mitmdump", "--set", f"leakmap_networks={networks_file}",
+        "-w", str(capture), via="mitmdump",
+    )
+    _send_phone_traffic(proxy, tls_server.port)
+    assert proxy.stop() == 0, proxy.output
+    live = _report(live_db, "plain-mitmdump")
+    assert _finding_keys(live) == EXPECTED
+
+    offline_db = f"sqlite:///{tmp_path / 'offline.db'}"
+    for run in ("replay-a", "replay-b"):
+        leakmap_cli("analyze", str(capture), "--device", str(device_file), "--db", offline_db,
+                    "--networks", str(networks_file), "--run-name", run)
+    first, second = _report(offline_db, "replay-a"), _report(offline_db, "replay-b")
+    assert _finding_keys(first) == EXPECTED
+
+    def strip_run(rows: list[dict]) -> list[dict]:
+        return [{k: v for k, v in row.items() if k != "run"} for row in rows]
+
+    assert strip_run(first["findings"]) == strip_run(second["findings"])
+    assert strip_run(first["flows"]) == strip_run(second["flows"])
+    # the live run and the replay saw the same flows with the same ids and times
+    assert [f["flow_id"] for f in first["flows"]] == [f["flow_id"] for f in live["flows"]]
+    assert [f["timestamp"] for f in first["flows"]] == [f["timestamp"] for f in live["flows"]]
+
+
+def test_pinned_app_is_still_logged_with_sni_and_country(
+    start_proxy, tls_server, tmp_path: Path, networks_file: Path
+) -> None:
+    db = f"sqlite:///{tmp_path / 'pinned.db'}"
+    proxy = start_proxy("--db", db, "--run-name", "pinned", "--networks", str(networks_file))
+    # curl without the mitmproxy CA refuses the handshake, as a pinned app would
+    curl = subprocess.run(
+        ["curl", "-sS", "--max-time", "10", "-x", proxy.url,
+         f"https://localhost:{tls_server.port}/pinned"],
+        capture_output=True, text=True,
+    )
+    assert curl.returncode != 0
+    assert proxy.stop() == 0, proxy.output
+    flows = _report(db, "pinned")["flows"]
+    assert len(flows) == 1
+    assert flows[0]["kind"] == "tls"
+    assert flows[0]["sni"] == "localhost"
+    assert flows[0]["server_ip"] == "127.0.0.1"
+    assert flows[0]["country"] == "CN"
+    assert tls_server.received == []
