@@ -38,6 +38,9 @@ class Finding:
     encoding: str
     match: str
     value: str
+    # how many encodings the decoder undid before the match; among equal
+    # matches the most decoded view of a value is the most precise one
+    decoded_layers: int = field(default=0, compare=False)
 
 
 @dataclass
@@ -104,6 +107,7 @@ class Classifier:
             encoding=encoding_chain(leaf.layers, inner),
             match=match,
             value=value,
+            decoded_layers=len(leaf.layers),
         )
 
     # -- detectors, each yielding candidate findings for one leaf ----------
@@ -230,6 +234,8 @@ def _stronger(candidate: Finding, current: Finding | None) -> bool:
     mine, theirs = MATCH_STRENGTH[candidate.match], MATCH_STRENGTH[current.match]
     if mine != theirs:
         return mine > theirs
+    if candidate.decoded_layers != current.decoded_layers:
+        return candidate.decoded_layers > current.decoded_layers
     return _layers(candidate.encoding) < _layers(current.encoding)
 
 

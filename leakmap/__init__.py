@@ -11,3 +11,7 @@ try:
     __version__ = version("leakmap")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0+source"
+
+# Run from a source checkout's root, ``leakmap`` would resolve to this folder
+# alone; extend the search so that the installed subpackages are found too.
+__path__ = __import__("pkgutil").extend_path(__path__, __name__)

@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from urllib.parse import quote
 
-IMEI = "865312345678902"
+IMEI = "865312345678901"
 OWN = "+919812345678"
 BEIJING = "123.125.114.144"  # China Unicom Beijing
 AWS_SINGAPORE = "13.228.0.1"  # Amazon, Singapore

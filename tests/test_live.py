@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 from conftest import leakmap_cli
 
-IMEI = "865312345678902"  # samples/redmi-1s.yaml
+IMEI = "865312345678901"  # samples/redmi-1s.yaml
 OWN_NUMBER = "+919812345678"
 EXPECTED = {
     ("request.body.json.imei", "imei", "plain", "known"),

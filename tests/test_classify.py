@@ -1,0 +1,185 @@
+"""The classifier on real policy and profile files: known values in every form, shapes, keys."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import json
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from conftest import SAMPLES
+
+from leakmap.core.classify import Classifier, encoding_chain
+from leakmap.core.device import load_device
+from leakmap.core.exchange import Exchange
+from leakmap.policies.model import load_policy
+
+IMEI = "865312345678901"
+OWN = "+919812345678"
+
+
+@pytest.fixture(scope="module")
+def classifier() -> Classifier:
+    return Classifier(load_policy(), load_device(SAMPLES / "redmi-1s.yaml"))
+
+
+@pytest.fixture(scope="module")
+def blind() -> Classifier:
+    """No device profile: only shapes and key names."""
+    return Classifier(load_policy(), load_device(None))
+
+
+def request(url: str = "https://api.example.cn/x", body: bytes = b"",
+            headers: list[tuple[str, str]] | None = None) -> Exchange:
+    return Exchange(flow_id="f", kind="http", timestamp=0.0, url=url, method="POST",
+                    request_headers=headers or [], request_body=body)
+
+
+def found(classifier: Classifier, exchange: Exchange) -> set[tuple[str, str, str, str]]:
+    return {(f.field, f.data_type, f.encoding, f.match)
+            for f in classifier.classify(exchange).findings}
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def digest(name: str, text: str) -> str:
+    return hashlib.new(name, text.encode()).hexdigest()
+
+
+ENCODED_IMEI = [
+    (IMEI, "plain"),
+    (b64(IMEI), "base64"),
+    (base64.urlsafe_b64encode(IMEI.encode()).decode().rstrip("="), "base64"),
+    (IMEI.encode().hex(), "hex"),
+    (IMEI.encode().hex().upper(), "hex"),
+    (digest("md5", IMEI), "md5"),
+    (digest("sha1", IMEI).upper(), "sha1"),
+    (digest("sha256", IMEI), "sha256"),
+    (base64.b64encode(hashlib.sha1(IMEI.encode()).digest()).decode(), "base64(sha1)"),
+    (digest("sha256", digest("md5", IMEI)), "sha256(md5)"),
+    (b64(digest("sha1", IMEI)), "base64(sha1)"),
+]
+
+
+@pytest.mark.parametrize(("value", "encoding"), ENCODED_IMEI)
+def test_known_imei_found_in_each_encoding_in_a_header(classifier, value, encoding) -> None:
+    exchange = request(headers=[("X-Token", value)])
+    assert ("request.headers.x-token", "imei", encoding, "known") in found(classifier, exchange)
+
+
+def test_percent_encoding_twice_and_url_of_base64(classifier) -> None:
+    twice = quote(quote(OWN, safe=""), safe="")
+    url_b64 = quote(base64.b64encode(OWN.encode()).decode(), safe="")  # "==" becomes %3D%3D
+    exchange = request(headers=[("X-A", twice), ("X-B", url_b64)])
+    result = found(classifier, exchange)
+    assert ("request.headers.x-a", "phone_number", "url(url)", "known") in result
+    assert ("request.headers.x-b", "phone_number", "url(base64)", "known") in result
+
+
+@pytest.mark.parametrize("written", ["+919812345678", "919812345678", "09812345678",
+                                     "9812345678", "+91 98123 45678", "098123-45678",
+                                     "(098123) 45678"])
+def test_own_number_in_any_written_form(classifier, written) -> None:
+    body = json.dumps({"msisdn_field": written}).encode()
+    exchange = request(body=body, headers=[("content-type", "application/json")])
+    assert ("request.body.json.msisdn_field", "phone_number", "plain", "known") in found(
+        classifier, exchange
+    )
+
+
+def test_contacts_and_sms_senders_are_contacts_and_sms_text_is_sms(classifier) -> None:
+    body = json.dumps({
+        "book": [{"n": "R", "tel": "+91 98111 22233"}, {"n": "M", "tel": "9988776655"}],
+        "inbox": [{"from": "+919876500011", "text": "Your OTP is 4411"}],
+    }).encode()
+    result = found(classifier, request(body=body, headers=[("content-type", "application/json")]))
+    assert ("request.body.json.book[0].tel", "contact", "plain", "known") in result
+    assert ("request.body.json.book[1].tel", "contact", "plain", "known") in result
+    assert ("request.body.json.inbox[0].from", "contact", "plain", "known") in result
+    assert ("request.body.json.inbox[0].text", "sms", "plain", "known") in result
+    # a contact's number is not also reported as a bare phone-number shape
+    assert not any(f[0] == "request.body.json.book[0].tel" and f[1] == "phone_number"
+                   for f in result)
+
+
+def test_gzip_body_with_json_inside_base64_inside_json(classifier) -> None:
+    inner = b64(json.dumps({"imei": IMEI, "carrier": "Airtel"}))
+    body = gzip.compress(json.dumps({"payload": inner}).encode())
+    exchange = request(body=body, headers=[("content-type", "application/json"),
+                                           ("content-encoding", "gzip")])
+    result = found(classifier, exchange)
+    assert ("request.body.json.payload.json.imei", "imei", "base64", "known") in result
+    assert ("request.body.json.payload.json.carrier", "carrier", "base64", "known") in result
+
+
+def test_luhn_invalid_number_is_never_an_imei(classifier, blind) -> None:
+    body = json.dumps({"imei": "865312345678903", "serial": "865312345678903"}).encode()
+    for each in (classifier, blind):
+        result = found(each, request(body=body, headers=[("content-type", "application/json")]))
+        assert not any(f[1] == "imei" for f in result)
+
+
+def test_pattern_and_key_findings_without_a_profile(blind) -> None:
+    body = json.dumps({"x": IMEI, "imsi": "404451234567890", "email": "a.b@example.org",
+                       "imei": ""}).encode()
+    result = found(blind, request(body=body, headers=[("content-type", "application/json")]))
+    assert ("request.body.json.x", "imei", "plain", "pattern") in result
+    assert ("request.body.json.imsi", "imsi", "plain", "key") in result
+    assert ("request.body.json.email", "email", "plain", "pattern") in result
+    assert not any(f[0] == "request.body.json.imei" for f in result)  # empty is never a finding
+
+
+def test_someone_elses_number_is_not_the_devices(classifier) -> None:
+    body = json.dumps({"to": "+14155552671"}).encode()
+    findings = classifier.classify(
+        request(body=body, headers=[("content-type", "application/json")])
+    ).findings
+    assert findings and all(f.match != "known" for f in findings)
+
+
+def test_location_matched_by_distance_under_any_keys(tmp_path: Path) -> None:
+    profile = tmp_path / "d.yaml"
+    profile.write_text("location: {lat: 28.6139, lon: 77.2090}\n")
+    located = Classifier(load_policy(), load_device(profile))
+    near = json.dumps({"a": {"p": "28.6201", "q": "77.2101"}, "far": "12.97,77.59"}).encode()
+    result = found(located, request(body=near, headers=[("content-type", "application/json")]))
+    assert ("request.body.json.a.p", "location", "plain", "known") in result
+    assert not any(f[0] == "request.body.json.far" and f[3] == "known" for f in result)
+
+
+def test_form_query_cookie_and_multipart_paths(classifier) -> None:
+    multipart = (
+        b"--XyZ\r\nContent-Disposition: form-data; name=\"dev\"\r\n\r\n" + IMEI.encode()
+        + b"\r\n--XyZ--\r\n"
+    )
+    exchange = request(
+        url=f"https://h.cn/p?imei={IMEI}",
+        body=multipart,
+        headers=[("content-type", "multipart/form-data; boundary=XyZ"),
+                 ("Cookie", f"sid=1; aid={IMEI}")],
+    )
+    result = found(classifier, exchange)
+    assert ("request.query.imei", "imei", "plain", "known") in result
+    assert ("request.cookies.aid", "imei", "plain", "known") in result
+    assert ("request.body.multipart.dev.text", "imei", "plain", "known") in result
+
+
+def test_one_finding_per_field_and_type_with_the_strongest_match(classifier) -> None:
+    body = json.dumps({"imei": IMEI}).encode()
+    findings = classifier.classify(
+        request(body=body, headers=[("content-type", "application/json")])
+    ).findings
+    imei = [f for f in findings if f.field == "request.body.json.imei"]
+    assert [(f.data_type, f.match) for f in imei] == [("imei", "known")]
+
+
+def test_encoding_chain_is_written_outermost_first() -> None:
+    assert encoding_chain((), "plain") == "plain"
+    assert encoding_chain(("url",), "base64") == "url(base64)"
+    assert encoding_chain(("base64",), "sha256(md5)") == "base64(sha256(md5))"
+    assert encoding_chain(("url", "base64"), "plain") == "url(base64)"
