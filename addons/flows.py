@@ -12,10 +12,11 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from leakmap.core.exchange import Exchange, Message
 from mitmproxy import connection, dns, http, io, tcp, tls, udp
 from mitmproxy.exceptions import FlowReadException
 from mitmproxy.flow import Flow
+
+from leakmap.core.exchange import Exchange, Message
 
 
 def _ip(address: tuple | None) -> str | None:

@@ -14,13 +14,13 @@ import logging
 import time
 import uuid
 
+from mitmproxy import ctx, dns, exceptions, http, tcp, tls, udp
+from mitmproxy.flow import Flow
+
 from leakmap.addons import options
 from leakmap.addons.flows import exchange_from_flow, exchange_from_tls_failure
 from leakmap.core.pipeline import FlowRecord, Pipeline, record_from_summary, record_summary
 from leakmap.core.yamlsource import ConfigError
-from mitmproxy import ctx, dns, exceptions, http, tcp, tls, udp
-from mitmproxy.flow import Flow
-
 from leakmap.wiring import build_pipeline
 
 log = logging.getLogger(__name__)

@@ -12,17 +12,17 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 
+from mitmproxy import ctx, dns, exceptions, http, tcp, tls, udp
+from mitmproxy.flow import Flow
+from sqlalchemy import Engine
+
+import leakmap
 from leakmap.addons import options
 from leakmap.addons.inspector import flow_record, tls_records
 from leakmap.core.device import load_device
 from leakmap.core.yamlsource import ConfigError
 from leakmap.policies.model import load_policy
 from leakmap.store.db import FlowWriter, StoreError, finish_run, open_store, start_run
-from mitmproxy import ctx, dns, exceptions, http, tcp, tls, udp
-from mitmproxy.flow import Flow
-from sqlalchemy import Engine
-
-import leakmap
 
 log = logging.getLogger(__name__)
 

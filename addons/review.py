@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import logging
 
-from leakmap.addons.inspector import flow_record, tls_records
-from leakmap.core.pipeline import FlowRecord
 from mitmproxy import dns, http, tcp, tls, udp
 from mitmproxy.flow import Flow
+
+from leakmap.addons.inspector import flow_record, tls_records
+from leakmap.core.pipeline import FlowRecord
 
 log = logging.getLogger("leakmap")
 

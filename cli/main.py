@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import click
+
+import leakmap
 from leakmap.addons.options import SETTINGS, Setting
 from leakmap.cli import render
 from leakmap.core.exchange import Exchange
 from leakmap.core.yamlsource import ConfigError
 from leakmap.store.db import StoreError
-
-import leakmap
 
 ANALYSIS_SETTINGS = ("policy", "device", "db", "run_name", "geoip_dir", "networks", "store_raw",
                      "hash_key_file", "max_body")
@@ -121,10 +121,10 @@ def run(mode: tuple[str, ...], listen_port: int | None, mitmproxy_args: tuple[st
 
     Example: leakmap run --mode wireguard --device phone.yaml --run-name unit3-boot
     """
-    from leakmap.addons.recorder import default_run_name
-    from leakmap.store.db import open_store
     from mitmproxy.tools.main import mitmdump
 
+    from leakmap.addons.recorder import default_run_name
+    from leakmap.store.db import open_store
     from leakmap.wiring import build_pipeline
 
     settings["run_name"] = settings["run_name"] or default_run_name("run")
@@ -187,7 +187,6 @@ def analyze(captures: tuple[Path, ...], **settings: Any) -> None:
     """
     from leakmap.addons.recorder import default_run_name
     from leakmap.store.db import finish_run, open_store, start_run, write_records
-
     from leakmap.wiring import build_pipeline
 
     assembled = build_pipeline(**{k: v for k, v in settings.items() if k != "run_name"})

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import phonenumbers
+
 from leakmap.core.decode import Leaf, Limits, exchange_leaves
 from leakmap.core.device import DeviceProfile
 from leakmap.core.exchange import Exchange

@@ -28,6 +28,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import brotli
 import defusedxml.ElementTree as SafeET
 import zstandard
+
 from leakmap.core import protobuf
 from leakmap.core.exchange import Exchange
 

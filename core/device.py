@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import phonenumbers
+
 from leakmap.core.yamlsource import ConfigError, Sourced, load
 
 STRING_FIELDS = ("imei", "imsi", "iccid", "phone_number", "email", "android_id",

@@ -21,6 +21,7 @@ from urllib.parse import quote
 
 import ahocorasick
 import phonenumbers
+
 from leakmap.core.device import DeviceProfile
 from leakmap.policies.model import DataType
 

@@ -24,12 +24,13 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from leakmap.core.pipeline import FlowRecord
-from leakmap.store.schema import Finding, Flow, Run
 from sqlalchemy import Engine, create_engine, event, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
+
+from leakmap.core.pipeline import FlowRecord
+from leakmap.store.schema import Finding, Flow, Run
 
 log = logging.getLogger(__name__)
 logging.getLogger("alembic").setLevel(logging.WARNING)

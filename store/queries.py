@@ -6,9 +6,10 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from leakmap.store.schema import Finding, Flow, Run
 from sqlalchemy import Engine, Select, select
 from sqlalchemy.orm import Session
+
+from leakmap.store.schema import Finding, Flow, Run
 
 FINDING_KEYS = (
     "flow_id", "run", "timestamp", "host", "url", "server_ip", "server_port", "country",

@@ -14,9 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from servers import TLSServer
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+
+from servers import TLSServer
 
 HERE = Path(__file__).parent
 SAMPLES = HERE.parent / "samples"

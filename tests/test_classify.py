@@ -10,12 +10,13 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from conftest import SAMPLES
 
 from leakmap.core.classify import Classifier, encoding_chain
 from leakmap.core.device import load_device
 from leakmap.core.exchange import Exchange
 from leakmap.policies.model import load_policy
+
+from conftest import SAMPLES
 
 IMEI = "865312345678901"
 OWN = "+919812345678"

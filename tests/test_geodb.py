@@ -14,6 +14,9 @@ from pathlib import Path
 
 import geoip2.database
 import pytest
+from mmdb_writer import MMDBWriter
+from netaddr import IPSet
+
 from leakmap.geodb import build
 from leakmap.geodb.lookup import (
     GeoConfigError,
@@ -21,8 +24,6 @@ from leakmap.geodb.lookup import (
     NetworkOverride,
     load_networks,
 )
-from mmdb_writer import MMDBWriter
-from netaddr import IPSet
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import httpx
+
 from conftest import leakmap_cli
 
 IMEI = "865312345678901"  # samples/redmi-1s.yaml

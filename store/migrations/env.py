@@ -8,8 +8,9 @@ run from ``store/`` with ``script_location`` pointing at this folder.
 """
 
 from alembic import context
-from leakmap.store.schema import Base
 from sqlalchemy import create_engine
+
+from leakmap.store.schema import Base
 
 config = context.config
 connection = config.attributes.get("connection")
