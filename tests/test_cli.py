@@ -1,0 +1,121 @@
+"""The ``leakmap`` command as a user runs it: offline analysis, reports, clean errors."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import SAMPLES, leakmap_cli
+
+HAR = SAMPLES / "redmi-2014.har"
+DEVICE = SAMPLES / "redmi-1s.yaml"
+FINDING_KEYS = {"flow_id", "run", "timestamp", "host", "url", "server_ip", "country",
+                "data_type", "field", "encoding", "match", "severity"}
+FLOW_KEYS = {"flow_id", "run", "timestamp", "host", "url", "server_ip", "country",
+             "finding_count"}
+
+
+@pytest.fixture
+def analysed(tmp_path: Path) -> str:
+    db = f"sqlite:///{tmp_path / 'cli.db'}"
+    leakmap_cli("analyze", str(HAR), "--device", str(DEVICE), "--db", db, "--run-name", "s1")
+    return db
+
+
+def test_json_report_of_the_2014_sample(analysed: str) -> None:
+    report = json.loads(leakmap_cli("report", "--db", analysed, "--format", "json").stdout)
+    assert len(report["flows"]) == 6
+    for finding in report["findings"]:
+        assert finding.keys() >= FINDING_KEYS
+    for flow in report["flows"]:
+        assert flow.keys() >= FLOW_KEYS
+    beijing = {(f["data_type"], f["match"]) for f in report["findings"] if f["country"] == "CN"}
+    assert {("imei", "known"), ("phone_number", "known"), ("carrier", "known"),
+            ("contact", "known")} <= beijing
+    # the decoys: a Luhn-invalid serial and a stranger's number are never the device's
+    known_values = {f["field"] for f in report["findings"] if f["match"] == "known"}
+    assert "request.body.json.serial" not in known_values
+    assert "request.body.json.contact" not in known_values
+    assert not any(f["field"] == "request.body.json.serial" for f in report["findings"])
+    truncated = [f for f in report["flows"] if f["url"].endswith("/log")][0]
+    assert "malformed JSON" in truncated["analysis_error"]
+    assert {f["country"] for f in report["flows"]} == {"CN", "SG", "US"}
+
+
+def test_country_filter_csv_and_table(analysed: str) -> None:
+    rows = list(csv.DictReader(io.StringIO(
+        leakmap_cli("report", "--db", analysed, "--country", "SG", "--format", "csv").stdout)))
+    assert rows and {row["country"] for row in rows} == {"SG"}
+    assert set(rows[0]) >= FINDING_KEYS
+    table = leakmap_cli("report", "--db", analysed, "--run", "s1").stdout
+    assert "api.account.xiaomi.com" in table and "8653•••••••8901" in table
+    assert "865312345678901" not in table
+
+
+def test_analysis_is_deterministic(tmp_path: Path) -> None:
+    dumps = []
+    for attempt in range(2):
+        db = f"sqlite:///{tmp_path / f'det{attempt}.db'}"
+        leakmap_cli("analyze", str(HAR), "--device", str(DEVICE), "--db", db,
+                    "--run-name", "same", "--hash-key-file", str(tmp_path / "key"))
+        dumps.append(leakmap_cli("report", "--db", db, "--format", "json").stdout)
+    assert dumps[0] == dumps[1]
+
+
+def _fails_cleanly(*args: str) -> str:
+    result = leakmap_cli(*args, check=False)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_policy_typo_is_one_line_with_file_line_and_column(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("data_types:\n  imei:\n    category: device_id\n    severty: high\n")
+    line = _fails_cleanly("analyze", str(HAR), "--policy", str(policy),
+                          "--db", f"sqlite:///{tmp_path / 'x.db'}")
+    assert f"{policy}:4:5: unknown key 'severty'" in line
+    assert "did you mean 'severity'" in line
+
+
+def test_missing_device_file_and_bad_database_are_one_line(tmp_path: Path) -> None:
+    line = _fails_cleanly("analyze", str(HAR), "--device", str(tmp_path / "none.yaml"))
+    assert "none.yaml" in line and "not found" in line
+    line = _fails_cleanly("report", "--db", "postgresql+psycopg://u:pw@127.0.0.1:1/x")
+    assert "127.0.0.1:1" in line and "pw" not in line
+
+
+def test_run_refuses_bad_settings_before_starting_the_proxy(tmp_path: Path) -> None:
+    policy = tmp_path / "broken.yaml"
+    policy.write_text("data_types: [\n")
+    line = _fails_cleanly("run", "--policy", str(policy), "--listen-port", "1")
+    assert str(policy) in line and "YAML syntax error" in line
+
+
+def test_duplicate_run_name_is_refused(analysed: str) -> None:
+    line = _fails_cleanly("analyze", str(HAR), "--db", analysed, "--run-name", "s1")
+    assert "already exists" in line
+
+
+def test_every_command_has_help_with_an_example() -> None:
+    commands = ["run", "analyze", "report", "runs", "addon-path"]
+    for command in commands:
+        help_text = leakmap_cli(command, "--help").stdout
+        assert "Example:" in help_text, command
+    run_help = leakmap_cli("run", "--help").stdout
+    for flag in ("--mode", "--listen-port", "--policy", "--device", "--db", "--run-name",
+                 "--geoip-dir", "--networks", "--store-raw"):
+        assert flag in run_help
+
+
+def test_addon_path_is_the_installed_script_alone_in_its_folder() -> None:
+    path = Path(leakmap_cli("addon-path").stdout.strip())
+    assert path.name == "leakmap_addons.py" and path.exists()
+    siblings = {p.name for p in path.parent.iterdir() if p.suffix == ".py"}
+    assert siblings <= {"leakmap_addons.py", "__init__.py"}

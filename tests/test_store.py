@@ -1,0 +1,123 @@
+"""The store against SQLite and a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session
+
+from leakmap.core.exchange import Exchange
+from leakmap.core.pipeline import FindingRecord, FlowRecord
+from leakmap.store import queries
+from leakmap.store.db import FlowWriter, StoreError, finish_run, open_store, start_run, write_records
+from leakmap.store.schema import Finding, Flow, Run
+
+
+def record(flow_id: str, country: str | None = "CN", findings: int = 1) -> FlowRecord:
+    exchange = Exchange(flow_id=flow_id, kind="http", timestamp=1_407_143_702.5,
+                        server_ip="123.125.114.144", host="api.account.xiaomi.com",
+                        url=f"https://api.account.xiaomi.com/{flow_id}", method="POST",
+                        request_body=b"{}")
+    return FlowRecord(
+        exchange=exchange, geo_scope="public", country=country, city=None, asn=4808,
+        as_org="China Unicom", findings=[
+            FindingRecord(field=f"request.body.json.f{i}", data_type="imei", category="device_id",
+                          severity="high", encoding="plain", match="known",
+                          preview="8653•••••••8901", value_hash="ab" * 32)
+            for i in range(findings)
+        ],
+    )
+
+
+def test_open_store_migrates_to_head(db_url: str) -> None:
+    engine = open_store(db_url)
+    with engine.connect() as connection:
+        assert connection.execute(text("select version_num from alembic_version")).scalar() == "0001"
+    open_store(db_url).dispose()  # opening an existing store again is a no-op
+    engine.dispose()
+
+
+def test_run_names_are_unique(db_url: str) -> None:
+    engine = open_store(db_url)
+    start_run(engine, "bench-1", "run", "0.1.0")
+    with pytest.raises(StoreError, match="already exists"):
+        start_run(engine, "bench-1", "analyze", "0.1.0")
+    engine.dispose()
+
+
+def test_writer_batches_and_drains_everything_on_close(db_url: str) -> None:
+    engine = open_store(db_url)
+    run_id = start_run(engine, "writer", "run", "0.1.0", policy_name="default")
+    writer = FlowWriter(engine, run_id, interval=0.05, batch_size=100)
+    for index in range(1200):
+        writer.submit(record(f"flow-{index}", findings=index % 3))
+    writer.close()
+    finish_run(engine, run_id)
+    with Session(engine) as session:
+        assert session.scalar(select(func.count()).select_from(Flow)) == 1200
+        assert session.scalar(select(func.count()).select_from(Finding)) == 1200  # 0+1+2 per 3
+        run = session.scalars(select(Run)).one()
+        assert run.status == "completed" and run.ended_at is not None
+    engine.dispose()
+
+
+def test_rewriting_a_flow_replaces_it(db_url: str) -> None:
+    engine = open_store(db_url)
+    run_id = start_run(engine, "replace", "run", "0.1.0")
+    write_records(engine, run_id, [record("same", findings=2)])
+    write_records(engine, run_id, [record("same", findings=1)])
+    rows = queries.flows(engine, "replace")
+    assert len(rows) == 1 and rows[0]["finding_count"] == 1
+    assert len(queries.findings(engine, "replace")) == 1
+    engine.dispose()
+
+
+def test_report_rows_filter_by_run_and_country(db_url: str) -> None:
+    engine = open_store(db_url)
+    first = start_run(engine, "a", "analyze", "0.1.0")
+    second = start_run(engine, "b", "analyze", "0.1.0")
+    write_records(engine, first, [record("1", "CN"), record("2", "SG")])
+    write_records(engine, second, [record("3", "CN", findings=0)])
+    assert {f["flow_id"] for f in queries.findings(engine, "a", ["cn"])} == {"1"}
+    assert {f["flow_id"] for f in queries.flows(engine, None, ["CN"])} == {"1", "3"}
+    row = queries.findings(engine, "a", ["SG"])[0]
+    assert row["timestamp"] == "2014-08-04T09:15:02.500000Z"
+    assert row["run"] == "a" and row["server_ip"] == "123.125.114.144"
+    engine.dispose()
+
+
+def test_two_writers_with_their_own_runs_lose_nothing(db_url: str) -> None:
+    engines = [open_store(db_url), open_store(db_url)]
+    runs = [start_run(engine, f"proxy-{i}", "run", "0.1.0") for i, engine in enumerate(engines)]
+    writers = [FlowWriter(e, r, interval=0.02, batch_size=50) for e, r in zip(engines, runs,
+                                                                              strict=True)]
+
+    def feed(index: int) -> None:
+        for n in range(500):
+            writers[index].submit(record(f"p{index}-{n}"))
+
+    threads = [threading.Thread(target=feed, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for writer in writers:
+        writer.close()
+    assert len(queries.flows(engines[0], "proxy-0")) == 500
+    assert len(queries.flows(engines[0], "proxy-1")) == 500
+    for engine in engines:
+        engine.dispose()
+
+
+def test_unreachable_database_is_one_clear_error() -> None:
+    with pytest.raises(StoreError) as caught:
+        open_store("postgresql+psycopg://leakmap:secret@127.0.0.1:1/nowhere")
+    message = str(caught.value)
+    assert "127.0.0.1:1" in message and "secret" not in message and "\n" not in message
+
+
+def test_a_url_that_is_no_url_is_one_clear_error() -> None:
+    with pytest.raises(StoreError, match="not a database URL"):
+        open_store("not a url")
