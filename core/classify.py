@@ -15,6 +15,7 @@ import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from dataclasses import field as dataclass_field
 
 import phonenumbers
 
@@ -41,7 +42,7 @@ class Finding:
     value: str
     # how many encodings the decoder undid before the match; among equal
     # matches the most decoded view of a value is the most precise one
-    decoded_layers: int = field(default=0, compare=False)
+    decoded_layers: int = dataclass_field(default=0, compare=False)
 
 
 @dataclass

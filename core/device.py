@@ -124,7 +124,8 @@ def load_device(path: str | Path | None) -> DeviceProfile:
         raise source.error((), "wrong type (expected a mapping of device fields)")
     for key in data:
         if key not in ALL_FIELDS:
-            raise source.error((key,), f"unknown key {key!r} (one of {', '.join(ALL_FIELDS)})")
+            raise source.error((key,), f"unknown key {key!r} (one of {', '.join(ALL_FIELDS)})",
+                               at_key=True)
     values = {k: _text(source, data[k], (k,)) for k in STRING_FIELDS if data.get(k) is not None}
     senders, bodies = _sms(source, data)
     return DeviceProfile(

@@ -7,7 +7,7 @@ every node and :class:`ConfigError` carries ``FILE:LINE:COL: problem``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,32 +26,43 @@ class Sourced:
 
     path: Path
     data: Any
-    marks: dict[NodePath, tuple[int, int]]
+    marks: dict[NodePath, tuple[int, int]]  # where each value starts
+    key_marks: dict[NodePath, tuple[int, int]] = field(default_factory=dict)  # its key
 
-    def where(self, node_path: NodePath) -> str:
-        """``FILE:LINE:COL`` of ``node_path``, or of its nearest parent."""
+    def where(self, node_path: NodePath, at_key: bool = False) -> str:
+        """``FILE:LINE:COL`` of ``node_path`` (or its key), or of its nearest parent."""
         probe = tuple(node_path)
-        while probe and probe not in self.marks:
+        table = self.key_marks if at_key and probe in self.key_marks else self.marks
+        while probe and probe not in table:
             probe = probe[:-1]
-        line, column = self.marks.get(probe, (1, 1))
+        line, column = table.get(probe, (1, 1))
         return f"{self.path}:{line}:{column}"
 
-    def error(self, node_path: NodePath, problem: str) -> ConfigError:
-        return ConfigError(f"{self.where(node_path)}: {problem}")
+    def error(self, node_path: NodePath, problem: str, at_key: bool = False) -> ConfigError:
+        return ConfigError(f"{self.where(node_path, at_key)}: {problem}")
 
 
-def _convert(node: yaml.Node, here: NodePath, marks: dict[NodePath, tuple[int, int]]) -> Any:
-    marks[here] = (node.start_mark.line + 1, node.start_mark.column + 1)
+Marks = dict[NodePath, tuple[int, int]]
+
+
+def _position(node: yaml.Node) -> tuple[int, int]:
+    return node.start_mark.line + 1, node.start_mark.column + 1
+
+
+def _convert(node: yaml.Node, here: NodePath, marks: Marks, key_marks: Marks) -> Any:
+    marks[here] = _position(node)
     if isinstance(node, yaml.MappingNode):
         result: dict[str, Any] = {}
         for key_node, value_node in node.value:
             key = str(key_node.value)
-            result[key] = _convert(value_node, (*here, key), marks)
-            # point at the key itself: "unknown key" and "wrong type" read best there
-            marks[(*here, key)] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            key_marks[(*here, key)] = _position(key_node)
+            result[key] = _convert(value_node, (*here, key), marks, key_marks)
         return result
     if isinstance(node, yaml.SequenceNode):
-        return [_convert(item, (*here, index), marks) for index, item in enumerate(node.value)]
+        return [
+            _convert(item, (*here, index), marks, key_marks)
+            for index, item in enumerate(node.value)
+        ]
     return _SCALARS.construct_object(node, deep=True)
 
 
@@ -75,6 +86,7 @@ def load(path: str | Path, what: str) -> Sourced:
         raise ConfigError(f"{file_path}:{spot}: YAML syntax error: {e.problem}") from e
     except yaml.YAMLError as e:
         raise ConfigError(f"{file_path}:1:1: YAML error: {e}") from e
-    marks: dict[NodePath, tuple[int, int]] = {}
-    data = _convert(root, (), marks) if root is not None else None
-    return Sourced(file_path, data, marks)
+    marks: Marks = {}
+    key_marks: Marks = {}
+    data = _convert(root, (), marks, key_marks) if root is not None else None
+    return Sourced(file_path, data, marks, key_marks)

@@ -95,8 +95,8 @@ class _Checker:
     def __init__(self, source: Sourced) -> None:
         self.source = source
 
-    def fail(self, where: NodePath, problem: str) -> ConfigError:
-        return self.source.error(where, problem)
+    def fail(self, where: NodePath, problem: str, at_key: bool = False) -> ConfigError:
+        return self.source.error(where, problem, at_key)
 
     def mapping(self, value: Any, where: NodePath, allowed: tuple[str, ...]) -> dict[str, Any]:
         if not isinstance(value, dict):
@@ -105,7 +105,7 @@ class _Checker:
             if key not in allowed:
                 near = difflib.get_close_matches(key, allowed, n=1)
                 hint = f"did you mean {near[0]!r}?" if near else f"one of {', '.join(allowed)}"
-                raise self.fail((*where, key), f"unknown key {key!r} ({hint})")
+                raise self.fail((*where, key), f"unknown key {key!r} ({hint})", at_key=True)
         return value
 
     def choice(self, value: Any, where: NodePath, options: tuple[str, ...], what: str) -> str:
@@ -187,7 +187,7 @@ class _Checker:
 
 def _sequence(checker: _Checker, data: dict[str, Any], key: str) -> tuple[dict[str, Any], ...]:
     value = data.get(key, [])
-    if not isinstance(value, list):
+    if not isinstance(value, list | tuple):
         raise checker.fail((key,), f"wrong type: {type(value).__name__} (expected a list)")
     return tuple(value)
 

@@ -41,7 +41,7 @@ def test_json_report_of_the_2014_sample(analysed: str) -> None:
     assert "request.body.json.serial" not in known_values
     assert "request.body.json.contact" not in known_values
     assert not any(f["field"] == "request.body.json.serial" for f in report["findings"])
-    truncated = [f for f in report["flows"] if f["url"].endswith("/log")][0]
+    truncated = next(f for f in report["flows"] if f["url"].endswith("/log"))
     assert "malformed JSON" in truncated["analysis_error"]
     assert {f["country"] for f in report["flows"]} == {"CN", "SG", "US"}
 
