@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import httpx
+from mitmproxy import io
 
 from conftest import leakmap_cli
 
@@ -95,6 +96,12 @@ def test_mitmdump_script_and_flow_file_replay_agree(
     assert proxy.stop() == 0, proxy.output
     live = _report(live_db, "plain-mitmdump")
     assert _finding_keys(live) == EXPECTED
+    # what mitmweb and the console show: the leaky flow marked and commented
+    with capture.open("rb") as handle:
+        saved = {f.request.path.split("?")[0]: f for f in io.FlowReader(handle).stream()}
+    assert saved["/v2/register"].marked
+    assert saved["/v2/register"].comment == "leakmap: imei, phone_number -> CN"
+    assert not saved["/generate_204"].marked
 
     offline_db = f"sqlite:///{tmp_path / 'offline.db'}"
     for run in ("replay-a", "replay-b"):
@@ -111,6 +118,26 @@ def test_mitmdump_script_and_flow_file_replay_agree(
     # the live run and the replay saw the same flows with the same ids and times
     assert [f["flow_id"] for f in first["flows"]] == [f["flow_id"] for f in live["flows"]]
     assert [f["timestamp"] for f in first["flows"]] == [f["timestamp"] for f in live["flows"]]
+
+
+def test_http2_flows_are_logged(start_proxy, tls_server, tmp_path: Path, device_file: Path,
+                                networks_file: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'h2.db'}"
+    # lazy: offer HTTP/2 to the phone although the test server speaks only HTTP/1.1
+    proxy = start_proxy("--device", str(device_file), "--db", db, "--run-name", "h2",
+                        "--networks", str(networks_file), "--set", "connection_strategy=lazy")
+    curl = subprocess.run(
+        ["curl", "-sS", "--http2", "-o", "/dev/null", "-w", "%{http_version}", "--max-time", "10",
+         "--cacert", str(proxy.ca), "-x", proxy.url,
+         f"https://localhost:{tls_server.port}/h2?imei={IMEI}"],
+        capture_output=True, text=True,
+    )
+    assert curl.stdout == "2", curl.stderr
+    assert proxy.stop() == 0, proxy.output
+    report = _report(db, "h2")
+    assert [f["url"].split("?")[0][-3:] for f in report["flows"]] == ["/h2"]
+    assert report["flows"][0]["http_version"] == "HTTP/2.0"
+    assert _finding_keys(report) == {("request.query.imei", "imei", "plain", "known")}
 
 
 def test_pinned_app_is_still_logged_with_sni_and_country(
