@@ -116,13 +116,24 @@ def networks_file(tmp_path: Path) -> Path:
 class Proxy:
     """A real ``leakmap run`` (or ``mitmdump -s``) subprocess on a free port."""
 
-    def __init__(self, command: list[str], port: int, confdir: Path, log: Path) -> None:
+    def __init__(self, command: list[str], port: int, confdir: Path, log: Path,
+                 wait_port: bool = True) -> None:
         self.port = port
         self.confdir = confdir
         self.log_path = log
         self._log = log.open("wb")
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT)
-        wait_for_port(port, self.process)
+        if wait_port:
+            wait_for_port(port, self.process)
+        else:
+            self.wait_for_output("listening at")
+
+    def wait_for_output(self, text: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.output:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"proxy not ready:\n{self.output}")
+            time.sleep(0.1)
 
     @property
     def url(self) -> str:
@@ -148,7 +159,7 @@ class Proxy:
 def start_proxy(tmp_path: Path) -> Iterator:
     started: list[Proxy] = []
 
-    def start(*leakmap_args: str, via: str = "leakmap") -> Proxy:
+    def start(*leakmap_args: str, via: str = "leakmap", wait_port: bool = True) -> Proxy:
         port = free_port()
         confdir = tmp_path / f"mitm-{port}"
         common = ["--set", f"confdir={confdir}", "--set", "ssl_insecure=true"]
@@ -160,7 +171,7 @@ def start_proxy(tmp_path: Path) -> Iterator:
                                     capture_output=True, text=True).stdout.strip()
             command = [str(BIN / "mitmdump"), "-s", script, "--listen-port", str(port),
                        *leakmap_args, *common]
-        proxy = Proxy(command, port, confdir, tmp_path / f"proxy-{port}.log")
+        proxy = Proxy(command, port, confdir, tmp_path / f"proxy-{port}.log", wait_port)
         started.append(proxy)
         return proxy
 
