@@ -115,7 +115,7 @@ class Classifier:
     # -- detectors, each yielding candidate findings for one leaf ----------
 
     def _known_hits(self, leaf: Leaf) -> Iterator[Finding]:
-        for _start, _end, hit in self.known.search(leaf.value):
+        for hit in self.known.search(leaf.value):
             yield self._finding(hit.data_type, leaf, hit.encoding, "known", hit.canonical)
         if self.known.known_phones and sum(ch.isdigit() for ch in leaf.value) >= 7:
             yield from self._known_phone_numbers(leaf)

@@ -2,19 +2,25 @@
 
 Each known value (IMEI, own number, contacts' numbers, ...) is expanded into
 its written forms (a phone number in E.164 with or without ``+``, national
-with or without the trunk 0, with spaces or dashes; upper and lower case) and
-then into the transforms apps apply: percent-encoding, base64, hex, MD5,
-SHA-1, SHA-256 (hex in either case or base64 of the raw digest), and chains
-two deep such as ``sha256(md5)`` or ``base64(sha1)``.  All variants go into
-one Aho-Corasick automaton, so a leaf is searched for every known value at
-once.  Reversible chains (``url(base64)``...) need no variants: the decoder
-unwraps them before the search.
+with or without the trunk 0, with spaces or dashes) in upper and lower case.
+
+- Reversible encodings of those forms (percent-encoding once or twice,
+  base64 standard or URL-safe, hex in either case) go into one Aho-Corasick
+  automaton, so a leaf is searched for every known value at once, also where
+  the value sits inside a longer string.  Deeper reversible chains
+  (``url(base64)``...) need no variants: the decoder unwraps them first.
+- Hashes (MD5, SHA-1, SHA-256 and chains two deep such as ``sha256(md5)``)
+  go into a table keyed by the raw digest.  A leaf's hash-shaped tokens (hex
+  in either case, base64 of the raw digest or of its hex) are looked up there,
+  so every way of writing a digest costs one table entry, not four words.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from urllib.parse import quote
@@ -39,25 +45,25 @@ class KnownHit:
     encoding: str
 
 
-def phone_forms(number: str, region: str | None) -> tuple[list[str], list[str]]:
-    """(written forms, canonical forms to hash) of a phone number."""
+def phone_forms(number: str, region: str | None) -> list[str]:
+    """The ways a phone number is written: E.164 with or without ``+``, ``00``,
+    national with or without the trunk 0, with spaces, dashes or neither."""
     text = number.strip()
     try:
         parsed = phonenumbers.parse(text, region)
     except phonenumbers.NumberParseException:
-        return [text], [text]
+        return [text]
     e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
-    national_digits = str(parsed.national_number)
     national = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.NATIONAL)
     international = phonenumbers.format_number(
         parsed, phonenumbers.PhoneNumberFormat.INTERNATIONAL
     )
     trunk = "".join(ch for ch in national if ch.isdigit())
-    canonical = [e164, e164[1:], national_digits, trunk]
-    written = [*canonical, "00" + e164[1:], national, international, text]
+    written = [e164, e164[1:], str(parsed.national_number), trunk, "00" + e164[1:], national,
+               international, text]
     written += [form.replace(" ", "-") for form in (national, international)]
     written += [form.replace(" ", "") for form in (national, international)]
-    return _unique(written), _unique(canonical)
+    return _unique(written)
 
 
 def canonical_phone(number: str, region: str | None) -> str:
@@ -78,14 +84,9 @@ def _mac_forms(mac: str) -> list[str]:
     return _unique([mac, ":".join(pairs), "-".join(pairs), digits])
 
 
-def _case_forms(value: str, transforms: tuple[str, ...]) -> list[tuple[str, str]]:
-    forms = [(value, "")]
-    if "upper" in transforms or "lower" in transforms:
-        forms += [(value.upper(), "upper"), (value.lower(), "lower")]
-    unique: dict[str, str] = {}
-    for text, label in forms:
-        unique.setdefault(text, label)
-    return list(unique.items())
+def _case_forms(value: str) -> list[str]:
+    """The value as written, upper- and lower-case: apps hash any of them."""
+    return _unique([value, value.upper(), value.lower()])
 
 
 def _wrap(outer: str, inner: str) -> str:
@@ -97,18 +98,17 @@ def _b64(raw: bytes) -> Iterator[str]:
     yield base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def _digests(text: str, label: str, allowed: set[str]) -> Iterator[tuple[str, str, str]]:
-    """(variant, encoding, lower-hex digest) for each hash of ``text``."""
+def _hex_digests(text: str, allowed: set[str]) -> Iterator[tuple[bytes, str]]:
+    """(raw digest, encoding) of each hash of ``text`` and each hash of that hash's hex."""
     for name in _HASHES:
         if name not in allowed:
             continue
         digest = hashlib.new(name, text.encode()).digest()
-        hexed = digest.hex()
-        encoding = _wrap(name, label)
-        yield hexed, encoding, hexed
-        yield hexed.upper(), encoding, hexed
-        for encoded in _b64(digest):
-            yield encoded, _wrap("base64", encoding), hexed
+        yield digest, name
+        for hexed in (digest.hex(), digest.hex().upper()):
+            for outer in _HASHES:
+                if outer in allowed:
+                    yield hashlib.new(outer, hexed.encode()).digest(), f"{outer}({name})"
 
 
 def _reversible(text: str, label: str, allowed: set[str]) -> Iterator[tuple[str, str]]:
@@ -123,39 +123,75 @@ def _reversible(text: str, label: str, allowed: set[str]) -> Iterator[tuple[str,
         yield text.encode().hex().upper(), _wrap("hex", label)
 
 
-def variants(
-    written: list[str], hashed: list[str], transforms: tuple[str, ...]
-) -> Iterator[tuple[str, str]]:
-    """(variant, encoding) pairs for one known value."""
-    allowed = {step for chain in transforms for step in chain.replace(")", "").split("(")}
-    for form in written:
-        for text, label in _case_forms(form, transforms):
-            yield text, label or "plain"
-            yield from _reversible(text, label, allowed)
-    for form in hashed:
-        for text, label in _case_forms(form, transforms):
-            for variant, encoding, hexed in _digests(text, label, allowed):
-                yield variant, encoding
-                yield from ((v, e) for v, e, _ in _digests(hexed, encoding, allowed))
-                if "base64" in allowed and not encoding.startswith("base64"):
-                    for wrapped in _b64(hexed.encode()):
-                        yield wrapped, _wrap("base64", encoding)
+def _allowed(transforms: tuple[str, ...]) -> set[str]:
+    return {step for chain in transforms for step in chain.replace(")", "").split("(")}
 
 
-def _forms(data_type_field: str, value: str, region: str | None) -> tuple[list[str], list[str]]:
+def reversible_variants(forms: list[str], transforms: tuple[str, ...]) -> Iterator[tuple[str, str]]:
+    """(variant, encoding) pairs for the automaton: plain, url, base64, hex."""
+    allowed = _allowed(transforms)
+    for form in forms:
+        for text in _case_forms(form):
+            yield text, "plain"
+            yield from _reversible(text, "", allowed)
+
+
+def digest_variants(forms: list[str], transforms: tuple[str, ...]) -> Iterator[tuple[bytes, str]]:
+    """(raw digest, encoding) pairs for the digest table."""
+    allowed = _allowed(transforms)
+    for form in forms:
+        for text in _case_forms(form):
+            yield from _hex_digests(text, allowed)
+
+
+_DIGEST_SIZES = (16, 20, 32)
+_HEX_TOKEN = re.compile(r"(?<![0-9A-Fa-f])(?:[0-9A-Fa-f]{64}|[0-9A-Fa-f]{40}|[0-9A-Fa-f]{32})"
+                        r"(?![0-9A-Fa-f])")
+_B64_TOKEN = re.compile(r"(?<![A-Za-z0-9+/_-])[A-Za-z0-9+/_-]{22,88}={0,2}(?![A-Za-z0-9+/_=-])")
+
+
+def _b64_bytes(token: str) -> bytes | None:
+    stripped = token.rstrip("=")
+    altchars = b"-_" if ("-" in stripped or "_" in stripped) else None
+    try:
+        return base64.b64decode(stripped + "=" * (-len(stripped) % 4), altchars=altchars,
+                                validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def digest_tokens(text: str) -> Iterator[tuple[bytes, str]]:
+    """(raw digest, outer encoding) for each hash-shaped token in ``text``.
+
+    The outer encoding is ``""`` for hex, ``"base64"`` for base64 of the raw
+    digest or of its hex.
+    """
+    for match in _HEX_TOKEN.finditer(text):
+        yield bytes.fromhex(match.group()), ""
+    for match in _B64_TOKEN.finditer(text):
+        raw = _b64_bytes(match.group())
+        if raw is None:
+            continue
+        if len(raw) in _DIGEST_SIZES:
+            yield raw, "base64"
+        elif len(raw) in (32, 40, 64) and _HEX_TOKEN.fullmatch(raw.decode("latin-1")):
+            yield bytes.fromhex(raw.decode("ascii")), "base64"
+
+
+def _forms(data_type_field: str, value: str, region: str | None) -> list[str]:
     if data_type_field in PHONE_FIELDS:
         return phone_forms(value, region)
     if data_type_field == "mac_address":
-        forms = _mac_forms(value)
-        return forms, forms
-    return [value], [value]
+        return _mac_forms(value)
+    return [value]
 
 
 class KnownMatcher:
-    """One automaton over every variant of every known value."""
+    """Every known value: an automaton for written forms, a table for digests."""
 
     def __init__(self, data_types: Iterable[DataType], device: DeviceProfile) -> None:
         self.automaton = ahocorasick.Automaton()
+        self.digests: dict[bytes, list[KnownHit]] = {}
         self.known_phones: dict[str, list[tuple[str, str]]] = {}
         for data_type in data_types:
             if data_type.known is None:
@@ -163,8 +199,8 @@ class KnownMatcher:
             for field_name in data_type.known.fields:
                 for value in device.known(field_name):
                     self._add(data_type, field_name, value, device.region)
-        self.empty = len(self.automaton) == 0
-        if not self.empty:
+        self.empty = len(self.automaton) == 0 and not self.digests
+        if len(self.automaton):
             self.automaton.make_automaton()
 
     def _add(self, data_type: DataType, field_name: str, value: str, region: str | None) -> None:
@@ -172,27 +208,38 @@ class KnownMatcher:
         canonical = canonical_phone(value, region) if field_name in PHONE_FIELDS else value
         if field_name in PHONE_FIELDS:
             self.known_phones.setdefault(canonical, []).append((data_type.name, canonical))
-        written, hashed = _forms(field_name, value, region)
         minimum = 3 if field_name == "carrier" else _MIN_VARIANT
-        for variant, encoding in variants(written, hashed, data_type.known.transforms):
-            if len(variant) < (minimum if encoding == "plain" else _MIN_VARIANT):
-                continue
+        forms = _forms(field_name, value, region)
+        transforms = data_type.known.transforms
+        for variant, encoding in reversible_variants(forms, transforms):
+            if len(variant) >= (minimum if encoding == "plain" else _MIN_VARIANT):
+                self._add_word(variant, KnownHit(data_type.name, canonical, encoding))
+        for digest, encoding in digest_variants(forms, transforms):
+            hits = self.digests.setdefault(digest, [])
             hit = KnownHit(data_type.name, canonical, encoding)
-            existing = self.automaton.get(variant, None)
-            if existing is None:
-                self.automaton.add_word(variant, (len(variant), [hit]))
-            elif hit not in existing[1]:
-                existing[1].append(hit)
+            if hit not in hits:
+                hits.append(hit)
 
-    def search(self, text: str) -> Iterator[tuple[int, int, KnownHit]]:
-        """(start, end, hit) for each variant found in ``text`` on a word boundary."""
+    def _add_word(self, variant: str, hit: KnownHit) -> None:
+        existing = self.automaton.get(variant, None)
+        if existing is None:
+            self.automaton.add_word(variant, (len(variant), [hit]))
+        elif hit not in existing[1]:
+            existing[1].append(hit)
+
+    def search(self, text: str) -> Iterator[KnownHit]:
+        """Each known value found in ``text``: written forms on a word boundary, digests."""
         if self.empty:
             return
-        for end_index, (length, hits) in self.automaton.iter(text):
-            start, end = end_index + 1 - length, end_index + 1
-            if _on_boundary(text, start, end):
-                for hit in hits:
-                    yield start, end, hit
+        if len(self.automaton):
+            for end_index, (length, hits) in self.automaton.iter(text):
+                if _on_boundary(text, end_index + 1 - length, end_index + 1):
+                    yield from hits
+        if self.digests:
+            for digest, outer in digest_tokens(text):
+                for hit in self.digests.get(digest, ()):
+                    encoding = f"{outer}({hit.encoding})" if outer else hit.encoding
+                    yield KnownHit(hit.data_type, hit.canonical, encoding)
 
 
 def _on_boundary(text: str, start: int, end: int) -> bool:
