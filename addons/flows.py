@@ -129,6 +129,30 @@ def exchange_from_tls_failure(data: tls.TlsData, timestamp: float) -> Exchange:
     )
 
 
+class OpenFlows:
+    """Flows that started and have not ended: what a clean stop must still record.
+
+    mitmproxy's ``save`` addon does the same for the flows it writes.
+    """
+
+    def __init__(self) -> None:
+        self._flows: dict[str, Flow] = {}
+
+    def add(self, flow: Flow) -> None:
+        self._flows[flow.id] = flow
+
+    def discard(self, flow: Flow) -> None:
+        self._flows.pop(flow.id, None)
+
+    def drain(self) -> list[Flow]:
+        flows = list(self._flows.values())
+        self._flows.clear()
+        return flows
+
+
+STILL_OPEN = "connection still open when the proxy stopped"
+
+
 def read_flow_file(path: Path) -> Iterator[Flow]:
     """Flows in a file written by ``mitmdump -w``.  Raises ValueError if unreadable."""
     with path.open("rb") as handle:

@@ -18,7 +18,12 @@ from mitmproxy import ctx, dns, exceptions, http, tcp, tls, udp
 from mitmproxy.flow import Flow
 
 from leakmap.addons import options
-from leakmap.addons.flows import exchange_from_flow, exchange_from_tls_failure
+from leakmap.addons.flows import (
+    STILL_OPEN,
+    OpenFlows,
+    exchange_from_flow,
+    exchange_from_tls_failure,
+)
 from leakmap.core.pipeline import FlowRecord, Pipeline, record_from_summary, record_summary
 from leakmap.core.yamlsource import ConfigError
 from leakmap.wiring import build_pipeline
@@ -36,6 +41,8 @@ class Inspector:
         # Marks results of this process: a replayed flow keeps an older run's
         # metadata, which must not stop it from being analysed again.
         self.session = uuid.uuid4().hex
+        self.open_flows = OpenFlows()
+        self.in_flight: set[asyncio.Future[FlowRecord]] = set()
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
         options.declare(loader, PIPELINE_SETTINGS)
@@ -59,14 +66,46 @@ class Inspector:
         except ConfigError as e:
             raise exceptions.OptionsError(str(e)) from e
 
-    async def _inspect(self, flow: Flow) -> None:
+    def _pending(self, flow: Flow) -> bool:
         previous = flow.metadata.get(METADATA_KEY)
-        if self.pipeline is None or (previous and previous.get("session") == self.session):
+        self.open_flows.discard(flow)
+        return self.pipeline is not None and not (
+            previous and previous.get("session") == self.session
+        )
+
+    def _keep(self, flow: Flow, record: FlowRecord) -> None:
+        flow.metadata[METADATA_KEY] = {**record_summary(record), "session": self.session}
+
+    async def _inspect(self, flow: Flow) -> None:
+        exchange = exchange_from_flow(flow) if self._pending(flow) else None
+        if exchange is None or self.pipeline is None:
             return
-        exchange = exchange_from_flow(flow)
-        if exchange is not None:
-            record = await asyncio.to_thread(self.pipeline.process, exchange)
-            flow.metadata[METADATA_KEY] = {**record_summary(record), "session": self.session}
+        job = asyncio.ensure_future(asyncio.to_thread(self.pipeline.process, exchange))
+        self.in_flight.add(job)
+        job.add_done_callback(lambda done: self._finish(flow, done))
+        # shielded: a stop that cancels this hook must not lose the analysis
+        await asyncio.shield(job)
+
+    def _finish(self, flow: Flow, job: asyncio.Future[FlowRecord]) -> None:
+        self.in_flight.discard(job)
+        if not job.cancelled() and job.exception() is None:
+            self._keep(flow, job.result())
+
+    def _started(self, flow: Flow) -> None:
+        self.open_flows.add(flow)
+
+    request = tcp_start = udp_start = dns_request = _started
+
+    async def done(self) -> None:
+        """Finish analyses under way and analyse the flows still open, so that a
+        clean stop records them too."""
+        if self.in_flight:
+            await asyncio.gather(*self.in_flight, return_exceptions=True)
+        for flow in self.open_flows.drain():
+            exchange = exchange_from_flow(flow) if self._pending(flow) else None
+            if exchange is not None and self.pipeline is not None:
+                exchange.error = exchange.error or STILL_OPEN
+                self._keep(flow, self.pipeline.process(exchange))
 
     async def response(self, flow: http.HTTPFlow) -> None:
         if flow.websocket is None:

@@ -18,6 +18,7 @@ from sqlalchemy import Engine
 
 import leakmap
 from leakmap.addons import options
+from leakmap.addons.flows import STILL_OPEN, OpenFlows
 from leakmap.addons.inspector import flow_record, tls_records
 from leakmap.core.device import load_device
 from leakmap.core.yamlsource import ConfigError
@@ -36,6 +37,7 @@ class Recorder:
         self.engine: Engine | None = None
         self.writer: FlowWriter | None = None
         self.run_id: int | None = None
+        self.open_flows = OpenFlows()
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
         options.declare(loader, ("db", "run_name", "flush_interval"))
@@ -73,9 +75,16 @@ class Recorder:
         self.writer = FlowWriter(self.engine, self.run_id, interval=opts.leakmap_flush_interval)
 
     def _record(self, flow: Flow) -> None:
+        self.open_flows.discard(flow)
         record = flow_record(flow) if self.writer is not None else None
         if record is not None and self.writer is not None:
             self.writer.submit(record)
+
+    def _started(self, flow: Flow) -> None:
+        self.open_flows.add(flow)
+
+    # a flow whose end hook a stop cut short is recorded from done()
+    request = tcp_start = udp_start = dns_request = _started
 
     def response(self, flow: http.HTTPFlow) -> None:
         if flow.websocket is None:
@@ -106,6 +115,11 @@ class Recorder:
                 self.writer.submit(record)
 
     def done(self) -> None:
+        for flow in self.open_flows.drain():
+            record = flow_record(flow)
+            if record is not None and self.writer is not None:
+                record.exchange.error = record.exchange.error or STILL_OPEN
+                self.writer.submit(record)
         if self.writer is not None and self.engine is not None and self.run_id is not None:
             self.writer.close()
             finish_run(self.engine, self.run_id, "completed")

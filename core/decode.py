@@ -20,9 +20,10 @@ import json
 import re
 import zlib
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.parser import BytesParser
 from email.policy import HTTP
+from email.utils import collapse_rfc2231_value
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import brotli
@@ -43,6 +44,13 @@ class Limits:
     max_structure_depth: int = 64
     max_leaves: int = 50_000
     min_blob_length: int = 12
+    # Longer values reach the classifier as overlapping windows, so that no
+    # detector sees more than about this many characters at once (a regex
+    # that is quadratic in the length of a run would otherwise hang on one
+    # 2 MB hex string).  Values up to ``leaf_overlap`` long are always whole
+    # in some window.
+    max_leaf_chars: int = 1024
+    leaf_overlap: int = 256
 
 
 @dataclass(frozen=True)
@@ -66,7 +74,16 @@ class Collector:
     truncated: bool = False
 
     def add(self, leaf: Leaf) -> bool:
-        """Keep ``leaf``; False once the leaf budget is spent."""
+        """Keep ``leaf`` (a long one as windows); False once the leaf budget is spent."""
+        size = self.limits.max_leaf_chars
+        if len(leaf.value) <= size:
+            return self._append(leaf)
+        for window in _windows(leaf.value, size, self.limits.leaf_overlap):
+            if not self._append(replace(leaf, value=window)):
+                return False
+        return True
+
+    def _append(self, leaf: Leaf) -> bool:
         if len(self.leaves) >= self.limits.max_leaves:
             self.note_once(f"leaf budget of {self.limits.max_leaves} values exhausted")
             return False
@@ -83,6 +100,36 @@ class Collector:
     @property
     def full(self) -> bool:
         return len(self.leaves) >= self.limits.max_leaves
+
+
+_BREAK = re.compile(r"[^0-9A-Za-z]")
+_SNAP = 64
+
+
+def _windows(text: str, size: int, overlap: int) -> Iterator[str]:
+    """``text`` in windows of about ``size`` characters, overlapping by ``overlap``.
+
+    Each window is widened (by up to ``_SNAP`` characters each side) to the
+    nearest non-alphanumeric character, so that a window does not start or
+    end inside a number or token when it can help it: a cut 20-digit id
+    must not leave a 15-digit IMEI-shaped tail.
+    """
+    step = max(1, size - max(0, overlap))
+    start = 0
+    while True:
+        end = start + size
+        low = start
+        if start > 0:
+            before = _BREAK.search(text[max(0, start - _SNAP) : start][::-1])
+            low = start - before.start() if before else start
+        high = end
+        if end < len(text):
+            after = _BREAK.search(text, end, end + _SNAP)
+            high = after.start() if after else end
+        yield text[low:high]
+        if end >= len(text):
+            return
+        start += step
 
 
 # --------------------------------------------------------------------------
@@ -184,6 +231,27 @@ def is_texty(raw: bytes) -> str | None:
     return text if printable >= 0.9 * len(text) else None
 
 
+_SNIFF = 4096
+_UNPRINTABLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffd]")
+
+
+def _starts_texty(body: bytes) -> bool:
+    """Whether the head of ``body`` is text (a character cut at the end is fine)."""
+    head = body[:_SNIFF]
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if len(body) > _SNIFF and e.reason == "unexpected end of data":
+            head = head[: e.start]  # the cut went through a multi-byte character
+    return is_texty(head) is not None
+
+
+def _mostly_text(text: str) -> bool:
+    """Whether decoded ``text`` (replacement characters included) reads as text."""
+    sample = text[: 16 * _SNIFF]
+    return len(_UNPRINTABLE.findall(sample)) <= 0.1 * len(sample)
+
+
 def decode_base64_text(value: str) -> str | None:
     """Text inside a base64 (standard or URL-safe, padded or not) value."""
     stripped = value.rstrip("=")
@@ -228,7 +296,7 @@ def expand_text(
     """
     if not text or collector.full:
         return
-    if depth < collector.limits.max_depth and _walk_structured(collector, path, text, layers):
+    if depth < collector.limits.max_depth and _walk_structured(collector, path, text, layers, depth):
         return
     if not collector.add(Leaf(path, text, layers, key, parent)):
         return
@@ -262,17 +330,24 @@ def _unwrap_once(
             yield path, decoded_b64, (*layers, "base64")
 
 
-def _walk_structured(collector: Collector, path: str, text: str, layers: tuple[str, ...]) -> bool:
-    """Walk ``text`` if it is JSON or a form string; False when it is neither."""
+def _walk_structured(
+    collector: Collector, path: str, text: str, layers: tuple[str, ...], depth: int
+) -> bool:
+    """Walk ``text`` if it is JSON or a form string; False when it is neither.
+
+    A document inside a string counts as one more level of nesting, like an
+    encoding: JSON in a JSON string in a JSON string... would otherwise
+    recurse until the interpreter gives up.
+    """
     if _looks_like_json(text):
         parsed = parse_json(text, collector, quiet=True)
         if parsed is not _INVALID:
-            walk_structure(collector, f"{path}.json", parsed, layers)
+            walk_structure(collector, f"{path}.json", parsed, layers, nesting=depth + 1)
             return True
     if _FORM.fullmatch(text):
         for name, value in parse_qsl(text, keep_blank_values=True):
             expand_text(collector, f"{path}.form.{name}", value, layers, name, f"{path}.form",
-                        depth=len(layers) + 1)
+                        depth=depth + 1)
         return True
     return False
 
@@ -306,8 +381,13 @@ def walk_structure(
     key: str | None = None,
     parent: str | None = None,
     depth: int = 0,
+    nesting: int = 0,
 ) -> None:
-    """Leaves of a parsed JSON-like tree (dicts, lists, scalars)."""
+    """Leaves of a parsed JSON-like tree (dicts, lists, scalars).
+
+    ``depth`` is the depth inside this tree, ``nesting`` how deep the tree
+    itself sits in decoded strings (see :func:`expand_text`).
+    """
     if collector.full:
         return
     if depth > collector.limits.max_structure_depth:
@@ -315,12 +395,14 @@ def walk_structure(
         return
     if isinstance(node, dict):
         for name, child in node.items():
-            walk_structure(collector, f"{path}.{name}", child, layers, str(name), path, depth + 1)
+            walk_structure(collector, f"{path}.{name}", child, layers, str(name), path, depth + 1,
+                           nesting)
     elif isinstance(node, list):
         for index, child in enumerate(node):
-            walk_structure(collector, f"{path}[{index}]", child, layers, key, path, depth + 1)
+            walk_structure(collector, f"{path}[{index}]", child, layers, key, path, depth + 1,
+                           nesting)
     elif isinstance(node, str):
-        expand_text(collector, path, node, layers, key, parent, depth=len(layers))
+        expand_text(collector, path, node, layers, key, parent, depth=max(len(layers), nesting))
     elif isinstance(node, bool):
         collector.add(Leaf(path, "true" if node else "false", layers, key, parent))
     elif node is not None:
@@ -328,7 +410,10 @@ def walk_structure(
 
 
 def _walk_xml(collector: Collector, path: str, element: object, depth: int = 0) -> None:
-    if collector.full or depth > collector.limits.max_structure_depth:
+    if collector.full:
+        return
+    if depth > collector.limits.max_structure_depth:
+        collector.note_once(f"structure deeper than {collector.limits.max_structure_depth} cut")
         return
     tag = str(getattr(element, "tag", "node")).rsplit("}", 1)[-1]
     here = f"{path}.{tag}"
@@ -355,19 +440,33 @@ def decode_multipart(collector: Collector, path: str, body: bytes, content_type:
     if "boundary=" not in content_type.lower():
         collector.note("multipart body without a boundary: scanned as text")
         return False
-    head = f"Content-Type: {content_type}\r\n\r\n".encode("latin-1", "replace")
-    message = BytesParser(policy=HTTP).parsebytes(head + body)
-    if not message.is_multipart():
+    # one header line: a CR or LF in the value must not start a header of its own
+    one_line = content_type.replace("\r", " ").replace("\n", " ")
+    head = f"Content-Type: {one_line}\r\n\r\n".encode("latin-1", "replace")
+    try:
+        message = BytesParser(policy=HTTP).parsebytes(head + body)
+        parts = list(message.iter_parts()) if message.is_multipart() else []  # type: ignore[attr-defined]
+    except Exception as e:  # the email package raises assorted errors on malformed input
+        collector.note(f"multipart body does not parse ({type(e).__name__}): scanned as text")
+        return False
+    if not parts:
         collector.note("multipart body does not parse: scanned as text")
         return False
-    for index, part in enumerate(message.iter_parts()):  # type: ignore[attr-defined]
-        name = part.get_param("name", header="content-disposition") or str(index)
-        payload = part.get_payload(decode=True)
+    for index, part in enumerate(parts):
+        try:
+            name = collapse_rfc2231_value(
+                part.get_param("name", header="content-disposition") or str(index)
+            )
+            payload = part.get_payload(decode=True)
+            part_type = part.get_content_type()
+        except Exception as e:  # as above: one broken part must not hide the others
+            collector.note(f"multipart part {index} does not parse ({type(e).__name__})")
+            continue
         decode_payload(
             collector,
             f"{path}.multipart.{name}",
             payload if isinstance(payload, bytes) else b"",
-            part.get_content_type(),
+            part_type,
         )
     return True
 
@@ -377,14 +476,22 @@ def _printable_runs(body: bytes, minimum: int = 6) -> Iterable[str]:
         yield match.group().decode("ascii")
 
 
-def decode_binary(collector: Collector, path: str, body: bytes) -> None:
-    """Schema-less protobuf when it parses whole, else printable strings."""
-    fields = protobuf.parse(body, collector.limits.max_structure_depth)
+def decode_binary(collector: Collector, path: str, body: bytes, declared: bool = False) -> None:
+    """Schema-less protobuf when it parses whole, else printable strings.
+
+    ``declared``: the content type says protobuf, so not parsing is a problem.
+    """
+    notes: list[str] = []
+    fields = protobuf.parse(body, collector.limits.max_structure_depth, notes)
+    for problem in notes:
+        collector.note_once(problem)
     if fields is not None:
         for field_path, value in fields:
             text = value if isinstance(value, str) else str(value)
             expand_text(collector, f"{path}.protobuf.{field_path}", text, key=field_path)
         return
+    if declared:
+        collector.note("protobuf body does not parse: scanned for strings")
     for index, run in enumerate(_printable_runs(body)):
         if collector.full:
             return
@@ -408,7 +515,7 @@ def _kind_of(content_type: str, body: bytes) -> str:
         return "json"
     if head[:5] == b"<?xml":
         return "xml"
-    if media.startswith("text/") or is_texty(body[:4096]) is not None:
+    if media.startswith("text/") or _starts_texty(body):
         return "text"
     return "binary"
 
@@ -435,7 +542,7 @@ def _decode_structured(collector: Collector, path: str, body: bytes, kind: str,
     elif kind in ("protobuf", "binary"):
         if content_type.lower().startswith("application/grpc") and len(body) >= 5:
             body = body[5:]  # gRPC's 5-byte message prefix
-        decode_binary(collector, path, body)
+        decode_binary(collector, path, body, declared=kind == "protobuf")
     else:
         return False
     return True
@@ -446,8 +553,13 @@ def decode_payload(collector: Collector, path: str, body: bytes, content_type: s
     if not body:
         return
     kind = _kind_of(content_type or "", body)
-    if not _decode_structured(collector, path, body, kind, content_type or ""):
-        expand_text(collector, f"{path}.text", body.decode("utf-8", "replace"))
+    if _decode_structured(collector, path, body, kind, content_type or ""):
+        return
+    text = body.decode("utf-8", "replace")
+    if _mostly_text(text):
+        expand_text(collector, f"{path}.text", text)
+    else:  # not what it says, and not text either: read it as binary
+        decode_binary(collector, path, body)
 
 
 def decode_body(
@@ -464,8 +576,8 @@ def decode_body(
         collector.note(f"body of {len(body)} bytes: only the first {limit} scanned")
         body = body[:limit]
     decoded = undo_content_encoding(body, content_encoding, collector)
-    if decoded is None:
-        decode_binary(collector, path, body)
+    if decoded is None:  # scan the body as it came, by its looks
+        decode_payload(collector, path, body, "")
         return
     decode_payload(collector, path, decoded, content_type or "")
 

@@ -3,12 +3,14 @@
 Only a buffer that parses completely, with every length inside it, counts as
 protobuf; lying lengths and stray wire types make :func:`parse` return None.
 Length-delimited fields are read as nested messages when they parse whole,
-else as UTF-8 text when they are text, else skipped.
+else as UTF-8 text when they are text, else skipped.  Below ``max_depth``
+a field is not parsed further: its printable strings stand for it.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import struct
 
 Field = tuple[str, str | int | float]
@@ -39,20 +41,42 @@ def _text(chunk: bytes) -> str | None:
     return text if text and all(ch.isprintable() or ch in "\r\n\t" for ch in text) else None
 
 
-def _length_delimited(chunk: bytes, prefix: str, depth: int, max_depth: int) -> list[Field]:
+_PRINTABLE_RUN = re.compile(rb"[\x20-\x7e]{6,}")
+
+
+class _Notes(list[str]):
+    def once(self, problem: str) -> None:
+        if problem not in self:
+            self.append(problem)
+
+
+def _length_delimited(
+    chunk: bytes, prefix: str, depth: int, max_depth: int, notes: _Notes
+) -> list[Field]:
     text = _text(chunk)
-    if depth < max_depth and text is None:
-        nested = _parse(chunk, depth + 1, max_depth, prefix)
-        if nested is not None:
-            return nested
-    return [(prefix, text)] if text is not None else []
+    if text is not None:
+        return [(prefix, text)]
+    if depth < max_depth:
+        own = _Notes()  # kept only if the chunk is a message after all
+        nested = _parse(chunk, depth + 1, max_depth, prefix, own)
+        if nested is None:
+            return []
+        for problem in own:
+            notes.once(problem)
+        return nested
+    runs: list[Field] = [(prefix, run.decode("ascii")) for run in _PRINTABLE_RUN.findall(chunk)]
+    if runs or chunk:
+        notes.once(f"protobuf nested deeper than {max_depth}: deeper fields read as strings")
+    return runs
 
 
 def _float_field(prefix: str, value: float) -> list[Field]:
     return [(prefix, value)] if math.isfinite(value) and 0 < abs(value) < 1e7 else []
 
 
-def _parse(data: bytes, depth: int, max_depth: int, prefix: str) -> list[Field] | None:
+def _parse(
+    data: bytes, depth: int, max_depth: int, prefix: str, notes: _Notes
+) -> list[Field] | None:
     fields: list[Field] = []
     pos = 0
     try:
@@ -74,7 +98,8 @@ def _parse(data: bytes, depth: int, max_depth: int, prefix: str) -> list[Field] 
                 length, pos = _varint(data, pos)
                 if pos + length > len(data):
                     raise _Invalid("length runs past the end")
-                fields += _length_delimited(data[pos : pos + length], name, depth, max_depth)
+                fields += _length_delimited(data[pos : pos + length], name, depth, max_depth,
+                                            notes)
                 pos += length
             elif wire_type == 5:
                 if pos + 4 > len(data):
@@ -88,8 +113,17 @@ def _parse(data: bytes, depth: int, max_depth: int, prefix: str) -> list[Field] 
     return fields
 
 
-def parse(data: bytes, max_depth: int = 16) -> list[Field] | None:
-    """(field path, value) pairs, e.g. ``("1.3", "text")``; None if not protobuf."""
+def parse(
+    data: bytes, max_depth: int = 16, notes: list[str] | None = None
+) -> list[Field] | None:
+    """(field path, value) pairs, e.g. ``("1.3", "text")``; None if not protobuf.
+
+    What could not be read in full is added to ``notes``.
+    """
     if not data:
         return None
-    return _parse(data, 0, max_depth, "")
+    found = _Notes()
+    fields = _parse(data, 0, max_depth, "", found)
+    if fields is not None and notes is not None:
+        notes.extend(found)
+    return fields

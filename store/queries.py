@@ -19,7 +19,7 @@ FINDING_KEYS = (
 FLOW_KEYS = (
     "flow_id", "run", "timestamp", "kind", "client_ip", "host", "sni", "method", "url", "http_version",
     "status_code", "server_ip", "server_port", "country", "city", "asn", "as_org",
-    "geo_scope", "request_size", "response_size", "finding_count", "analysis_error",
+    "geo_scope", "request_size", "response_size", "finding_count", "flow_error", "analysis_error",
 )
 
 

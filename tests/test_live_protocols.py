@@ -82,3 +82,23 @@ def test_raw_tcp_stream_is_logged_and_searched(start_proxy, echo_server: int, tm
     assert [(f["field"], f["data_type"]) for f in report["findings"]] == [
         ("tcp.messages[0].text", "imei")
     ]
+
+
+def test_a_clean_stop_records_connections_still_open(start_proxy, echo_server: int,
+                                                     tmp_path: Path, device_file: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'open.db'}"
+    proxy = start_proxy("--device", str(device_file), "--db", db, "--run-name", "open",
+                        "--set", "tcp_hosts=127.0.0.1")
+    client = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+    client.sendall(f"CONNECT 127.0.0.1:{echo_server} HTTP/1.1\r\n\r\n".encode())
+    assert b"200" in client.recv(4096)
+    client.sendall(f"imei {IMEI}\n".encode())
+    assert client.recv(4096)
+    try:
+        assert proxy.stop() == 0, proxy.output  # the tunnel is still open
+    finally:
+        client.close()
+    flows = _report(db, "open")["flows"]
+    assert [(f["kind"], f["finding_count"]) for f in flows] == [("tcp", 1)]
+    # mitmproxy may end the tunnel itself while stopping; either way it is recorded
+    assert flows[0]["flow_error"] in (None, "connection still open when the proxy stopped")
