@@ -22,7 +22,7 @@ import phonenumbers
 from leakmap.core.decode import Leaf, Limits, exchange_leaves
 from leakmap.core.device import DeviceProfile
 from leakmap.core.exchange import Exchange
-from leakmap.core.known import KnownMatcher
+from leakmap.core.known import KnownMatcher, whole_number
 from leakmap.core.validators import VALIDATORS, parse_phone
 from leakmap.policies.model import DataType, Policy
 
@@ -121,14 +121,15 @@ class Classifier:
             yield from self._known_phone_numbers(leaf)
 
     def _known_phone_numbers(self, leaf: Leaf) -> Iterator[Finding]:
+        """Known numbers in any layout the phone-number library reads (brackets, dots...)."""
         region = self.device.region or "ZZ"
-        matcher = phonenumbers.PhoneNumberMatcher(
-            leaf.value[:4096], region, leniency=phonenumbers.Leniency.VALID
-        )
+        text = leaf.value[:4096]
+        matcher = phonenumbers.PhoneNumberMatcher(text, region, leniency=phonenumbers.Leniency.VALID)
         for match in matcher:
             e164 = phonenumbers.format_number(match.number, phonenumbers.PhoneNumberFormat.E164)
-            for data_type, canonical in self.known.known_phones.get(e164, []):
-                yield self._finding(data_type, leaf, "plain", "known", canonical)
+            for hit in self.known.known_phones.get(e164, []):
+                if whole_number(text, match.start, match.end, hit):
+                    yield self._finding(hit.data_type, leaf, "plain", "known", hit.canonical)
 
     def _pattern_hits(self, leaf: Leaf) -> Iterator[Finding]:
         for data_type in self.pattern_types:

@@ -51,6 +51,7 @@ class Limits:
     # in some window.
     max_leaf_chars: int = 1024
     leaf_overlap: int = 256
+    max_errors: int = 100
 
 
 @dataclass(frozen=True)
@@ -84,22 +85,29 @@ class Collector:
         return True
 
     def _append(self, leaf: Leaf) -> bool:
-        if len(self.leaves) >= self.limits.max_leaves:
-            self.note_once(f"leaf budget of {self.limits.max_leaves} values exhausted")
+        if self.full:
             return False
         self.leaves.append(leaf)
         return True
 
     def note(self, problem: str) -> None:
-        self.errors.append(problem)
+        if len(self.errors) < self.limits.max_errors:
+            self.errors.append(problem)
+        elif len(self.errors) == self.limits.max_errors:
+            self.errors.append("more problems not listed")
 
     def note_once(self, problem: str) -> None:
         if problem not in self.errors:
-            self.errors.append(problem)
+            self.note(problem)
 
     @property
     def full(self) -> bool:
-        return len(self.leaves) >= self.limits.max_leaves
+        """True once the leaf budget is spent: whoever asks skips a value, so it is noted."""
+        if len(self.leaves) < self.limits.max_leaves:
+            return False
+        self.truncated = True
+        self.note_once(f"leaf budget of {self.limits.max_leaves} values exhausted")
+        return True
 
 
 _BREAK = re.compile(r"[^0-9A-Za-z]")
@@ -366,7 +374,7 @@ def parse_json(text: str | bytes, collector: Collector, quiet: bool = False) -> 
     try:
         return json.loads(text, parse_int=str, parse_float=str, parse_constant=str)
     except RecursionError:
-        collector.note("JSON nested too deeply to parse")
+        collector.note_once("JSON nested too deeply to parse")
     except (ValueError, TypeError) as e:
         if not quiet:
             collector.note(f"malformed JSON: {e}")

@@ -43,6 +43,8 @@ class KnownHit:
     data_type: str
     canonical: str
     encoding: str
+    # digit strings of the phone number's forms; set for phone numbers only
+    phone_digits: frozenset[str] = frozenset()
 
 
 def phone_forms(number: str, region: str | None) -> list[str]:
@@ -192,7 +194,7 @@ class KnownMatcher:
     def __init__(self, data_types: Iterable[DataType], device: DeviceProfile) -> None:
         self.automaton = ahocorasick.Automaton()
         self.digests: dict[bytes, list[KnownHit]] = {}
-        self.known_phones: dict[str, list[tuple[str, str]]] = {}
+        self.known_phones: dict[str, list[KnownHit]] = {}
         for data_type in data_types:
             if data_type.known is None:
                 continue
@@ -206,14 +208,21 @@ class KnownMatcher:
     def _add(self, data_type: DataType, field_name: str, value: str, region: str | None) -> None:
         assert data_type.known is not None
         canonical = canonical_phone(value, region) if field_name in PHONE_FIELDS else value
-        if field_name in PHONE_FIELDS:
-            self.known_phones.setdefault(canonical, []).append((data_type.name, canonical))
         minimum = 3 if field_name == "carrier" else _MIN_VARIANT
         forms = _forms(field_name, value, region)
         transforms = data_type.known.transforms
+        digits = frozenset(
+            "".join(ch for ch in form if ch.isdigit()) for form in forms
+        ) if field_name in PHONE_FIELDS else frozenset()
+        if digits:
+            self.known_phones.setdefault(canonical, []).append(
+                KnownHit(data_type.name, canonical, "plain", digits)
+            )
         for variant, encoding in reversible_variants(forms, transforms):
             if len(variant) >= (minimum if encoding == "plain" else _MIN_VARIANT):
-                self._add_word(variant, KnownHit(data_type.name, canonical, encoding))
+                hit = KnownHit(data_type.name, canonical, encoding,
+                               digits if encoding == "plain" else frozenset())
+                self._add_word(variant, hit)
         for digest, encoding in digest_variants(forms, transforms):
             hits = self.digests.setdefault(digest, [])
             hit = KnownHit(data_type.name, canonical, encoding)
@@ -233,13 +242,33 @@ class KnownMatcher:
             return
         if len(self.automaton):
             for end_index, (length, hits) in self.automaton.iter(text):
-                if _on_boundary(text, end_index + 1 - length, end_index + 1):
-                    yield from hits
+                start, end = end_index + 1 - length, end_index + 1
+                if _on_boundary(text, start, end):
+                    yield from (h for h in hits if whole_number(text, start, end, h))
         if self.digests:
             for digest, outer in digest_tokens(text):
                 for hit in self.digests.get(digest, ()):
                     encoding = f"{outer}({hit.encoding})" if outer else hit.encoding
                     yield KnownHit(hit.data_type, hit.canonical, encoding)
+
+
+_PHONE_CHARS = frozenset("0123456789+ -().")
+
+
+def whole_number(text: str, start: int, end: int, hit: KnownHit) -> bool:
+    """False when a phone number's digits are only part of a longer number.
+
+    ``9812345678`` inside ``+44 9812345678`` is someone else's number.  The
+    phone-like run around the match must itself be a form of the known number.
+    """
+    if not hit.phone_digits:
+        return True
+    while start > 0 and text[start - 1] in _PHONE_CHARS:
+        start -= 1
+    while end < len(text) and text[end] in _PHONE_CHARS:
+        end += 1
+    digits = "".join(ch for ch in text[start:end] if ch.isdigit())
+    return digits in hit.phone_digits
 
 
 def _on_boundary(text: str, start: int, end: int) -> bool:

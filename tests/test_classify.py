@@ -184,3 +184,13 @@ def test_encoding_chain_is_written_outermost_first() -> None:
     assert encoding_chain(("url",), "base64") == "url(base64)"
     assert encoding_chain(("base64",), "sha256(md5)") == "base64(sha256(md5))"
     assert encoding_chain(("url", "base64"), "plain") == "url(base64)"
+
+
+@pytest.mark.parametrize("decoy", ["+44 9812345678", "+1 (981) 234-5678 ext", "0044 9812345678",
+                                   "+91 9812345679", "19812345678"])
+def test_the_devices_digits_inside_someone_elses_number_are_not_known(classifier, decoy) -> None:
+    body = json.dumps({"note": f"call {decoy} now"}).encode()
+    findings = classifier.classify(
+        request(body=body, headers=[("content-type", "application/json")])
+    ).findings
+    assert not [f for f in findings if f.match == "known"], findings
