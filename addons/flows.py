@@ -74,6 +74,10 @@ def _http(flow: http.HTTPFlow) -> Exchange:
         exchange.status_code = flow.response.status_code
         exchange.response_headers = [(k, v) for k, v in flow.response.headers.items(multi=True)]
         exchange.response_size = len(flow.response.raw_content or b"")
+    if exchange.error is None and request.method == "CONNECT" and (
+        exchange.status_code is None or exchange.status_code >= 400
+    ):
+        exchange.error = f"CONNECT failed ({exchange.status_code or 'no answer'})"
     if flow.websocket is not None:
         exchange.messages = [
             Message(m.from_client, m.content, m.is_text) for m in flow.websocket.messages

@@ -64,7 +64,7 @@ class Inspector:
                 max_body=opts.leakmap_max_body,
             ).pipeline
         except ConfigError as e:
-            raise exceptions.OptionsError(str(e)) from e
+            refuse(str(e), starting=self.pipeline is None)
 
     def _pending(self, flow: Flow) -> bool:
         previous = flow.metadata.get(METADATA_KEY)
@@ -115,6 +115,10 @@ class Inspector:
         if flow.websocket is None:
             await self._inspect(flow)
 
+    async def http_connect_error(self, flow: http.HTTPFlow) -> None:
+        """A CONNECT whose server cannot be reached: where the phone tried to go."""
+        await self._inspect(flow)
+
     async def websocket_end(self, flow: http.HTTPFlow) -> None:
         await self._inspect(flow)
 
@@ -134,6 +138,17 @@ class Inspector:
         if self.pipeline is not None:
             record = self.pipeline.process(exchange_from_tls_failure(data, time.time()))
             tls_records(data).append(record)
+
+
+def refuse(problem: str, starting: bool) -> None:
+    """A bad setting: one log line at start-up (mitmproxy then exits), else reject it.
+
+    Raising while mitmproxy loads the script would print a traceback.
+    """
+    if starting:
+        log.error(problem)
+        return
+    raise exceptions.OptionsError(problem)
 
 
 def flow_record(flow: Flow) -> FlowRecord | None:

@@ -19,7 +19,7 @@ from sqlalchemy import Engine
 import leakmap
 from leakmap.addons import options
 from leakmap.addons.flows import STILL_OPEN, OpenFlows
-from leakmap.addons.inspector import flow_record, tls_records
+from leakmap.addons.inspector import flow_record, refuse, tls_records
 from leakmap.core.device import load_device
 from leakmap.core.yamlsource import ConfigError
 from leakmap.policies.model import load_policy
@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 
 def default_run_name(command: str) -> str:
-    return f"{command}-{datetime.now(tz=UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}"
+    """The command and the UTC time, to the millisecond: ``run-2026-11-22T23:05:38.530Z``."""
+    return f"{command}-{datetime.now(tz=UTC).isoformat(timespec='milliseconds')[:-6]}Z"
 
 
 class Recorder:
@@ -49,7 +50,7 @@ class Recorder:
             try:
                 self.engine = open_store(ctx.options.leakmap_db or None)
             except StoreError as e:
-                raise exceptions.OptionsError(str(e)) from e
+                refuse(str(e), starting=self.engine is None)
 
     def running(self) -> None:
         if self.engine is None or self.writer is not None:
@@ -94,6 +95,9 @@ class Recorder:
         if flow.websocket is None:
             self._record(flow)
 
+    def http_connect_error(self, flow: http.HTTPFlow) -> None:
+        self._record(flow)
+
     def websocket_end(self, flow: http.HTTPFlow) -> None:
         self._record(flow)
 
@@ -121,7 +125,7 @@ class Recorder:
                 record.exchange.error = record.exchange.error or STILL_OPEN
                 self.writer.submit(record)
         if self.writer is not None and self.engine is not None and self.run_id is not None:
-            self.writer.close()
-            finish_run(self.engine, self.run_id, "completed")
+            unwritten = self.writer.close()
+            finish_run(self.engine, self.run_id, "incomplete" if unwritten else "completed")
             log.info("leakmap: run closed, %d flows written", self.writer.written)
             self.writer = None

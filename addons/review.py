@@ -43,12 +43,13 @@ def finding_lines(record: FlowRecord) -> list[str]:
 
 class Review:
     def _show(self, flow: Flow) -> None:
-        if flow.metadata.get("leakmap_reviewed"):
-            return
+        session = (flow.metadata.get("leakmap") or {}).get("session")
+        if session is None or flow.metadata.get("leakmap_reviewed") == session:
+            return  # not analysed yet, or already shown in this session
         record = flow_record(flow)
         if record is None:
             return
-        flow.metadata["leakmap_reviewed"] = True
+        flow.metadata["leakmap_reviewed"] = session
         if record.findings:
             flow.marked = MARKER
             flow.comment = (flow.comment + "\n" if flow.comment else "") + comment(record)
@@ -66,6 +67,9 @@ class Review:
         self._show(flow)
 
     def error(self, flow: http.HTTPFlow) -> None:
+        self._show(flow)
+
+    def http_connect_error(self, flow: http.HTTPFlow) -> None:
         self._show(flow)
 
     def websocket_end(self, flow: http.HTTPFlow) -> None:

@@ -46,7 +46,7 @@ def settings_options(names: tuple[str, ...] | None = None) -> Callable[[Any], An
 
 
 def fail_cleanly(function: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn leakmap's own errors into one line and exit status 2."""
+    """Turn leakmap's own errors into one ``Error: ...`` line and exit status 1."""
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
@@ -64,7 +64,7 @@ def fail_cleanly(function: Callable[..., Any]) -> Callable[..., Any]:
 def cli() -> None:
     """leakmap: what a phone sends out, and where it goes.
 
-    Example: leakmap analyze samples/redmi-2014.har --device samples/redmi-device.yaml
+    Example: leakmap analyze samples/redmi-2014.har --device samples/redmi-1s.yaml
     """
 
 

@@ -200,7 +200,7 @@ def _load_tree(path: Path, seen: tuple[Path, ...]) -> tuple[dict[str, Any], dict
     types: dict[str, DataType] = {}
     digest_input = path.read_bytes()
     if "extends" in data:
-        parent = (path.parent / str(data["extends"])).resolve()
+        parent = _extended_path(path, str(data["extends"]))
         if parent in seen:
             raise checker.fail(("extends",), f"policy extends itself through {parent}")
         if not parent.exists():
@@ -215,7 +215,33 @@ def _load_tree(path: Path, seen: tuple[Path, ...]) -> tuple[dict[str, Any], dict
         types[name] = checker.data_type(name, spec)
     for key in ("actions", "entities", "networks"):
         data[key] = _sequence(checker, data, key)
+    if "watch" in data and data["watch"] is not None:
+        _check_watch(checker, data["watch"])
     return data, types, digest_input
+
+
+_WATCH_KEYS = ("countries", "operator_countries", "allow")
+
+
+def _check_watch(checker: _Checker, watch: Any) -> None:
+    """``watch: {countries: [CN], operator_countries: [CN]}`` or ``{allow: {...}}``."""
+    spec = checker.mapping(watch, ("watch",), _WATCH_KEYS)
+    for key, value in spec.items():
+        if key == "allow":
+            allowed = checker.mapping(value, ("watch", "allow"), _WATCH_KEYS[:2])
+            for inner, codes in allowed.items():
+                checker.strings(codes, ("watch", "allow", inner))
+        else:
+            checker.strings(value, ("watch", key))
+
+
+def _extended_path(path: Path, name: str) -> Path:
+    """``extends`` relative to the policy; a bare name of a shipped policy also works."""
+    beside = (path.parent / name).resolve()
+    shipped = default_policy_path().parent / name
+    if not beside.exists() and "/" not in name and shipped.exists():
+        return shipped.resolve()
+    return beside
 
 
 def load_policy(path: str | Path | None = None) -> Policy:

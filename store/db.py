@@ -22,8 +22,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
@@ -33,7 +31,6 @@ from leakmap.core.pipeline import FlowRecord
 from leakmap.store.schema import Finding, Flow, Run
 
 log = logging.getLogger(__name__)
-logging.getLogger("alembic").setLevel(logging.WARNING)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -93,6 +90,12 @@ def open_store(url: str | None = None) -> Engine:
         raise StoreError(f"{safe_url(url)}: cannot use this database ({e})") from e
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
+    # Alembic logs its plugin set-up at import; a proxy's console has no use for it.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    from alembic import command
+    from alembic.config import Config
+    from alembic.util.exc import CommandError
+
     try:
         with engine.begin() as connection:
             config = Config()
@@ -102,7 +105,23 @@ def open_store(url: str | None = None) -> Engine:
     except SQLAlchemyError as e:
         reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
         raise StoreError(f"{safe_url(url)}: cannot open database: {reason}") from e
+    except CommandError as e:
+        raise StoreError(
+            f"{safe_url(url)}: database schema is not one this leakmap knows "
+            f"(written by a newer version?): {e}"
+        ) from e
     return engine
+
+
+def _database_identity(url: str) -> str:
+    """One spelling per database: an SQLite file by its absolute path."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return url
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        return "sqlite:" + str(Path(parsed.database).expanduser().resolve())
+    return parsed.set(password=None).render_as_string(hide_password=False)
 
 
 def hash_key_for(url: str, key_file: str | Path | None = None) -> bytes:
@@ -111,7 +130,7 @@ def hash_key_for(url: str, key_file: str | Path | None = None) -> bytes:
     One key per database, in ``$LEAKMAP_HOME/keys/``; created on first use.
     """
     if key_file is None:
-        digest = hashlib.sha256(safe_url(url).encode()).hexdigest()[:16]
+        digest = hashlib.sha256(_database_identity(url).encode()).hexdigest()[:16]
         key_file = leakmap_home() / "keys" / f"{digest}.key"
     path = Path(key_file)
     if path.exists():
@@ -252,6 +271,7 @@ class FlowWriter:
         self.interval = interval
         self.batch_size = batch_size
         self.written = 0
+        self.unwritten = 0
         self.last_error: str | None = None
         self._queue: queue.Queue[FlowRecord | None] = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name="leakmap-writer", daemon=True)
@@ -260,9 +280,11 @@ class FlowWriter:
     def submit(self, record: FlowRecord) -> None:
         self._queue.put(record)
 
-    def close(self, timeout: float | None = None) -> None:
+    def close(self, timeout: float | None = None) -> int:
+        """Write what is pending and stop; the number of records that could not be written."""
         self._queue.put(None)
         self._thread.join(timeout)
+        return self.unwritten
 
     def _loop(self) -> None:
         pending: list[FlowRecord] = []
@@ -274,7 +296,8 @@ class FlowWriter:
             if closing and pending and self.last_error:
                 time.sleep(self.interval)
                 if not self._write(pending):
-                    log.error("leakmap: %d records not written: %s", len(pending), self.last_error)
+                    self.unwritten = len(pending) + self._queue.qsize()
+                    log.error("leakmap: %d records not written: %s", self.unwritten, self.last_error)
                     return
 
     def _collect(self, pending: list[FlowRecord], closing: bool) -> bool:

@@ -119,3 +119,21 @@ def test_addon_path_is_the_installed_script_alone_in_its_folder() -> None:
     assert path.name == "leakmap_addons.py" and path.exists()
     siblings = {p.name for p in path.parent.iterdir() if p.suffix == ".py"}
     assert siblings <= {"leakmap_addons.py", "__init__.py"}
+
+
+def test_plain_mitmdump_with_a_bad_policy_says_one_line_and_exits(tmp_path: Path) -> None:
+    import subprocess
+
+    from conftest import BIN, free_port
+
+    policy = tmp_path / "p.yaml"
+    policy.write_text("data_types:\n  imei: {category: device_id, severty: high}\n")
+    script = leakmap_cli("addon-path").stdout.strip()
+    result = subprocess.run(
+        [str(BIN / "mitmdump"), "-s", script, "--set", f"leakmap_policy={policy}",
+         "--listen-port", str(free_port()), "--set", f"confdir={tmp_path / 'conf'}"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode != 0
+    assert "Traceback" not in result.stdout + result.stderr
+    assert f"{policy}:2:31: unknown key 'severty'" in result.stdout + result.stderr

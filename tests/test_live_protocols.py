@@ -102,3 +102,20 @@ def test_a_clean_stop_records_connections_still_open(start_proxy, echo_server: i
     assert [(f["kind"], f["finding_count"]) for f in flows] == [("tcp", 1)]
     # mitmproxy may end the tunnel itself while stopping; either way it is recorded
     assert flows[0]["flow_error"] in (None, "connection still open when the proxy stopped")
+
+
+def test_a_connect_to_an_unreachable_server_is_logged(start_proxy, tmp_path: Path,
+                                                      networks_file: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'refused.db'}"
+    proxy = start_proxy("--db", db, "--run-name", "refused", "--networks", str(networks_file))
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as client:
+        client.sendall(f"CONNECT 127.0.0.1:{closed_port} HTTP/1.1\r\n\r\n".encode())
+        assert b"502" in client.recv(4096)
+    assert proxy.stop() == 0, proxy.output
+    flows = _report(db, "refused")["flows"]
+    assert len(flows) == 1
+    assert flows[0]["server_port"] == closed_port and flows[0]["country"] == "CN"
+    assert flows[0]["flow_error"]
