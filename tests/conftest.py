@@ -166,10 +166,10 @@ def start_proxy(tmp_path: Path) -> Iterator:
         if via == "leakmap":
             command = [str(BIN / "leakmap"), "run", "--listen-port", str(port),
                        *leakmap_args, *common]
-        else:
+        else:  # the plain mitmproxy way: mitmdump or mitmweb -s SCRIPT
             script = subprocess.run([str(BIN / "leakmap"), "addon-path"], check=True,
                                     capture_output=True, text=True).stdout.strip()
-            command = [str(BIN / "mitmdump"), "-s", script, "--listen-port", str(port),
+            command = [str(BIN / via), "-s", script, "--listen-port", str(port),
                        *leakmap_args, *common]
         proxy = Proxy(command, port, confdir, tmp_path / f"proxy-{port}.log", wait_port)
         started.append(proxy)

@@ -160,3 +160,28 @@ def test_pinned_app_is_still_logged_with_sni_and_country(
     assert flows[0]["server_ip"] == "127.0.0.1"
     assert flows[0]["country"] == "CN"
     assert tls_server.received == []
+
+
+def test_mitmweb_shows_flows_with_findings_marked_and_commented(
+    start_proxy, tls_server, tmp_path: Path, device_file: Path, networks_file: Path
+) -> None:
+    import re
+
+    from conftest import free_port
+
+    db = f"sqlite:///{tmp_path / 'web.db'}"
+    web_port = free_port()
+    proxy = start_proxy("--set", f"leakmap_device={device_file}", "--set", f"leakmap_db={db}",
+                        "--set", f"leakmap_networks={networks_file}", "--set",
+                        "web_open_browser=false", "--web-port", str(web_port), via="mitmweb")
+    _send_phone_traffic(proxy, tls_server.port)
+    proxy.wait_for_output("token=")
+    token = re.search(r"token=(\w+)", proxy.output)
+    assert token is not None
+    flows = httpx.get(f"http://127.0.0.1:{web_port}/flows", params={"token": token.group(1)},
+                      timeout=10).json()
+    assert proxy.stop() == 0, proxy.output
+    shown = {f["request"]["path"].split("?")[0]: f for f in flows}
+    assert shown["/v2/register"]["marked"]
+    assert shown["/v2/register"]["comment"] == "leakmap: imei, phone_number -> CN"
+    assert not shown["/generate_204"]["marked"]
