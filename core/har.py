@@ -55,18 +55,25 @@ def _body(post: dict[str, Any]) -> bytes:
 
 
 def _headers(items: Any) -> list[tuple[str, str]]:
-    headers = []
-    for item in items if isinstance(items, list) else []:
-        if isinstance(item, dict) and "name" in item:
-            name = str(item["name"])
-            # HAR bodies are stored decoded: their Content-Encoding no longer applies.
-            if name.lower() != "content-encoding":
-                headers.append((name, str(item.get("value", ""))))
-    return headers
+    return [
+        (str(item["name"]), str(item.get("value", "")))
+        for item in (items if isinstance(items, list) else [])
+        if isinstance(item, dict) and "name" in item
+    ]
 
 
-def _request_headers(request: dict[str, Any]) -> list[tuple[str, str]]:
+_COMPRESSED_MAGIC = (b"\x1f\x8b", b"\x28\xb5\x2f\xfd")  # gzip, zstd
+
+
+def _still_encoded(body: bytes) -> bool:
+    return body.startswith(_COMPRESSED_MAGIC)
+
+
+def _request_headers(request: dict[str, Any], body: bytes) -> list[tuple[str, str]]:
     headers = _headers(request.get("headers"))
+    if not _still_encoded(body):
+        # HAR stores bodies decoded: their Content-Encoding no longer applies
+        headers = [(name, value) for name, value in headers if name.lower() != "content-encoding"]
     mime = (request.get("postData") or {}).get("mimeType")
     if mime and not any(name.lower() == "content-type" for name, _ in headers):
         headers.append(("content-type", str(mime)))
@@ -93,6 +100,7 @@ def exchange_from_entry(entry: dict[str, Any], flow_id: str) -> Exchange:
     parts = urlsplit(url)
     messages = _websocket(entry)
     status = response.get("status")
+    body = _body(request.get("postData") or {})
     return Exchange(
         flow_id=flow_id,
         kind="websocket" if messages else "http",
@@ -106,8 +114,8 @@ def exchange_from_entry(entry: dict[str, Any], flow_id: str) -> Exchange:
         url=url or None,
         path=parts.path,
         http_version=str(request.get("httpVersion", "")) or None,
-        request_headers=_request_headers(request),
-        request_body=_body(request.get("postData") or {}),
+        request_headers=_request_headers(request, body),
+        request_body=body,
         status_code=status if isinstance(status, int) and status > 0 else None,
         response_headers=_headers(response.get("headers")),
         response_size=(response.get("content") or {}).get("size"),

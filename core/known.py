@@ -63,8 +63,9 @@ def phone_forms(number: str, region: str | None) -> list[str]:
     trunk = "".join(ch for ch in national if ch.isdigit())
     written = [e164, e164[1:], str(parsed.national_number), trunk, "00" + e164[1:], national,
                international, text]
-    written += [form.replace(" ", "-") for form in (national, international)]
-    written += [form.replace(" ", "") for form in (national, international)]
+    spaced = (national, international, international.lstrip("+"))
+    written += [*spaced[2:], *(form.replace(" ", "-") for form in spaced)]
+    written += [form.replace(" ", "") for form in spaced]
     return _unique(written)
 
 
