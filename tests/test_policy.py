@@ -105,3 +105,11 @@ def test_device_profile_errors(tmp_path: Path, text: str, expected: str) -> None
     path = write(tmp_path, "d.yaml", text)
     with pytest.raises(ConfigError, match=expected.replace("(", r"\(").replace(")", r"\)")):
         load_device(path)
+
+
+def test_extends_default_yaml_finds_the_shipped_policy_from_anywhere(tmp_path: Path) -> None:
+    child = write(tmp_path, "mine.yaml", "extends: default.yaml\nname: mine\n"
+                  "data_types:\n  sms: {category: message, severity: low}\n")
+    policy = load_policy(child)
+    assert policy.data_types["sms"].severity == "low"
+    assert policy.data_types["imei"].severity == "high"
