@@ -92,7 +92,10 @@ class Finding(Base):
     """One (flow, field, data type).  The raw value only when asked for."""
 
     __tablename__ = "findings"
-    __table_args__ = (Index("ix_findings_data_type", "data_type"),)
+    __table_args__ = (
+        Index("ix_findings_data_type", "data_type"),
+        UniqueConstraint("flow_pk", "field", "data_type", name="uq_findings_flow_field_type"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     flow_pk: Mapped[int] = mapped_column(ForeignKey("flows.id", ondelete="CASCADE"), index=True)

@@ -121,3 +121,16 @@ def test_unreachable_database_is_one_clear_error() -> None:
 def test_a_url_that_is_no_url_is_one_clear_error() -> None:
     with pytest.raises(StoreError, match="not a database URL"):
         open_store("not a url")
+
+
+def test_migrations_build_exactly_the_schema_the_models_declare(db_url: str) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from leakmap.store.schema import Base
+
+    engine = open_store(db_url)
+    with engine.connect() as connection:
+        differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+    engine.dispose()
+    assert differences == []

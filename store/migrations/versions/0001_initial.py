@@ -78,6 +78,7 @@ def upgrade() -> None:
         sa.Column("preview", sa.Text(), nullable=False),
         sa.Column("value_hash", sa.String(64), nullable=False),
         sa.Column("raw_value", sa.Text(), nullable=True),
+        sa.UniqueConstraint("flow_pk", "field", "data_type", name="uq_findings_flow_field_type"),
     )
     op.create_index("ix_findings_flow_pk", "findings", ["flow_pk"])
     op.create_index("ix_findings_data_type", "findings", ["data_type"])
