@@ -29,6 +29,8 @@ from leakmap.policies.model import DataType, Policy
 MATCH_STRENGTH = {"known": 3, "pattern": 2, "key": 1}
 _COORDINATE = re.compile(r"(?<![\d.])-?\d{1,3}\.\d{2,}(?![\d.])")
 _LOCATION_RADIUS_KM = 1.0
+# a run of 7 to 20 digits, possibly with + or 00, brackets, spaces, dots or dashes
+_PHONE_SPAN = re.compile(r"(?<![\w+])(?:\+|\(\+?)?\d[\d ().-]{5,22}\d(?![\w])")
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,7 @@ class Classifier:
         self.pattern_types = [t for t in types if t.pattern is not None]
         self.key_types = [t for t in types if t.keys is not None and not self._is_location(t)]
         self.location_types = [t for t in types if self._is_location(t)]
+        self._key_cache: dict[str, list[DataType]] = {}
 
     @staticmethod
     def _is_location(data_type: DataType) -> bool:
@@ -117,18 +120,23 @@ class Classifier:
     def _known_hits(self, leaf: Leaf) -> Iterator[Finding]:
         for hit in self.known.search(leaf.value):
             yield self._finding(hit.data_type, leaf, hit.encoding, "known", hit.canonical)
-        if self.known.known_phones and sum(ch.isdigit() for ch in leaf.value) >= 7:
+        if self.known.known_phones:
             yield from self._known_phone_numbers(leaf)
 
     def _known_phone_numbers(self, leaf: Leaf) -> Iterator[Finding]:
-        """Known numbers in any layout the phone-number library reads (brackets, dots...)."""
-        region = self.device.region or "ZZ"
+        """Known numbers in layouts the automaton has no word for: brackets, dots...
+
+        Only digit runs shaped like a phone number are parsed, one by one: cheaper
+        than the library's matcher over whole values such as a User-Agent.
+        """
         text = leaf.value[:4096]
-        matcher = phonenumbers.PhoneNumberMatcher(text, region, leniency=phonenumbers.Leniency.VALID)
-        for match in matcher:
-            e164 = phonenumbers.format_number(match.number, phonenumbers.PhoneNumberFormat.E164)
+        for span in _PHONE_SPAN.finditer(text):
+            number = parse_phone(span.group(), self.device.region)
+            if number is None:
+                continue
+            e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
             for hit in self.known.known_phones.get(e164, []):
-                if whole_number(text, match.start, match.end, hit):
+                if whole_number(text, span.start(), span.end(), hit):
                     yield self._finding(hit.data_type, leaf, "plain", "known", hit.canonical)
 
     def _pattern_hits(self, leaf: Leaf) -> Iterator[Finding]:
@@ -146,10 +154,19 @@ class Classifier:
         value = leaf.value.strip()
         if not value:
             return
-        for data_type in self.key_types:
-            assert data_type.keys is not None
-            if data_type.keys.matches(leaf.key) and self._value_passes(data_type, value):
+        for data_type in self._types_for_key(leaf.key):
+            if self._value_passes(data_type, value):
                 yield self._finding(data_type.name, leaf, "plain", "key", value)
+
+    def _types_for_key(self, key: str) -> list[DataType]:
+        """Data types whose key names match ``key``; field names repeat, so remembered."""
+        types = self._key_cache.get(key)
+        if types is None:
+            if len(self._key_cache) > 20_000:
+                self._key_cache.clear()
+            types = [t for t in self.key_types if t.keys is not None and t.keys.matches(key)]
+            self._key_cache[key] = types
+        return types
 
     def _value_passes(self, data_type: DataType, value: str) -> bool:
         assert data_type.keys is not None
@@ -249,9 +266,12 @@ def _explained(findings: list[Finding], region: str | None) -> list[Finding]:
     phone number adds nothing.
     """
     known = {(f.field, _normal(f.value, region)) for f in findings if f.match == "known"}
+    explained_fields = {field_path for field_path, _ in known}
     return [
         f for f in findings
-        if f.match == "known" or (f.field, _normal(f.value, region)) not in known
+        if f.match == "known"
+        or f.field not in explained_fields
+        or (f.field, _normal(f.value, region)) not in known
     ]
 
 
