@@ -10,6 +10,7 @@ addons as a :class:`~leakmap.core.pipeline.FlowRecord`.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 import uuid
@@ -74,7 +75,16 @@ class Inspector:
         )
 
     def _keep(self, flow: Flow, record: FlowRecord) -> None:
-        flow.metadata[METADATA_KEY] = {**record_summary(record), "session": self.session}
+        summary = {**record_summary(record), "session": self.session}
+        flow.metadata[METADATA_KEY] = summary
+        # the live object for Review and Recorder; flow files keep only the summary
+        flow._leakmap_record = (summary, record)  # type: ignore[attr-defined]
+
+    def running(self) -> None:
+        # Start-up leaves a large heap (mitmproxy, SQLAlchemy, the automaton) that
+        # every full collection would walk again, pausing all traffic for ~100 ms
+        # (docs/benchmarks.md). Freeze it: only objects made per flow get collected.
+        gc.freeze()
 
     async def _inspect(self, flow: Flow) -> None:
         exchange = exchange_from_flow(flow) if self._pending(flow) else None
@@ -154,6 +164,9 @@ def refuse(problem: str, starting: bool) -> None:
 def flow_record(flow: Flow) -> FlowRecord | None:
     """The Inspector's result for ``flow``, if it has one."""
     summary = flow.metadata.get(METADATA_KEY)
+    cached = getattr(flow, "_leakmap_record", None)
+    if cached is not None and cached[0] is summary:
+        return cached[1]  # type: ignore[no-any-return]
     exchange = exchange_from_flow(flow) if summary else None
     return record_from_summary(exchange, summary) if exchange and summary else None
 
