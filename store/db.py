@@ -18,11 +18,12 @@ import secrets
 import threading
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, select, update
+from sqlalchemy import Engine, create_engine, delete, event, insert, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -192,68 +193,69 @@ def finish_run(engine: Engine, run_id: int, status: str = "completed") -> None:
 # Writing flows.
 
 
-def _flow_row(run_id: int, record: FlowRecord) -> Flow:
+def _flow_values(run_id: int, record: FlowRecord) -> dict[str, Any]:
     exchange = record.exchange
-    flow = Flow(
-        run_id=run_id,
-        flow_id=exchange.flow_id,
-        kind=exchange.kind,
-        timestamp=utc_from_timestamp(exchange.timestamp),
-        client_ip=exchange.client_ip,
-        client_port=exchange.client_port,
-        server_ip=exchange.server_ip,
-        server_port=exchange.server_port,
-        sni=exchange.sni,
-        host=exchange.host,
-        scheme=exchange.scheme,
-        method=exchange.method,
-        url=exchange.url,
-        http_version=exchange.http_version,
-        status_code=exchange.status_code,
-        request_size=exchange.request_size,
-        response_size=exchange.response_size,
-        geo_scope=record.geo_scope,
-        country=record.country,
-        city=record.city,
-        asn=record.asn,
-        as_org=record.as_org,
-        finding_count=len(record.findings),
-        truncated=record.truncated,
-        flow_error=exchange.error,
-        analysis_error=record.analysis_error,
-    )
-    flow.findings = [
-        Finding(
-            data_type=f.data_type,
-            category=f.category,
-            severity=f.severity,
-            field=f.field,
-            encoding=f.encoding,
-            match=f.match,
-            preview=f.preview,
-            value_hash=f.value_hash,
-            raw_value=f.raw_value,
-        )
-        for f in record.findings
-    ]
-    return flow
+    return {
+        "run_id": run_id,
+        "flow_id": exchange.flow_id,
+        "kind": exchange.kind,
+        "timestamp": utc_from_timestamp(exchange.timestamp),
+        "client_ip": exchange.client_ip,
+        "client_port": exchange.client_port,
+        "server_ip": exchange.server_ip,
+        "server_port": exchange.server_port,
+        "sni": exchange.sni,
+        "host": exchange.host,
+        "scheme": exchange.scheme,
+        "method": exchange.method,
+        "url": exchange.url,
+        "http_version": exchange.http_version,
+        "status_code": exchange.status_code,
+        "request_size": exchange.request_size,
+        "response_size": exchange.response_size,
+        "geo_scope": record.geo_scope,
+        "country": record.country,
+        "city": record.city,
+        "asn": record.asn,
+        "as_org": record.as_org,
+        "finding_count": len(record.findings),
+        "truncated": record.truncated,
+        "flow_error": exchange.error,
+        "analysis_error": record.analysis_error,
+    }
+
+
+def _finding_values(flow_pk: int, record: FlowRecord) -> list[dict[str, Any]]:
+    return [{"flow_pk": flow_pk, **asdict(finding)} for finding in record.findings]
 
 
 def write_records(engine: Engine, run_id: int, records: Iterable[FlowRecord]) -> int:
-    """Write ``records`` in one transaction; a flow already stored is replaced."""
-    rows = [_flow_row(run_id, record) for record in records]
-    with Session(engine) as session, session.begin():
-        ids = [row.flow_id for row in rows]
-        existing = session.scalars(
-            select(Flow).where(Flow.run_id == run_id, Flow.flow_id.in_(ids))
-        ).all()
-        for old in existing:
-            for finding in old.findings:
-                session.delete(finding)
-            session.delete(old)
-        session.flush()
-        session.add_all(rows)
-    return len(rows)
+    """Write ``records`` in one transaction; a flow already stored is replaced.
+
+    Core inserts (executemany with RETURNING), not ORM objects: the writer
+    thread shares the interpreter with the proxy, so its per-row cost counts.
+    """
+    latest = {record.exchange.flow_id: record for record in records}  # last one wins
+    if not latest:
+        return 0
+    batch = list(latest.values())
+    ids = list(latest)
+    with engine.begin() as connection:
+        stored = select(Flow.id).where(Flow.run_id == run_id, Flow.flow_id.in_(ids))
+        connection.execute(delete(Finding).where(Finding.flow_pk.in_(stored)))
+        connection.execute(delete(Flow).where(Flow.run_id == run_id, Flow.flow_id.in_(ids)))
+        inserted = connection.execute(
+            insert(Flow).returning(Flow.id, sort_by_parameter_order=True),
+            [_flow_values(run_id, record) for record in batch],
+        )
+        findings = [
+            row
+            for flow_pk, record in zip(inserted.scalars().all(), batch, strict=True)
+            for row in _finding_values(flow_pk, record)
+        ]
+        if findings:
+            connection.execute(insert(Finding), findings)
+    return len(batch)
 
 
 class FlowWriter:
