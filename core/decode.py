@@ -24,7 +24,8 @@ from dataclasses import dataclass, field, replace
 from email.parser import BytesParser
 from email.policy import HTTP
 from email.utils import collapse_rfc2231_value
-from urllib.parse import parse_qsl, unquote, urlsplit
+from typing import Any
+from urllib.parse import unquote, unquote_plus, urlsplit
 
 import brotli
 import defusedxml.ElementTree as SafeET
@@ -52,6 +53,12 @@ class Limits:
     max_leaf_chars: int = 1024
     leaf_overlap: int = 256
     max_errors: int = 100
+    # A parsed document costs 60-250 bytes a node: a 32 kB gzip of "{}," is
+    # 32 MB of JSON and 11 million dicts.  A JSON or XML body with more nodes
+    # than this is scanned as text; a protobuf body is read this far (in
+    # fields), a multipart body with more parts is scanned as text.
+    max_parsed_values: int = 250_000
+    max_parts: int = 10_000
 
 
 @dataclass(frozen=True)
@@ -122,7 +129,7 @@ def _windows(text: str, size: int, overlap: int) -> Iterator[str]:
     end inside a number or token when it can help it: a cut 20-digit id
     must not leave a 15-digit IMEI-shaped tail.
     """
-    step = max(1, size - max(0, overlap))
+    step = size - min(max(0, overlap), size // 2)  # an overlap near size would be n windows
     start = 0
     while True:
         end = start + size
@@ -151,13 +158,26 @@ class DecompressionLimit(Exception):
 
 
 def _stream_zlib(data: bytes, wbits: int, cap: int) -> tuple[bytes, bool]:
-    decoder = zlib.decompressobj(wbits)
+    """Inflate ``data``; for gzip every member, as gzip readers do (data may hide in the second)."""
     out = bytearray()
     pending = data
-    while pending and len(out) < cap:
-        out += decoder.decompress(pending, cap - len(out) + 1)
-        pending = decoder.unconsumed_tail
-        if decoder.eof:
+    members = 0
+    while True:
+        decoder = zlib.decompressobj(wbits)
+        try:
+            while pending and len(out) <= cap:
+                out += decoder.decompress(pending, cap - len(out) + 1)
+                pending = decoder.unconsumed_tail
+                if decoder.eof:
+                    pending = decoder.unused_data
+                    break
+        except zlib.error:
+            if not members:
+                raise
+            break  # junk after a complete member: keep what it gave
+        members += 1
+        gzip_member_follows = wbits > zlib.MAX_WBITS and pending.startswith(b"\x1f\x8b")
+        if not decoder.eof or not gzip_member_follows or len(out) > cap:
             break
     return bytes(out[:cap]), len(out) > cap or bool(pending and not decoder.eof)
 
@@ -257,7 +277,7 @@ def _starts_texty(body: bytes) -> bool:
 def _mostly_text(text: str) -> bool:
     """Whether decoded ``text`` (replacement characters included) reads as text."""
     sample = text[: 16 * _SNIFF]
-    return len(_UNPRINTABLE.findall(sample)) <= 0.1 * len(sample)
+    return len(_UNPRINTABLE.findall(sample)) <= 0.3 * len(sample)
 
 
 def decode_base64_text(value: str) -> str | None:
@@ -300,20 +320,39 @@ def expand_text(
     """Record ``text`` at ``path`` and follow whatever it contains.
 
     Structured text (JSON, a form string) is walked instead of being kept
-    whole, so each value inside is found once, at its own path.
+    whole, so each value inside is found once, at its own path.  A long
+    value that is wholly base64 or percent-encoding of text is kept only
+    decoded: its encoded form shows nothing the decoded one does not
+    (findings prefer the more decoded view anyway), and keeping every layer
+    would make a value nested in encodings cost each layer's length again.
+    Hex is kept in both forms: a string of digits is hex too.
     """
     if not text or collector.full:
         return
-    if depth < collector.limits.max_depth and _walk_structured(collector, path, text, layers, depth):
+    limits = collector.limits
+    if depth >= limits.max_depth:
+        collector.add(Leaf(path, text, layers, key, parent))
+        if _more_inside(collector, path, text, layers):
+            collector.note_once(f"nesting deeper than {limits.max_depth} not followed")
         return
-    if not collector.add(Leaf(path, text, layers, key, parent)):
+    if _walk_structured(collector, path, text, layers, depth):
         return
-    if depth >= collector.limits.max_depth:
-        if len(text) >= collector.limits.min_blob_length:
-            collector.note_once(f"nesting deeper than {collector.limits.max_depth} not followed")
+    nested = list(_unwrap_once(collector, path, text, layers))
+    decoded_only = (len(text) > limits.max_leaf_chars and bool(nested)
+                    and nested[0][2][-1] in ("base64", "url"))
+    if not decoded_only and not collector.add(Leaf(path, text, layers, key, parent)):
         return
-    for nested_path, nested_text, nested_layers in _unwrap_once(collector, path, text, layers):
+    for nested_path, nested_text, nested_layers in nested:
         expand_text(collector, nested_path, nested_text, nested_layers, key, parent, depth + 1)
+
+
+def _more_inside(collector: Collector, path: str, text: str, layers: tuple[str, ...]) -> bool:
+    """Whether ``text`` holds a document or an encoding that could be followed."""
+    return (
+        _looks_like_json(text)
+        or _FORM.fullmatch(text) is not None
+        or next(_unwrap_once(collector, path, text, layers), None) is not None
+    )
 
 
 def _unwrap_once(
@@ -338,6 +377,18 @@ def _unwrap_once(
             yield path, decoded_b64, (*layers, "base64")
 
 
+_FORM_PAIR = re.compile(r"(?<![^&])([^&=]*)=([^&]+)")
+
+
+def form_pairs(text: str) -> Iterator[tuple[str, str]]:
+    """The pairs of ``parse_qsl(text)`` with a value, decoded alike, one at a time.
+
+    A 16 MB form of empty fields is 5 million pairs: not a list to build.
+    """
+    for match in _FORM_PAIR.finditer(text):
+        yield unquote_plus(match.group(1)), unquote_plus(match.group(2))
+
+
 def _walk_structured(
     collector: Collector, path: str, text: str, layers: tuple[str, ...], depth: int
 ) -> bool:
@@ -353,7 +404,9 @@ def _walk_structured(
             walk_structure(collector, f"{path}.json", parsed, layers, nesting=depth + 1)
             return True
     if _FORM.fullmatch(text):
-        for name, value in parse_qsl(text, keep_blank_values=True):
+        for name, value in form_pairs(text):
+            if collector.full:
+                break
             expand_text(collector, f"{path}.form.{name}", value, layers, name, f"{path}.form",
                         depth=depth + 1)
         return True
@@ -371,6 +424,8 @@ def parse_json(text: str | bytes, collector: Collector, quiet: bool = False) -> 
 
     ``quiet`` is for text that only looks like JSON: failing is no problem.
     """
+    if _too_many_nodes(collector, "JSON", text, (",", "[", "{")):
+        return _INVALID
     try:
         return json.loads(text, parse_int=str, parse_float=str, parse_constant=str)
     except RecursionError:
@@ -379,6 +434,23 @@ def parse_json(text: str | bytes, collector: Collector, quiet: bool = False) -> 
         if not quiet:
             collector.note(f"malformed JSON: {e}")
     return _INVALID
+
+
+def _too_many_nodes(
+    collector: Collector, kind: str, text: str | bytes, marks: tuple[str, ...]
+) -> bool:
+    """Whether ``text`` would parse into more nodes than the budget (counted by ``marks``)."""
+    limit = collector.limits.max_parsed_values
+    if len(text) <= limit:
+        return False
+    if isinstance(text, bytes):
+        estimate = sum(text.count(mark.encode()) for mark in marks)
+    else:
+        estimate = sum(text.count(mark) for mark in marks)
+    if estimate <= limit:
+        return False
+    collector.note_once(f"{kind} with about {estimate} values, more than {limit}: scanned as text")
+    return True
 
 
 def walk_structure(
@@ -435,6 +507,8 @@ def _walk_xml(collector: Collector, path: str, element: object, depth: int = 0) 
 
 
 def decode_xml(collector: Collector, path: str, body: bytes) -> bool:
+    if _too_many_nodes(collector, "XML", body, ("<", "=")):
+        return False
     try:
         root = SafeET.fromstring(body)
     except Exception as e:  # defusedxml raises several unrelated types
@@ -444,9 +518,24 @@ def decode_xml(collector: Collector, path: str, body: bytes) -> bool:
     return True
 
 
+# The email package parses structured headers slowly and into large trees
+# (a 500 kB Content-Disposition takes seconds and hundreds of MB); real part
+# headers are a few hundred characters each.
+_MAX_MIME_HEADERS = 64 * 1024
+
+
 def decode_multipart(collector: Collector, path: str, body: bytes, content_type: str) -> bool:
     if "boundary=" not in content_type.lower():
         collector.note("multipart body without a boundary: scanned as text")
+        return False
+    if len(content_type) > _MAX_MIME_HEADERS:
+        collector.note(f"multipart content type of {len(content_type)} characters: scanned as text")
+        return False
+    # the parser splits lines at CR, LF or CRLF: every part starts a line with "--"
+    delimiters = body.count(b"\n--") + body.count(b"\r--") + body.startswith(b"--")
+    if delimiters > collector.limits.max_parts:
+        collector.note(f"multipart body with about {delimiters} parts, more than "
+                       f"{collector.limits.max_parts}: scanned as text")
         return False
     # one header line: a CR or LF in the value must not start a header of its own
     one_line = content_type.replace("\r", " ").replace("\n", " ")
@@ -454,29 +543,42 @@ def decode_multipart(collector: Collector, path: str, body: bytes, content_type:
     try:
         message = BytesParser(policy=HTTP).parsebytes(head + body)
         parts = list(message.iter_parts()) if message.is_multipart() else []  # type: ignore[attr-defined]
+        header_chars = sum(len(value) for part in parts for _, value in part.raw_items())
     except Exception as e:  # the email package raises assorted errors on malformed input
         collector.note(f"multipart body does not parse ({type(e).__name__}): scanned as text")
         return False
     if not parts:
         collector.note("multipart body does not parse: scanned as text")
         return False
+    if header_chars > _MAX_MIME_HEADERS:
+        collector.note(f"multipart part headers of {header_chars} characters: scanned as text")
+        return False
     for index, part in enumerate(parts):
-        try:
-            name = collapse_rfc2231_value(
-                part.get_param("name", header="content-disposition") or str(index)
-            )
-            payload = part.get_payload(decode=True)
-            part_type = part.get_content_type()
-        except Exception as e:  # as above: one broken part must not hide the others
-            collector.note(f"multipart part {index} does not parse ({type(e).__name__})")
-            continue
-        decode_payload(
-            collector,
-            f"{path}.multipart.{name}",
-            payload if isinstance(payload, bytes) else b"",
-            part_type,
-        )
+        name, payload, part_type, problems = _mime_part(part, index)
+        if problems:  # one broken header must not hide the part, nor the others
+            collector.note(f"multipart part {index} does not parse ({', '.join(problems)})")
+        decode_payload(collector, f"{path}.multipart.{name}", payload, part_type)
     return True
+
+
+def _mime_part(part: Any, index: int) -> tuple[str, bytes, str, list[str]]:
+    """Name, decoded body and type of one part, each read on its own; what raised."""
+    problems: list[str] = []
+    name, payload, part_type = str(index), b"", ""
+    try:
+        name = collapse_rfc2231_value(part.get_param("name", header="content-disposition") or name)
+    except Exception as e:  # the email package raises assorted errors on malformed input
+        problems.append(type(e).__name__)
+    try:
+        decoded = part.get_payload(decode=True)
+        payload = decoded if isinstance(decoded, bytes) else b""
+    except Exception as e:  # as above
+        problems.append(type(e).__name__)
+    try:
+        part_type = part.get_content_type()
+    except Exception as e:  # as above
+        problems.append(type(e).__name__)
+    return name, payload, part_type, problems
 
 
 def _printable_runs(body: bytes, minimum: int = 6) -> Iterable[str]:
@@ -490,9 +592,11 @@ def decode_binary(collector: Collector, path: str, body: bytes, declared: bool =
     ``declared``: the content type says protobuf, so not parsing is a problem.
     """
     notes: list[str] = []
-    fields = protobuf.parse(body, collector.limits.max_structure_depth, notes)
+    fields = protobuf.parse(body, collector.limits.max_structure_depth, notes,
+                            max_fields=collector.limits.max_leaves)
     for problem in notes:
         collector.note_once(problem)
+        collector.truncated |= problem.endswith("the rest not read")
     if fields is not None:
         for field_path, value in fields:
             text = value if isinstance(value, str) else str(value)
@@ -529,7 +633,9 @@ def _kind_of(content_type: str, body: bytes) -> str:
 
 
 def _decode_form(collector: Collector, path: str, body: bytes) -> None:
-    for name, value in parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True):
+    for name, value in form_pairs(body.decode("utf-8", "replace")):
+        if collector.full:
+            return
         expand_text(collector, f"{path}.form.{name}", value, key=name, parent=f"{path}.form")
 
 
@@ -596,11 +702,18 @@ def decode_body(
 
 def _request_leaves(collector: Collector, exchange: Exchange) -> None:
     url = exchange.url or ""
-    parts = urlsplit(url) if url else None
+    try:
+        parts = urlsplit(url) if url else None
+    except ValueError as e:  # e.g. "Invalid IPv6 URL"
+        collector.note(f"malformed URL ({e}): scanned as text")
+        expand_text(collector, "request.url", url)
+        parts = None
     if parts is not None and parts.path:
         expand_text(collector, "request.path", unquote(parts.path))
     if parts is not None and parts.query:
-        for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        for name, value in form_pairs(parts.query):
+            if collector.full:
+                break
             expand_text(collector, f"request.query.{name}", value, key=name, parent="request.query")
     for name, value in exchange.request_headers:
         lower = name.lower()
@@ -617,18 +730,40 @@ def _request_leaves(collector: Collector, exchange: Exchange) -> None:
     )
 
 
+_COOKIE = re.compile(r"[^;]+")
+
+
 def _cookie_leaves(collector: Collector, header: str) -> None:
-    for pair in header.split(";"):
-        name, _, value = pair.strip().partition("=")
+    for match in _COOKIE.finditer(header):  # not split(): a 10 MB header of ";" is 10M strings
+        if collector.full:
+            return
+        name, _, value = match.group().strip().partition("=")
         if name:
             expand_text(collector, f"request.cookies.{name}", value, key=name)
 
 
 def _message_leaves(collector: Collector, exchange: Exchange) -> None:
+    """The client's messages, each within the body cap and all within the decoded-bytes cap."""
     prefix = "websocket" if exchange.kind in ("http", "websocket") else exchange.kind
     sent = [m for m in exchange.messages if m.from_client]
+    limit, budget = collector.limits.max_body_bytes, collector.limits.max_decoded_bytes
+    beyond = f"messages beyond {budget} bytes not scanned"
     for index, message in enumerate(sent):
-        decode_payload(collector, f"{prefix}.messages[{index}]", message.content, "")
+        if collector.full:
+            return
+        content = message.content
+        if len(content) > limit:
+            collector.truncated = True
+            collector.note(f"message {index} of {len(content)} bytes: only the first {limit} scanned")
+            content = content[:limit]
+        if len(content) > budget:
+            collector.truncated = True
+            collector.note_once(beyond)
+            if budget == 0:
+                return
+            content = content[:budget]
+        budget -= len(content)
+        decode_payload(collector, f"{prefix}.messages[{index}]", content, "")
 
 
 def exchange_leaves(exchange: Exchange, limits: Limits | None = None) -> Collector:
@@ -645,4 +780,6 @@ def exchange_leaves(exchange: Exchange, limits: Limits | None = None) -> Collect
         _message_leaves(collector, exchange)
     except RecursionError:
         collector.note("decoder error: nesting too deep")
+    except Exception as e:  # a decoder bug: keep what was found before it (tests assert none)
+        collector.note(f"decoder failed: {type(e).__name__}: {e}")
     return collector

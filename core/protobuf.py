@@ -50,15 +50,32 @@ class _Notes(list[str]):
             self.append(problem)
 
 
+class _Budget:
+    """Fields still to read, over the whole buffer (nested attempts included)."""
+
+    def __init__(self, fields: int | None) -> None:
+        self.left = fields
+        self.spent = False
+
+    def take(self) -> bool:
+        if self.left is None:
+            return True
+        if self.left <= 0:
+            self.spent = True
+            return False
+        self.left -= 1
+        return True
+
+
 def _length_delimited(
-    chunk: bytes, prefix: str, depth: int, max_depth: int, notes: _Notes
+    chunk: bytes, prefix: str, depth: int, max_depth: int, notes: _Notes, budget: _Budget
 ) -> list[Field]:
     text = _text(chunk)
     if text is not None:
         return [(prefix, text)]
     if depth < max_depth:
         own = _Notes()  # kept only if the chunk is a message after all
-        nested = _parse(chunk, depth + 1, max_depth, prefix, own)
+        nested = _parse(chunk, depth + 1, max_depth, prefix, own, budget)
         if nested is None:
             return []
         for problem in own:
@@ -75,12 +92,12 @@ def _float_field(prefix: str, value: float) -> list[Field]:
 
 
 def _parse(
-    data: bytes, depth: int, max_depth: int, prefix: str, notes: _Notes
+    data: bytes, depth: int, max_depth: int, prefix: str, notes: _Notes, budget: _Budget
 ) -> list[Field] | None:
     fields: list[Field] = []
     pos = 0
     try:
-        while pos < len(data):
+        while pos < len(data) and budget.take():
             tag, pos = _varint(data, pos)
             number, wire_type = tag >> 3, tag & 7
             if number == 0:
@@ -99,7 +116,7 @@ def _parse(
                 if pos + length > len(data):
                     raise _Invalid("length runs past the end")
                 fields += _length_delimited(data[pos : pos + length], name, depth, max_depth,
-                                            notes)
+                                            notes, budget)
                 pos += length
             elif wire_type == 5:
                 if pos + 4 > len(data):
@@ -114,16 +131,21 @@ def _parse(
 
 
 def parse(
-    data: bytes, max_depth: int = 16, notes: list[str] | None = None
+    data: bytes, max_depth: int = 16, notes: list[str] | None = None,
+    max_fields: int | None = None,
 ) -> list[Field] | None:
     """(field path, value) pairs, e.g. ``("1.3", "text")``; None if not protobuf.
 
-    What could not be read in full is added to ``notes``.
+    At most ``max_fields`` fields are read (nested attempts count): what
+    parsed up to there is the answer.  What could not be read in full is
+    added to ``notes``.
     """
     if not data:
         return None
-    found = _Notes()
-    fields = _parse(data, 0, max_depth, "", found)
+    found, budget = _Notes(), _Budget(max_fields)
+    fields = _parse(data, 0, max_depth, "", found, budget)
+    if budget.spent:
+        found.once(f"protobuf with more than {max_fields} fields: the rest not read")
     if fields is not None and notes is not None:
         notes.extend(found)
     return fields

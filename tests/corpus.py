@@ -7,7 +7,7 @@ repeating a short run of bytes.
 
 The same cases can be written as a HAR file (:func:`write_har`) or a mitmproxy
 flow file (:func:`write_flows`, which keeps ``Content-Encoding``; HAR bodies
-are stored decoded, so a HAR reader drops it) for ``leakmap analyze``;
+are stored decoded, so a HAR reader may drop it) for ``leakmap analyze``;
 ``scripts/make_corpus.py`` does that from the command line.
 """
 
@@ -137,9 +137,17 @@ def case_zstd_bomb() -> Case:
     return _bomb("zstd-bomb", zstd_bomb(), "zstd")
 
 
-def case_layered_bomb() -> Case:
+def case_gzip_gzip_bomb() -> Case:
     """gzip around the gzip bomb: a few kB that expand twice."""
     return _bomb("gzip-gzip-bomb", gzip.compress(gzip_bomb(), 9, mtime=0), "gzip, gzip")
+
+
+def case_gzip_two_members() -> Case:
+    """Two gzip members, the IMEI in the second: a reader that stops after one misses it."""
+    body = (gzip.compress(b'{"first": "member", ', mtime=0)
+            + gzip.compress(b'"imei": "' + IMEI.encode() + b'"}', mtime=0))
+    return "gzip-two-members", request("gzip-two-members", body, "application/json",
+                                       [("content-encoding", "gzip")])
 
 
 def case_bad_gzip() -> Case:
@@ -158,14 +166,37 @@ def case_unknown_encoding() -> Case:
 # Size and depth.
 
 def big_body(size: int = BIG_BODY_SIZE) -> bytes:
-    """A JSON array of ``size`` bytes, by repeating one short item."""
-    item = b'{"k":"v","n":1},'
+    """A JSON array of at least ``size`` bytes, by repeating one short item."""
+    item = b'{"k":"value","tag":"lorem ipsum"},'
     count = (size - 2) // len(item) + 1
     return b"[" + item * count + b'{"end":true}]'
 
 
 def case_big_body(size: int = BIG_BODY_SIZE) -> Case:
     return "big-body", request("big-body", big_body(size), "application/json")
+
+
+def case_wide_json(count: int = 1_000_000) -> Case:
+    """``count`` empty objects, gzipped: 3 MB of JSON in 3 kB.
+
+    With ``count=10_000_000`` (30 MB, under the decompression cap) a parser
+    would build 10 million dicts, about 1 GB.
+    """
+    body = b'[{"imei":"' + IMEI.encode() + b'"},' + b"{}," * count + b"{}]"
+    return "wide-json", request("wide-json", gzip.compress(body, 9, mtime=0), "application/json",
+                                [("content-encoding", "gzip")])
+
+
+def case_wide_xml(count: int = 300_000) -> Case:
+    """``count`` empty elements; ``count=4_000_000`` (16 MB) would be 1 GB of elements."""
+    body = b"<r><imei>" + IMEI.encode() + b"</imei>" + b"<a/>" * count + b"</r>"
+    return "wide-xml", request("wide-xml", body, "application/xml")
+
+
+def case_wide_protobuf(count: int = 100_000) -> Case:
+    """``count`` varint fields; ``count=8_000_000`` (16 MB) would be 1 GB of tuples."""
+    body = b"\x0a" + bytes([len(IMEI)]) + IMEI.encode() + b"\x08\x00" * count
+    return "wide-protobuf", request("wide-protobuf", body, "application/x-protobuf")
 
 
 def case_deep_json() -> Case:
@@ -180,7 +211,7 @@ def case_deep_json_object() -> Case:
     return "deep-json-object", request("deep-json-object", body, "application/json")
 
 
-def case_deep_but_parsable_json() -> Case:
+def case_deep_parsable_json() -> Case:
     """Nested deeper than the walker goes, shallow enough for the parser."""
     depth = 500
     body = b'{"a":' * depth + b'"' + IMEI.encode() + b'"' + b"}" * depth
@@ -196,14 +227,28 @@ def case_json_in_json_strings() -> Case:
     return "json-in-json-strings", request("json-in-json-strings", body, "application/json")
 
 
+def case_json_in_json_deep() -> Case:
+    """16 JSON documents, each 60 objects deep, each in a string of the one around it (8 MB).
+
+    A walker that starts counting again in every string recurses about 1,000
+    frames deep.
+    """
+    document: Any = {"imei": IMEI}
+    for _ in range(16):
+        for _ in range(60):
+            document = {"a": document}
+        document = json.dumps(document, separators=(",", ":"))
+    return "json-in-json-deep", request("json-in-json-deep", document.encode(), "application/json")
+
+
 def case_long_number() -> Case:
     body = b'{"n": ' + b"7" * 100_000 + b', "imei": "' + IMEI.encode() + b'"}'
     return "long-number", request("long-number", body, "application/json")
 
 
 def case_long_token() -> Case:
-    """A 2 MB run of hex digits: one leaf, no separators."""
-    token = random.Random(7).randbytes(MiB).hex()
+    """A 512 kB run of hex digits: one leaf, no separators."""
+    token = random.Random(7).randbytes(256 * 1024).hex()
     body = json.dumps({"blob": token, "imei": IMEI}).encode()
     return "long-token", request("long-token", body, "application/json")
 
@@ -278,7 +323,7 @@ def case_protobuf_deep() -> Case:
     return "protobuf-deep", request("protobuf-deep", message, "application/x-protobuf")
 
 
-def case_multipart_without_boundary() -> Case:
+def case_multipart_no_boundary() -> Case:
     body = (b"--xyz\r\nContent-Disposition: form-data; name=\"imei\"\r\n\r\n" + IMEI.encode()
             + b"\r\n--xyz--\r\n")
     return "multipart-no-boundary", request("multipart-no-boundary", body, "multipart/form-data")
@@ -293,12 +338,39 @@ def case_multipart_broken() -> Case:
                                        'multipart/form-data; boundary="b"; boundary=c')
 
 
-def case_multipart_many_parts() -> Case:
+def case_multipart_bad_charset() -> Case:
+    """An RFC 2231 charset with a NUL in it: the email package raises ValueError on it."""
+    body = (b"--b\r\nContent-Disposition: form-data; name*=us-asc\x00ii''x\r\n\r\nfirst\r\n"
+            b"--b\r\nContent-Disposition: form-data; name=\"imei\"\r\n\r\n" + IMEI.encode()
+            + b"\r\n--b--\r\n")
+    return "multipart-bad-charset", request("multipart-bad-charset", body,
+                                            "multipart/form-data; boundary=b")
+
+
+def _many_parts(count: int) -> bytes:
     part = b"--b\r\nContent-Disposition: form-data; name=\"f\"\r\n\r\nvalue\r\n"
-    body = part * 10_000 + b"--b\r\nContent-Disposition: form-data; name=\"imei\"\r\n\r\n"
-    body += IMEI.encode() + b"\r\n--b--\r\n"
-    return "multipart-many-parts", request("multipart-many-parts", body,
+    body = part * count + b"--b\r\nContent-Disposition: form-data; name=\"imei\"\r\n\r\n"
+    return body + IMEI.encode() + b"\r\n--b--\r\n"
+
+
+def case_multipart_many_parts() -> Case:
+    """2,000 parts: parsed."""
+    return "multipart-many-parts", request("multipart-many-parts", _many_parts(2_000),
                                            "multipart/form-data; boundary=b")
+
+
+def case_multipart_too_many_parts() -> Case:
+    """20,000 parts (1 MB): more than the parser is given."""
+    return "multipart-too-many-parts", request("multipart-too-many-parts", _many_parts(20_000),
+                                               "multipart/form-data; boundary=b")
+
+
+def case_multipart_huge_header() -> Case:
+    """A Content-Disposition with 100,000 parameters: the email package needs 500 MB for it."""
+    body = (b"--b\r\nContent-Disposition: form-data" + b"; a=b" * 100_000 + b"; name=imei\r\n\r\n"
+            + IMEI.encode() + b"\r\n--b--\r\n")
+    return "multipart-huge-header", request("multipart-huge-header", body,
+                                            "multipart/form-data; boundary=b")
 
 
 def case_billion_laughs() -> Case:
@@ -367,6 +439,16 @@ def case_websocket_many_messages() -> Case:
     )
 
 
+def case_websocket_huge_message() -> Case:
+    """One 17 MB binary message: more than a body may be."""
+    content = b"imei=" + IMEI.encode() + bytes(17_000_000)
+    return "websocket-huge-message", request(
+        "websocket-huge-message", b"", headers=[("upgrade", "websocket")], kind="websocket",
+        method="GET", url=f"wss://{HOST}/websocket-huge-message",
+        messages=[Message(True, content, False), Message(True, b'{"after": "cap"}', True)],
+    )
+
+
 def case_no_response() -> Case:
     body = json.dumps({"imei": IMEI}).encode()
     return "no-response", request("no-response", body, "application/json", status_code=None,
@@ -375,17 +457,33 @@ def case_no_response() -> Case:
 
 
 CASES: tuple[Callable[[], Case], ...] = (
-    case_gzip_bomb, case_deflate_bomb, case_br_bomb, case_zstd_bomb, case_layered_bomb,
-    case_bad_gzip, case_unknown_encoding,
-    case_deep_json, case_deep_json_object, case_deep_but_parsable_json, case_json_in_json_strings,
+    # content encodings
+    case_gzip_bomb, case_deflate_bomb, case_br_bomb, case_zstd_bomb, case_gzip_gzip_bomb,
+    case_gzip_two_members, case_bad_gzip, case_unknown_encoding,
+    # size, width and depth
+    case_wide_json, case_wide_xml, case_wide_protobuf, case_form_bomb,
+    case_deep_json, case_deep_json_object, case_deep_parsable_json,
+    case_json_in_json_strings, case_json_in_json_deep, case_deep_xml, case_protobuf_deep,
     case_long_number, case_long_token, case_nested_base64, case_shallow_base64,
+    # malformed
     case_invalid_utf8, case_invalid_utf8_text, case_truncated_json, case_malformed_json,
-    case_protobuf_lying_lengths, case_protobuf_deep,
-    case_multipart_without_boundary, case_multipart_broken, case_multipart_many_parts,
-    case_billion_laughs, case_xml_external_entity, case_deep_xml,
-    case_binary_junk, case_binary_junk_grpc, case_form_bomb,
-    case_many_headers, case_script_header, case_websocket_many_messages, case_no_response,
+    case_protobuf_lying_lengths, case_binary_junk, case_binary_junk_grpc,
+    case_multipart_no_boundary, case_multipart_broken, case_multipart_bad_charset,
+    case_multipart_many_parts, case_multipart_too_many_parts, case_multipart_huge_header,
+    case_billion_laughs, case_xml_external_entity,
+    # headers, messages, flows without a response
+    case_many_headers, case_script_header, case_websocket_many_messages,
+    case_websocket_huge_message, case_no_response,
 )
+
+
+def case(name: str) -> Case:
+    """The case called ``name`` (its function is ``case_`` + the name in snake case)."""
+    make = globals().get("case_" + name.replace("-", "_"))
+    if make is None:
+        raise KeyError(name)
+    result: Case = make()
+    return result
 
 
 def all_cases(big: bool = False) -> Iterator[Case]:
@@ -458,6 +556,11 @@ def write_har(cases: list[Case] | Iterator[Case], path: Path) -> list[str]:
     return names
 
 
+def _mitm_headers(http: Any, pairs: list[tuple[str, str]]) -> Any:
+    return http.Headers([(k.encode("utf-8", "surrogateescape"), v.encode("utf-8", "surrogateescape"))
+                         for k, v in pairs])
+
+
 def write_flows(cases: list[Case] | Iterator[Case], path: Path) -> list[str]:
     """Write ``cases`` as a mitmproxy flow file; bodies keep their Content-Encoding."""
     from mitmproxy import http, websocket
@@ -478,13 +581,14 @@ def write_flows(cases: list[Case] | Iterator[Case], path: Path) -> list[str]:
             flow = http.HTTPFlow(client, server)
             flow.id = exchange.flow_id
             flow.timestamp_created = exchange.timestamp
-            flow.request = http.Request.make(exchange.method or "GET", exchange.url or "", b"",
-                                             exchange.request_headers)
+            flow.request = http.Request.make(exchange.method or "GET", exchange.url or "")
+            # after make(): it would drop a Content-Encoding it cannot apply ("gzip, gzip")
+            flow.request.headers = _mitm_headers(http, exchange.request_headers)
             flow.request.raw_content = exchange.request_body
             flow.request.timestamp_start = exchange.timestamp
             if exchange.status_code is not None:
-                flow.response = http.Response.make(exchange.status_code, b"",
-                                                   exchange.response_headers)
+                flow.response = http.Response.make(exchange.status_code)
+                flow.response.headers = _mitm_headers(http, exchange.response_headers)
             if exchange.error:
                 flow.error = Error(exchange.error)
             if exchange.kind == "websocket":

@@ -1,0 +1,558 @@
+"""Hostile payloads: the decoder and the classifier never raise, hang or balloon memory.
+
+Every case of ``corpus.py`` goes through the real classifier with the shipped
+policy and the sample device; the problem it provokes must be in the flow's
+errors and a value planted in it must be found (or the limit that hid it
+noted).  Hypothesis then throws arbitrary bytes, text and content types at
+the decoder.  Last, the corpus goes through ``leakmap analyze`` and every flow
+must reach the database with its analysis error.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import itertools
+import json
+import os
+import tracemalloc
+import zlib
+from pathlib import Path
+from urllib.parse import parse_qsl, quote
+
+import brotli
+import corpus
+import pytest
+import zstandard
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from leakmap.core import protobuf
+from leakmap.core.classify import Analysis, Classifier
+from leakmap.core.decode import (
+    Collector,
+    Limits,
+    _windows,
+    decode_body,
+    decode_payload,
+    decompress,
+    exchange_leaves,
+    expand_text,
+    form_pairs,
+)
+from leakmap.core.device import load_device
+from leakmap.core.exchange import Exchange, Message
+from leakmap.core.har import read_har
+from leakmap.policies.model import load_policy
+
+from conftest import SAMPLES, leakmap_cli
+
+IMEI = corpus.IMEI
+CAP = Limits().max_decoded_bytes
+
+# The problems each case must leave in ``errors`` (substrings); () means none at all.
+EXPECTED: dict[str, tuple[str, ...]] = {
+    "gzip-bomb": ("decompression limit hit: gzip",),
+    "deflate-bomb": ("decompression limit hit: deflate",),
+    "br-bomb": ("decompression limit hit: br",),
+    "zstd-bomb": ("decompression limit hit: zstd",),
+    "gzip-gzip-bomb": ("decompression limit hit: gzip",),
+    "gzip-two-members": (),
+    "bad-gzip": ("decoder error: gzip body does not decode",),
+    "unknown-encoding": ("unknown content-encoding 'compress'",),
+    "wide-json": ("JSON with about", "values, more than 250000: scanned as text"),
+    "wide-xml": ("XML with about", "values, more than 250000: scanned as text"),
+    "wide-protobuf": ("protobuf with more than 50000 fields: the rest not read",),
+    "deep-json": ("JSON nested too deeply",),
+    "deep-json-object": ("JSON nested too deeply",),
+    "deep-parsable-json": ("structure deeper than 64 cut",),
+    "json-in-json-strings": ("nesting deeper than 6 not followed",),
+    "json-in-json-deep": ("nesting deeper than 6 not followed",),
+    "long-number": (),
+    "long-token": (),
+    "nested-base64": ("nesting deeper than 6 not followed",),
+    "shallow-base64": (),
+    "invalid-utf8": ("malformed JSON",),
+    "invalid-utf8-text": (),
+    "truncated-json": ("malformed JSON",),
+    "malformed-json": ("malformed JSON",),
+    "protobuf-lying-lengths": ("protobuf body does not parse",),
+    "protobuf-deep": ("protobuf nested deeper than 64",),
+    "multipart-no-boundary": ("multipart body without a boundary",),
+    "multipart-broken": ("multipart body does not parse",),
+    "multipart-bad-charset": ("multipart part 0 does not parse (ValueError)",),
+    "multipart-many-parts": (),
+    "multipart-too-many-parts": ("multipart body with about 20002 parts, more than 10000",),
+    "multipart-huge-header": ("multipart part headers of 500020 characters: scanned as text",),
+    "billion-laughs": ("malformed XML: EntitiesForbidden",),
+    "xml-external-entity": ("malformed XML: EntitiesForbidden",),
+    "deep-xml": ("structure deeper than 64 cut",),
+    "binary-junk": (),
+    "binary-junk-grpc": ("protobuf body does not parse",),
+    "form-bomb": ("leaf budget of 50000 values exhausted",),
+    "many-headers": (),
+    "script-header": (),
+    "websocket-many-messages": (),
+    "websocket-huge-message": ("only the first 16777216 scanned",),
+    "no-response": (),
+    "big-body": ("bytes: only the first 16777216 scanned", "JSON with about"),
+}
+# Where the IMEI is planted: "found" (it must be), or the note of the limit that
+# may hide it (then it is found or that note is there).
+DEEP_JSON, DEEPER_THAN_6 = "structure deeper than 64 cut", "nesting deeper than 6 not followed"
+PLANTED: dict[str, str] = {
+    **dict.fromkeys([
+        "gzip-two-members", "bad-gzip", "unknown-encoding", "deep-json-object",
+        "json-in-json-strings", "json-in-json-deep", "long-number",
+        "long-token", "shallow-base64", "invalid-utf8", "invalid-utf8-text", "truncated-json",
+        "malformed-json", "protobuf-lying-lengths", "protobuf-deep", "multipart-no-boundary",
+        "multipart-broken", "multipart-bad-charset", "multipart-many-parts", "many-headers",
+        "script-header", "websocket-many-messages", "websocket-huge-message", "no-response",
+        "multipart-too-many-parts", "multipart-huge-header", "wide-json", "wide-xml",
+        "wide-protobuf",
+    ], "found"),
+    "deep-parsable-json": DEEP_JSON,  # the IMEI sits 500 objects deep
+    "deep-xml": DEEP_JSON,  # 100,000 elements deep
+    "nested-base64": DEEPER_THAN_6,  # 40 layers of base64
+}
+TRUNCATED = {"gzip-bomb", "deflate-bomb", "br-bomb", "zstd-bomb", "gzip-gzip-bomb", "form-bomb",
+             "websocket-huge-message", "wide-protobuf", "big-body"}
+BOMBS = ("gzip-bomb", "deflate-bomb", "br-bomb", "zstd-bomb", "gzip-gzip-bomb")
+
+
+@pytest.fixture(scope="module")
+def classifier() -> Classifier:
+    return Classifier(load_policy(), load_device(SAMPLES / "redmi-1s.yaml"))
+
+
+def imei_found(analysis: Analysis) -> bool:
+    return any(f.data_type == "imei" and f.match == "known" and f.value == IMEI
+               for f in analysis.findings)
+
+
+def check(name: str, analysis: Analysis) -> None:
+    assert not any(e.startswith(("decoder failed", "decoder error: nesting", "classifier error"))
+                   for e in analysis.errors), (name, analysis.errors)
+    expected = EXPECTED[name]
+    if not expected:
+        assert analysis.errors == [], name
+    for problem in expected:
+        assert any(problem in error for error in analysis.errors), (name, analysis.errors)
+    planted = PLANTED.get(name)
+    if planted == "found":
+        assert imei_found(analysis), (name, analysis.findings)
+    elif planted is not None:
+        assert imei_found(analysis) or any(planted in e for e in analysis.errors), name
+    assert analysis.truncated == (name in TRUNCATED), name
+
+
+def test_every_case_has_an_expectation() -> None:
+    names = [make.__name__[5:].replace("_", "-") for make in corpus.CASES]
+    assert len(names) == len(set(names))
+    assert set(EXPECTED) == {*names, "big-body"}
+    assert set(PLANTED) <= set(EXPECTED)
+
+
+# --------------------------------------------------------------------------
+# The corpus, case by case, through the real classifier.
+
+
+@pytest.mark.parametrize("make", corpus.CASES, ids=lambda make: make.__name__[5:])
+def test_hostile_case_is_analysed_and_its_problem_recorded(classifier, make) -> None:
+    name, exchange = make()
+    assert name == make.__name__[5:].replace("_", "-")
+    analysis = classifier.classify(exchange)  # must return: no exception, no hang
+    check(name, analysis)
+
+
+def test_100_megabyte_body_is_cut_and_still_scanned(classifier) -> None:
+    name, exchange = corpus.case_big_body()
+    assert len(exchange.request_body) > 100_000_000
+    analysis = classifier.classify(exchange)
+    check(name, analysis)
+
+
+def test_malformed_url_is_noted_and_scanned_as_text(classifier) -> None:
+    exchange = corpus.request("bad-url", url=f"https://[::1/x?imei={IMEI}")
+    analysis = classifier.classify(exchange)
+    assert any(e.startswith("malformed URL") for e in analysis.errors), analysis.errors
+    assert imei_found(analysis)
+
+
+def test_websocket_messages_share_one_budget(classifier) -> None:
+    limits = Limits(max_body_bytes=1000, max_decoded_bytes=5000)
+    messages = [Message(True, b"x" * 900 + b" " + IMEI.encode()) for _ in range(4)]
+    messages += [Message(True, b"y" * 1500), Message(True, IMEI.encode() + b" " + b"z" * 900)]
+    exchange = corpus.request("ws", kind="websocket", messages=messages)
+    collector = exchange_leaves(exchange, limits)
+    assert collector.truncated
+    assert "message 4 of 1500 bytes: only the first 1000 scanned" in collector.errors
+    assert "messages beyond 5000 bytes not scanned" in collector.errors
+    scanned = {leaf.path.split(".")[1] for leaf in collector.leaves if leaf.path.startswith("web")}
+    assert scanned == {f"messages[{i}]" for i in range(6)}  # the last one in part
+
+
+MEMORY_BOMBS = {
+    **{name: (lambda name=name: corpus.case(name)) for name in BOMBS},
+    # full size: parsed whole, each would take about 1 GB
+    "wide-json-30MB": lambda: corpus.case_wide_json(10_000_000),
+    "wide-xml-16MB": lambda: corpus.case_wide_xml(4_000_000),
+    "wide-protobuf-16MB": lambda: corpus.case_wide_protobuf(8_000_000),
+    "form-16MB": lambda: ("form", corpus.request("form", b"a=1&" * (4 * 2**20),
+                                                  "application/x-www-form-urlencoded")),
+}
+
+
+@pytest.mark.parametrize("name", MEMORY_BOMBS)
+def test_decoding_memory_stays_within_a_few_times_the_cap(name: str) -> None:
+    _, exchange = MEMORY_BOMBS[name]()
+    tracemalloc.start()
+    try:
+        collector = exchange_leaves(exchange)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert collector.errors
+    # the capped body as bytes, a copy and as text: about 3x; parsing it whole would be 30x
+    assert peak < 4 * CAP, f"{name}: peak {peak / 2**20:.0f} MiB for a {CAP / 2**20:.0f} MiB cap"
+
+
+@pytest.mark.parametrize(("encoding", "bomb"), [
+    ("gzip", corpus.gzip_bomb), ("deflate", corpus.zlib_bomb), ("br", corpus.brotli_bomb),
+    ("zstd", corpus.zstd_bomb),
+])
+def test_bombs_are_small_and_expand_past_the_cap(encoding: str, bomb) -> None:
+    data = bomb()
+    assert len(data) < 2 * 2**20
+    out, hit_cap = decompress(data, encoding, 4 * CAP)
+    assert hit_cap and out == bytes(4 * CAP)
+    if encoding == "gzip":  # the trailer gives the whole size: 1 GiB mod 2**32
+        assert int.from_bytes(data[-4:], "little") == corpus.BOMB_SIZE
+
+
+# --------------------------------------------------------------------------
+# Properties: nothing escapes, whatever comes in.
+
+CONTENT_TYPES = [
+    "", "application/json", "application/json; charset=utf-8", "text/plain", "text/html",
+    "application/x-www-form-urlencoded", "multipart/form-data", "multipart/form-data; boundary=b",
+    "multipart/mixed; boundary=\"a b\"", "application/xml", "text/xml", "application/x-protobuf",
+    "application/grpc", "application/octet-stream", "image/png", "application/vnd.api+json",
+]
+ENCODINGS = ["gzip", "x-gzip", "deflate", "br", "zstd", "identity", "gzip, br", "compress", "",
+             " , gzip", "GZIP", "br, br"]
+SMALL = Limits(max_body_bytes=4096, max_decoded_bytes=2048, max_depth=3, max_structure_depth=4,
+               max_leaves=40, min_blob_length=4, max_leaf_chars=64, leaf_overlap=16,
+               max_errors=5)
+# LEAKMAP_HOSTILE_EXAMPLES=20000 for a long fuzzing run
+HYPOTHESIS = settings(max_examples=int(os.environ.get("LEAKMAP_HOSTILE_EXAMPLES", "200")),
+                      deadline=None, database=None,
+                      suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=30),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=20,
+)
+
+
+@st.composite
+def json_bodies(draw: st.DrawFn) -> bytes:
+    text = json.dumps(draw(json_values))
+    if draw(st.booleans()):  # truncated, or with junk spliced in
+        cut = draw(st.integers(0, len(text)))
+        text = text[:cut] + draw(st.text(max_size=5))
+    return text.encode("utf-8", "surrogatepass")
+
+
+@st.composite
+def protobuf_messages(draw: st.DrawFn, depth: int = 0) -> bytes:
+    out = bytearray()
+    for _ in range(draw(st.integers(0, 4))):
+        number = draw(st.integers(1, 2**29 - 1))
+        wire = draw(st.sampled_from([0, 1, 2, 5]) if depth < 3 else st.sampled_from([0, 1, 5]))
+        out += _pb_varint(number << 3 | wire)
+        if wire == 0:
+            out += _pb_varint(draw(st.integers(0, 2**64 - 1)))
+        elif wire in (1, 5):
+            out += draw(st.binary(min_size=8 if wire == 1 else 4, max_size=8 if wire == 1 else 4))
+        else:
+            inner = draw(st.one_of(st.binary(max_size=40), st.text(max_size=20).map(str.encode),
+                                   protobuf_messages(depth + 1)))
+            out += _pb_varint(len(inner)) + inner
+    if draw(st.booleans()):  # lie about something
+        out = bytearray(draw(st.binary(max_size=3))) + out[: draw(st.integers(0, len(out)))]
+    return bytes(out)
+
+
+def _pb_varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+@st.composite
+def multipart_bodies(draw: st.DrawFn) -> tuple[bytes, str]:
+    boundary = draw(st.sampled_from(["b", "XyZ", "----x", "a b"]) | st.text(max_size=10))
+    parts = []
+    for _ in range(draw(st.integers(0, 3))):
+        headers = draw(st.lists(st.text(max_size=40), max_size=3))
+        name = draw(st.text(max_size=10))
+        head = f'Content-Disposition: form-data; name="{name}"\r\n' + "\r\n".join(headers)
+        payload = draw(st.binary(max_size=60) | json_bodies())
+        parts.append(f"--{boundary}\r\n{head}\r\n\r\n".encode("utf-8", "surrogatepass") + payload)
+    body = b"\r\n".join(parts) + (f"\r\n--{boundary}--\r\n".encode("utf-8", "surrogatepass")
+                                  if draw(st.booleans()) else b"")
+    content_type = draw(st.sampled_from([f"multipart/form-data; boundary={boundary}",
+                                         f'multipart/form-data; boundary="{boundary}"',
+                                         "multipart/form-data", "multipart/related; boundary*=x"]))
+    return body, content_type
+
+
+text_bodies = st.text(max_size=300).map(lambda t: t.encode("utf-8", "surrogatepass"))
+xml_bodies = st.builds(
+    lambda tag, attr, text: f'<?xml version="1.0"?><{tag} a="{attr}">{text}</{tag}>'.encode(
+        "utf-8", "surrogatepass"),
+    st.sampled_from(["r", "x:y", "a-b"]), st.text(max_size=20), st.text(max_size=40),
+)
+form_bodies = st.lists(st.tuples(st.text(max_size=10), st.text(max_size=20)), max_size=6).map(
+    lambda pairs: "&".join(f"{quote(k)}={v}" for k, v in pairs).encode("utf-8", "surrogatepass"))
+
+payloads = st.one_of(
+    st.tuples(st.binary(max_size=600), st.sampled_from(CONTENT_TYPES) | st.text(max_size=40)),
+    st.tuples(json_bodies(), st.sampled_from(CONTENT_TYPES)),
+    st.tuples(protobuf_messages(), st.sampled_from(["application/x-protobuf", "", "text/plain"])),
+    multipart_bodies(),
+    st.tuples(xml_bodies | text_bodies, st.sampled_from(CONTENT_TYPES)),
+    st.tuples(form_bodies, st.sampled_from(CONTENT_TYPES)),
+)
+
+
+def encode(body: bytes, encoding: str) -> bytes:
+    """``body`` with ``encoding`` applied for real (outermost last), where it can be."""
+    for name in [e.strip().lower() for e in encoding.split(",") if e.strip()]:
+        if name in ("gzip", "x-gzip"):
+            body = gzip.compress(body, mtime=0)
+        elif name == "deflate":
+            body = zlib.compress(body)
+        elif name == "br":
+            body = brotli.compress(body)
+        elif name == "zstd":
+            body = zstandard.ZstdCompressor().compress(body)
+    return body
+
+
+@st.composite
+def encoded_payloads(draw: st.DrawFn) -> tuple[bytes, str | None, str | None]:
+    body, content_type = draw(payloads)
+    encoding = draw(st.none() | st.sampled_from(ENCODINGS) | st.text(max_size=12))
+    if encoding and draw(st.booleans()):
+        body = encode(body, encoding)
+        if draw(st.booleans()):  # and then damaged
+            body = body[: draw(st.integers(0, len(body)))]
+    return body, content_type, encoding
+
+
+def bounded(collector: Collector) -> None:
+    limits = collector.limits
+    assert not any(e.startswith(("decoder failed", "decoder error: nesting")) for e in collector.errors)
+    assert len(collector.leaves) <= limits.max_leaves
+    assert len(collector.errors) <= limits.max_errors + 1
+    assert all(isinstance(leaf.value, str) for leaf in collector.leaves)
+    assert all(len(leaf.value) <= limits.max_leaf_chars + 128 for leaf in collector.leaves)
+
+
+@HYPOTHESIS
+@given(encoded_payloads(), st.sampled_from([Limits(), SMALL]))
+def test_decode_body_never_raises(payload, limits: Limits) -> None:
+    body, content_type, encoding = payload
+    collector = Collector(limits)
+    decode_body(collector, "request.body", body, content_type, encoding)
+    decode_payload(collector, "request.raw", body, content_type or "")
+    bounded(collector)
+
+
+headers = st.lists(st.tuples(st.text(max_size=20), st.text(max_size=60)), max_size=6)
+messages = st.lists(st.builds(Message, st.booleans(), st.binary(max_size=100) | json_bodies(),
+                              st.booleans()), max_size=4)
+
+
+@st.composite
+def exchanges(draw: st.DrawFn) -> Exchange:
+    body, content_type, encoding = draw(encoded_payloads())
+    request_headers = draw(headers)
+    if content_type is not None:
+        request_headers.append(("Content-Type", content_type))
+    if encoding is not None:
+        request_headers.append(("Content-Encoding", encoding))
+    return Exchange(
+        flow_id="h", kind=draw(st.sampled_from(["http", "websocket", "tcp", "udp", "dns", "tls"])),
+        timestamp=0.0, url=draw(st.none() | st.text(max_size=80)
+                                | st.text(max_size=40).map(lambda t: f"https://h.cn/p?{t}")),
+        request_headers=request_headers, request_body=body,
+        request_body_truncated=draw(st.booleans()), messages=draw(messages),
+        dns_question=draw(st.none() | st.text(max_size=40)),
+    )
+
+
+@HYPOTHESIS
+@given(exchanges())
+def test_exchange_leaves_and_classify_never_raise(classifier, exchange: Exchange) -> None:
+    bounded(exchange_leaves(exchange, SMALL))
+    analysis = classifier.classify(exchange)
+    assert isinstance(analysis.errors, list)
+    assert not any(e.startswith(("classifier error", "decoder failed")) for e in analysis.errors)
+
+
+def _wrapped(text: str, layers: list[str]) -> str:
+    for layer in layers:
+        raw = text.encode("utf-8", "surrogatepass")
+        if layer == "base64":
+            text = base64.b64encode(raw).decode()
+        elif layer == "hex":
+            text = raw.hex()
+        elif layer == "url":
+            text = quote(text, safe="")
+        else:
+            text = json.dumps({"v": text})
+    return text
+
+
+@HYPOTHESIS
+@given(st.text(max_size=400) | st.builds(
+    _wrapped, st.text(max_size=40),
+    st.lists(st.sampled_from(["base64", "hex", "url", "json"]), max_size=10)),
+    st.sampled_from([Limits(), SMALL]))
+def test_expand_text_never_raises(text: str, limits: Limits) -> None:
+    collector = Collector(limits)
+    expand_text(collector, "x", text)
+    bounded(collector)
+
+
+@HYPOTHESIS
+@given(st.text(alphabet="ab=&%+2F1;", max_size=40) | st.text(max_size=40))
+def test_form_pairs_are_parse_qsl_with_values(text: str) -> None:
+    assert list(form_pairs(text)) == [p for p in parse_qsl(text, keep_blank_values=True) if p[1]]
+
+
+@HYPOTHESIS
+@given(st.binary(max_size=300) | protobuf_messages(), st.integers(0, 70))
+def test_protobuf_parse_never_raises(data: bytes, max_depth: int) -> None:
+    notes: list[str] = []
+    fields = protobuf.parse(data, max_depth, notes)
+    assert fields is None or all(
+        isinstance(path, str) and isinstance(value, str | int | float) for path, value in fields
+    )
+
+
+@HYPOTHESIS
+@given(st.binary(max_size=3000), st.sampled_from(["gzip", "deflate", "br", "zstd"]),
+       st.integers(0, 4000))
+def test_decompress_gives_the_capped_prefix(original: bytes, encoding: str, cap: int) -> None:
+    decoded, hit_cap = decompress(encode(original, encoding), encoding, cap)
+    assert decoded == original[:cap]
+    assert hit_cap == (len(original) > cap)
+
+
+@HYPOTHESIS
+@given(st.binary(max_size=2000), st.lists(st.integers(0, 2000), max_size=3), st.integers(0, 2500))
+def test_every_gzip_member_is_read(original: bytes, cuts: list[int], cap: int) -> None:
+    edges = [0, *sorted(cuts), len(original)]
+    members = b"".join(gzip.compress(original[a:b], mtime=0) for a, b in itertools.pairwise(edges))
+    decoded, hit_cap = decompress(members, "gzip", cap)
+    assert decoded == original[:cap]
+    assert hit_cap == (len(original) > cap)
+
+
+@HYPOTHESIS
+@given(st.binary(max_size=300) | protobuf_messages(), st.integers(0, 70), st.integers(0, 20))
+def test_protobuf_field_budget_is_kept(data: bytes, max_depth: int, max_fields: int) -> None:
+    notes: list[str] = []
+    fields = protobuf.parse(data, max_depth, notes, max_fields)
+    if fields is not None and not any("deeper" in note for note in notes):
+        assert len(fields) <= max_fields
+
+
+@HYPOTHESIS
+@given(st.text(alphabet="0123456789abcdef -/", max_size=3000), st.integers(8, 200),
+       st.data())
+def test_windows_cover_every_short_value(text: str, size: int, data: st.DataObject) -> None:
+    overlap = data.draw(st.integers(0, size // 2))
+    windows = list(_windows(text, size, overlap))
+    assert all(len(w) <= size + 128 for w in windows)
+    assert len(windows) <= 1 + 2 * len(text) // size
+    length = data.draw(st.integers(0, min(overlap, len(text))))
+    start = data.draw(st.integers(0, len(text) - length))
+    assert any(text[start : start + length] in w for w in windows)
+
+
+# --------------------------------------------------------------------------
+# The whole corpus through ``leakmap analyze`` into a database.
+
+# HAR bodies are stored decoded, so the HAR reader may drop Content-Encoding:
+# then a bomb arrives as compressed bytes its JSON content type does not fit.
+WITHOUT_ENCODING = {
+    **dict.fromkeys(BOMBS, ("malformed JSON",)),
+    "wide-json": ("malformed JSON",),
+    "gzip-two-members": ("malformed JSON",),
+    "bad-gzip": (),
+    "unknown-encoding": (),
+}
+ENCODED = set(WITHOUT_ENCODING)
+NEEDS_DECODING = {"gzip-two-members", "wide-json"}  # the IMEI is only in the decoded body
+
+
+def test_leakmap_analyze_logs_every_hostile_flow(tmp_path: Path, device_file: Path) -> None:
+    cases = list(corpus.all_cases())
+    har, flows = tmp_path / "hostile.har", tmp_path / "hostile.flow"
+    corpus.write_har(cases, har)
+    # the flow file keeps Content-Encoding: the bombs stay bombs
+    corpus.write_flows([(n, e) for n, e in cases if n in ENCODED], flows)
+    db = f"sqlite:///{tmp_path / 'hostile.db'}"
+    leakmap_cli("analyze", str(har), str(flows), "--device", str(device_file), "--db", db,
+                "--run-name", "hostile")
+    report = json.loads(
+        leakmap_cli("report", "--db", db, "--run", "hostile", "--format", "json").stdout
+    )
+    rows = {row["flow_id"]: row for row in report["flows"]}
+    imei_flows = {f["flow_id"] for f in report["findings"] if f["data_type"] == "imei"}
+    assert len(report["flows"]) == len(cases) + len(ENCODED)
+
+    logged = []  # (name, flow id, the problems expected, whether the IMEI must be found)
+    for (name, _), read in zip(cases, read_har(har), strict=True):
+        if name in ENCODED and read.header("content-encoding") is None:
+            logged.append((name, read.flow_id, WITHOUT_ENCODING[name], name not in NEEDS_DECODING))
+        else:
+            logged.append((name, read.flow_id, EXPECTED[name], True))
+    logged += [(name, exchange.flow_id, EXPECTED[name], True) for name, exchange in cases
+               if name in ENCODED]
+    for name, flow_id, expected, findable in logged:
+        row = rows[flow_id]
+        assert row["url"].split("?")[0].endswith("/" + name), (name, row["url"])
+        error = row["analysis_error"]
+        if expected:
+            assert error is not None, name
+            for problem in expected:
+                assert problem in error, (name, error)
+        else:
+            assert error is None, (name, error)
+        if PLANTED.get(name) == "found" and findable:
+            assert flow_id in imei_flows, name
+    kinds = {rows[flow_id]["kind"] for _, flow_id, _, _ in logged}
+    assert kinds == {"http", "websocket"}
+    no_response = [rows[i] for n, i, _, _ in logged if n == "no-response"]
+    assert all(row["status_code"] is None for row in no_response)
+
+
+def test_har_writer_round_trips_bodies(tmp_path: Path) -> None:
+    cases = [corpus.case_invalid_utf8(), corpus.case_binary_junk(), corpus.case_truncated_json(),
+             corpus.case_websocket_many_messages()]
+    path = tmp_path / "x.har"
+    corpus.write_har(cases, path)
+    for (_, original), read in zip(cases, read_har(path), strict=True):
+        assert read.request_body == original.request_body
+        assert [m.content for m in read.messages] == [m.content for m in original.messages]
