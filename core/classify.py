@@ -29,6 +29,7 @@ from leakmap.policies.model import DataType, Policy
 MATCH_STRENGTH = {"known": 3, "pattern": 2, "key": 1}
 _COORDINATE = re.compile(r"(?<![\d.])-?\d{1,3}\.\d{2,}(?![\d.])")
 _LOCATION_RADIUS_KM = 1.0
+_MAX_COORDINATES = 40  # per value or per group of siblings: pairs grow with the square
 # a run of 7 to 20 digits, possibly with + or 00, brackets, spaces, dots or dashes
 _PHONE_SPAN = re.compile(r"(?<![\w+])(?:\+|\(\+?)?\d[\d ().-]{5,22}\d(?![\w])")
 
@@ -183,40 +184,40 @@ class Classifier:
     # -- location: pairs of coordinates, matched by distance --------------
 
     def _location_hits(self, leaves: list[Leaf]) -> Iterator[Finding]:
+        """Coordinate pairs: two numbers in one value, or two sibling values."""
         if not self.location_types:
             return
         siblings: dict[tuple[str | None, tuple[str, ...]], list[tuple[Leaf, float]]] = {}
         for leaf in leaves:
             numbers = _coordinates(leaf.value)
             if len(numbers) >= 2:
-                for pair in itertools.pairwise(numbers):
-                    yield from self._located(leaf, pair, leaf.key)
+                for pair in itertools.pairwise(numbers[:_MAX_COORDINATES]):
+                    yield from self._located(leaf, pair, (leaf.key,))
             elif len(numbers) == 1 and leaf.parent is not None:
                 siblings.setdefault((leaf.parent, leaf.layers), []).append((leaf, numbers[0]))
         for group in siblings.values():
-            for (leaf_a, a), (leaf_b, b) in itertools.pairwise(group):
-                key = leaf_a.key if leaf_a.key else leaf_b.key
-                yield from self._located(leaf_a, (a, b), key, leaf_b.key)
+            # any two siblings: other numbers (a timestamp, an accuracy) may sit between
+            for (leaf_a, a), (leaf_b, b) in itertools.combinations(group[:_MAX_COORDINATES], 2):
+                yield from self._located(leaf_a, (a, b), (leaf_a.key, leaf_b.key))
 
     def _located(
-        self, leaf: Leaf, pair: tuple[float, float], *keys: str | None
+        self, leaf: Leaf, pair: tuple[float, float], keys: tuple[str | None, ...]
     ) -> Iterator[Finding]:
+        """``known`` within 1 km of the profile's location (either order); ``key``
+        when every value sits under a location-like name."""
         text = f"{pair[0]},{pair[1]}"
         for data_type in self.location_types:
-            for candidate in (pair, (pair[1], pair[0])):
-                if not _is_latlon(candidate):
-                    continue
-                near = self.device.location is not None and (
-                    _distance_km(candidate, self.device.location) <= _LOCATION_RADIUS_KM
-                )
-                if near:
-                    yield self._finding(data_type.name, leaf, "plain", "known", text)
-                    break
-                named = data_type.keys is not None and any(
-                    k and data_type.keys.matches(k) for k in keys
-                )
-                if named and candidate is pair:
-                    yield self._finding(data_type.name, leaf, "plain", "key", text)
+            if self.device.location is not None and any(
+                _is_latlon(c) and _distance_km(c, self.device.location) <= _LOCATION_RADIUS_KM
+                for c in (pair, (pair[1], pair[0]))
+            ):
+                yield self._finding(data_type.name, leaf, "plain", "known", text)
+            elif (
+                _is_latlon(pair)
+                and data_type.keys is not None
+                and all(k and data_type.keys.matches(k) for k in keys)
+            ):
+                yield self._finding(data_type.name, leaf, "plain", "key", text)
 
     # -- the whole flow ----------------------------------------------------
 
@@ -226,21 +227,24 @@ class Classifier:
         analysis = Analysis(errors=collector.errors, truncated=collector.truncated)
         best: dict[tuple[str, str], Finding] = {}
         try:
-            for candidate in self._candidates(collector.leaves):
+            for candidate in self._candidates(collector.leaves, analysis.errors):
                 slot = (candidate.field, candidate.data_type)
                 if _stronger(candidate, best.get(slot)):
                     best[slot] = candidate
-        except (RecursionError, MemoryError, ValueError) as e:
+        except Exception as e:  # the location pass; findings so far are kept
             analysis.errors.append(f"classifier error: {type(e).__name__}: {e}")
         findings = _explained(list(best.values()), self.device.region)
         analysis.findings = sorted(findings, key=lambda f: (f.field, f.data_type))
         return analysis
 
-    def _candidates(self, leaves: list[Leaf]) -> Iterator[Finding]:
+    def _candidates(self, leaves: list[Leaf], errors: list[str]) -> Iterator[Finding]:
         for leaf in leaves:
-            yield from self._known_hits(leaf)
-            yield from self._pattern_hits(leaf)
-            yield from self._key_hits(leaf)
+            try:
+                # materialised per leaf: a failure costs this leaf, not the flow
+                yield from [*self._known_hits(leaf), *self._pattern_hits(leaf),
+                            *self._key_hits(leaf)]
+            except Exception as e:  # hostile values must not end the analysis
+                errors.append(f"classifier error at {leaf.path}: {type(e).__name__}: {e}")
         yield from self._location_hits(leaves)
 
 

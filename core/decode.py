@@ -600,7 +600,9 @@ def decode_binary(collector: Collector, path: str, body: bytes, declared: bool =
     if fields is not None:
         for field_path, value in fields:
             text = value if isinstance(value, str) else str(value)
-            expand_text(collector, f"{path}.protobuf.{field_path}", text, key=field_path)
+            parent = f"{path}.protobuf.{field_path.rpartition('.')[0]}".rstrip(".")
+            expand_text(collector, f"{path}.protobuf.{field_path}", text, key=field_path,
+                        parent=parent)
         return
     if declared:
         collector.note("protobuf body does not parse: scanned for strings")
@@ -720,7 +722,8 @@ def _request_leaves(collector: Collector, exchange: Exchange) -> None:
         if lower == "cookie":
             _cookie_leaves(collector, value)
         elif not lower.startswith(":"):
-            expand_text(collector, f"request.headers.{lower}", value, key=lower)
+            expand_text(collector, f"request.headers.{lower}", value, key=lower,
+                        parent="request.headers")
     decode_body(
         collector,
         "request.body",
@@ -739,7 +742,8 @@ def _cookie_leaves(collector: Collector, header: str) -> None:
             return
         name, _, value = match.group().strip().partition("=")
         if name:
-            expand_text(collector, f"request.cookies.{name}", value, key=name)
+            expand_text(collector, f"request.cookies.{name}", value, key=name,
+                        parent="request.cookies")
 
 
 def _message_leaves(collector: Collector, exchange: Exchange) -> None:

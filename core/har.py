@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from leakmap.core.exchange import Exchange, Message
 
@@ -93,11 +93,26 @@ def _websocket(entry: dict[str, Any]) -> list[Message]:
     return messages
 
 
+def _split(url: str) -> SplitResult:
+    try:
+        return urlsplit(url)
+    except ValueError:  # "Invalid IPv6 URL": the decoder notes and scans it as text
+        return SplitResult("", "", "", "", "")
+
+
+def _port(parts: SplitResult) -> int | None:
+    try:
+        explicit = parts.port
+    except ValueError:  # out of range
+        return None
+    return explicit or {"https": 443, "wss": 443, "http": 80, "ws": 80}.get(parts.scheme)
+
+
 def exchange_from_entry(entry: dict[str, Any], flow_id: str) -> Exchange:
     request = entry.get("request") or {}
     response = entry.get("response") or {}
     url = str(request.get("url", ""))
-    parts = urlsplit(url)
+    parts = _split(url)
     messages = _websocket(entry)
     status = response.get("status")
     body = _body(request.get("postData") or {})
@@ -106,7 +121,7 @@ def exchange_from_entry(entry: dict[str, Any], flow_id: str) -> Exchange:
         kind="websocket" if messages else "http",
         timestamp=_timestamp(entry.get("startedDateTime")),
         server_ip=_server_ip(entry.get("serverIPAddress")),
-        server_port=parts.port or (443 if parts.scheme in ("https", "wss") else 80),
+        server_port=_port(parts),
         host=parts.hostname,
         sni=parts.hostname if parts.scheme in ("https", "wss") else None,
         scheme=parts.scheme or None,

@@ -194,3 +194,25 @@ def test_the_devices_digits_inside_someone_elses_number_are_not_known(classifier
         request(body=body, headers=[("content-type", "application/json")])
     ).findings
     assert not [f for f in findings if f.match == "known"], findings
+
+
+def test_location_in_query_with_other_numbers_between_and_in_headers(tmp_path: Path) -> None:
+    profile = tmp_path / "d.yaml"
+    profile.write_text("location: {lat: 28.6139, lon: 77.2090}\n")
+    located = Classifier(load_policy(), load_device(profile))
+    exchange = request(url="https://h.cn/p?lat=28.6150&acc=12.50&lng=77.2080",
+                       headers=[("X-Geo-Lon", "77.2095"), ("X-Geo-Lat", "28.6140")])
+    fields = {f[0] for f in found(located, exchange) if f[1] == "location" and f[3] == "known"}
+    assert "request.query.lat" in fields
+    assert "request.headers.x-geo-lon" in fields
+
+
+def test_location_without_profile_needs_location_names_on_both_values(blind) -> None:
+    named = request(body=json.dumps({"lat": "12.97", "lng": "77.59", "acc": "10.25"}).encode(),
+                    headers=[("content-type", "application/json")])
+    found_named = found(blind, named)
+    assert ("request.body.json.lat", "location", "plain", "key") in found_named
+    assert not any(f[0] == "request.body.json.acc" for f in found_named)
+    unnamed = request(body=json.dumps({"price": "12.97", "rate": "77.59"}).encode(),
+                      headers=[("content-type", "application/json")])
+    assert not any(f[1] == "location" for f in found(blind, unnamed))
