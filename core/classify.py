@@ -137,6 +137,8 @@ class Classifier:
                 continue
             e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
             for hit in self.known.known_phones.get(e164, []):
+                if hit.whole_value and span.group() != text.strip():
+                    continue
                 if whole_number(text, span.start(), span.end(), hit):
                     yield self._finding(hit.data_type, leaf, "plain", "known", hit.canonical)
 

@@ -45,6 +45,8 @@ class KnownHit:
     encoding: str
     # digit strings of the phone number's forms; set for phone numbers only
     phone_digits: frozenset[str] = frozenset()
+    # only a value that is this and nothing else counts (a carrier name, a short code)
+    whole_value: bool = False
 
 
 def phone_forms(number: str, region: str | None) -> list[str]:
@@ -63,7 +65,8 @@ def phone_forms(number: str, region: str | None) -> list[str]:
     trunk = "".join(ch for ch in national if ch.isdigit())
     written = [e164, e164[1:], str(parsed.national_number), trunk, "00" + e164[1:], national,
                international, text]
-    spaced = (national, international, international.lstrip("+"))
+    untrunked = national[1:].lstrip() if national.startswith("0") else national
+    spaced = (national, international, international.lstrip("+"), untrunked)
     written += [*spaced[2:], *(form.replace(" ", "-") for form in spaced)]
     written += [form.replace(" ", "") for form in spaced]
     return _unique(written)
@@ -209,20 +212,24 @@ class KnownMatcher:
     def _add(self, data_type: DataType, field_name: str, value: str, region: str | None) -> None:
         assert data_type.known is not None
         canonical = canonical_phone(value, region) if field_name in PHONE_FIELDS else value
-        minimum = 3 if field_name == "carrier" else _MIN_VARIANT
         forms = _forms(field_name, value, region)
         transforms = data_type.known.transforms
         digits = frozenset(
             "".join(ch for ch in form if ch.isdigit()) for form in forms
         ) if field_name in PHONE_FIELDS else frozenset()
+        # A carrier name, or a short code such as 10086, is a leak only where it
+        # is the whole value: inside other text it is a host name or a number.
+        whole_value = field_name == "carrier" or (bool(digits) and min(map(len, digits)) < 7)
         if digits:
             self.known_phones.setdefault(canonical, []).append(
-                KnownHit(data_type.name, canonical, "plain", digits)
+                KnownHit(data_type.name, canonical, "plain", digits, whole_value)
             )
+        minimum = 3 if whole_value else _MIN_VARIANT
         for variant, encoding in reversible_variants(forms, transforms):
             if len(variant) >= (minimum if encoding == "plain" else _MIN_VARIANT):
                 hit = KnownHit(data_type.name, canonical, encoding,
-                               digits if encoding == "plain" else frozenset())
+                               digits if encoding == "plain" else frozenset(),
+                               whole_value and encoding == "plain")
                 self._add_word(variant, hit)
         for digest, encoding in digest_variants(forms, transforms):
             hits = self.digests.setdefault(digest, [])
@@ -237,15 +244,20 @@ class KnownMatcher:
         elif hit not in existing[1]:
             existing[1].append(hit)
 
+    def _written_forms(self, text: str) -> Iterator[KnownHit]:
+        for end_index, (length, hits) in self.automaton.iter(text):
+            start, end = end_index + 1 - length, end_index + 1
+            if _on_boundary(text, start, end):
+                yield from (h for h in hits if _stands_alone(text, start, end, h))
+
     def search(self, text: str) -> Iterator[KnownHit]:
         """Each known value found in ``text``: written forms on a word boundary, digests."""
         if self.empty:
             return
         if len(self.automaton):
-            for end_index, (length, hits) in self.automaton.iter(text):
-                start, end = end_index + 1 - length, end_index + 1
-                if _on_boundary(text, start, end):
-                    yield from (h for h in hits if whole_number(text, start, end, h))
+            yield from self._written_forms(text)
+            if "@" in text and text.isascii() and text != text.lower():
+                yield from self._written_forms(text.lower())  # e-mail addresses ignore case
         if self.digests:
             for digest, outer in digest_tokens(text):
                 for hit in self.digests.get(digest, ()):
@@ -253,23 +265,54 @@ class KnownMatcher:
                     yield KnownHit(hit.data_type, hit.canonical, encoding)
 
 
-_PHONE_CHARS = frozenset("0123456789+ -().")
+def _stands_alone(text: str, start: int, end: int, hit: KnownHit) -> bool:
+    """The match is this value, not part of a longer one."""
+    if hit.whole_value and (text[:start].strip(_QUOTES) or text[end:].strip(_QUOTES)):
+        return False
+    if "@" in text[start:end] and not _email_boundary(text, start, end):
+        return False
+    return whole_number(text, start, end, hit)
+
+
+_QUOTES = " \t\r\n\"'"
+_TIGHT = frozenset("0123456789+()")
+_COUNTRY_CODE_BEFORE = re.compile(r"\(?(?:\+|00)(\d{1,3})\)?[ .-]?$")
 
 
 def whole_number(text: str, start: int, end: int, hit: KnownHit) -> bool:
-    """False when a phone number's digits are only part of a longer number.
+    """False when a phone number's digits are only part of someone else's number.
 
-    ``9812345678`` inside ``+44 9812345678`` is someone else's number.  The
-    phone-like run around the match must itself be a form of the known number.
+    ``9812345678`` in ``+9812345678``, ``19812345678`` or ``+44 9812345678`` is
+    another number.  Written with ``+`` or ``00``, the number must be the
+    device's own E.164 number; written nationally, its digits must be one of
+    the known forms, and a country code just before it must be the right one.
     """
     if not hit.phone_digits:
         return True
-    while start > 0 and text[start - 1] in _PHONE_CHARS:
+    while start > 0 and text[start - 1] in _TIGHT:
         start -= 1
-    while end < len(text) and text[end] in _PHONE_CHARS:
+    while end < len(text) and text[end] in _TIGHT:
         end += 1
-    digits = "".join(ch for ch in text[start:end] if ch.isdigit())
-    return digits in hit.phone_digits
+    run = text[start:end].lstrip("(")
+    digits = "".join(ch for ch in run if ch.isdigit())
+    own = hit.canonical.lstrip("+")
+    if run.startswith("+"):
+        return digits == own
+    if run.startswith("00") and digits[2:] == own:
+        return True
+    if digits not in hit.phone_digits:
+        return False
+    country = _COUNTRY_CODE_BEFORE.search(text, max(0, start - 8), start)
+    return country is None or own == country.group(1) + digits.lstrip("0")
+
+
+def _email_boundary(text: str, start: int, end: int) -> bool:
+    """An address inside a longer one (``mary.alice@x.com``, ``alice@x.com.cn``) is not it."""
+    before = text[start - 1] if start > 0 else ""
+    after = text[end : end + 2]
+    if before and (before.isalnum() or before in "._%+-"):
+        return False
+    return not (after[:1].isalnum() or (after[:1] in ".-" and after[1:2].isalnum()))
 
 
 def _on_boundary(text: str, start: int, end: int) -> bool:

@@ -216,3 +216,36 @@ def test_location_without_profile_needs_location_names_on_both_values(blind) -> 
     unnamed = request(body=json.dumps({"price": "12.97", "rate": "77.59"}).encode(),
                       headers=[("content-type", "application/json")])
     assert not any(f[1] == "location" for f in found(blind, unnamed))
+
+
+@pytest.fixture(scope="module")
+def chinese_phone(tmp_path_factory: pytest.TempPathFactory) -> Classifier:
+    profile = tmp_path_factory.mktemp("cn") / "d.yaml"
+    profile.write_text(
+        'phone_number: "+86 157 1234 5678"\nemail: alice@example.com\ncarrier: China Mobile\n'
+        'contacts: [{name: A, phone: "+44 7911 123456"}]\nsms: [{from: "10086", body: "hi"}]\n'
+    )
+    return Classifier(load_policy(), load_device(profile))
+
+
+@pytest.mark.parametrize("decoy", ["+15712345678", "+1 571 234 5678", "+9812345678",
+                                   "mary.alice@example.com", "bob+alice@example.com",
+                                   "alice@example.com.cn", "100860", "call 10086 now",
+                                   "api.chinamobile.com China Mobile"])
+def test_other_peoples_numbers_and_addresses_are_not_known(chinese_phone, decoy) -> None:
+    findings = chinese_phone.classify(request(headers=[("X-Note", decoy)])).findings
+    assert not [f for f in findings if f.match == "known"], findings
+
+
+@pytest.mark.parametrize(("written", "data_type"), [
+    ("13812345678 15712345678", "phone_number"),
+    ("157 1234 5678", "phone_number"),
+    ("+8615712345678 +447911123456", "contact"),
+    ("7911 123456", "contact"),
+    ("10086", "contact"),
+    ("China Mobile", "carrier"),
+    ("Alice@Example.com", "email"),
+])
+def test_planted_values_in_awkward_layouts_are_known(chinese_phone, written, data_type) -> None:
+    findings = chinese_phone.classify(request(headers=[("X-Note", written)])).findings
+    assert any(f.data_type == data_type and f.match == "known" for f in findings), findings
