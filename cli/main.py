@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from sqlalchemy.exc import SQLAlchemyError
 
 import leakmap
 from leakmap.addons.options import SETTINGS, Setting
@@ -53,6 +54,9 @@ def fail_cleanly(function: Callable[..., Any]) -> Callable[..., Any]:
             return function(*args, **kwargs)
         except (ConfigError, StoreError, ValueError, OSError) as e:
             raise click.ClickException(str(e)) from e
+        except SQLAlchemyError as e:
+            reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+            raise click.ClickException(f"database refused the data: {reason}") from e
 
     wrapper.__name__ = function.__name__
     wrapper.__doc__ = function.__doc__

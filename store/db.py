@@ -18,14 +18,20 @@ import secrets
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, delete, event, insert, select, update
+from sqlalchemy import BigInteger, Engine, Table, create_engine, delete, event, insert, select, update
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import (
+    ArgumentError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+)
 from sqlalchemy.orm import Session
 
 from leakmap.core.pipeline import FlowRecord
@@ -193,6 +199,36 @@ def finish_run(engine: Engine, run_id: int, status: str = "completed") -> None:
 # Writing flows.
 
 
+_INT32 = 2**31 - 1
+_INT64 = 2**63 - 1
+_MAX_FIELD_PATH = 1000  # PostgreSQL cannot index (flow, field, type) beyond ~2.7 kB
+
+
+def _clean_text(value: str, length: int | None) -> str:
+    """Text any database accepts: no NUL, no lone surrogates, within the column."""
+    text = value.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
+    return text[:length] if length else text
+
+
+def _fit(table: Table, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` made storable in ``table``: captured traffic sets no limits."""
+    for column in table.columns:
+        value = values.get(column.name)
+        if isinstance(value, str):
+            values[column.name] = _clean_text(value, getattr(column.type, "length", None))
+        elif isinstance(value, int) and not isinstance(value, bool):
+            limit = _INT64 if isinstance(column.type, BigInteger) else _INT32
+            values[column.name] = value if -limit <= value <= limit else None
+    return values
+
+
+def _short_field(path: str) -> str:
+    if len(path) <= _MAX_FIELD_PATH:
+        return path
+    digest = hashlib.sha256(path.encode("utf-8", "replace")).hexdigest()[:16]
+    return f"{path[: _MAX_FIELD_PATH - 20]}…#{digest}"
+
+
 def _flow_values(run_id: int, record: FlowRecord) -> dict[str, Any]:
     exchange = record.exchange
     return {
@@ -226,7 +262,12 @@ def _flow_values(run_id: int, record: FlowRecord) -> dict[str, Any]:
 
 
 def _finding_values(flow_pk: int, record: FlowRecord) -> list[dict[str, Any]]:
-    return [{"flow_pk": flow_pk, **asdict(finding)} for finding in record.findings]
+    rows = []
+    for finding in record.findings:
+        values = {"flow_pk": flow_pk, **asdict(finding)}
+        values["field"] = _short_field(finding.field)
+        rows.append(_fit(Finding.__table__, values))  # type: ignore[arg-type]
+    return rows
 
 
 def write_records(engine: Engine, run_id: int, records: Iterable[FlowRecord]) -> int:
@@ -246,7 +287,7 @@ def write_records(engine: Engine, run_id: int, records: Iterable[FlowRecord]) ->
         connection.execute(delete(Flow).where(Flow.run_id == run_id, Flow.flow_id.in_(ids)))
         inserted = connection.execute(
             insert(Flow).returning(Flow.id, sort_by_parameter_order=True),
-            [_flow_values(run_id, record) for record in batch],
+            [_fit(Flow.__table__, _flow_values(run_id, record)) for record in batch],  # type: ignore[arg-type]
         )
         findings = [
             row
@@ -256,6 +297,10 @@ def write_records(engine: Engine, run_id: int, records: Iterable[FlowRecord]) ->
         if findings:
             connection.execute(insert(Finding), findings)
     return len(batch)
+
+
+def _reason(error: SQLAlchemyError) -> str:
+    return str(getattr(error, "orig", None) or error).strip().splitlines()[0]
 
 
 class FlowWriter:
@@ -317,11 +362,38 @@ class FlowWriter:
 
     def _write(self, pending: list[FlowRecord]) -> bool:
         try:
-            self.written += write_records(self.engine, self.run_id, pending)
-        except SQLAlchemyError as e:
-            self.last_error = str(getattr(e, "orig", None) or e).splitlines()[0]
+            self._write_batch(pending)
+        except (OperationalError, InterfaceError) as e:  # the database is away: retry later
+            self.last_error = _reason(e)
             log.warning("leakmap: database write failed, will retry: %s", self.last_error)
-            return False
+            return False  # writes replace by flow id, so a retry cannot duplicate
         pending.clear()
         self.last_error = None
         return True
+
+    def _write_batch(self, pending: list[FlowRecord]) -> None:
+        try:
+            self.written += write_records(self.engine, self.run_id, pending)
+        except (OperationalError, InterfaceError):
+            raise
+        except SQLAlchemyError as e:  # something in the batch: store the rest
+            log.warning("leakmap: batch refused (%s); writing its flows one by one", _reason(e))
+            self._write_one_by_one(pending)
+
+    def _write_one_by_one(self, records: list[FlowRecord]) -> None:
+        """Keep every flow: one the database refuses is stored without its findings."""
+        for record in records:
+            try:
+                self.written += write_records(self.engine, self.run_id, [record])
+                continue
+            except (OperationalError, InterfaceError):
+                raise
+            except SQLAlchemyError as e:
+                problem = f"findings not stored: {_reason(e)}"
+            bare = replace(record, findings=[], analysis_error="; ".join(
+                p for p in (record.analysis_error, problem) if p))
+            try:
+                self.written += write_records(self.engine, self.run_id, [bare])
+            except SQLAlchemyError as e:
+                self.unwritten += 1
+                log.error("leakmap: flow %s not stored: %s", record.exchange.flow_id, _reason(e))

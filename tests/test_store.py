@@ -134,3 +134,27 @@ def test_migrations_build_exactly_the_schema_the_models_declare(db_url: str) -> 
         differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
     engine.dispose()
     assert differences == []
+
+
+def test_hostile_values_are_stored_not_refused(db_url: str) -> None:
+    engine = open_store(db_url)
+    run_id = start_run(engine, "hostile", "run", "0.1.0")
+    nasty = record("nasty", findings=1)
+    nasty.exchange.method = "X" * 100
+    nasty.exchange.http_version = "HTTP/9" * 10
+    nasty.exchange.url = "https://a/\x00\ud800<script>"
+    nasty.exchange.status_code = 10**12
+    nasty.findings = [FindingRecord(field="request.body.json." + "k" * 5000, data_type="imei",
+                                    category="device_id", severity="high", encoding="plain",
+                                    match="pattern", preview="8653•••", value_hash="0" * 64)]
+    writer = FlowWriter(engine, run_id, interval=0.05)
+    for item in (record("before"), nasty, record("after")):
+        writer.submit(item)
+    assert writer.close() == 0
+    flows = {f["flow_id"]: f for f in queries.flows(engine, "hostile")}
+    assert set(flows) == {"before", "nasty", "after"}
+    assert flows["nasty"]["status_code"] is None and "<script>" in flows["nasty"]["url"]
+    assert flows["nasty"]["finding_count"] == 1
+    fields = [f["field"] for f in queries.findings(engine, "hostile") if f["flow_id"] == "nasty"]
+    assert len(fields) == 1 and len(fields[0]) <= 1000
+    engine.dispose()
