@@ -41,7 +41,7 @@ SETTINGS = (
             "database under $LEAKMAP_HOME/keys."),
     Setting("max_body", int, 16 * 1024 * 1024, "Bytes of a body scanned; the rest is skipped and "
             "the flow marked truncated."),
-    Setting("flush_interval", float, 0.5, "Seconds between database commits (a crash loses at most "
+    Setting("flush_ms", int, 500, "Milliseconds between database commits (a crash loses at most "
             "this much)."),
 )
 

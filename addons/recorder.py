@@ -41,7 +41,7 @@ class Recorder:
         self.open_flows = OpenFlows()
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
-        options.declare(loader, ("db", "run_name", "flush_interval"))
+        options.declare(loader, ("db", "run_name", "flush_ms"))
 
     def configure(self, updated: set[str]) -> None:
         if "leakmap_db" in updated or self.engine is None:
@@ -73,7 +73,7 @@ class Recorder:
             log.error("leakmap: %s", e)
             ctx.master.shutdown()
             return
-        self.writer = FlowWriter(self.engine, self.run_id, interval=opts.leakmap_flush_interval)
+        self.writer = FlowWriter(self.engine, self.run_id, interval=max(opts.leakmap_flush_ms, 10) / 1000)
 
     def _record(self, flow: Flow) -> None:
         self.open_flows.discard(flow)

@@ -58,7 +58,7 @@ def test_leakmap_run_logs_every_flow_and_exactly_the_planted_findings(
 ) -> None:
     db = f"sqlite:///{tmp_path / 'live.db'}"
     proxy = start_proxy("--device", str(device_file), "--db", db, "--run-name", "live-1",
-                        "--networks", str(networks_file))
+                        "--networks", str(networks_file), "--flush-ms", "200")
     _send_phone_traffic(proxy, tls_server.port)
     assert proxy.stop() == 0, proxy.output
 
