@@ -158,8 +158,9 @@ def _sha256(path: Path) -> str:
 
 
 def _is_har(path: Path) -> bool:
+    """JSON (HAR) rather than a mitmproxy flow file, whose first byte is a digit."""
     with path.open("rb") as handle:
-        return handle.read(64).lstrip()[:1] == b"{"
+        return handle.read(64).lstrip()[:1] in (b"{", b"[")
 
 
 def read_capture(path: Path) -> Iterator[Exchange]:

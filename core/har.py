@@ -16,7 +16,7 @@ import ipaddress
 import json
 import uuid
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
@@ -24,11 +24,19 @@ from urllib.parse import SplitResult, urlsplit
 from leakmap.core.exchange import Exchange, Message
 
 
-def _timestamp(text: Any) -> float:
+def _timestamp(text: Any) -> float | None:
     try:
-        return datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
+        moment = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
     except ValueError:
-        return 0.0
+        return None
+    if moment.tzinfo is None:  # HAR requires an offset; read a bare time as UTC
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def _object(value: Any) -> dict[str, Any]:
+    """A HAR object, or an empty one where the file holds something else."""
+    return value if isinstance(value, dict) else {}
 
 
 def _server_ip(text: Any) -> str | None:
@@ -49,8 +57,9 @@ def _body(post: dict[str, Any]) -> bytes:
             except (binascii.Error, ValueError):
                 return text.encode("utf-8", "surrogateescape")
         return text.encode("utf-8", "surrogateescape")
-    params = post.get("params") or []
-    pairs = [f"{p.get('name', '')}={p.get('value', '')}" for p in params if isinstance(p, dict)]
+    params = post.get("params")
+    pairs = [f"{p.get('name', '')}={p.get('value', '')}"
+             for p in (params if isinstance(params, list) else []) if isinstance(p, dict)]
     return "&".join(pairs).encode()
 
 
@@ -74,7 +83,7 @@ def _request_headers(request: dict[str, Any], body: bytes) -> list[tuple[str, st
     if not _still_encoded(body):
         # HAR stores bodies decoded: their Content-Encoding no longer applies
         headers = [(name, value) for name, value in headers if name.lower() != "content-encoding"]
-    mime = (request.get("postData") or {}).get("mimeType")
+    mime = _object(request.get("postData")).get("mimeType")
     if mime and not any(name.lower() == "content-type" for name, _ in headers):
         headers.append(("content-type", str(mime)))
     return headers
@@ -82,7 +91,8 @@ def _request_headers(request: dict[str, Any], body: bytes) -> list[tuple[str, st
 
 def _websocket(entry: dict[str, Any]) -> list[Message]:
     messages = []
-    for item in entry.get("_webSocketMessages") or []:
+    items = entry.get("_webSocketMessages")
+    for item in items if isinstance(items, list) else []:
         if isinstance(item, dict):
             data = str(item.get("data", ""))
             raw = data.encode("utf-8", "surrogateescape")
@@ -108,18 +118,32 @@ def _port(parts: SplitResult) -> int | None:
     return explicit or {"https": 443, "wss": 443, "http": 80, "ws": 80}.get(parts.scheme)
 
 
+def _problems(entry: dict[str, Any], timestamp: float | None, status: Any) -> str | None:
+    found = []
+    if timestamp is None:
+        found.append(f"startedDateTime {str(entry.get('startedDateTime'))[:40]!r} is not a time")
+    if not isinstance(entry.get("request"), dict):
+        found.append("entry has no request object")
+    if not status:
+        found.append("no response")
+    return "; ".join(found) or None
+
+
 def exchange_from_entry(entry: dict[str, Any], flow_id: str) -> Exchange:
-    request = entry.get("request") or {}
-    response = entry.get("response") or {}
+    """One HAR entry.  A malformed part is left out and named in ``error``."""
+    request = _object(entry.get("request"))
+    response = _object(entry.get("response"))
     url = str(request.get("url", ""))
     parts = _split(url)
     messages = _websocket(entry)
     status = response.get("status")
-    body = _body(request.get("postData") or {})
+    body = _body(_object(request.get("postData")))
+    timestamp = _timestamp(entry.get("startedDateTime"))
+    size = _object(response.get("content")).get("size")
     return Exchange(
         flow_id=flow_id,
         kind="websocket" if messages else "http",
-        timestamp=_timestamp(entry.get("startedDateTime")),
+        timestamp=timestamp if timestamp is not None else 0.0,
         server_ip=_server_ip(entry.get("serverIPAddress")),
         server_port=_port(parts),
         host=parts.hostname,
@@ -133,9 +157,9 @@ def exchange_from_entry(entry: dict[str, Any], flow_id: str) -> Exchange:
         request_body=body,
         status_code=status if isinstance(status, int) and status > 0 else None,
         response_headers=_headers(response.get("headers")),
-        response_size=(response.get("content") or {}).get("size"),
+        response_size=size if isinstance(size, int) and size >= 0 else None,
         messages=messages,
-        error=None if status else "no response",
+        error=_problems(entry, timestamp, status),
     )
 
 
@@ -151,6 +175,12 @@ def read_har(path: Path) -> Iterator[Exchange]:
         raise ValueError(f"{path}: not a HAR 1.2 file (log.entries is not a list)")
     digest = hashlib.sha256(raw).hexdigest()
     for index, entry in enumerate(entries):
-        if isinstance(entry, dict):
-            flow_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"har:{digest}:{index}"))
+        flow_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"har:{digest}:{index}"))
+        try:
+            if not isinstance(entry, dict):
+                raise TypeError("not an object")
             yield exchange_from_entry(entry, flow_id)
+        except (TypeError, AttributeError, ValueError) as e:
+            # still a flow in the capture: logged, with what was wrong
+            yield Exchange(flow_id=flow_id, kind="http", timestamp=0.0,
+                           error=f"HAR entry {index} unreadable: {e}")

@@ -137,3 +137,31 @@ def test_plain_mitmdump_with_a_bad_policy_says_one_line_and_exits(tmp_path: Path
     assert result.returncode != 0
     assert "Traceback" not in result.stdout + result.stderr
     assert f"{policy}:2:31: unknown key 'severty'" in result.stdout + result.stderr
+
+
+def test_malformed_har_entries_are_logged_not_fatal(tmp_path: Path) -> None:
+    entries = [
+        {"request": "x"},
+        [1],
+        {"request": {"url": "https://a/\ud800x", "postData": "zz"}, "startedDateTime": "nope",
+         "response": {"content": [1], "status": 200}, "_webSocketMessages": 5},
+        {"startedDateTime": "2014-08-04T09:15:02Z", "serverIPAddress": "123.125.114.144",
+         "request": {"method": "GET", "url": "https://[::1/x?imei=865312345678901"},
+         "response": {"status": 200}},
+    ]
+    har = tmp_path / "bad.har"
+    har.write_text(json.dumps({"log": {"entries": entries}}))
+    db = f"sqlite:///{tmp_path / 'bad.db'}"
+    leakmap_cli("analyze", str(har), "--device", str(DEVICE), "--db", db)
+    flows = json.loads(leakmap_cli("report", "--db", db, "--format", "json").stdout)["flows"]
+    assert len(flows) == 4
+    errors = " | ".join(str(f["flow_error"]) for f in flows)
+    assert "entry 1 unreadable" in errors and "'nope' is not a time" in errors
+    assert [f["finding_count"] for f in flows if f["timestamp"].startswith("2014")] == [1]
+
+
+def test_a_json_list_is_not_mistaken_for_a_flow_file(tmp_path: Path) -> None:
+    listed = tmp_path / "list.har"
+    listed.write_text("[1, 2]")
+    line = _fails_cleanly("analyze", str(listed), "--db", f"sqlite:///{tmp_path / 'x.db'}")
+    assert "not a HAR 1.2 file" in line
