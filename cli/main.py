@@ -227,10 +227,17 @@ def analyze(captures: tuple[Path, ...], **settings: Any) -> None:
 # report
 
 
+def _country_codes(_ctx: Any, _param: Any, values: tuple[str, ...]) -> tuple[str, ...]:
+    for value in values:
+        if len(value) != 2 or not value.isalpha():
+            raise click.BadParameter(f"{value!r} is not an ISO 3166 alpha-2 code such as CN")
+    return tuple(value.upper() for value in values)
+
+
 @cli.command("report")
 @click.option("--db", default="", help="Database URL (default: $LEAKMAP_HOME/leakmap.db).")
 @click.option("--run", "run_name", default=None, help="Only this run.")
-@click.option("--country", "countries", multiple=True,
+@click.option("--country", "countries", multiple=True, callback=_country_codes,
               help="Only flows to this country (ISO alpha-2; repeatable).")
 @click.option("--format", "output_format", type=click.Choice(["table", "json", "csv"]),
               default="table", show_default=True)

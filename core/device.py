@@ -51,9 +51,19 @@ class DeviceProfile:
 
 
 def _text(source: Sourced, value: Any, where: tuple[str | int, ...]) -> str:
-    if isinstance(value, bool) or not isinstance(value, str | int):
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise source.error(where, f"wrong type: {type(value).__name__} (expected a string)")
+    if not isinstance(value, str):  # an unquoted number: keep it as written
+        value = source.as_written(where) or str(value)
     return str(value).strip()
+
+
+def _item_keys(source: Sourced, item: dict[str, Any], where: tuple[str | int, ...],
+               allowed: tuple[str, ...]) -> None:
+    for key in item:
+        if key not in allowed:
+            raise source.error((*where, key), f"unknown key {key!r} (one of {', '.join(allowed)})",
+                               at_key=True)
 
 
 def _region(source: Sourced, data: dict[str, Any]) -> str | None:
@@ -78,6 +88,8 @@ def _contacts(source: Sourced, data: dict[str, Any]) -> tuple[str, ...]:
         raise source.error(("contacts",), "wrong type (expected a list of {name, phone})")
     numbers = []
     for index, item in enumerate(items):
+        if isinstance(item, dict):
+            _item_keys(source, item, ("contacts", index), ("name", "phone"))
         phone = item.get("phone") if isinstance(item, dict) else item
         if phone is None:
             raise source.error(("contacts", index), "contact without phone (expected {name, phone})")
@@ -92,6 +104,7 @@ def _sms(source: Sourced, data: dict[str, Any]) -> tuple[tuple[str, ...], tuple[
     senders, bodies = [], []
     for index, item in enumerate(items):
         if isinstance(item, dict):
+            _item_keys(source, item, ("sms", index), ("from", "body", "date"))
             if item.get("from"):
                 senders.append(_text(source, item["from"], ("sms", index, "from")))
             if item.get("body"):

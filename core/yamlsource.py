@@ -28,6 +28,11 @@ class Sourced:
     data: Any
     marks: dict[NodePath, tuple[int, int]]  # where each value starts
     key_marks: dict[NodePath, tuple[int, int]] = field(default_factory=dict)  # its key
+    scalars: dict[NodePath, str] = field(default_factory=dict)  # each scalar as written
+
+    def as_written(self, node_path: NodePath) -> str | None:
+        """A scalar exactly as the file spells it: ``0412345670`` is not octal 69847992."""
+        return self.scalars.get(tuple(node_path))
 
     def where(self, node_path: NodePath, at_key: bool = False) -> str:
         """``FILE:LINE:COL`` of ``node_path`` (or its key), or of its nearest parent."""
@@ -49,21 +54,30 @@ def _position(node: yaml.Node) -> tuple[int, int]:
     return node.start_mark.line + 1, node.start_mark.column + 1
 
 
-def _convert(node: yaml.Node, here: NodePath, marks: Marks, key_marks: Marks) -> Any:
-    marks[here] = _position(node)
-    if isinstance(node, yaml.MappingNode):
-        result: dict[str, Any] = {}
-        for key_node, value_node in node.value:
-            key = str(key_node.value)
-            key_marks[(*here, key)] = _position(key_node)
-            result[key] = _convert(value_node, (*here, key), marks, key_marks)
-        return result
-    if isinstance(node, yaml.SequenceNode):
-        return [
-            _convert(item, (*here, index), marks, key_marks)
-            for index, item in enumerate(node.value)
-        ]
-    return _SCALARS.construct_object(node, deep=True)
+class _Reader:
+    """Plain data from a node tree, with marks, scalars as written, duplicate keys."""
+
+    def __init__(self) -> None:
+        self.marks: Marks = {}
+        self.key_marks: Marks = {}
+        self.scalars: dict[NodePath, str] = {}
+        self.duplicates: list[NodePath] = []
+
+    def convert(self, node: yaml.Node, here: NodePath = ()) -> Any:
+        self.marks[here] = _position(node)
+        if isinstance(node, yaml.MappingNode):
+            result: dict[str, Any] = {}
+            for key_node, value_node in node.value:
+                key = str(key_node.value)
+                if key in result:
+                    self.duplicates.append((*here, key))
+                self.key_marks[(*here, key)] = _position(key_node)
+                result[key] = self.convert(value_node, (*here, key))
+            return result
+        if isinstance(node, yaml.SequenceNode):
+            return [self.convert(item, (*here, index)) for index, item in enumerate(node.value)]
+        self.scalars[here] = str(node.value)
+        return _SCALARS.construct_object(node, deep=True)
 
 
 _SCALARS = yaml.constructor.SafeConstructor()
@@ -86,7 +100,11 @@ def load(path: str | Path, what: str) -> Sourced:
         raise ConfigError(f"{file_path}:{spot}: YAML syntax error: {e.problem}") from e
     except yaml.YAMLError as e:
         raise ConfigError(f"{file_path}:1:1: YAML error: {e}") from e
-    marks: Marks = {}
-    key_marks: Marks = {}
-    data = _convert(root, (), marks, key_marks) if root is not None else None
-    return Sourced(file_path, data, marks, key_marks)
+    reader = _Reader()
+    data = reader.convert(root) if root is not None else None
+    source = Sourced(file_path, data, reader.marks, reader.key_marks, reader.scalars)
+    if reader.duplicates:
+        duplicate = reader.duplicates[0]
+        raise source.error(duplicate, f"{duplicate[-1]!r} given twice (expected each key once)",
+                           at_key=True)
+    return source

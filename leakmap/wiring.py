@@ -49,6 +49,8 @@ def build_pipeline(
         key = hash_key_for(db or default_db_url(), hash_key_file or None)
     except (OSError, ValueError) as e:
         raise ConfigError(f"{hash_key_file or 'hash key'}: cannot read or create key ({e})") from e
-    limits = Limits(max_body_bytes=max(1, max_body))
+    if max_body < 1:
+        raise ConfigError(f"max_body: {max_body} is not a size (expected a number of bytes >= 1)")
+    limits = Limits(max_body_bytes=max_body)
     pipeline = Pipeline(Classifier(loaded_policy, profile, limits), resolver, key, store_raw)
     return Assembled(pipeline, loaded_policy, profile, resolver)

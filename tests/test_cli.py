@@ -165,3 +165,8 @@ def test_a_json_list_is_not_mistaken_for_a_flow_file(tmp_path: Path) -> None:
     listed.write_text("[1, 2]")
     line = _fails_cleanly("analyze", str(listed), "--db", f"sqlite:///{tmp_path / 'x.db'}")
     assert "not a HAR 1.2 file" in line
+
+
+def test_report_refuses_a_country_that_is_no_code(analysed: str) -> None:
+    result = leakmap_cli("report", "--db", analysed, "--country", "China", check=False)
+    assert result.returncode != 0 and "ISO 3166 alpha-2" in result.stderr

@@ -113,3 +113,32 @@ def test_extends_default_yaml_finds_the_shipped_policy_from_anywhere(tmp_path: P
     policy = load_policy(child)
     assert policy.data_types["sms"].severity == "low"
     assert policy.data_types["imei"].severity == "high"
+
+
+def test_unquoted_numbers_in_a_profile_are_read_as_written(tmp_path: Path) -> None:
+    path = write(tmp_path, "d.yaml", "imei: 865312345678901\nphone_number: 0412345670\n"
+                 "region: AU\ncontacts: [{name: A, phone: 0412345671}]\n")
+    device = load_device(path)
+    assert device.values["imei"] == "865312345678901"
+    assert device.values["phone_number"] == "0412345670"  # not octal 69847992
+    assert device.known("contacts") == ("0412345671",)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("sms: [{sender: '+911', text: hi}]\n", ":1:8: unknown key 'sender'"),
+    ("contacts: [{name: A, tel: '1'}]\n", ":1:22: unknown key 'tel'"),
+    ("imei: '1'\nimei: '2'\n", ":2:1: 'imei' given twice"),
+])
+def test_profile_mistakes_that_used_to_pass_silently(tmp_path: Path, text: str,
+                                                     expected: str) -> None:
+    path = write(tmp_path, "d.yaml", text)
+    with pytest.raises(ConfigError) as caught:
+        load_device(path)
+    assert expected in str(caught.value)
+
+
+def test_a_data_type_defined_twice_is_an_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "p.yaml", "data_types:\n  x: {category: custom, severity: low}\n"
+                 "  x: {category: custom, severity: high}\n")
+    with pytest.raises(ConfigError, match=":3:3: 'x' given twice"):
+        load_policy(path)
