@@ -28,7 +28,8 @@ from typing import Any
 import geoip2.database
 import geoip2.errors
 import maxminddb
-import yaml
+
+from leakmap.core.yamlsource import ConfigError, NodePath, Sourced, load
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -54,7 +55,7 @@ OVERRIDE_FIELDS = ("country", "asn", "as_org", "operator", "operator_country")
 NETWORK_KEYS = ("cidr", *OVERRIDE_FIELDS)
 
 
-class GeoConfigError(Exception):
+class GeoConfigError(ConfigError):
     """Bad geolocation configuration (databases folder, networks file)."""
 
 
@@ -93,104 +94,52 @@ class NetworkOverride:
 # --------------------------------------------------------------------------
 
 
-def _where(path: Path, node: yaml.Node | None, mark: Any = None) -> str:
-    """'FILE:LINE:COL' for a node (or a yaml Mark)."""
-    mark = mark if mark is not None else getattr(node, "start_mark", None)
-    if mark is None:
-        return str(path)
-    return f"{path}:{mark.line + 1}:{mark.column + 1}"
+def _fail(source: Sourced, where: NodePath, what: str, at_key: bool = False) -> GeoConfigError:
+    return GeoConfigError(f"{source.where(where, at_key)}: {what}")
 
 
-def _fail(path: Path, node: yaml.Node | None, what: str) -> GeoConfigError:
-    """A GeoConfigError pointing at a node."""
-    return GeoConfigError(f"{_where(path, node)}: {what}")
+def _text(source: Sourced, where: NodePath, value: Any) -> str:
+    """A scalar as written: ``NO`` is Norway, not YAML's false."""
+    if isinstance(value, dict | list):
+        raise _fail(source, where, f"'{where[-1]}' must be a single value")
+    return (source.as_written(where) or str(value)).strip()
 
 
-def _compose(path: Path) -> yaml.Node | None:
-    """Read and compose a YAML file, turning every failure into GeoConfigError."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise GeoConfigError(f"{path}: cannot read networks file: {err.strerror}") from None
-    except UnicodeDecodeError:
-        raise GeoConfigError(f"{path}: networks file is not UTF-8 text") from None
-    try:
-        return yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark or err.context_mark
-        raise GeoConfigError(f"{_where(path, None, mark)}: {err.problem or err}") from None
-    except yaml.YAMLError as err:
-        raise GeoConfigError(f"{path}: {err}") from None
-
-
-def _is_null(node: yaml.Node) -> bool:
-    """True for an explicit YAML null (``~``, ``null`` or empty)."""
-    return isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null"
-
-
-def _scalar(path: Path, node: yaml.Node, key: str) -> str:
-    """Text of a scalar value node."""
-    if not isinstance(node, yaml.ScalarNode):
-        raise _fail(path, node, f"'{key}' must be a single value")
-    return str(node.value).strip()
-
-
-def _parse_cidr(path: Path, node: yaml.Node) -> IPNetwork:
-    """The cidr field: a network or a single address."""
-    text = _scalar(path, node, "cidr")
-    try:
-        return ipaddress.ip_network(text, strict=True)
-    except ValueError as err:
-        raise _fail(path, node, f"'cidr' is not a valid network: {err}") from None
-
-
-def _parse_country(path: Path, node: yaml.Node, key: str) -> str:
-    """A two-letter ISO 3166 code, returned upper case."""
-    text = _scalar(path, node, key)
-    if len(text) != 2 or not text.isascii() or not text.isalpha():
-        raise _fail(path, node, f"'{key}' must be a two-letter country code, not {text!r}")
-    return text.upper()
-
-
-def _parse_asn(path: Path, node: yaml.Node) -> int:
-    """An AS number, written as 15169 or AS15169."""
-    text = _scalar(path, node, "asn")
-    digits = text[2:] if text[:2].upper() == "AS" else text
-    if not digits.isdigit() or int(digits) >= 2**32:
-        raise _fail(path, node, f"'asn' must be an AS number like 15169, not {text!r}")
-    return int(digits)
-
-
-def _parse_field(path: Path, key: str, node: yaml.Node) -> object:
-    """Value of one override field."""
+def _parse_field(source: Sourced, where: NodePath, value: Any) -> object:
+    key, text = str(where[-1]), _text(source, where, value)
     if key == "cidr":
-        return _parse_cidr(path, node)
+        try:
+            return ipaddress.ip_network(text, strict=True)
+        except ValueError as err:
+            raise _fail(source, where, f"'cidr' is not a valid network: {err}") from None
     if key == "asn":
-        return _parse_asn(path, node)
+        digits = text[2:] if text[:2].upper() == "AS" else text
+        if not digits.isdigit() or int(digits) >= 2**32:
+            raise _fail(source, where, f"'asn' must be an AS number like 15169, not {text!r}")
+        return int(digits)
     if key in ("country", "operator_country"):
-        return _parse_country(path, node, key)
-    text = _scalar(path, node, key)
+        if len(text) != 2 or not text.isascii() or not text.isalpha():
+            raise _fail(source, where, f"'{key}' must be a two-letter country code, not {text!r}")
+        return text.upper()
     if not text:
-        raise _fail(path, node, f"'{key}' is empty")
+        raise _fail(source, where, f"'{key}' is empty")
     return text
 
 
-def _parse_entry(path: Path, node: yaml.Node) -> NetworkOverride:
-    """One list entry -> NetworkOverride."""
-    if not isinstance(node, yaml.MappingNode):
-        raise _fail(path, node, "each entry must be a mapping with at least 'cidr'")
-    values: dict[str, object] = {}
-    for key_node, value_node in node.value:
-        key = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else ""
+def _parse_entry(source: Sourced, index: int, item: Any) -> NetworkOverride:
+    if not isinstance(item, dict):
+        raise _fail(source, (index,), "each entry must be a mapping with at least 'cidr'")
+    for key in item:
         if key not in NETWORK_KEYS:
             allowed = ", ".join(NETWORK_KEYS)
-            raise _fail(path, key_node, f"unknown key {key!r} (allowed: {allowed})")
-        if key in values:
-            raise _fail(path, key_node, f"key {key!r} given twice")
-        if not _is_null(value_node):
-            values[key] = _parse_field(path, key, value_node)
+            raise _fail(source, (index, key), f"unknown key {key!r} (allowed: {allowed})", True)
+    values = {
+        key: _parse_field(source, (index, key), value)
+        for key, value in item.items()
+        if value is not None
+    }
     if "cidr" not in values:
-        raise _fail(path, node, "entry has no 'cidr'")
+        raise _fail(source, (index,), "entry has no 'cidr'")
     return NetworkOverride(**values)  # type: ignore[arg-type]
 
 
@@ -201,20 +150,22 @@ def load_networks(path: str | Path) -> list[NetworkOverride]:
     all but ``cidr`` optional.  An empty file is an empty list.  Problems
     raise GeoConfigError("FILE:LINE:COL: what is wrong").
     """
-    path = Path(path)
-    root = _compose(path)
-    if root is None or _is_null(root):
+    try:
+        source = load(path, "networks")
+    except ConfigError as err:
+        raise GeoConfigError(str(err)) from None
+    if source.data is None:
         return []
-    if not isinstance(root, yaml.SequenceNode):
-        raise _fail(path, root, "networks file must be a YAML list of entries")
+    if not isinstance(source.data, list):
+        raise _fail(source, (), "networks file must be a YAML list of entries")
     result: list[NetworkOverride] = []
-    seen: dict[IPNetwork, yaml.Node] = {}
-    for item in root.value:
-        entry = _parse_entry(path, item)
-        if entry.cidr in seen:
-            first = seen[entry.cidr].start_mark.line + 1
-            raise _fail(path, item, f"cidr {entry.cidr} already given on line {first}")
-        seen[entry.cidr] = item
+    first_line: dict[IPNetwork, int] = {}
+    for index, item in enumerate(source.data):
+        entry = _parse_entry(source, index, item)
+        if entry.cidr in first_line:
+            line = first_line[entry.cidr]
+            raise _fail(source, (index,), f"cidr {entry.cidr} already given on line {line}")
+        first_line[entry.cidr] = int(source.where((index,)).split(":")[-2])
         result.append(entry)
     return result
 

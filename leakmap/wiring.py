@@ -14,7 +14,7 @@ from leakmap.core.decode import Limits
 from leakmap.core.device import DeviceProfile, load_device
 from leakmap.core.pipeline import Pipeline
 from leakmap.core.yamlsource import ConfigError
-from leakmap.geodb.lookup import GeoConfigError, GeoResolver, load_networks
+from leakmap.geodb.lookup import GeoResolver, load_networks
 from leakmap.policies.model import Policy, load_policy
 from leakmap.store.db import default_db_url, hash_key_for
 
@@ -40,11 +40,8 @@ def build_pipeline(
     """Load policy, device, geodb and key; raise ConfigError on any mistake."""
     loaded_policy = load_policy(policy or None)
     profile = load_device(device or None)
-    try:
-        overrides = load_networks(networks) if networks else []
-        resolver = GeoResolver(geoip_dir or None, overrides)
-    except GeoConfigError as e:
-        raise ConfigError(str(e)) from e
+    overrides = load_networks(networks) if networks else []
+    resolver = GeoResolver(geoip_dir or None, overrides)  # GeoConfigError is a ConfigError
     try:
         key = hash_key_for(db or default_db_url(), hash_key_file or None)
     except (OSError, ValueError) as e:
