@@ -280,18 +280,23 @@ def _mostly_text(text: str) -> bool:
     return len(_UNPRINTABLE.findall(sample)) <= 0.3 * len(sample)
 
 
-def decode_base64_text(value: str) -> str | None:
-    """Text inside a base64 (standard or URL-safe, padded or not) value."""
+def base64_bytes(value: str) -> bytes | None:
+    """The bytes of a base64 value: standard or URL-safe, padded or not."""
     stripped = value.rstrip("=")
     if len(stripped) % 4 == 1:
         return None
-    padded = stripped + "=" * (-len(stripped) % 4)
-    altchars = b"-_" if ("-" in value or "_" in value) else None
+    altchars = b"-_" if ("-" in stripped or "_" in stripped) else None
     try:
-        raw = base64.b64decode(padded, altchars=altchars, validate=True)
+        return base64.b64decode(stripped + "=" * (-len(stripped) % 4), altchars=altchars,
+                                validate=True)
     except (binascii.Error, ValueError):
         return None
-    return is_texty(raw)
+
+
+def decode_base64_text(value: str) -> str | None:
+    """Text inside a base64 value."""
+    raw = base64_bytes(value)
+    return is_texty(raw) if raw is not None else None
 
 
 def decode_hex_text(value: str) -> str | None:

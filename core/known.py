@@ -18,7 +18,6 @@ with or without the trunk 0, with spaces or dashes) in upper and lower case.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import re
 from collections.abc import Iterable, Iterator
@@ -28,6 +27,7 @@ from urllib.parse import quote
 import ahocorasick
 import phonenumbers
 
+from leakmap.core.decode import base64_bytes
 from leakmap.core.device import DeviceProfile
 from leakmap.policies.model import DataType
 
@@ -156,16 +156,6 @@ _HEX_TOKEN = re.compile(r"(?<![0-9A-Fa-f])(?:[0-9A-Fa-f]{64}|[0-9A-Fa-f]{40}|[0-
 _B64_TOKEN = re.compile(r"(?<![A-Za-z0-9+/_-])[A-Za-z0-9+/_-]{22,88}={0,2}(?![A-Za-z0-9+/_=-])")
 
 
-def _b64_bytes(token: str) -> bytes | None:
-    stripped = token.rstrip("=")
-    altchars = b"-_" if ("-" in stripped or "_" in stripped) else None
-    try:
-        return base64.b64decode(stripped + "=" * (-len(stripped) % 4), altchars=altchars,
-                                validate=True)
-    except (binascii.Error, ValueError):
-        return None
-
-
 def digest_tokens(text: str) -> Iterator[tuple[bytes, str]]:
     """(raw digest, outer encoding) for each hash-shaped token in ``text``.
 
@@ -175,7 +165,7 @@ def digest_tokens(text: str) -> Iterator[tuple[bytes, str]]:
     for match in _HEX_TOKEN.finditer(text):
         yield bytes.fromhex(match.group()), ""
     for match in _B64_TOKEN.finditer(text):
-        raw = _b64_bytes(match.group())
+        raw = base64_bytes(match.group())
         if raw is None:
             continue
         if len(raw) in _DIGEST_SIZES:
