@@ -185,3 +185,20 @@ def test_mitmweb_shows_flows_with_findings_marked_and_commented(
     assert shown["/v2/register"]["marked"]
     assert shown["/v2/register"]["comment"] == "leakmap: imei, phone_number -> CN"
     assert not shown["/generate_204"]["marked"]
+
+
+def test_a_killed_proxy_keeps_what_it_committed_before_the_last_second(
+    start_proxy, tls_server, tmp_path: Path, device_file: Path, networks_file: Path
+) -> None:
+    import signal
+    import time
+
+    db = f"sqlite:///{tmp_path / 'killed.db'}"
+    proxy = start_proxy("--device", str(device_file), "--db", db, "--run-name", "killed",
+                        "--networks", str(networks_file))
+    _send_phone_traffic(proxy, tls_server.port)
+    time.sleep(1.5)  # longer than the default flush interval (0.5 s)
+    proxy.stop(signal.SIGKILL)
+    report = _report(db, "killed")  # the database opens cleanly after the kill
+    assert len(report["flows"]) == 3
+    assert _finding_keys(report) == EXPECTED
