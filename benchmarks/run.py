@@ -12,7 +12,8 @@
 1b. breakdown: ``mitmdump -s`` with leakmap's addons added one at a time
    (``ablation/leakmap_subset.py``) plus an event-loop lag and GC probe
    (``ablation/looplag.py``), and two what-ifs (classification on the event
-   loop; ``gc.freeze()``), to show where the overhead comes from.
+   loop; the Inspector's ``gc.freeze()`` undone), to show where the overhead
+   comes from.
 2. micro: ``Classifier.classify`` / ``Pipeline.process`` per flow, with and
    without the device profile, and the addon and store work around them.
 3. analyze: ``leakmap analyze`` over a generated HAR; wall time and peak RSS.
@@ -133,6 +134,11 @@ def wait_for_rows(db_file: Path, expected: int, timeout: float = 30) -> tuple[fl
     return time.perf_counter() - started, flows
 
 
+def git_commit() -> str:
+    return subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True, timeout=10).stdout.strip()
+
+
 def machine() -> dict[str, Any]:
     info: dict[str, Any] = {
         "nproc": os.cpu_count(),
@@ -160,9 +166,7 @@ def machine() -> dict[str, Any]:
     except Exception:
         pass
     try:
-        info["git_commit"] = subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-            text=True, timeout=10).stdout.strip()
+        info["git_commit"] = git_commit()
         dirty = subprocess.run(
             ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
             capture_output=True, text=True, timeout=10).stdout.split("\n")
@@ -217,7 +221,7 @@ def proxy_command(variant: str, port: int, confdir: Path, db_file: Path,
 
 
 # name -> (leakmap addons loaded, Review's warning lines silenced, variant it adds to,
-#          gc.freeze() once running)
+#          the Inspector's gc.freeze() undone once running)
 BREAKDOWN_VARIANTS: dict[str, tuple[str, bool, str | None, bool]] = {
     "B0 mitmdump + lag probe": ("", False, None, False),
     "B1 + Inspector": ("inspector", False, "B0 mitmdump + lag probe", False),
@@ -226,8 +230,8 @@ BREAKDOWN_VARIANTS: dict[str, tuple[str, bool, str | None, bool]] = {
     "B3 + Recorder, Review quiet": ("inspector,review,recorder", True, "B2 + Review", False),
     "B4 all three (= addon-path)": ("inspector,review,recorder", False,
                                     "B3 + Recorder, Review quiet", False),
-    "B4' + gc.freeze() (what-if)": ("inspector,review,recorder", False,
-                                    "B4 all three (= addon-path)", True),
+    "B4' without gc.freeze() (what-if)": ("inspector,review,recorder", False,
+                                          "B4 all three (= addon-path)", True),
 }
 BREAKDOWN = {name: [a for a in spec[0].split(",") if a]
              for name, spec in BREAKDOWN_VARIANTS.items()}
@@ -349,7 +353,7 @@ def proxy_session(variant: str, round_no: int, concurrencies: list[int], server:
         session_env["LEAKMAP_BENCH_ADDONS"] = BREAKDOWN_VARIANTS[variant][0]
         session_env["LEAKMAP_BENCH_QUIET"] = "1" if BREAKDOWN_VARIANTS[variant][1] else "0"
         session_env["LEAKMAP_BENCH_LAGFILE"] = str(lag_file)
-        session_env["LEAKMAP_BENCH_GC_FREEZE"] = "1" if BREAKDOWN_VARIANTS[variant][3] else "0"
+        session_env["LEAKMAP_BENCH_GC_UNFREEZE"] = "1" if BREAKDOWN_VARIANTS[variant][3] else "0"
     log_path = workdir / f"{slug}-{round_no}.log"
     session: dict[str, Any] = {"variant": variant, "round": round_no, "command": command}
     windows: dict[str, tuple[float, float]] = {}
@@ -400,6 +404,7 @@ def proxy_session(variant: str, round_no: int, concurrencies: list[int], server:
         session["log_tail"] = log_path.read_text(errors="replace")[-2000:]
     if lag_file.exists():
         probe = json.loads(lag_file.read_text())
+        session["gc_frozen_objects"] = probe.get("frozen")
         for label, (start, end) in windows.items():
             load = session["loads"][label]
             load.update(lag_stats(probe, start, end))
@@ -468,6 +473,9 @@ def summarize_sessions(sessions: list[dict[str, Any]], variants: list[str]) -> d
         startups = [s["startup_s"] for s in mine if "startup_s" in s]
         if startups:
             summary.setdefault(variant, {})["startup_s"] = _median(startups)
+        frozen = [s["gc_frozen_objects"] for s in mine if s.get("gc_frozen_objects") is not None]
+        if frozen:
+            summary.setdefault(variant, {})["gc_frozen_objects"] = _median(frozen)
     return summary
 
 
@@ -526,7 +534,7 @@ def run_proxy(config: dict[str, Any], workdir: Path, env: dict[str, str]) -> dic
     summary["ratios_leakmap_over_bare"] = ratios(summary, "leakmap", "bare")
     summary.update(db_check(sessions))
     breakdown_summary = summarize_sessions(breakdown, list(BREAKDOWN_VARIANTS))
-    for name, (_addons, _quiet, base, _freeze) in BREAKDOWN_VARIANTS.items():
+    for name, (_addons, _quiet, base, _unfreeze) in BREAKDOWN_VARIANTS.items():
         for concurrency, entry in breakdown_summary.get(name, {}).items():
             below = breakdown_summary.get(base or "", {}).get(concurrency)
             key = "proxy_cpu_incl_db_catchup_us_per_req"
@@ -668,6 +676,9 @@ def report(results: dict[str, Any]) -> str:
                  "main thread", "other threads", "loop lag p99 ms", "lag max ms",
                  "% ticks >5ms late", "GC µs/req", "gen2 GCs", "gen2 max ms", "other procs"],
                 rows))
+            out.append("   objects frozen (gc.get_freeze_count() at shutdown): " + "; ".join(
+                f"{name.split(' ')[0]} {_f(b[name].get('gc_frozen_objects'), 0)}"
+                for name in names))
     mic = results.get("micro")
     if mic:
         t = mic["timings"]
@@ -675,14 +686,15 @@ def report(results: dict[str, Any]) -> str:
                  _f(t[name]["p99_us"])]
                 for name in ("classify_with_device", "process_with_device",
                              "classify_without_device", "process_without_device",
-                             "exchange_from_flow", "record_summary", "flow_record",
-                             "asyncio_to_thread")]
+                             "exchange_from_flow", "inspector_keep", "flow_record",
+                             "flow_record_rebuilt", "asyncio_to_thread") if name in t]
         out.append(table(f"2. Per-flow timings, {mic['iterations']} calls over "
                          f"{mic['distinct_requests']} distinct requests (µs)",
                          ["step", "mean", "p50", "p95", "p99"], rows))
         db = t["db_write_per_flow"]
-        out.append(f"   addon glue per live flow (exchange_from_flow + record_summary + "
-                   f"2 x flow_record + to_thread): {_f(t['addon_glue_per_flow_mean_us'])} µs")
+        out.append(f"   addon glue per live flow (exchange_from_flow + Inspector._keep + "
+                   f"2 x cached flow_record + to_thread): "
+                   f"{_f(t['addon_glue_per_flow_mean_us'])} µs")
         out.append(f"   SQLite write_records, batches of {db['batch_size']}: "
                    f"{_f(db['mean_us'])} µs per flow ({_f(db['findings_per_flow'], 2)} "
                    f"findings/flow)")
@@ -712,6 +724,10 @@ def report(results: dict[str, Any]) -> str:
         out.append(f"   {_f(har['entries_per_s'], 0)} entries/s overall, "
                    f"{_f(har['per_entry_ms'], 3)} ms per entry after start-up, "
                    f"RSS growth {_f(har['rss_growth_mb'], 0)} MB over the one-entry run")
+    after = results.get("git_commit_after")
+    if after and after != m.get("git_commit"):
+        out.append(f"\nWARNING: HEAD moved from {m.get('git_commit')} to {after} during the run; "
+                   f"later parts may have run newer code")
     out.append(f"\ntotal benchmark time: {results['elapsed_s']:.0f} s")
     return "\n".join(out)
 
@@ -767,6 +783,11 @@ def main() -> int:
     finally:
         results["elapsed_s"] = time.perf_counter() - started
         results["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+        # the proxies import leakmap when they start: a commit during the run mixes code
+        try:
+            results["git_commit_after"] = git_commit()
+        except (OSError, subprocess.SubprocessError):
+            results["git_commit_after"] = None
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2) + "\n")
         if args.keep:

@@ -9,9 +9,11 @@ Inspector with ``Pipeline.process`` called on the event loop instead of in
 ``asyncio.to_thread``: a what-if, to see what the thread hand-off costs and
 buys.  ``LEAKMAP_BENCH_QUIET=1`` raises the ``leakmap`` logger to ERROR, so
 the Review addon's per-finding warning lines are not emitted at all.
-``LEAKMAP_BENCH_GC_FREEZE=1`` calls ``gc.freeze()`` once the proxy runs, so
-full collections no longer walk the start-up heap (a what-if).  Only for
-benchmarks: nothing here changes leakmap itself.
+``LEAKMAP_BENCH_GC_UNFREEZE=1`` undoes the Inspector's ``gc.freeze()`` right
+after its ``running`` hook (this script's addons run after it), so full
+collections walk the start-up heap again, as before leakmap froze it: a
+what-if, to see what the freeze buys.  Only for benchmarks: nothing here
+changes leakmap itself.
 """
 
 import gc
@@ -40,6 +42,13 @@ class InlineInspector(Inspector):
         self._keep(flow, self.pipeline.process(exchange))
 
 
+class UnfreezeHeap:
+    """Undo the Inspector's ``gc.freeze()``: loaded last, its ``running`` runs last."""
+
+    def running(self) -> None:
+        gc.unfreeze()
+
+
 _CLASSES = {"inspector": Inspector, "inspector_inline": InlineInspector, "review": Review,
             "recorder": Recorder}
 _WANTED = [name.strip() for name in
@@ -49,12 +58,6 @@ _WANTED = [name.strip() for name in
 if os.environ.get("LEAKMAP_BENCH_QUIET") == "1":
     logging.getLogger("leakmap").setLevel(logging.ERROR)
 
-class FreezeHeap:
-    def running(self) -> None:
-        gc.collect()
-        gc.freeze()
-
-
-addons = [_CLASSES[name]() for name in _WANTED]
-if os.environ.get("LEAKMAP_BENCH_GC_FREEZE") == "1":
-    addons.append(FreezeHeap())
+addons: list[object] = [_CLASSES[name]() for name in _WANTED]
+if os.environ.get("LEAKMAP_BENCH_GC_UNFREEZE") == "1":
+    addons.append(UnfreezeHeap())

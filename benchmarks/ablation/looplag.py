@@ -8,7 +8,9 @@ records each garbage collection (start, duration, generation); a collection
 holds the GIL, so whichever thread runs it stops the event loop too.
 
 At shutdown both go to ``$LEAKMAP_BENCH_LAGFILE`` as JSON
-``{"lag": [[monotonic, lag_s], ...], "gc": [[monotonic, seconds, generation], ...]}``.
+``{"lag": [[monotonic, lag_s], ...], "gc": [[monotonic, seconds, generation], ...],
+"frozen": n}``, where ``frozen`` is ``gc.get_freeze_count()`` at shutdown (how
+many start-up objects full collections skip; leakmap's Inspector freezes them).
 """
 
 import asyncio
@@ -56,7 +58,8 @@ class LoopLag:
         path = os.environ.get("LEAKMAP_BENCH_LAGFILE")
         if path:
             with open(path, "w") as handle:
-                json.dump({"lag": self.samples, "gc": self.collections}, handle)
+                json.dump({"lag": self.samples, "gc": self.collections,
+                           "frozen": gc.get_freeze_count()}, handle)
 
 
 addons = [LoopLag()]
