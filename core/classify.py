@@ -271,7 +271,12 @@ def _explained(findings: list[Finding], region: str | None) -> list[Finding]:
     A contact's number is a ``contact`` (known); that it also looks like a
     phone number adds nothing.
     """
-    known = {(f.field, _normal(f.value, region)) for f in findings if f.match == "known"}
+    guessed = {f.field for f in findings if f.match != "known"}  # most fields have none
+    known = {
+        (f.field, _normal(f.value, region))
+        for f in findings
+        if f.match == "known" and f.field in guessed
+    }
     explained_fields = {field_path for field_path, _ in known}
     return [
         f for f in findings
