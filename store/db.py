@@ -9,6 +9,7 @@ thread so the proxy never waits on the database.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -210,15 +211,25 @@ def _clean_text(value: str, length: int | None) -> str:
     return text[:length] if length else text
 
 
+@functools.cache
+def _limits(table: Table) -> tuple[tuple[str, int | None, int], ...]:
+    """(column, text length or None, integer bound) for each column of ``table``."""
+    return tuple(
+        (column.name, getattr(column.type, "length", None),
+         _INT64 if isinstance(column.type, BigInteger) else _INT32)
+        for column in table.columns
+    )
+
+
 def _fit(table: Table, values: dict[str, Any]) -> dict[str, Any]:
     """``values`` made storable in ``table``: captured traffic sets no limits."""
-    for column in table.columns:
-        value = values.get(column.name)
+    for name, length, bound in _limits(table):
+        value = values.get(name)
         if isinstance(value, str):
-            values[column.name] = _clean_text(value, getattr(column.type, "length", None))
-        elif isinstance(value, int) and not isinstance(value, bool):
-            limit = _INT64 if isinstance(column.type, BigInteger) else _INT32
-            values[column.name] = value if -limit <= value <= limit else None
+            if (length is not None and len(value) > length) or "\x00" in value or not value.isascii():
+                values[name] = _clean_text(value, length)
+        elif isinstance(value, int) and not isinstance(value, bool) and not -bound <= value <= bound:
+            values[name] = None
     return values
 
 
