@@ -29,9 +29,12 @@ from leakmap.policies.model import DataType, Policy
 MATCH_STRENGTH = {"known": 3, "pattern": 2, "key": 1}
 _COORDINATE = re.compile(r"(?<![\d.])-?\d{1,3}\.\d{2,}(?![\d.])")
 _LOCATION_RADIUS_KM = 1.0
-_MAX_COORDINATES = 40  # per value or per group of siblings: pairs grow with the square
+_MAX_COORDINATES = 40  # numbers paired within one value
+# siblings paired with the next few: lat and lon sit close, and a group of 10,000
+# numbers must not make 50 million pairs
+_PAIR_WINDOW = 8
 # a run of 7 to 20 digits, possibly with + or 00, brackets, spaces, dots or dashes
-_PHONE_SPAN = re.compile(r"(?<![\w+])(?:\+|\(\+?)?\d[\d ().-]{5,22}\d(?![\w])")
+_PHONE_SPAN = re.compile(r"(?<![\w+])(?:\+|\(\+?)?\d[\d ()./-]{5,22}\d(?![\w])")
 
 
 @dataclass(frozen=True)
@@ -199,8 +202,9 @@ class Classifier:
                 siblings.setdefault((leaf.parent, leaf.layers), []).append((leaf, numbers[0]))
         for group in siblings.values():
             # any two siblings: other numbers (a timestamp, an accuracy) may sit between
-            for (leaf_a, a), (leaf_b, b) in itertools.combinations(group[:_MAX_COORDINATES], 2):
-                yield from self._located(leaf_a, (a, b), (leaf_a.key, leaf_b.key))
+            for index, (leaf_a, a) in enumerate(group):
+                for leaf_b, b in group[index + 1 : index + 1 + _PAIR_WINDOW]:
+                    yield from self._located(leaf_a, (a, b), (leaf_a.key, leaf_b.key))
 
     def _located(
         self, leaf: Leaf, pair: tuple[float, float], keys: tuple[str | None, ...]

@@ -376,8 +376,10 @@ def _unwrap_once(
         if decoded_hex is not None:
             yield path, decoded_hex, (*layers, "hex")
             return
-    if _BASE64.fullmatch(text):
-        decoded_b64 = decode_base64_text(text)
+    # MIME-style base64 (Android's Base64.DEFAULT) breaks lines every 76 characters
+    compact = text.replace("\r", "").replace("\n", "") if "\n" in text else text
+    if _BASE64.fullmatch(compact):
+        decoded_b64 = decode_base64_text(compact)
         if decoded_b64 is not None:
             yield path, decoded_b64, (*layers, "base64")
 

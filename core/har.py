@@ -75,7 +75,14 @@ _COMPRESSED_MAGIC = (b"\x1f\x8b", b"\x28\xb5\x2f\xfd")  # gzip, zstd
 
 
 def _still_encoded(body: bytes) -> bool:
-    return body.startswith(_COMPRESSED_MAGIC)
+    """The exporter kept the compressed bytes (gzip or zstd magic, or no text at all)."""
+    if body.startswith(_COMPRESSED_MAGIC):
+        return True
+    try:
+        body[:4096].decode("utf-8")
+    except UnicodeDecodeError as e:
+        return e.start < 4092  # not just a character cut at the window's end
+    return False
 
 
 def _request_headers(request: dict[str, Any], body: bytes) -> list[tuple[str, str]]:

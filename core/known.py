@@ -174,11 +174,25 @@ def digest_tokens(text: str) -> Iterator[tuple[bytes, str]]:
             yield bytes.fromhex(raw.decode("ascii")), "base64"
 
 
+def _imei_forms(imei: str) -> list[str]:
+    """As printed on the box (``35-699370-974431-8``) or spaced.
+
+    Fourteen digits (no check digit) are not tried: that could be another number.
+    """
+    if not (imei.isdigit() and len(imei) == 15):
+        return [imei]
+    grouped = [imei[:2], imei[2:8], imei[8:14], imei[14]]
+    return _unique([imei, "-".join(grouped), " ".join(grouped),
+                    f"{imei[:8]}-{imei[8:14]}-{imei[14]}"])
+
+
 def _forms(data_type_field: str, value: str, region: str | None) -> list[str]:
     if data_type_field in PHONE_FIELDS:
         return phone_forms(value, region)
     if data_type_field == "mac_address":
         return _mac_forms(value)
+    if data_type_field == "imei":
+        return _imei_forms(value)
     return [value]
 
 
@@ -259,14 +273,15 @@ def _stands_alone(text: str, start: int, end: int, hit: KnownHit) -> bool:
     """The match is this value, not part of a longer one."""
     if hit.whole_value and (text[:start].strip(_QUOTES) or text[end:].strip(_QUOTES)):
         return False
-    if "@" in text[start:end] and not _email_boundary(text, start, end):
+    matched = text[start:end]
+    if ("@" in matched or "%40" in matched.upper()) and not _email_boundary(text, start, end):
         return False
     return whole_number(text, start, end, hit)
 
 
 _QUOTES = " \t\r\n\"'"
 _TIGHT = frozenset("0123456789+()")
-_COUNTRY_CODE_BEFORE = re.compile(r"\(?(?:\+|00)(\d{1,3})\)?[ .-]?$")
+_COUNTRY_CODE_BEFORE = re.compile(r"\(?(?:\+|00)(\d{1,3})\)?[\s./-]{0,3}$")
 
 
 def whole_number(text: str, start: int, end: int, hit: KnownHit) -> bool:

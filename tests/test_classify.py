@@ -249,3 +249,32 @@ def test_other_peoples_numbers_and_addresses_are_not_known(chinese_phone, decoy)
 def test_planted_values_in_awkward_layouts_are_known(chinese_phone, written, data_type) -> None:
     findings = chinese_phone.classify(request(headers=[("X-Note", written)])).findings
     assert any(f.data_type == data_type and f.match == "known" for f in findings), findings
+
+
+def test_awkward_spellings_found_by_the_adversarial_replay(tmp_path: Path) -> None:
+    mime_b64 = base64.encodebytes(("Your OTP is 4411. " * 6).encode()).decode()  # 76-char lines
+    siblings = {f"s{i}": f"0.{i:03d}" for i in range(45)} | {"la": "28.6159", "lo": "77.2110"}
+    body = json.dumps({"b": mime_b64, "t": "098123/45678", "imei": "86-531234-567890-1",
+                       "sensors": siblings}).encode()
+    profile = tmp_path / "device.yaml"
+    profile.write_text((SAMPLES / "redmi-1s.yaml").read_text()
+                       + "location: {lat: 28.6139, lon: 77.2090}\n")
+    located = Classifier(load_policy(), load_device(profile))
+    result = found(located, request(body=body, headers=[("content-type", "application/json")]))
+    assert ("request.body.json.b", "sms", "base64", "known") in result
+    assert ("request.body.json.t", "phone_number", "plain", "known") in result
+    assert ("request.body.json.imei", "imei", "plain", "known") in result
+    assert ("request.body.json.sensors.la", "location", "plain", "known") in result
+
+
+@pytest.mark.parametrize("decoy", ["+44/9812345678", "+44  9812345678", "+44\u00a09812345678",
+                                   "52.970000000000006", "86531234567890"])
+def test_more_decoys_are_not_the_devices(classifier, decoy) -> None:
+    findings = classifier.classify(request(headers=[("X-Note", decoy)])).findings
+    assert not [f for f in findings if f.match == "known" or f.data_type == "imei"], findings
+
+
+def test_percent_encoded_address_inside_a_longer_one_is_not_known(chinese_phone) -> None:
+    for decoy in ("mr.alice%40example.com", "alice%40example.com.cn"):
+        findings = chinese_phone.classify(request(headers=[("X-U", decoy)])).findings
+        assert not [f for f in findings if f.match == "known"], findings
