@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import json
 import random
+import zlib
 from pathlib import Path
 from urllib.parse import quote
 
@@ -73,6 +74,9 @@ PLANTED = [
      ("request.body.xml.req.imsi", "imsi", "plain")),
     (f"{API}/p", gzip.compress(json.dumps({"n": "91-98123-45678"}).encode()), "application/json",
      {"Content-Encoding": "gzip"}, ("request.body.json.n", "phone_number", "plain")),
+    (f"{API}/q", zlib.compress(b"mail=Asha.K%40example.com&imsi=404451234567890"),
+     "application/x-www-form-urlencoded", {"Content-Encoding": "deflate"},
+     ("request.body.form.imsi", "imsi", "plain")),
 ]
 
 DECOYS = [
