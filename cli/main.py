@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -191,7 +192,7 @@ def analyze(captures: tuple[Path, ...], **settings: Any) -> None:
     Example: leakmap analyze capture.flow --device phone.yaml --run-name replay-1
     """
     from leakmap.addons.recorder import default_run_name
-    from leakmap.store.db import finish_run, open_store, start_run, write_records
+    from leakmap.store.db import finish_run, open_store, start_run
     from leakmap.wiring import build_pipeline
 
     assembled = build_pipeline(**{k: v for k, v in settings.items() if k != "run_name"})
@@ -203,24 +204,44 @@ def analyze(captures: tuple[Path, ...], **settings: Any) -> None:
         device_sha256=assembled.device.sha256, mode="offline",
         captures=[{"path": str(p), "sha256": _sha256(p)} for p in captures],
     )
-    flows = findings = 0
+    stored, problems = _analyze_captures(assembled.pipeline, engine, run_id, captures)
+    finish_run(engine, run_id, "incomplete" if problems else "completed")
+    click.echo(f"run {name}: {stored.flows} flows from {len(captures)} capture(s), "
+               f"{stored.findings} findings", err=True)
+    if problems:  # what could be read is stored; the run says it is not whole
+        raise click.ClickException("; ".join(problems))
+
+
+@dataclass
+class _Stored:
+    flows: int = 0
+    findings: int = 0
+
+
+def _analyze_captures(pipeline: Any, engine: Any, run_id: int,
+                      captures: tuple[Path, ...]) -> tuple[_Stored, list[str]]:
+    """Analyse and store every readable flow; the captures that broke off, named."""
+    from leakmap.store.db import finish_run, write_records
+
+    stored, problems = _Stored(), []
     try:
         for capture in captures:
             batch = []
-            for exchange in read_capture(capture):
-                record = assembled.pipeline.process(exchange)
-                batch.append(record)
-                findings += len(record.findings)
-                if len(batch) >= 500:
-                    flows += write_records(engine, run_id, batch)
-                    batch.clear()
-            flows += write_records(engine, run_id, batch)
+            try:
+                for exchange in read_capture(capture):
+                    batch.append(pipeline.process(exchange))
+                    if len(batch) >= 500:
+                        stored.flows += write_records(engine, run_id, batch)
+                        stored.findings += sum(len(r.findings) for r in batch)
+                        batch.clear()
+            except ValueError as e:  # a capture cut short: keep the flows before the cut
+                problems.append(f"{e} (flows before the damage are stored)")
+            stored.flows += write_records(engine, run_id, batch)
+            stored.findings += sum(len(r.findings) for r in batch)
     except BaseException:
         finish_run(engine, run_id, "failed")
         raise
-    finish_run(engine, run_id, "completed")
-    click.echo(f"run {name}: {flows} flows from {len(captures)} capture(s), {findings} findings",
-               err=True)
+    return stored, problems
 
 
 # --------------------------------------------------------------------------

@@ -619,6 +619,9 @@ def decode_binary(collector: Collector, path: str, body: bytes, declared: bool =
         expand_text(collector, f"{path}.strings[{index}]", run)
 
 
+_CONTROL_BYTES = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+
+
 def _kind_of(content_type: str, body: bytes) -> str:
     media = content_type.split(";", 1)[0].strip().lower()
     if media.endswith("json") or media.endswith("+json"):
@@ -636,9 +639,39 @@ def _kind_of(content_type: str, body: bytes) -> str:
         return "json"
     if head[:5] == b"<?xml":
         return "xml"
-    if media.startswith("text/") or _starts_texty(body):
+    if media.startswith("text/"):
         return "text"
-    return "binary"
+    if _CONTROL_BYTES.search(body[:_SNIFF]) is None and _starts_texty(body):
+        return "text"
+    return "binary"  # protobuf's tags and lengths are control bytes; text has none
+
+
+def grpc_messages(body: bytes, collector: Collector) -> list[bytes]:
+    """The messages of a gRPC body: 5-byte frames (flag, length), gzip ones undone."""
+    messages, position = [], 0
+    while position + 5 <= len(body):
+        flag, length = body[position], int.from_bytes(body[position + 1 : position + 5], "big")
+        message = body[position + 5 : position + 5 + length]
+        position += 5 + length
+        if flag & 0x80:
+            continue  # gRPC-Web trailers
+        if flag & 1:  # compressed with the grpc-encoding; gzip and zstd are told by magic
+            encoding = "zstd" if message.startswith(b"\x28\xb5\x2f\xfd") else "gzip"
+            undone = undo_content_encoding(message, encoding, collector)
+            message = undone if undone is not None else message
+        messages.append(message)
+    return messages
+
+
+def _decode_grpc(collector: Collector, path: str, body: bytes, media: str) -> None:
+    if media.startswith("application/grpc-web-text"):
+        body = base64_bytes(body.decode("ascii", "replace").replace("\n", "")) or body
+    messages = grpc_messages(body, collector)
+    if not messages:
+        decode_binary(collector, path, body, declared=True)
+    for index, message in enumerate(messages):
+        where = path if len(messages) == 1 else f"{path}.grpc[{index}]"
+        decode_binary(collector, where, message, declared=True)
 
 
 def _decode_form(collector: Collector, path: str, body: bytes) -> None:
@@ -663,9 +696,11 @@ def _decode_structured(collector: Collector, path: str, body: bytes, kind: str,
     elif kind == "xml":
         return decode_xml(collector, path, body)
     elif kind in ("protobuf", "binary"):
-        if content_type.lower().startswith("application/grpc") and len(body) >= 5:
-            body = body[5:]  # gRPC's 5-byte message prefix
-        decode_binary(collector, path, body, declared=kind == "protobuf")
+        media = content_type.split(";", 1)[0].strip().lower()
+        if media.startswith("application/grpc"):
+            _decode_grpc(collector, path, body, media)
+        else:
+            decode_binary(collector, path, body, declared=kind == "protobuf")
     else:
         return False
     return True
@@ -774,7 +809,8 @@ def _message_leaves(collector: Collector, exchange: Exchange) -> None:
                 return
             content = content[:budget]
         budget -= len(content)
-        decode_payload(collector, f"{prefix}.messages[{index}]", content, "")
+        declared = "" if message.is_text else "application/octet-stream"
+        decode_payload(collector, f"{prefix}.messages[{index}]", content, declared)
 
 
 def exchange_leaves(exchange: Exchange, limits: Limits | None = None) -> Collector:

@@ -170,3 +170,27 @@ def test_a_json_list_is_not_mistaken_for_a_flow_file(tmp_path: Path) -> None:
 def test_report_refuses_a_country_that_is_no_code(analysed: str) -> None:
     result = leakmap_cli("report", "--db", analysed, "--country", "China", check=False)
     assert result.returncode != 0 and "ISO 3166 alpha-2" in result.stderr
+
+
+def test_a_flow_file_cut_short_keeps_the_flows_before_the_cut(tmp_path: Path) -> None:
+    from mitmproxy import io as mitm_io
+    from mitmproxy.test import tflow
+
+    capture = tmp_path / "cut.flow"
+    with capture.open("wb") as handle:
+        writer = mitm_io.FlowWriter(handle)
+        for index in range(5):
+            flow = tflow.tflow(resp=True)
+            flow.request.path = f"/r{index}?imei=865312345678901"
+            writer.add(flow)
+    capture.write_bytes(capture.read_bytes()[:-20])  # the proxy died mid-write
+    db = f"sqlite:///{tmp_path / 'cut.db'}"
+    result = leakmap_cli("analyze", str(capture), "--device", str(DEVICE), "--db", db,
+                         "--run-name", "cut", check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1].endswith("(flows before the damage are stored)")
+    report = json.loads(leakmap_cli("report", "--db", db, "--format", "json").stdout)
+    assert len(report["flows"]) == 4
+    assert {f["data_type"] for f in report["findings"]} == {"imei"}
+    runs = leakmap_cli("runs", "--db", db).stdout
+    assert "incomplete" in runs
