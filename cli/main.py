@@ -205,9 +205,11 @@ def analyze(captures: tuple[Path, ...], **settings: Any) -> None:
         captures=[{"path": str(p), "sha256": _sha256(p)} for p in captures],
     )
     stored, problems = _analyze_captures(assembled.pipeline, engine, run_id, captures)
-    finish_run(engine, run_id, "incomplete" if problems else "completed")
-    click.echo(f"run {name}: {stored.flows} flows from {len(captures)} capture(s), "
-               f"{stored.findings} findings", err=True)
+    finish_run(engine, run_id, ("incomplete" if stored.flows else "failed") if problems
+               else "completed")
+    if stored.flows or not problems:
+        click.echo(f"run {name}: {stored.flows} flows from {len(captures)} capture(s), "
+                   f"{stored.findings} findings", err=True)
     if problems:  # what could be read is stored; the run says it is not whole
         raise click.ClickException("; ".join(problems))
 
@@ -226,16 +228,18 @@ def _analyze_captures(pipeline: Any, engine: Any, run_id: int,
     stored, problems = _Stored(), []
     try:
         for capture in captures:
-            batch = []
+            batch, read = [], 0
             try:
                 for exchange in read_capture(capture):
                     batch.append(pipeline.process(exchange))
+                    read += 1
                     if len(batch) >= 500:
                         stored.flows += write_records(engine, run_id, batch)
                         stored.findings += sum(len(r.findings) for r in batch)
                         batch.clear()
             except ValueError as e:  # a capture cut short: keep the flows before the cut
-                problems.append(f"{e} (flows before the damage are stored)")
+                problems.append(f"{e} (the {read} flows before the damage are stored)"
+                                if read else str(e))
             stored.flows += write_records(engine, run_id, batch)
             stored.findings += sum(len(r.findings) for r in batch)
     except BaseException:

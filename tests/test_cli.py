@@ -188,7 +188,7 @@ def test_a_flow_file_cut_short_keeps_the_flows_before_the_cut(tmp_path: Path) ->
     result = leakmap_cli("analyze", str(capture), "--device", str(DEVICE), "--db", db,
                          "--run-name", "cut", check=False)
     assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert result.stderr.splitlines()[-1].endswith("(flows before the damage are stored)")
+    assert result.stderr.splitlines()[-1].endswith("(the 4 flows before the damage are stored)")
     report = json.loads(leakmap_cli("report", "--db", db, "--format", "json").stdout)
     assert len(report["flows"]) == 4
     assert {f["data_type"] for f in report["findings"]} == {"imei"}
