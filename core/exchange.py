@@ -53,7 +53,8 @@ class Exchange:
 
     @property
     def request_size(self) -> int:
-        return len(self.request_body)
+        """Bytes the client sent: the request body and its WebSocket/TCP/UDP messages."""
+        return len(self.request_body) + sum(len(m.content) for m in self.messages if m.from_client)
 
     def header(self, name: str) -> str | None:
         """The first request header called ``name`` (case-insensitive)."""

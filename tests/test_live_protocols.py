@@ -79,6 +79,7 @@ def test_raw_tcp_stream_is_logged_and_searched(start_proxy, echo_server: int, tm
     report = _report(db, "tcp")
     tcp = [f for f in report["flows"] if f["kind"] == "tcp"]
     assert len(tcp) == 1 and tcp[0]["country"] == "CN" and tcp[0]["finding_count"] == 1
+    assert tcp[0]["request_size"] == len(f"HELLO id={IMEI}\n")
     assert [(f["field"], f["data_type"]) for f in report["findings"]] == [
         ("tcp.messages[0].text", "imei")
     ]
