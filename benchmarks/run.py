@@ -47,10 +47,13 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
 import har_bench  # noqa: E402
+
+sys.path.insert(0, str(HERE.parent / "tests"))
 import loadgen  # noqa: E402
 import micro  # noqa: E402
-import origin  # noqa: E402
 import workload  # noqa: E402
+
+from servers import self_signed  # noqa: E402
 
 BIN = Path(sys.executable).parent
 DEVICE = REPO / "samples" / "redmi-1s.yaml"
@@ -184,7 +187,7 @@ class Origin:
     """The origin server subprocess (benchmarks/origin.py)."""
 
     def __init__(self, workdir: Path) -> None:
-        self.cert, key = origin.self_signed(workdir)
+        self.cert, key = self_signed(workdir)  # the tests' throwaway certificate
         self.process = subprocess.Popen(
             [sys.executable, str(HERE / "origin.py"), str(self.cert), str(key)],
             stdout=subprocess.PIPE, text=True)

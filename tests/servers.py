@@ -35,6 +35,7 @@ def self_signed(folder: Path, host: str = "localhost") -> tuple[Path, Path]:
             ),
             critical=False,
         )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
     cert_path, key_path = folder / "server.crt", folder / "server.key"
