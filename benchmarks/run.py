@@ -32,7 +32,6 @@ import platform
 import resource
 import shutil
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -53,7 +52,7 @@ import loadgen  # noqa: E402
 import micro  # noqa: E402
 import workload  # noqa: E402
 
-from servers import self_signed  # noqa: E402
+from servers import free_port, self_signed, wait_for_port  # noqa: E402
 
 BIN = Path(sys.executable).parent
 DEVICE = REPO / "samples" / "redmi-1s.yaml"
@@ -71,25 +70,6 @@ QUICK: dict[str, Any] = {
 
 # --------------------------------------------------------------------------
 # Small helpers.
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"process exited early with {process.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on {port} after {timeout}s")
 
 
 def proc_cpu_s(pid: int) -> float:

@@ -1,11 +1,15 @@
-"""Real loopback servers for the tests: an HTTPS server with a throwaway certificate."""
+"""Real loopback servers for the tests and benchmarks: an HTTPS server with a throwaway
+certificate, and waiting for a process to listen."""
 
 from __future__ import annotations
 
 import datetime
 import http.server
+import socket
 import ssl
+import subprocess
 import threading
+import time
 from pathlib import Path
 
 from cryptography import x509
@@ -94,3 +98,22 @@ class TLSServer:
     def __exit__(self, *exc: object) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"process exited early with {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on {port} after {timeout}s")

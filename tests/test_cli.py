@@ -124,7 +124,8 @@ def test_addon_path_is_the_installed_script_alone_in_its_folder() -> None:
 def test_plain_mitmdump_with_a_bad_policy_says_one_line_and_exits(tmp_path: Path) -> None:
     import subprocess
 
-    from conftest import BIN, free_port
+    from conftest import BIN
+    from servers import free_port
 
     policy = tmp_path / "p.yaml"
     policy.write_text("data_types:\n  imei: {category: device_id, severty: high}\n")

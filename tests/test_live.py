@@ -167,7 +167,7 @@ def test_mitmweb_shows_flows_with_findings_marked_and_commented(
 ) -> None:
     import re
 
-    from conftest import free_port
+    from servers import free_port
 
     db = f"sqlite:///{tmp_path / 'web.db'}"
     web_port = free_port()
