@@ -98,7 +98,22 @@ def _dns(flow: dns.DNSFlow) -> Exchange:
     exchange.host = exchange.dns_question
     if flow.response is not None:
         exchange.status_code = flow.response.response_code
+        exchange.dns_answers = _addresses(flow.response.answers)
     return exchange
+
+
+def _addresses(answers: list[dns.ResourceRecord]) -> list[str]:
+    """The A and AAAA addresses of a DNS answer section (malformed records skipped)."""
+    found = []
+    for record in answers:
+        try:
+            if record.type == dns.types.A:
+                found.append(str(record.ipv4_address))
+            elif record.type == dns.types.AAAA:
+                found.append(str(record.ipv6_address))
+        except (ValueError, TypeError):
+            continue
+    return found
 
 
 def exchange_from_flow(flow: Flow) -> Exchange | None:

@@ -27,18 +27,19 @@ from leakmap.addons.flows import (
 )
 from leakmap.core.pipeline import FlowRecord, Pipeline, record_from_summary, record_summary
 from leakmap.core.yamlsource import ConfigError
-from leakmap.wiring import build_pipeline
+from leakmap.wiring import Assembled, build_pipeline, stale_warnings
 
 log = logging.getLogger(__name__)
 
 METADATA_KEY = "leakmap"
-PIPELINE_SETTINGS = ("policy", "device", "geoip_dir", "networks", "store_raw", "hash_key_file",
-                     "max_body")
+PIPELINE_SETTINGS = ("policy", "device", "geoip_dir", "geodb_max_age", "networks", "store_raw",
+                     "hash_key_file", "max_body")
 
 
 class Inspector:
     def __init__(self) -> None:
         self.pipeline: Pipeline | None = None
+        self.assembled: Assembled | None = None  # policy, profile and geodb behind the pipeline
         # Marks results of this process: a replayed flow keeps an older run's
         # metadata, which must not stop it from being analysed again.
         self.session = uuid.uuid4().hex
@@ -54,7 +55,7 @@ class Inspector:
             return
         opts = ctx.options
         try:
-            self.pipeline = build_pipeline(
+            assembled = build_pipeline(
                 policy=opts.leakmap_policy,
                 device=opts.leakmap_device,
                 db=getattr(opts, "leakmap_db", ""),
@@ -63,9 +64,13 @@ class Inspector:
                 hash_key_file=opts.leakmap_hash_key_file,
                 store_raw=opts.leakmap_store_raw,
                 max_body=opts.leakmap_max_body,
-            ).pipeline
+            )
         except ConfigError as e:
             refuse(str(e), starting=self.pipeline is None)
+            return
+        self.assembled, self.pipeline = assembled, assembled.pipeline
+        for warning in stale_warnings(assembled.resolver, opts.leakmap_geodb_max_age):
+            log.warning("leakmap: %s", warning)
 
     def _pending(self, flow: Flow) -> bool:
         previous = flow.metadata.get(METADATA_KEY)

@@ -33,6 +33,8 @@ SETTINGS = (
     Setting("run_name", str, "", "Name of this run (unique in the database). Empty: command and UTC time."),
     Setting("geoip_dir", str, "", "Folder with MaxMind GeoLite2/GeoIP2 or DB-IP mmdb files to use "
             "instead of the embedded databases."),
+    Setting("geodb_max_age", int, 180, "Days after which a geolocation database's build date "
+            "draws a warning."),
     Setting("networks", str, "", "YAML list of address-range overrides: {cidr, country, asn, as_org, "
             "operator, operator_country}."),
     Setting("store_raw", bool, False, "Also store raw PII values (default: masked preview and keyed "

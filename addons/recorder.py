@@ -19,11 +19,12 @@ from sqlalchemy import Engine
 import leakmap
 from leakmap.addons import options
 from leakmap.addons.flows import STILL_OPEN, OpenFlows
-from leakmap.addons.inspector import flow_record, refuse, tls_records
+from leakmap.addons.inspector import Inspector, flow_record, refuse, tls_records
 from leakmap.core.device import load_device
 from leakmap.core.yamlsource import ConfigError
 from leakmap.policies.model import load_policy
 from leakmap.store.db import FlowWriter, StoreError, finish_run, open_store, start_run
+from leakmap.wiring import geodb_summary
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,9 @@ def default_run_name(command: str) -> str:
 
 
 class Recorder:
-    def __init__(self) -> None:
+    def __init__(self, inspector: Inspector | None = None) -> None:
+        # the Inspector whose policy, profile and geodb the run records (loaded again without one)
+        self.inspector = inspector
         self.engine: Engine | None = None
         self.writer: FlowWriter | None = None
         self.run_id: int | None = None
@@ -57,8 +60,13 @@ class Recorder:
             return
         opts = ctx.options
         try:
-            policy = load_policy(opts.leakmap_policy or None)
-            device = load_device(opts.leakmap_device or None)
+            assembled = self.inspector.assembled if self.inspector is not None else None
+            if assembled is not None:
+                policy, device, geodb = assembled.policy, assembled.device, geodb_summary(assembled)
+            else:
+                policy = load_policy(opts.leakmap_policy or None)
+                device = load_device(opts.leakmap_device or None)
+                geodb = None
             self.run_id = start_run(
                 self.engine,
                 name=opts.leakmap_run_name or default_run_name("live"),
@@ -68,6 +76,7 @@ class Recorder:
                 policy_sha256=policy.sha256,
                 device_sha256=device.sha256,
                 mode=",".join(opts.mode),
+                geodb=geodb,
             )
         except (ConfigError, StoreError) as e:
             log.error("leakmap: %s", e)

@@ -18,12 +18,18 @@ from leakmap.core.pipeline import FlowRecord
 log = logging.getLogger("leakmap")
 
 MARKER = ":warning:"
+WATCHED_MARKER = ":rotating_light:"  # findings that went to a watched destination
 
 
 def destination(record: FlowRecord) -> str:
+    """``CN``, ``Beijing, CN``, ``SG, operated by Xiaomi (CN)``; ``[watched: ...]`` when watched."""
     place = record.country or record.geo_scope or "unknown"
     if record.city:
         place = f"{record.city}, {place}"
+    if record.operator:
+        place += f", operated by {record.operator} ({record.operator_country or '?'})"
+    if record.watched:
+        place += f" [watched: {record.watch_reason}]"
     return place
 
 
@@ -51,7 +57,7 @@ class Review:
             return
         flow.metadata["leakmap_reviewed"] = session
         if record.findings:
-            flow.marked = MARKER
+            flow.marked = WATCHED_MARKER if record.watched else MARKER
             flow.comment = (flow.comment + "\n" if flow.comment else "") + comment(record)
         self._log(record)
 

@@ -23,8 +23,9 @@ from leakmap.core.exchange import Exchange
 from leakmap.core.yamlsource import ConfigError
 from leakmap.store.db import StoreError
 
-ANALYSIS_SETTINGS = ("policy", "device", "db", "run_name", "geoip_dir", "networks", "store_raw",
-                     "hash_key_file", "max_body")
+ANALYSIS_SETTINGS = ("policy", "device", "db", "run_name", "geoip_dir", "geodb_max_age", "networks",
+                     "store_raw", "hash_key_file", "max_body")
+NOT_PIPELINE = ("db", "run_name", "geodb_max_age")  # settings build_pipeline does not take
 
 
 def _click_option(setting: Setting) -> Callable[[Any], Any]:
@@ -141,8 +142,9 @@ def run(mode: tuple[str, ...], listen_port: int | None, mitmproxy_args: tuple[st
 def _check_settings(settings: dict[str, Any], build: Callable[..., Any],
                     open_store: Callable[..., Any]) -> None:
     """Fail before the proxy starts, with one line, on a bad policy, profile or database."""
-    build(**{k: settings[k] for k in ANALYSIS_SETTINGS if k not in ("db", "run_name")},
-          db=settings["db"])
+    assembled = build(**{k: settings[k] for k in ANALYSIS_SETTINGS if k not in NOT_PIPELINE},
+                      db=settings["db"])
+    assembled.resolver.close()
     open_store(settings["db"] or None).dispose()
 
 
@@ -193,9 +195,12 @@ def analyze(captures: tuple[Path, ...], **settings: Any) -> None:
     """
     from leakmap.addons.recorder import default_run_name
     from leakmap.store.db import finish_run, open_store, start_run
-    from leakmap.wiring import build_pipeline
+    from leakmap.wiring import build_pipeline, geodb_summary, stale_warnings
 
-    assembled = build_pipeline(**{k: v for k, v in settings.items() if k != "run_name"})
+    assembled = build_pipeline(**{k: v for k, v in settings.items()
+                                  if k not in NOT_PIPELINE or k == "db"})
+    for warning in stale_warnings(assembled.resolver, settings["geodb_max_age"]):
+        click.echo(f"Warning: {warning}", err=True)
     engine = open_store(settings["db"] or None)
     name = settings["run_name"] or default_run_name("analyze")
     run_id = start_run(
@@ -203,6 +208,7 @@ def analyze(captures: tuple[Path, ...], **settings: Any) -> None:
         policy_name=assembled.policy.name, policy_sha256=assembled.policy.sha256,
         device_sha256=assembled.device.sha256, mode="offline",
         captures=[{"path": str(p), "sha256": _sha256(p)} for p in captures],
+        geodb=geodb_summary(assembled),
     )
     stored, problems = _analyze_captures(assembled.pipeline, engine, run_id, captures)
     finish_run(engine, run_id, ("incomplete" if stored.flows else "failed") if problems
@@ -264,16 +270,18 @@ def _country_codes(_ctx: Any, _param: Any, values: tuple[str, ...]) -> tuple[str
 @click.option("--run", "run_name", default=None, help="Only this run.")
 @click.option("--country", "countries", multiple=True, callback=_country_codes,
               help="Only flows to this country (ISO alpha-2; repeatable).")
+@click.option("--watched", is_flag=True, default=False,
+              help="Only flows to watched destinations (the policy's watch: list).")
 @click.option("--format", "output_format", type=click.Choice(["table", "json", "csv"]),
               default="table", show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write to this file instead of standard output.")
 @fail_cleanly
-def report(db: str, run_name: str | None, countries: tuple[str, ...], output_format: str,
-           output: Path | None) -> None:
+def report(db: str, run_name: str | None, countries: tuple[str, ...], watched: bool,
+           output_format: str, output: Path | None) -> None:
     """Findings and flows for review.
 
-    Example: leakmap report --run replay-1 --country CN --format json
+    Example: leakmap report --run replay-1 --watched --format json
     """
     from leakmap.store import queries
     from leakmap.store.db import open_store
@@ -281,8 +289,8 @@ def report(db: str, run_name: str | None, countries: tuple[str, ...], output_for
     engine = open_store(db or None)
     if run_name is not None and not queries.run_exists(engine, run_name):
         raise click.ClickException(f"no run named {run_name!r} in {db or 'the default database'}")
-    found = queries.findings(engine, run_name, countries)
-    logged = queries.flows(engine, run_name, countries)
+    found = queries.findings(engine, run_name, countries, watched)
+    logged = queries.flows(engine, run_name, countries, watched)
     text = render.FORMATS[output_format](found, logged)
     if output is None:
         click.echo(text, nl=not text.endswith("\n"))
@@ -306,3 +314,7 @@ def runs(db: str) -> None:
 
 def main() -> None:
     cli(prog_name="leakmap")
+
+
+# commands defined in their own modules register themselves on ``cli``
+from leakmap.cli import geo  # noqa: E402, F401

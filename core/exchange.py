@@ -49,6 +49,7 @@ class Exchange:
     response_size: int | None = None
     messages: list[Message] = field(default_factory=list)
     dns_question: str | None = None
+    dns_answers: list[str] = field(default_factory=list)  # A/AAAA addresses, in answer order
     error: str | None = None
 
     @property

@@ -6,24 +6,19 @@ analyze``.  Its output, :class:`FlowRecord`, is what the store writes.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Protocol
 
 from leakmap.core.classify import Analysis, Classifier, Finding
+from leakmap.core.destination import Destination
 from leakmap.core.exchange import Exchange
 from leakmap.core.redact import keyed_hash, mask
 
-
-class GeoLike(Protocol):
-    scope: str
-    country: str | None
-    city: str | None
-    asn: int | None
-    as_org: str | None
+DESTINATION_FIELDS = tuple(f.name for f in fields(Destination))
 
 
-class Resolver(Protocol):
-    def lookup(self, ip: str | None) -> GeoLike: ...
+class Locating(Protocol):
+    def locate(self, exchange: Exchange) -> Destination: ...
 
 
 @dataclass(frozen=True)
@@ -41,21 +36,34 @@ class FindingRecord:
 
 @dataclass
 class FlowRecord:
+    """One flow as stored: the exchange, where it went (see Destination), what it held."""
+
     exchange: Exchange
-    geo_scope: str | None
-    country: str | None
-    city: str | None
-    asn: int | None
-    as_org: str | None
+    geo_ip: str | None = None
+    geo_ip_source: str | None = None
+    geo_scope: str | None = None
+    country: str | None = None
+    city: str | None = None
+    asn: int | None = None
+    as_org: str | None = None
+    domain: str | None = None
+    operator: str | None = None
+    operator_country: str | None = None
+    attribution: str | None = None
+    watched: bool = False
+    watch_reason: str | None = None
     findings: list[FindingRecord] = field(default_factory=list)
     analysis_error: str | None = None
     truncated: bool = False
+
+    def destination(self) -> Destination:
+        return Destination(**{name: getattr(self, name) for name in DESTINATION_FIELDS})
 
 
 @dataclass
 class Pipeline:
     classifier: Classifier
-    resolver: Resolver
+    locator: Locating
     hash_key: bytes
     store_raw: bool = False
 
@@ -65,14 +73,14 @@ class Pipeline:
             analysis = self.classifier.classify(exchange)
         except Exception as e:  # the record must exist even if analysis breaks
             analysis = Analysis(errors=[f"analysis failed: {type(e).__name__}: {e}"])
-        geo = self.resolver.lookup(exchange.server_ip)
+        try:
+            place = self.locator.locate(exchange)
+        except Exception as e:  # never lose the flow over a lookup
+            place = Destination()
+            analysis.errors.append(f"destination lookup failed: {type(e).__name__}: {e}")
         return FlowRecord(
             exchange=exchange,
-            geo_scope=geo.scope,
-            country=geo.country,
-            city=geo.city,
-            asn=geo.asn,
-            as_org=geo.as_org,
+            **asdict(place),
             findings=[self._redact(finding) for finding in analysis.findings],
             analysis_error="; ".join(analysis.errors) or None,
             truncated=analysis.truncated,
@@ -95,11 +103,7 @@ class Pipeline:
 def record_summary(record: FlowRecord) -> dict[str, Any]:
     """``record`` without its exchange, as plain data (mitmproxy flow metadata)."""
     return {
-        "geo_scope": record.geo_scope,
-        "country": record.country,
-        "city": record.city,
-        "asn": record.asn,
-        "as_org": record.as_org,
+        **asdict(record.destination()),
         "analysis_error": record.analysis_error,
         "truncated": record.truncated,
         "findings": [asdict(finding) for finding in record.findings],
@@ -108,13 +112,11 @@ def record_summary(record: FlowRecord) -> dict[str, Any]:
 
 def record_from_summary(exchange: Exchange, summary: dict[str, Any]) -> FlowRecord:
     """The inverse of :func:`record_summary`, given the flow's exchange."""
+    place: dict[str, Any] = {name: summary.get(name) for name in DESTINATION_FIELDS}
+    place["watched"] = bool(place["watched"])  # absent in summaries of older versions
     return FlowRecord(
         exchange=exchange,
-        geo_scope=summary.get("geo_scope"),
-        country=summary.get("country"),
-        city=summary.get("city"),
-        asn=summary.get("asn"),
-        as_org=summary.get("as_org"),
+        **place,
         findings=[FindingRecord(**finding) for finding in summary.get("findings", [])],
         analysis_error=summary.get("analysis_error"),
         truncated=bool(summary.get("truncated")),

@@ -71,6 +71,7 @@ class GeoInfo:
     as_org: str | None
     operator: str | None = None
     operator_country: str | None = None
+    operator_source: str | None = None  # "network" (--networks) or "policy" (policy networks:)
 
     def as_dict(self) -> dict[str, object]:
         """Plain dict of all fields (JSON-ready)."""
@@ -87,6 +88,7 @@ class NetworkOverride:
     as_org: str | None = None
     operator: str | None = None
     operator_country: str | None = None
+    source: str = "network"  # "network" for --networks, "policy" for a policy's networks:
 
 
 # --------------------------------------------------------------------------
@@ -126,21 +128,44 @@ def _parse_field(source: Sourced, where: NodePath, value: Any) -> object:
     return text
 
 
-def _parse_entry(source: Sourced, index: int, item: Any) -> NetworkOverride:
+def _parse_entry(source: Sourced, where: NodePath, item: Any, label: str) -> NetworkOverride:
     if not isinstance(item, dict):
-        raise _fail(source, (index,), "each entry must be a mapping with at least 'cidr'")
+        raise _fail(source, where, "each entry must be a mapping with at least 'cidr'")
     for key in item:
         if key not in NETWORK_KEYS:
             allowed = ", ".join(NETWORK_KEYS)
-            raise _fail(source, (index, key), f"unknown key {key!r} (allowed: {allowed})", True)
+            raise _fail(source, (*where, key), f"unknown key {key!r} (allowed: {allowed})", True)
     values = {
-        key: _parse_field(source, (index, key), value)
+        key: _parse_field(source, (*where, key), value)
         for key, value in item.items()
         if value is not None
     }
     if "cidr" not in values:
-        raise _fail(source, (index,), "entry has no 'cidr'")
-    return NetworkOverride(**values)  # type: ignore[arg-type]
+        raise _fail(source, where, "entry has no 'cidr'")
+    return NetworkOverride(**values, source=label)  # type: ignore[arg-type]
+
+
+def parse_networks(source: Sourced, base: NodePath, items: Any,
+                   label: str = "network") -> list[NetworkOverride]:
+    """Network overrides from the list at ``base`` of a loaded YAML file.
+
+    ``label`` is what a flow's ``attribution`` says when an entry names the
+    operator: "network" for ``--networks``, "policy" for a policy's list.
+    """
+    if items is None:
+        return []
+    if not isinstance(items, list):
+        raise _fail(source, base, "networks must be a YAML list of entries with 'cidr'")
+    result: list[NetworkOverride] = []
+    first_line: dict[IPNetwork, str] = {}
+    for index, item in enumerate(items):
+        entry = _parse_entry(source, (*base, index), item, label)
+        if entry.cidr in first_line:
+            line = first_line[entry.cidr]
+            raise _fail(source, (*base, index), f"cidr {entry.cidr} already given on line {line}")
+        first_line[entry.cidr] = source.where((*base, index)).split(":")[-2]
+        result.append(entry)
+    return result
 
 
 def load_networks(path: str | Path) -> list[NetworkOverride]:
@@ -154,20 +179,7 @@ def load_networks(path: str | Path) -> list[NetworkOverride]:
         source = load(path, "networks")
     except ConfigError as err:
         raise GeoConfigError(str(err)) from None
-    if source.data is None:
-        return []
-    if not isinstance(source.data, list):
-        raise _fail(source, (), "networks file must be a YAML list of entries")
-    result: list[NetworkOverride] = []
-    first_line: dict[IPNetwork, int] = {}
-    for index, item in enumerate(source.data):
-        entry = _parse_entry(source, index, item)
-        if entry.cidr in first_line:
-            line = first_line[entry.cidr]
-            raise _fail(source, (index,), f"cidr {entry.cidr} already given on line {line}")
-        first_line[entry.cidr] = int(source.where((index,)).split(":")[-2])
-        result.append(entry)
-    return result
+    return parse_networks(source, (), source.data)
 
 
 # --------------------------------------------------------------------------
@@ -366,6 +378,8 @@ def _apply(fields: dict[str, Any], override: NetworkOverride) -> None:
         value = getattr(override, name)
         if value is not None:
             fields[name] = value
+    if override.operator is not None:
+        fields["operator_source"] = override.source
 
 
 class GeoResolver:
@@ -408,7 +422,8 @@ class GeoResolver:
         for override in self._overrides:
             if addr.version == override.cidr.version and addr in override.cidr:
                 _apply(fields, override)
-        names = ("country", "city", "asn", "as_org", "operator", "operator_country")
+        names = ("country", "city", "asn", "as_org", "operator", "operator_country",
+                 "operator_source")
         return GeoInfo(str(addr), scope, **{name: fields.get(name) for name in names})
 
     def databases(self) -> list[dict[str, Any]]:

@@ -8,12 +8,16 @@ configuration mistake comes out as :class:`ConfigError` with one line.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 
 from leakmap.core.classify import Classifier
 from leakmap.core.decode import Limits
+from leakmap.core.destination import Locator, WatchRule
 from leakmap.core.device import DeviceProfile, load_device
 from leakmap.core.pipeline import Pipeline
 from leakmap.core.yamlsource import ConfigError
+from leakmap.geodb.entities import EntityIndex, build_index
 from leakmap.geodb.lookup import GeoResolver, load_networks
 from leakmap.policies.model import Policy, load_policy
 from leakmap.store.db import default_db_url, hash_key_for
@@ -25,6 +29,22 @@ class Assembled:
     policy: Policy
     device: DeviceProfile
     resolver: GeoResolver
+    entities: EntityIndex
+    locator: Locator
+
+
+def build_locator(policy: Policy, geoip_dir: str = "",
+                  networks: str = "") -> tuple[GeoResolver, EntityIndex, Locator]:
+    """Geolocation, operator entities and watch rule of a policy; ConfigError on a mistake."""
+    # the policy's networks first, so that --networks wins where both name a range
+    overrides = [*policy.networks, *(load_networks(networks) if networks else [])]
+    resolver = GeoResolver(geoip_dir or None, overrides)  # GeoConfigError is a ConfigError
+    try:
+        entities = build_index(policy.entities)
+    except ConfigError:
+        resolver.close()
+        raise
+    return resolver, entities, Locator(resolver, entities, WatchRule.from_policy(policy.watch))
 
 
 def build_pipeline(
@@ -40,8 +60,7 @@ def build_pipeline(
     """Load policy, device, geodb and key; raise ConfigError on any mistake."""
     loaded_policy = load_policy(policy or None)
     profile = load_device(device or None)
-    overrides = load_networks(networks) if networks else []
-    resolver = GeoResolver(geoip_dir or None, overrides)  # GeoConfigError is a ConfigError
+    resolver, entities, locator = build_locator(loaded_policy, geoip_dir, networks)
     try:
         key = hash_key_for(db or default_db_url(), hash_key_file or None)
     except (OSError, ValueError) as e:
@@ -49,5 +68,26 @@ def build_pipeline(
     if max_body < 1:
         raise ConfigError(f"max_body: {max_body} is not a size (expected a number of bytes >= 1)")
     limits = Limits(max_body_bytes=max_body)
-    pipeline = Pipeline(Classifier(loaded_policy, profile, limits), resolver, key, store_raw)
-    return Assembled(pipeline, loaded_policy, profile, resolver)
+    pipeline = Pipeline(Classifier(loaded_policy, profile, limits), locator, key, store_raw)
+    return Assembled(pipeline, loaded_policy, profile, resolver, entities, locator)
+
+
+def geodb_summary(assembled: Assembled) -> dict[str, object]:
+    """What a run records about its destination data: databases and entity file."""
+    return {
+        "databases": [
+            {key: db[key] for key in ("kind", "path", "database_type", "build_epoch")}
+            for db in assembled.resolver.databases()
+        ],
+        "entities_version": assembled.entities.version,
+    }
+
+
+def stale_warnings(resolver: GeoResolver, max_age_days: int) -> list[str]:
+    """One line per database built more than max_age_days ago."""
+    from leakmap.geodb.inventory import describe
+    from leakmap.geodb.inventory import stale_warnings as warnings_for
+    from leakmap.geodb.lookup import DATA_DIR
+
+    opened = [(str(db["kind"]), Path(str(db["path"]))) for db in resolver.databases()]
+    return warnings_for(describe(opened, max_age_days, datetime.now(tz=UTC), DATA_DIR), max_age_days)

@@ -17,6 +17,8 @@ from typing import Any
 
 from leakmap.core import validators
 from leakmap.core.yamlsource import ConfigError, NodePath, Sourced, load
+from leakmap.geodb.entities import parse_entities
+from leakmap.geodb.lookup import NetworkOverride, parse_networks
 
 CATEGORIES = ("device_id", "subscriber_id", "contact", "message", "location", "account",
               "network", "custom")
@@ -70,8 +72,8 @@ class Policy:
     data_types: dict[str, DataType]
     watch: dict[str, Any] = field(default_factory=dict)
     actions: tuple[dict[str, Any], ...] = ()
-    entities: tuple[dict[str, Any], ...] = ()
-    networks: tuple[dict[str, Any], ...] = ()
+    entities: tuple[dict[str, Any], ...] = ()  # checked entries, see geodb/entities.py
+    networks: tuple[NetworkOverride, ...] = ()
 
 
 def default_policy_path() -> Path:
@@ -208,13 +210,20 @@ def _load_tree(path: Path, seen: tuple[Path, ...]) -> tuple[dict[str, Any], dict
         parent_data, types, parent_bytes = _load_tree(parent, (*seen, parent))
         data = {**parent_data, **{k: v for k, v in data.items() if k != "data_types"}}
         digest_input = parent_bytes + b"\0" + digest_input
+    else:
+        parent_data = {"entities": (), "networks": ()}
     declared = source.data.get("data_types", {}) if isinstance(source.data, dict) else {}
     if not isinstance(declared, dict):
         raise checker.fail(("data_types",), "wrong type (expected a mapping of data types)")
     for name, spec in declared.items():
         types[name] = checker.data_type(name, spec)
-    for key in ("actions", "entities", "networks"):
-        data[key] = _sequence(checker, data, key)
+    data["actions"] = _sequence(checker, data, "actions")
+    own = source.data if isinstance(source.data, dict) else {}
+    # entities and networks add up along the extends chain; this file's come last and win
+    data["entities"] = (*parent_data["entities"],
+                        *parse_entities(source, ("entities",), own.get("entities"), from_policy=True))
+    data["networks"] = (*parent_data["networks"],
+                        *parse_networks(source, ("networks",), own.get("networks"), label="policy"))
     if "watch" in data and data["watch"] is not None:
         _check_watch(checker, data["watch"])
     return data, types, digest_input
@@ -230,9 +239,17 @@ def _check_watch(checker: _Checker, watch: Any) -> None:
         if key == "allow":
             allowed = checker.mapping(value, ("watch", "allow"), _WATCH_KEYS[:2])
             for inner, codes in allowed.items():
-                checker.strings(codes, ("watch", "allow", inner))
+                _check_codes(checker, codes, ("watch", "allow", inner))
         else:
-            checker.strings(value, ("watch", key))
+            _check_codes(checker, value, ("watch", key))
+
+
+def _check_codes(checker: _Checker, value: Any, where: NodePath) -> None:
+    for index, code in enumerate(checker.strings(value, where)):
+        if len(code) != 2 or not code.isascii() or not code.isalpha():
+            spot = (*where, index) if isinstance(value, list) else where
+            raise checker.fail(spot, f"{code!r} is not a country code (expected ISO 3166 alpha-2 "
+                                     "such as CN)")
 
 
 def _extended_path(path: Path, name: str) -> Path:

@@ -166,6 +166,7 @@ def start_run(
     device_sha256: str | None = None,
     mode: str | None = None,
     captures: Sequence[dict[str, Any]] = (),
+    geodb: dict[str, Any] | None = None,
 ) -> int:
     """A new run row; its id."""
     run = Run(
@@ -179,6 +180,7 @@ def start_run(
         device_sha256=device_sha256,
         mode=mode,
         captures=json.dumps(list(captures)) if captures else None,
+        geodb=json.dumps(geodb) if geodb else None,
     )
     try:
         with Session(engine) as session, session.begin():
@@ -260,11 +262,7 @@ def _flow_values(run_id: int, record: FlowRecord) -> dict[str, Any]:
         "status_code": exchange.status_code,
         "request_size": exchange.request_size,
         "response_size": exchange.response_size,
-        "geo_scope": record.geo_scope,
-        "country": record.country,
-        "city": record.city,
-        "asn": record.asn,
-        "as_org": record.as_org,
+        **asdict(record.destination()),
         "finding_count": len(record.findings),
         "truncated": record.truncated,
         "flow_error": exchange.error,

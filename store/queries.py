@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -11,14 +12,18 @@ from sqlalchemy.orm import Session
 
 from leakmap.store.schema import Finding, Flow, Run
 
+DESTINATION_KEYS = (
+    "country", "city", "asn", "as_org", "operator", "operator_country", "attribution",
+    "watched", "watch_reason", "domain", "geo_ip", "geo_ip_source", "destination",
+)
 FINDING_KEYS = (
-    "flow_id", "run", "timestamp", "host", "url", "server_ip", "server_port", "country",
-    "city", "asn", "as_org", "data_type", "category", "field", "encoding", "match",
+    "flow_id", "run", "timestamp", "host", "url", "server_ip", "server_port",
+    *DESTINATION_KEYS, "data_type", "category", "field", "encoding", "match",
     "severity", "preview", "value_hash",
 )
 FLOW_KEYS = (
     "flow_id", "run", "timestamp", "kind", "client_ip", "host", "sni", "method", "url", "http_version",
-    "status_code", "server_ip", "server_port", "country", "city", "asn", "as_org",
+    "status_code", "server_ip", "server_port", *DESTINATION_KEYS,
     "geo_scope", "request_size", "response_size", "finding_count", "flow_error", "analysis_error",
 )
 
@@ -29,22 +34,44 @@ def iso(moment: datetime | None) -> str | None:
     return moment.isoformat(timespec="microseconds") + "Z"
 
 
-def _filtered(query: Select[Any], run: str | None, countries: Sequence[str]) -> Select[Any]:
+def _filtered(query: Select[Any], run: str | None, countries: Sequence[str],
+              watched: bool = False) -> Select[Any]:
     if run is not None:
         query = query.where(Run.name == run)
     if countries:
         query = query.where(Flow.country.in_([c.upper() for c in countries]))
+    if watched:
+        query = query.where(Flow.watched.is_(True))
     return query
+
+
+def describe_destination(values: dict[str, Any]) -> str:
+    """``server in SG (AS16509 Amazon.com, Inc.), operated by Xiaomi (CN)``."""
+    place = values.get("country") or {"public": "an unknown country"}.get(
+        values.get("geo_scope") or "", f"a {values.get('geo_scope') or 'unknown'} network")
+    if values.get("city"):
+        place = f"{values['city']}, {place}"
+    network = ""
+    if values.get("asn") is not None:
+        network = f" (AS{values['asn']}" + (f" {values['as_org']})" if values.get("as_org") else ")")
+    if values.get("operator"):
+        who = f"operated by {values['operator']} ({values.get('operator_country') or '?'})"
+    else:
+        who = "operator unknown"
+    return f"server in {place}{network}, {who}"
 
 
 def _flow_fields(flow: Flow, run_name: str) -> dict[str, Any]:
     values = {key: getattr(flow, key, None) for key in FLOW_KEYS if hasattr(flow, key)}
     values["run"] = run_name
     values["timestamp"] = iso(flow.timestamp)
+    values["watched"] = bool(flow.watched)
+    values["destination"] = describe_destination(values)
     return values
 
 
-def findings(engine: Engine, run: str | None = None, countries: Sequence[str] = ()) -> list[dict]:
+def findings(engine: Engine, run: str | None = None, countries: Sequence[str] = (),
+             watched: bool = False) -> list[dict]:
     query = (
         select(Finding, Flow, Run.name)
         .join(Flow, Finding.flow_pk == Flow.id)
@@ -53,7 +80,7 @@ def findings(engine: Engine, run: str | None = None, countries: Sequence[str] = 
     )
     rows = []
     with Session(engine) as session:
-        for finding, flow, run_name in session.execute(_filtered(query, run, countries)):
+        for finding, flow, run_name in session.execute(_filtered(query, run, countries, watched)):
             row = _flow_fields(flow, run_name)
             row.update(
                 data_type=finding.data_type,
@@ -71,7 +98,8 @@ def findings(engine: Engine, run: str | None = None, countries: Sequence[str] = 
     return rows
 
 
-def flows(engine: Engine, run: str | None = None, countries: Sequence[str] = ()) -> list[dict]:
+def flows(engine: Engine, run: str | None = None, countries: Sequence[str] = (),
+          watched: bool = False) -> list[dict]:
     query = (
         select(Flow, Run.name)
         .join(Run, Flow.run_id == Run.id)
@@ -82,7 +110,7 @@ def flows(engine: Engine, run: str | None = None, countries: Sequence[str] = ())
             {key: row[key] for key in FLOW_KEYS}
             for row in (
                 _flow_fields(flow, run_name)
-                for flow, run_name in session.execute(_filtered(query, run, countries))
+                for flow, run_name in session.execute(_filtered(query, run, countries, watched))
             )
         ]
 
@@ -100,6 +128,7 @@ def runs(engine: Engine) -> list[dict]:
                 "policy": run.policy_name,
                 "policy_sha256": run.policy_sha256,
                 "device_sha256": run.device_sha256,
+                "geodb": json.loads(run.geodb) if run.geodb else None,
             }
             for run in session.scalars(select(Run).order_by(Run.id))
         ]

@@ -43,6 +43,8 @@ class Run(Base):
     device_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     mode: Mapped[str | None] = mapped_column(String(100), nullable=True)
     captures: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON list
+    # JSON: the geolocation databases (path, type, build date) and entity file version used
+    geodb: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     flows: Mapped[list[Flow]] = relationship(back_populates="run")
 
@@ -54,6 +56,8 @@ class Flow(Base):
     __table_args__ = (
         UniqueConstraint("run_id", "flow_id", name="uq_flows_run_flow"),
         Index("ix_flows_country", "country"),
+        Index("ix_flows_operator_country", "operator_country"),
+        Index("ix_flows_watched", "watched"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -79,6 +83,16 @@ class Flow(Base):
     city: Mapped[str | None] = mapped_column(Text, nullable=True)
     asn: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     as_org: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # the address the location fields describe, and where it came from: "server", or "dns"
+    # (an answer recorded in the capture, for DNS records and flows without a server address)
+    geo_ip: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    geo_ip_source: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    domain: Mapped[str | None] = mapped_column(Text, nullable=True)  # registrable domain of host
+    operator: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    operator_country: Mapped[str | None] = mapped_column(String(2), nullable=True)
+    attribution: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    watched: Mapped[bool] = mapped_column(Boolean, default=False)
+    watch_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     finding_count: Mapped[int] = mapped_column(Integer, default=0)
     truncated: Mapped[bool] = mapped_column(Boolean, default=False)
     flow_error: Mapped[str | None] = mapped_column(Text, nullable=True)

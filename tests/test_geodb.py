@@ -183,6 +183,7 @@ def test_as_dict_has_all_fields(resolver: GeoResolver) -> None:
         "as_org",
         "operator",
         "operator_country",
+        "operator_source",
     }
     assert data["asn"] == 15169
 

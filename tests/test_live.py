@@ -100,7 +100,9 @@ def test_mitmdump_script_and_flow_file_replay_agree(
     with capture.open("rb") as handle:
         saved = {f.request.path.split("?")[0]: f for f in io.FlowReader(handle).stream()}
     assert saved["/v2/register"].marked
-    assert saved["/v2/register"].comment == "leakmap: imei, phone_number -> CN"
+    assert saved["/v2/register"].marked == ":rotating_light:"  # findings sent to a watched country
+    assert saved["/v2/register"].comment == ("leakmap: imei, phone_number -> CN "
+                                             "[watched: server_country=CN]")
     assert not saved["/generate_204"].marked
 
     offline_db = f"sqlite:///{tmp_path / 'offline.db'}"

@@ -158,3 +158,32 @@ def test_hostile_values_are_stored_not_refused(db_url: str) -> None:
     fields = [f["field"] for f in queries.findings(engine, "hostile") if f["flow_id"] == "nasty"]
     assert len(fields) == 1 and len(fields[0]) <= 1000
     engine.dispose()
+
+
+def test_a_database_from_before_destinations_upgrades_with_its_flows(db_url: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import create_engine
+
+    from leakmap.store.db import MIGRATIONS
+
+    old = create_engine(db_url)
+    with old.begin() as connection:
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0001")
+        connection.execute(text(
+            "INSERT INTO runs (id, name, command, status, started_at, tool_version) "
+            "VALUES (7, 'old', 'analyze', 'completed', '2026-11-01 10:00:00', '0.1.0')"))
+        connection.execute(text(
+            "INSERT INTO flows (run_id, flow_id, kind, timestamp, server_ip, geo_scope, country, "
+            "finding_count, truncated) VALUES (7, 'f1', 'http', '2026-11-01 10:00:01', "
+            "'13.228.0.1', 'public', 'SG', 0, false)"))
+    old.dispose()
+    engine = open_store(db_url)
+    (flow,) = queries.flows(engine, "old")
+    assert (flow["country"], flow["geo_ip"], flow["geo_ip_source"]) == ("SG", "13.228.0.1", "server")
+    assert (flow["watched"], flow["operator"], flow["watch_reason"]) == (False, None, None)
+    assert flow["destination"] == "server in SG, operator unknown"
+    engine.dispose()

@@ -10,4 +10,5 @@ from leakmap.addons.inspector import Inspector
 from leakmap.addons.recorder import Recorder
 from leakmap.addons.review import Review
 
-addons = [Inspector(), Review(), Recorder()]
+inspector = Inspector()
+addons = [inspector, Review(), Recorder(inspector)]
