@@ -192,7 +192,8 @@ def _merge(base: Entity | None, fields: dict[str, Any]) -> Entity:
         return Entity(**fields)
     lists = ("domains", "customer_domains", "asns")
     changed = {k: v for k, v in fields.items() if k not in (*lists, "name", "from_policy")}
-    added = {k: tuple(dict.fromkeys(getattr(base, k) + fields.get(k, ()))) for k in lists}
+    added: dict[str, Any] = {k: tuple(dict.fromkeys(getattr(base, k) + fields.get(k, ())))
+                             for k in lists}
     return dataclasses.replace(base, **changed, **added)
 
 

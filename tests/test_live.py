@@ -185,7 +185,8 @@ def test_mitmweb_shows_flows_with_findings_marked_and_commented(
     assert proxy.stop() == 0, proxy.output
     shown = {f["request"]["path"].split("?")[0]: f for f in flows}
     assert shown["/v2/register"]["marked"]
-    assert shown["/v2/register"]["comment"] == "leakmap: imei, phone_number -> CN"
+    assert shown["/v2/register"]["comment"] == ("leakmap: imei, phone_number -> CN "
+                                                "[watched: server_country=CN]")
     assert not shown["/generate_204"]["marked"]
 
 
