@@ -63,6 +63,15 @@ def test_chinese_vendor_on_aws_singapore(embedded: GeoResolver, shipped: EntityI
     assert place.watched and place.watch_reason == "operator_country=CN"
 
 
+def test_chinese_vendor_in_singapore_with_maxmind_files(maxmind: GeoResolver,
+                                                       shipped: EntityIndex) -> None:
+    # 214.0.0.0/24 is Singapore in MaxMind's GeoIP2-City-Test database
+    place = Locator(maxmind, shipped, CHINA).locate(flow("api.account.xiaomi.com", "214.0.0.1"))
+    assert (place.country, place.city) == ("SG", "Singapore")
+    assert (place.operator, place.operator_country, place.watch_reason) == (
+        "Xiaomi", "CN", "operator_country=CN")
+
+
 def test_chinese_vendor_on_a_chinese_address(maxmind: GeoResolver, shipped: EntityIndex) -> None:
     # 175.16.199.0/24 is Changchun, CN in MaxMind's GeoIP2-City-Test database
     place = Locator(maxmind, shipped, CHINA).locate(flow("data.mistat.xiaomi.com", "175.16.199.3"))
