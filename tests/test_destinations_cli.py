@@ -110,7 +110,9 @@ def test_maxmind_city_databases_give_cities(tmp_path: Path, har: Path) -> None:
                                                     _entry("www.google.com", "216.160.83.56"),
                                                     _entry("api.unlisted.example", "9.9.9.9")]}}))
     db = f"sqlite:///{tmp_path / 'c.db'}"
-    leakmap_cli("analyze", str(path), "--db", db, "--geoip-dir", str(MAXMIND), "--run-name", "city")
+    analysed = leakmap_cli("analyze", str(path), "--db", db, "--geoip-dir", str(MAXMIND),
+                           "--run-name", "city", "--geodb-max-age", "30")
+    assert "Warning: geoip:" in analysed.stderr and "GeoIP2-City-Test.mmdb" in analysed.stderr
     flows = {f["host"]: f for f in _report(db)["flows"]}
     assert (flows["api.account.xiaomi.com"]["country"], flows["api.account.xiaomi.com"]["city"]) == (
         "CN", "Changchun")

@@ -24,7 +24,7 @@ def test_live_flows_carry_server_operator_and_watch(start_proxy, tls_server, tmp
     networks.write_text("- {cidr: 127.0.0.0/8, country: SG, asn: 16509, as_org: 'Amazon.com, Inc.'}\n")
     db = f"sqlite:///{tmp_path / 'live.db'}"
     proxy = start_proxy("--device", str(device_file), "--db", db, "--run-name", "dest",
-                        "--networks", str(networks), "--flush-ms", "200")
+                        "--networks", str(networks), "--flush-ms", "200", "--geodb-max-age", "1")
     context = ssl.create_default_context(cafile=str(proxy.ca))
     base = f"https://localhost:{tls_server.port}"
     with httpx.Client(proxy=proxy.url, verify=context, timeout=20) as client:
@@ -51,3 +51,4 @@ def test_live_flows_carry_server_operator_and_watch(start_proxy, tls_server, tmp
     assert {f["host"] for f in watched["findings"]} == {"api.account.xiaomi.com"}
     # mitmdump said so while the phone was in hand
     assert "operated by Xiaomi (CN) [watched: operator_country=CN]" in proxy.output
+    assert "leakmap-country.mmdb was built" in proxy.output and "older than 1 day" in proxy.output
