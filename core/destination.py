@@ -186,12 +186,24 @@ class ResolvedNames:
 # putting it together
 
 
+MAX_NAME = 253  # longest DNS name; anything longer is junk, not a host
+
+
 def _host_name(exchange: Exchange) -> str | None:
     """The name the app asked for: Host/authority, else SNI, else the DNS question."""
     for candidate in (exchange.host, exchange.sni, exchange.dns_question):
-        if candidate and not _is_address(candidate):
-            return candidate.lower().rstrip(".")
+        name = _without_port(candidate.strip()) if candidate else ""
+        if name and len(name) <= MAX_NAME + 1 and not _is_address(name):
+            return name.lower().rstrip(".")
     return None
+
+
+def _without_port(host: str) -> str:
+    """``api.xiaomi.com:443`` -> ``api.xiaomi.com``; ``[::1]:443`` -> ``[::1]``."""
+    head, colon, port = host.rpartition(":")
+    if colon and port.isdigit() and (head.endswith("]") or ":" not in head):
+        return head
+    return host
 
 
 @dataclass

@@ -108,6 +108,15 @@ def test_address_missing_from_the_database(maxmind: GeoResolver, shipped: Entity
 # clouds and CDNs never become the operator by guess
 
 
+def test_host_spellings(embedded: GeoResolver, shipped: EntityIndex) -> None:
+    locator = Locator(embedded, shipped, CHINA)
+    for host in ("api.xiaomi.com:443", "API.Xiaomi.COM.", " api.xiaomi.com "):
+        assert locator.locate(flow(host, "13.228.0.1")).operator == "Xiaomi", host
+    for junk in ("x" * 100_000, "[::1]:443", "..", "a b.com", "ex\x00ample.com", "\ud800.com"):
+        place = locator.locate(flow(junk, "13.228.0.1"))
+        assert place.operator is None and place.country == "SG", junk
+
+
 def test_unlisted_domain_on_a_cloud_has_no_operator(embedded: GeoResolver,
                                                     shipped: EntityIndex) -> None:
     place = Locator(embedded, shipped, CHINA).locate(flow("api.unlisted-shop.example", "13.228.0.1"))
