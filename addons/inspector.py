@@ -68,6 +68,8 @@ class Inspector:
         except ConfigError as e:
             refuse(str(e), starting=self.pipeline is None)
             return
+        if self.assembled is not None:
+            self.assembled.resolver.close()  # analyses under way keep the scope-only answers
         self.assembled, self.pipeline = assembled, assembled.pipeline
         for warning in stale_warnings(assembled.resolver, opts.leakmap_geodb_max_age):
             log.warning("leakmap: %s", warning)

@@ -35,9 +35,9 @@ INFO_COLUMNS = (
 
 def _split_target(target: str) -> tuple[str | None, str | None]:
     """(host, address) of ``IP``, ``HOST`` or ``HOST=IP``."""
-    host, _, address = target.partition("=")
-    if address:
-        return host.strip() or None, address.strip()
+    host, equals, address = target.partition("=")
+    if equals:
+        return host.strip() or None, address.strip() or None
     try:
         ipaddress.ip_address(target.strip("[]"))
     except ValueError:
@@ -60,7 +60,7 @@ def lookup_row(locator: Any, target: str, resolve: bool) -> dict[str, Any]:
     """What the pipeline would record for a flow to ``target``."""
     host, address = _split_target(target)
     source = "given" if address else None
-    if address is None and host and resolve:
+    if address is None and host and resolve and "=" not in target:
         address = _resolve(host)
         source = "resolved" if address else "unresolved"
     exchange = Exchange(flow_id="lookup", kind="http", timestamp=0.0, host=host, server_ip=address)
@@ -104,8 +104,8 @@ def lookup(targets: tuple[str, ...], policy: str, geoip_dir: str, networks: str,
         return
     click.echo("\n".join(render.table_lines(rows, LOOKUP_COLUMNS)))
     for row in rows:
-        click.echo(f"{row['target']}: {row['destination']}"
-                   + (f" [watched: {row['watch_reason']}]" if row["watched"] else ""))
+        click.echo(render.printable(f"{row['target']}: {row['destination']}"
+                                    + (f" [watched: {row['watch_reason']}]" if row["watched"] else "")))
 
 
 @cli.group("geodb")

@@ -234,6 +234,7 @@ def _analyze_captures(pipeline: Any, engine: Any, run_id: int,
     stored, problems = _Stored(), []
     try:
         for capture in captures:
+            pipeline.locator.start_capture()  # DNS answers of one capture locate only its own flows
             batch, read = [], 0
             try:
                 for exchange in read_capture(capture):

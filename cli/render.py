@@ -42,7 +42,7 @@ def as_csv(findings: Rows, flows: Rows) -> str:
 
 
 def _cell(value: Any, width: int) -> str:
-    text = "" if value is None else "".join(ch if ch.isprintable() else "?" for ch in str(value))
+    text = "" if value is None else printable(str(value))
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
@@ -87,9 +87,15 @@ def _watched_lines(findings: Rows, flows: Rows) -> list[str]:
                    row.get("watch_reason") or "")
             grouped.setdefault(key, []).extend(types_by_flow.get((row["run"], row["flow_id"]), []))
     return [
-        f"WATCHED {', '.join(dict.fromkeys(types)) or 'no findings'} -> {host}: {place} [{reason}]"
+        printable(f"WATCHED {', '.join(dict.fromkeys(types)) or 'no findings'} -> {host}: {place} "
+                  f"[{reason}]")
         for (host, place, reason), types in grouped.items()
     ]
+
+
+def printable(text: str) -> str:
+    """Captured text made safe for a terminal: control characters become '?'."""
+    return "".join(ch if ch.isprintable() else "?" for ch in text)
 
 
 def _operator_label(row: dict[str, Any]) -> str | None:

@@ -22,6 +22,7 @@ Pure: no mitmproxy, no database, no network.
 from __future__ import annotations
 
 import ipaddress
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -135,10 +136,10 @@ class WatchRule:
             found.append(f"server_country={country}")
         if operator_country is not None and operator_country in self.operator_countries:
             found.append(f"operator_country={operator_country}")
-        if self.allow_countries is not None and scope == "public":
-            if country is None:
+        if self.allow_countries is not None:
+            if country is None and scope == "public":
                 found.append("server_country=unknown (not in allow list)")
-            elif country not in self.allow_countries:
+            elif country is not None and country not in self.allow_countries:
                 found.append(f"server_country={country} (not in allow list)")
         if (self.allow_operator_countries is not None and operator_country is not None
                 and operator_country not in self.allow_operator_countries):
@@ -189,13 +190,30 @@ class ResolvedNames:
 MAX_NAME = 253  # longest DNS name; anything longer is junk, not a host
 
 
+_NAME = re.compile(r"[a-z0-9_*-]+(\.[a-z0-9_*-]+)*")
+_IDNA_DOTS = str.maketrans({"\u3002": ".", "\uff0e": ".", "\uff61": "."})
+
+
 def _host_name(exchange: Exchange) -> str | None:
     """The name the app asked for: Host/authority, else SNI, else the DNS question."""
     for candidate in (exchange.host, exchange.sni, exchange.dns_question):
-        name = _without_port(candidate.strip()) if candidate else ""
-        if name and len(name) <= MAX_NAME + 1 and not _is_address(name):
-            return name.lower().rstrip(".")
+        name = _normalised(candidate) if candidate else None
+        if name is not None:
+            return name
     return None
+
+
+def _normalised(text: str) -> str | None:
+    """A host name as DNS spells it (lower case, xn-- labels), or None for an address or junk."""
+    name = _without_port(text.strip()).translate(_IDNA_DOTS).rstrip(".").lower()
+    if not name or len(name) > MAX_NAME or _is_address(name):
+        return None
+    if not name.isascii():
+        try:
+            name = name.encode("idna").decode("ascii")
+        except UnicodeError:
+            return None
+    return name if _NAME.fullmatch(name) else None
 
 
 def _without_port(host: str) -> str:
@@ -217,6 +235,10 @@ class Locator:
 
     def __init__(self, resolver: Resolver, entities: Entities, watch: WatchRule) -> None:
         self.resolver, self.entities, self.watch = resolver, entities, watch
+        self.resolved = ResolvedNames()
+
+    def start_capture(self) -> None:
+        """Forget the names learned so far: the next capture stands on its own."""
         self.resolved = ResolvedNames()
 
     def locate(self, exchange: Exchange) -> Destination:

@@ -20,6 +20,8 @@ DESTINATION_FIELDS = tuple(f.name for f in fields(Destination))
 class Locating(Protocol):
     def locate(self, exchange: Exchange) -> Destination: ...
 
+    def start_capture(self) -> None: ...
+
 
 @dataclass(frozen=True)
 class FindingRecord:

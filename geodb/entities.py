@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
@@ -89,20 +90,36 @@ def _country(source: Sourced, where: NodePath, value: Any) -> str:
     return text.upper()
 
 
+_DOMAIN = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)+")
+
+
 def _domain(source: Sourced, where: NodePath, value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise _fail(source, where, "wrong type (expected a domain name such as xiaomi.com)")
     domain = value.strip().lower().rstrip(".")
+    if not domain.isascii():
+        raise _fail(source, where, f"{domain!r} is not ASCII (write the xn-- form a phone sends, "
+                                   f"e.g. {_punycode(domain)!r})")
+    if not _DOMAIN.fullmatch(domain):
+        raise _fail(source, where, f"{domain!r} is not a domain name (expected a name such as "
+                                   "xiaomi.com: no scheme, port, path or spaces)")
     if registrable_domain(domain) is None:
         raise _fail(source, where, f"{domain!r} is a public suffix or not a domain name "
                                    "(expected a registrable domain such as xiaomi.com)")
     return domain
 
 
+def _punycode(name: str) -> str:
+    try:
+        return name.encode("idna").decode("ascii")
+    except UnicodeError:
+        return "xn--..."
+
+
 def _asn(source: Sourced, where: NodePath, value: Any) -> int:
     text = (source.as_written(where) or str(value)).strip()
     digits = text[2:] if text[:2].upper() == "AS" else text
-    if isinstance(value, bool) or not digits.isdigit() or int(digits) >= 2**32:
+    if isinstance(value, bool) or not (digits.isascii() and digits.isdigit()) or int(digits) >= 2**32:
         raise _fail(source, where, f"not an AS number: {text!r} (expected a number like 15169)")
     return int(digits)
 
@@ -156,9 +173,16 @@ def parse_entities(source: Sourced, base: NodePath, items: Any,
             raise _fail(source, (*base, index, "name"),
                         f"entity {entry['name']!r} given twice (first as entry {seen[entry['name']] + 1})")
         seen[entry["name"]] = index
-        if not from_policy and "country" not in entry:
-            raise _fail(source, (*base, index), f"entity {entry['name']!r} has no 'country'")
+        if "country" not in entry and (not from_policy or entry["name"] not in shipped_names()):
+            raise _fail(source, (*base, index), f"entity {entry['name']!r} has no 'country' "
+                                               "(needed for a company the entity file does not list)")
     return entries
+
+
+@functools.cache
+def shipped_names() -> frozenset[str]:
+    """Names in the shipped entity file (those a policy may extend without a country)."""
+    return frozenset(entry["name"] for entry in load_entity_file().entries)
 
 
 @dataclass(frozen=True)
@@ -206,8 +230,11 @@ class EntityIndex:
         # name and whether the policy (not the shipped file) put it there
         self._domains: dict[str, tuple[str, bool] | None] = {}  # None: a customer's name
         self._asns: dict[int, tuple[str, bool]] = {}
+        self._decided_by_policy: set[str] = set()  # shipped entities whose country or hosting it set
         for fields in entries:
             name, from_policy = fields["name"], bool(fields.get("from_policy"))
+            if from_policy and name in self.entities and fields.keys() & {"country", "hosting"}:
+                self._decided_by_policy.add(name)
             self.entities[name] = _merge(self.entities.get(name), fields)
             for domain in fields.get("customer_domains", ()):
                 self._domains[domain] = None
@@ -219,7 +246,8 @@ class EntityIndex:
 
     def _operator(self, listed: tuple[str, bool]) -> Operator:
         entity = self.entities[listed[0]]
-        return Operator(entity.name, entity.country, entity.hosting, listed[1])
+        from_policy = listed[1] or entity.name in self._decided_by_policy
+        return Operator(entity.name, entity.country, entity.hosting, from_policy)
 
     def registrable(self, host: str) -> str | None:
         return registrable_domain(host)

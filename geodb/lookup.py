@@ -116,7 +116,7 @@ def _parse_field(source: Sourced, where: NodePath, value: Any) -> object:
             raise _fail(source, where, f"'cidr' is not a valid network: {err}") from None
     if key == "asn":
         digits = text[2:] if text[:2].upper() == "AS" else text
-        if not digits.isdigit() or int(digits) >= 2**32:
+        if not (digits.isascii() and digits.isdigit()) or int(digits) >= 2**32:
             raise _fail(source, where, f"'asn' must be an AS number like 15169, not {text!r}")
         return int(digits)
     if key in ("country", "operator_country"):

@@ -224,32 +224,41 @@ def _load_tree(path: Path, seen: tuple[Path, ...]) -> tuple[dict[str, Any], dict
                         *parse_entities(source, ("entities",), own.get("entities"), from_policy=True))
     data["networks"] = (*parent_data["networks"],
                         *parse_networks(source, ("networks",), own.get("networks"), label="policy"))
-    if "watch" in data and data["watch"] is not None:
-        _check_watch(checker, data["watch"])
+    if isinstance(source.data, dict) and source.data.get("watch") is not None:
+        data["watch"] = _check_watch(checker, source.data["watch"])
     return data, types, digest_input
 
 
 _WATCH_KEYS = ("countries", "operator_countries", "allow")
 
 
-def _check_watch(checker: _Checker, watch: Any) -> None:
-    """``watch: {countries: [CN], operator_countries: [CN]}`` or ``{allow: {...}}``."""
+def _check_watch(checker: _Checker, watch: Any) -> dict[str, Any]:
+    """``watch: {countries: [CN], operator_countries: [CN]}`` or ``{allow: {...}}``, normalised."""
     spec = checker.mapping(watch, ("watch",), _WATCH_KEYS)
+    result: dict[str, Any] = {}
     for key, value in spec.items():
         if key == "allow":
             allowed = checker.mapping(value, ("watch", "allow"), _WATCH_KEYS[:2])
-            for inner, codes in allowed.items():
-                _check_codes(checker, codes, ("watch", "allow", inner))
+            result["allow"] = {inner: _check_codes(checker, codes, ("watch", "allow", inner))
+                               for inner, codes in allowed.items()}
         else:
-            _check_codes(checker, value, ("watch", key))
+            result[key] = _check_codes(checker, value, ("watch", key))
+    return result
 
 
-def _check_codes(checker: _Checker, value: Any, where: NodePath) -> None:
-    for index, code in enumerate(checker.strings(value, where)):
-        if len(code) != 2 or not code.isascii() or not code.isalpha():
-            spot = (*where, index) if isinstance(value, list) else where
-            raise checker.fail(spot, f"{code!r} is not a country code (expected ISO 3166 alpha-2 "
+def _check_codes(checker: _Checker, value: Any, where: NodePath) -> list[str]:
+    """Country codes as written (``NO`` is Norway, not YAML's false), upper-cased."""
+    items = value if isinstance(value, list) else [value]
+    spots = [(*where, index) for index in range(len(items))] if isinstance(value, list) else [where]
+    codes = []
+    for item, spot in zip(items, spots, strict=True):
+        code = checker.source.as_written(spot) if not isinstance(item, dict | list) else None
+        if code is None or len(code) != 2 or not code.isascii() or not code.isalpha():
+            shown = code if code is not None else type(item).__name__
+            raise checker.fail(spot, f"{shown!r} is not a country code (expected ISO 3166 alpha-2 "
                                      "such as CN)")
+        codes.append(code.upper())
+    return codes
 
 
 def _extended_path(path: Path, name: str) -> Path:

@@ -47,8 +47,10 @@ def _filtered(query: Select[Any], run: str | None, countries: Sequence[str],
 
 def describe_destination(values: dict[str, Any]) -> str:
     """``server in SG (AS16509 Amazon.com, Inc.), operated by Xiaomi (CN)``."""
-    place = values.get("country") or {"public": "an unknown country"}.get(
-        values.get("geo_scope") or "", f"a {values.get('geo_scope') or 'unknown'} network")
+    scope = values.get("geo_scope") or "unknown"
+    article = "an" if scope[0] in "aeiou" else "a"
+    place = values.get("country") or (
+        "an unknown country" if scope == "public" else f"{article} {scope} network")
     if values.get("city"):
         place = f"{values['city']}, {place}"
     network = ""

@@ -112,7 +112,9 @@ def test_host_spellings(embedded: GeoResolver, shipped: EntityIndex) -> None:
     locator = Locator(embedded, shipped, CHINA)
     for host in ("api.xiaomi.com:443", "API.Xiaomi.COM.", " api.xiaomi.com "):
         assert locator.locate(flow(host, "13.228.0.1")).operator == "Xiaomi", host
-    for junk in ("x" * 100_000, "[::1]:443", "..", "a b.com", "ex\x00ample.com", "\ud800.com"):
+    assert locator.locate(flow("api\u3002xiaomi\u3002com", "13.228.0.1")).operator == "Xiaomi"
+    for junk in ("x" * 100_000, "[::1]:443", "..", "a b.com", "ex\x00ample.com", "\ud800.com",
+                 "evil.example/x.xiaomi.com"):
         place = locator.locate(flow(junk, "13.228.0.1"))
         assert place.operator is None and place.country == "SG", junk
 
@@ -197,6 +199,29 @@ networks:
     assert "xiaomi.com" in index.entities["Xiaomi"].domains  # merged, not replaced
 
 
+@pytest.mark.parametrize(("entry", "spot", "message"), [
+    ("{name: Newco, domains: [newco.example]}", "3:5", "has no 'country'"),
+    ("{name: X, country: CN, asns: ['\u00b2']}", "3:35", "not an AS number"),
+    ("{name: X, country: CN, domains: ['https://x.com/']}", "3:38", "no scheme, port, path"),
+    ("{name: X, country: CN, domains: ['\u5c0f\u7c73.com']}", "3:38", "xn--"),
+])
+def test_policy_entity_errors(tmp_path: Path, entry: str, spot: str, message: str) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"extends: default.yaml\nentities:\n  - {entry}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=re.escape(f"{bad}:{spot}:") + ".*" + re.escape(message)):
+        load_policy(bad)
+
+
+def test_policy_changing_a_shipped_country_is_attributed_to_the_policy(tmp_path: Path,
+                                                                        embedded: GeoResolver) -> None:
+    policy_file = tmp_path / "p.yaml"
+    policy_file.write_text("extends: default.yaml\nentities:\n  - {name: Xiaomi, country: HK}\n",
+                           encoding="utf-8")
+    index = build_index(load_policy(policy_file).entities)
+    place = Locator(embedded, index, CHINA).locate(flow("api.account.xiaomi.com", "13.228.0.1"))
+    assert (place.operator, place.operator_country, place.attribution) == ("Xiaomi", "HK", "policy")
+
+
 def test_policy_entity_mistake_points_at_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("extends: default.yaml\nentities:\n  - name: X\n    countri: CN\n", encoding="utf-8")
@@ -224,6 +249,21 @@ def test_watch_lists_and_allow_lists() -> None:
     assert local.reasons("public", "SG", "IN") == ["server_country=SG (not in allow list)"]
     assert local.reasons("public", None, None) == ["server_country=unknown (not in allow list)"]
     assert local.reasons("private", None, "CN") == ["operator_country=CN (not in allow list)"]
+
+
+def test_allow_list_counts_a_lab_override_country() -> None:
+    local = WatchRule(allow_countries=frozenset({"IN"}))
+    assert local.reasons("private", "CN", None) == ["server_country=CN (not in allow list)"]
+    assert local.reasons("private", None, None) == []
+    assert CHINA.reasons("loopback", "CN", None) == ["server_country=CN"]
+
+
+def test_watch_country_codes_as_written(tmp_path: Path) -> None:
+    policy_file = tmp_path / "no.yaml"
+    policy_file.write_text("extends: default.yaml\nwatch: {countries: [NO, cn], "
+                           "allow: {countries: [NO]}}\n", encoding="utf-8")
+    rule = WatchRule.from_policy(load_policy(policy_file).watch)
+    assert rule.countries == {"NO", "CN"} and rule.allow_countries == {"NO"}
 
 
 def test_default_policy_watches_china_both_ways() -> None:

@@ -169,10 +169,29 @@ def test_geo_lookup_prints_what_the_pipeline_records() -> None:
     assert "operated by Xiaomi (CN)" in table and "watched: operator_country=CN" in table
 
 
+def test_dns_answers_do_not_cross_captures(tmp_path: Path) -> None:
+    query = tflow.tdnsflow(resp=True)
+    query.request.questions = [dns.Question("api.account.xiaomi.com", dns.types.A, dns.classes.IN)]
+    query.response.answers = [dns.ResourceRecord("api.account.xiaomi.com", dns.types.A,
+                                                 dns.classes.IN, 60, bytes([13, 228, 0, 1]))]
+    first, second = tmp_path / "first.flow", tmp_path / "second.har"
+    with first.open("wb") as handle:
+        io.FlowWriter(handle).add(query)
+    second.write_text(json.dumps({"log": {"version": "1.2", "creator": {"name": "t", "version": "1"},
+                                          "entries": [_entry("api.account.xiaomi.com", None)]}}))
+    db = f"sqlite:///{tmp_path / 'x.db'}"
+    leakmap_cli("analyze", str(first), str(second), "--db", db, "--run-name", "two")
+    alone = [f for f in _report(db)["flows"] if f["kind"] == "http"]
+    assert len(alone) == 1 and (alone[0]["geo_ip"], alone[0]["country"]) == (None, None)
+
+
 def test_geo_lookup_host_without_address(tmp_path: Path) -> None:
     rows = json.loads(leakmap_cli("geo", "lookup", "--no-resolve", "weixin.qq.com",
                                   "--format", "json").stdout)
     assert (rows[0]["ip"], rows[0]["operator"], rows[0]["operator_country"]) == (None, "Tencent", "CN")
+    empty = json.loads(leakmap_cli("geo", "lookup", "api.xiaomi.com=", "--format", "json").stdout)
+    assert (empty[0]["ip"], empty[0]["operator"], empty[0]["geo_scope"]) == (None, "Xiaomi", "unknown")
+    assert empty[0]["destination"] == "server in an unknown network, operated by Xiaomi (CN)"
     resolved = json.loads(leakmap_cli("geo", "lookup", "localhost", "--format", "json").stdout)
     assert resolved[0]["ip"] in ("127.0.0.1", "::1") and resolved[0]["ip_source"] == "resolved"
     assert resolved[0]["geo_scope"] == "loopback"
