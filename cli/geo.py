@@ -29,7 +29,7 @@ LOOKUP_COLUMNS = (
 )
 INFO_COLUMNS = (
     ("kind", "kind", 7), ("database_type", "type", 20), ("build_date", "built", 10),
-    ("age_days", "age (days)", 10), ("networks", "networks", 9), ("path", "path", 70),
+    ("age_days", "age (days)", 10), ("networks", "networks", 9), ("path", "path", 4096),
 )
 
 
