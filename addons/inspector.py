@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 METADATA_KEY = "leakmap"
 PIPELINE_SETTINGS = ("policy", "device", "geoip_dir", "geodb_max_age", "networks", "store_raw",
-                     "hash_key_file", "max_body")
+                     "hash_key_file", "max_body", "analysis_budget_ms")
 
 
 class Inspector:
@@ -64,6 +64,7 @@ class Inspector:
                 hash_key_file=opts.leakmap_hash_key_file,
                 store_raw=opts.leakmap_store_raw,
                 max_body=opts.leakmap_max_body,
+                analysis_budget_ms=opts.leakmap_analysis_budget_ms,
             )
         except ConfigError as e:
             refuse(str(e), starting=self.pipeline is None)

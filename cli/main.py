@@ -24,7 +24,7 @@ from leakmap.core.yamlsource import ConfigError
 from leakmap.store.db import StoreError
 
 ANALYSIS_SETTINGS = ("policy", "device", "db", "run_name", "geoip_dir", "geodb_max_age", "networks",
-                     "store_raw", "hash_key_file", "max_body")
+                     "store_raw", "hash_key_file", "max_body", "analysis_budget_ms")
 NOT_PIPELINE = ("db", "run_name", "geodb_max_age")  # settings build_pipeline does not take
 
 

@@ -59,6 +59,9 @@ class Limits:
     # fields), a multipart body with more parts is scanned as text.
     max_parsed_values: int = 250_000
     max_parts: int = 10_000
+    # Wall-clock milliseconds one flow's decoding and classification may take
+    # (leakmap_analysis_budget_ms); a flow that runs out keeps what was found.
+    budget_ms: int = 50
 
 
 @dataclass(frozen=True)

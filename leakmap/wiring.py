@@ -56,6 +56,7 @@ def build_pipeline(
     hash_key_file: str = "",
     store_raw: bool = False,
     max_body: int = Limits.max_body_bytes,
+    analysis_budget_ms: int = Limits.budget_ms,
 ) -> Assembled:
     """Load policy, device, geodb and key; raise ConfigError on any mistake."""
     loaded_policy = load_policy(policy or None)
@@ -67,7 +68,10 @@ def build_pipeline(
         raise ConfigError(f"{hash_key_file or 'hash key'}: cannot read or create key ({e})") from e
     if max_body < 1:
         raise ConfigError(f"max_body: {max_body} is not a size (expected a number of bytes >= 1)")
-    limits = Limits(max_body_bytes=max_body)
+    if analysis_budget_ms < 1:
+        raise ConfigError(f"analysis_budget_ms: {analysis_budget_ms} is not a budget "
+                          "(expected milliseconds >= 1)")
+    limits = Limits(max_body_bytes=max_body, budget_ms=analysis_budget_ms)
     pipeline = Pipeline(Classifier(loaded_policy, profile, limits), locator, key, store_raw)
     return Assembled(pipeline, loaded_policy, profile, resolver, entities, locator)
 
