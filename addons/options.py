@@ -16,6 +16,7 @@ class Setting:
     type: type
     default: object
     help: str
+    choices: tuple[str, ...] = ()  # the values a str setting may take, when limited
 
     @property
     def option(self) -> str:
@@ -47,7 +48,7 @@ SETTINGS = (
             "out is logged with what was found so far and a note saying so."),
     Setting("on_store_failure", str, "stop", "When the database cannot be written: 'stop' answers "
             "new requests with 502 until it is back, 'continue' lets traffic flow; both keep the "
-            "records in a spill file and replay it when the store returns."),
+            "records in a spill file and replay it when the store returns.", ("stop", "continue")),
     Setting("flush_ms", int, 500, "Milliseconds between database commits (a crash loses at most "
             "this much)."),
 )

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from mitmproxy import ctx, dns, exceptions, http, tcp, tls, udp
 from mitmproxy.flow import Flow
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 import leakmap
 from leakmap.addons import options
@@ -23,7 +24,8 @@ from leakmap.addons.inspector import Inspector, flow_record, refuse, tls_records
 from leakmap.core.device import load_device
 from leakmap.core.yamlsource import ConfigError
 from leakmap.policies.model import load_policy
-from leakmap.store.db import FlowWriter, StoreError, finish_run, open_store, start_run
+from leakmap.store.db import StoreError, default_db_url, finish_run, open_store, start_run
+from leakmap.store.writer import FlowWriter, replay_leftovers
 from leakmap.wiring import geodb_summary
 
 log = logging.getLogger(__name__)
@@ -44,9 +46,13 @@ class Recorder:
         self.open_flows = OpenFlows()
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
-        options.declare(loader, ("db", "run_name", "flush_ms"))
+        options.declare(loader, ("db", "run_name", "flush_ms", "on_store_failure"))
 
     def configure(self, updated: set[str]) -> None:
+        if ctx.options.leakmap_on_store_failure not in STORE_FAILURE_MODES:
+            raise exceptions.OptionsError(
+                f"leakmap_on_store_failure: {ctx.options.leakmap_on_store_failure!r} is not one of "
+                f"{', '.join(STORE_FAILURE_MODES)}")
         if "leakmap_db" in updated or self.engine is None:
             if self.writer is not None:
                 raise exceptions.OptionsError("leakmap_db cannot change while a run is recording")
@@ -77,12 +83,21 @@ class Recorder:
                 device_sha256=device.sha256,
                 mode=",".join(opts.mode),
                 geodb=geodb,
+                store_raw=bool(getattr(opts, "leakmap_store_raw", False)),
             )
-        except (ConfigError, StoreError) as e:
+            replay_leftovers(self.engine, opts.leakmap_db or default_db_url())
+        except (ConfigError, StoreError, SQLAlchemyError) as e:
             log.error("leakmap: %s", e)
             ctx.master.shutdown()
             return
-        self.writer = FlowWriter(self.engine, self.run_id, interval=max(opts.leakmap_flush_ms, 10) / 1000)
+        self.writer = FlowWriter(self.engine, self.run_id,
+                                 interval=max(opts.leakmap_flush_ms, 10) / 1000)
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        self._started(flow)
+        writer = self.writer
+        if writer is not None and writer.failing and ctx.options.leakmap_on_store_failure == "stop":
+            flow.response = http.Response.make(502, refusal(writer), {"content-type": "text/plain"})
 
     def _record(self, flow: Flow) -> None:
         self.open_flows.discard(flow)
@@ -94,7 +109,7 @@ class Recorder:
         self.open_flows.add(flow)
 
     # a flow whose end hook a stop cut short is recorded from done()
-    request = tcp_start = udp_start = dns_request = _started
+    tcp_start = udp_start = dns_request = _started
 
     def response(self, flow: http.HTTPFlow) -> None:
         if flow.websocket is None:
@@ -134,7 +149,23 @@ class Recorder:
                 record.exchange.error = record.exchange.error or STILL_OPEN
                 self.writer.submit(record)
         if self.writer is not None and self.engine is not None and self.run_id is not None:
-            unwritten = self.writer.close()
-            finish_run(self.engine, self.run_id, "incomplete" if unwritten else "completed")
+            spilled = self.writer.close()
+            try:
+                finish_run(self.engine, self.run_id, "incomplete" if spilled else "completed")
+            except SQLAlchemyError as e:  # the next run marks it aborted and replays the spill
+                log.error("leakmap: run not closed in the database: %s", e)
             log.info("leakmap: run closed, %d flows written", self.writer.written)
             self.writer = None
+
+
+STORE_FAILURE_MODES = options.BY_NAME["on_store_failure"].choices
+
+
+def refusal(writer: FlowWriter) -> bytes:
+    """The body of the 502 a request gets while the store is away (stop mode)."""
+    return (
+        "leakmap: the request was not forwarded because the flow database cannot be written "
+        f"({writer.last_error}). Flows already seen are kept in {writer.spill.path} and are "
+        "written when the database answers again; forwarding then resumes by itself. "
+        "Run with --on-store-failure=continue to let traffic through meanwhile.\n"
+    ).encode()

@@ -181,7 +181,7 @@ class Origin:
 
 
 def proxy_command(variant: str, port: int, confdir: Path, db_file: Path,
-                  run_name: str) -> list[str]:
+                  run_name: str, device: Path = DEVICE) -> list[str]:
     """``bare``: mitmdump alone; ``leakmap``: ``leakmap run``; same proxy flags for both."""
     common = ["--listen-port", str(port), "--set", f"confdir={confdir}",
               "--set", "ssl_insecure=true", "--set", "termlog_verbosity=error",
@@ -189,7 +189,7 @@ def proxy_command(variant: str, port: int, confdir: Path, db_file: Path,
     if variant == "bare":
         return [str(BIN / "mitmdump"), *common]
     if variant == "leakmap":
-        return [str(BIN / "leakmap"), "run", "--device", str(DEVICE), "--db",
+        return [str(BIN / "leakmap"), "run", "--device", str(device), "--db",
                 f"sqlite:///{db_file}", "--run-name", run_name, *common]
     # breakdown variants: mitmdump with the loop-lag probe and a subset of leakmap's addons
     addons = BREAKDOWN[variant]
@@ -321,14 +321,18 @@ def lag_stats(probe: dict[str, list[list[float]]], start: float, end: float) -> 
 
 
 def proxy_session(variant: str, round_no: int, concurrencies: list[int], server: Origin,
-                  workdir: Path, env: dict[str, str], wires: list[bytes],
-                  warm: list[bytes]) -> dict[str, Any]:
+                  workdir: Path, env: dict[str, str], wires: list[bytes] | dict[int, list[bytes]],
+                  warm: list[bytes], device: Path = DEVICE) -> dict[str, Any]:
+    """One proxy process: warm-up, then one load per connection count.
+
+    ``wires`` is the load for every connection count, or one load per count.
+    """
     port = free_port()
     confdir = workdir / "mitmproxy-conf"
     slug = "".join(ch if ch.isalnum() else "-" for ch in variant)
     db_file = workdir / f"{slug}-{round_no}.db"
     run_name = f"bench-{slug}-{round_no}"
-    command = proxy_command(variant, port, confdir, db_file, run_name)
+    command = proxy_command(variant, port, confdir, db_file, run_name, device)
     records = variant == "leakmap" or "recorder" in BREAKDOWN.get(variant, [])
     session_env = dict(env)
     lag_file = workdir / f"{slug}-{round_no}.lag.json"
@@ -356,7 +360,8 @@ def proxy_session(variant: str, round_no: int, concurrencies: list[int], server:
             for concurrency in concurrencies:
                 sampler = Sampler(process.pid, server.process.pid)
                 window_start = time.monotonic()
-                result = loadgen.run_load(wires, concurrency, server.port, ca, port)
+                load = wires[concurrency] if isinstance(wires, dict) else wires
+                result = loadgen.run_load(load, concurrency, server.port, ca, port)
                 windows[str(concurrency)] = (window_start, time.monotonic())
                 cpu_start = sampler.start["proxy"]
                 stats = load_stats(result, sampler.delta())

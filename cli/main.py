@@ -32,7 +32,8 @@ def _click_option(setting: Setting) -> Callable[[Any], Any]:
     if setting.type is bool:
         return click.option(setting.flag, setting.name, is_flag=True, default=False,
                             help=setting.help)
-    return click.option(setting.flag, setting.name, type=setting.type, default=setting.default,
+    kind = click.Choice(setting.choices) if setting.choices else setting.type
+    return click.option(setting.flag, setting.name, type=kind, default=setting.default,
                         show_default=bool(setting.default), help=setting.help)
 
 
@@ -308,9 +309,11 @@ def runs(db: str) -> None:
     Example: leakmap runs --db sqlite:///lab.db
     """
     from leakmap.store import queries
-    from leakmap.store.db import open_store
+    from leakmap.store.db import mark_abandoned_runs, open_store
 
-    click.echo(render.runs_table(queries.runs(open_store(db or None))))
+    engine = open_store(db or None)
+    mark_abandoned_runs(engine)
+    click.echo(render.runs_table(queries.runs(engine)))
 
 
 def main() -> None:

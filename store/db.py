@@ -1,9 +1,9 @@
-"""Opening the store, managing runs, and writing flows off the event loop.
+"""Opening the store, managing runs, and writing flows.
 
 Any SQLAlchemy URL works; the default is one SQLite file under the leakmap
 home (``$LEAKMAP_HOME``, else ``$XDG_DATA_HOME/leakmap``, else
-``~/.local/share/leakmap``).  :class:`FlowWriter` batches records on a worker
-thread so the proxy never waits on the database.
+``~/.local/share/leakmap``).  ``store/writer.py`` batches records on a
+worker thread so the proxy never waits on the database.
 """
 
 from __future__ import annotations
@@ -14,25 +14,17 @@ import hashlib
 import json
 import logging
 import os
-import queue
 import secrets
-import threading
-import time
+import socket
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, replace
-from datetime import UTC, datetime
+from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import BigInteger, Engine, Table, create_engine, delete, event, insert, select, update
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import (
-    ArgumentError,
-    IntegrityError,
-    InterfaceError,
-    OperationalError,
-    SQLAlchemyError,
-)
+from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from leakmap.core.pipeline import FlowRecord
@@ -83,6 +75,14 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _create_private(path: Path) -> None:
+    """Create an SQLite file readable by its owner only (SQLite gives its -wal and -shm
+    files the same mode); an existing file keeps its mode."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with contextlib.suppress(FileExistsError, OSError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
 def open_store(url: str | None = None) -> Engine:
     """An engine on ``url`` with the schema migrated to the newest version."""
     url = url or default_db_url()
@@ -91,7 +91,7 @@ def open_store(url: str | None = None) -> Engine:
     except ArgumentError as e:
         raise StoreError(f"{url}: not a database URL ({e})") from e
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        _create_private(Path(parsed.database).expanduser())
     try:
         engine = create_engine(parsed, pool_pre_ping=True)
     except (ArgumentError, ImportError) as e:
@@ -104,12 +104,19 @@ def open_store(url: str | None = None) -> Engine:
     from alembic.config import Config
     from alembic.util.exc import CommandError
 
+    sqlite = engine.dialect.name == "sqlite"
     try:
-        with engine.begin() as connection:
-            config = Config()
-            config.set_main_option("script_location", str(MIGRATIONS))
-            config.attributes["connection"] = connection
-            command.upgrade(config, "head")
+        with engine.connect() as connection:
+            if sqlite:  # a migration that rebuilds a table must not cascade-delete its children
+                connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+                connection.commit()
+            with connection.begin():
+                config = Config()
+                config.set_main_option("script_location", str(MIGRATIONS))
+                config.attributes["connection"] = connection
+                command.upgrade(config, "head")
+        if sqlite:
+            engine.dispose()  # new connections get foreign_keys=ON from _sqlite_pragmas
     except SQLAlchemyError as e:
         reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
         raise StoreError(f"{safe_url(url)}: cannot open database: {reason}") from e
@@ -121,7 +128,7 @@ def open_store(url: str | None = None) -> Engine:
     return engine
 
 
-def _database_identity(url: str) -> str:
+def database_identity(url: str) -> str:
     """One spelling per database: an SQLite file by its absolute path."""
     try:
         parsed = make_url(url)
@@ -132,13 +139,18 @@ def _database_identity(url: str) -> str:
     return parsed.set(password=None).render_as_string(hide_password=False)
 
 
+def database_digest(url: str) -> str:
+    """A short name for a database (its key file, its spill folder)."""
+    return hashlib.sha256(database_identity(url).encode()).hexdigest()[:16]
+
+
 def hash_key_for(url: str, key_file: str | Path | None = None) -> bytes:
     """The HMAC key for ``url``'s findings, kept outside the database.
 
     One key per database, in ``$LEAKMAP_HOME/keys/``; created on first use.
     """
     if key_file is None:
-        digest = hashlib.sha256(_database_identity(url).encode()).hexdigest()[:16]
+        digest = database_digest(url)
         key_file = leakmap_home() / "keys" / f"{digest}.key"
     path = Path(key_file)
     if path.exists():
@@ -167,8 +179,10 @@ def start_run(
     mode: str | None = None,
     captures: Sequence[dict[str, Any]] = (),
     geodb: dict[str, Any] | None = None,
+    store_raw: bool = False,
 ) -> int:
-    """A new run row; its id."""
+    """A new run row; its id.  Runs whose process died first get marked "aborted"."""
+    mark_abandoned_runs(engine)
     run = Run(
         name=name,
         command=command_name,
@@ -181,6 +195,11 @@ def start_run(
         mode=mode,
         captures=json.dumps(list(captures)) if captures else None,
         geodb=json.dumps(geodb) if geodb else None,
+        store_raw=store_raw,
+        hostname=socket.gethostname()[:255],
+        pid=os.getpid(),
+        process_start=process_start(os.getpid()),
+        heartbeat_at=utcnow(),
     )
     try:
         with Session(engine) as session, session.begin():
@@ -196,6 +215,67 @@ def finish_run(engine: Engine, run_id: int, status: str = "completed") -> None:
         session.execute(
             update(Run).where(Run.id == run_id).values(status=status, ended_at=utcnow())
         )
+
+
+def heartbeat(engine: Engine, run_id: int) -> None:
+    """Say the run's process is alive (a writer does it every few seconds)."""
+    with engine.begin() as connection:
+        connection.execute(update(Run).where(Run.id == run_id).values(heartbeat_at=utcnow()))
+
+
+# A run on another machine that has not said it is alive for this long is abandoned.
+STALE_AFTER = timedelta(minutes=10)
+
+
+def process_start(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot, from /proc), or None.
+
+    With the pid it names one process: a pid reused by a later process has
+    another start time.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[-1].split()[19]
+
+
+def _alive(pid: int | None, started: str | None) -> bool:
+    if pid is None:
+        return False
+    if started is not None and Path("/proc").is_dir():
+        return process_start(pid) == started
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def mark_abandoned_runs(engine: Engine) -> list[str]:
+    """Mark runs whose process died without closing them "aborted"; their names.
+
+    A run of this machine is abandoned when its process is gone; one of
+    another machine when it has not sent a heartbeat for ``STALE_AFTER``.
+    Its ``ended_at`` is its last heartbeat.
+    """
+    here, now, ended = socket.gethostname()[:255], utcnow(), []
+    with Session(engine) as session, session.begin():
+        for run in session.scalars(select(Run).where(Run.status == "running")):
+            if run.hostname is None:
+                continue  # written by a leakmap before revision 0003
+            if run.hostname == here:
+                gone = not _alive(run.pid, run.process_start)
+            else:
+                gone = run.heartbeat_at is not None and now - run.heartbeat_at > STALE_AFTER
+            if gone:
+                run.status, run.ended_at = "aborted", run.heartbeat_at or run.started_at
+                ended.append(run.name)
+    for name in ended:
+        log.warning("leakmap: run %r ended abnormally (its proxy was killed); marked aborted", name)
+    return ended
 
 
 # --------------------------------------------------------------------------
@@ -248,7 +328,7 @@ def _flow_values(run_id: int, record: FlowRecord) -> dict[str, Any]:
         "run_id": run_id,
         "flow_id": exchange.flow_id,
         "kind": exchange.kind,
-        "timestamp": utc_from_timestamp(exchange.timestamp),
+        "timestamp": exchange.timestamp,  # epoch seconds until written: rows are JSON for the spill
         "client_ip": exchange.client_ip,
         "client_port": exchange.client_port,
         "server_ip": exchange.server_ip,
@@ -270,139 +350,52 @@ def _flow_values(run_id: int, record: FlowRecord) -> dict[str, Any]:
     }
 
 
-def _finding_values(flow_pk: int, record: FlowRecord) -> list[dict[str, Any]]:
-    rows = []
+def record_row(run_id: int, record: FlowRecord) -> dict[str, Any]:
+    """What the store keeps of ``record``, as plain JSON-ready data: ``{flow, findings}``.
+
+    Rows, not records, are what a spill file holds: request bodies never
+    reach the disk there, only what the database would hold.
+    """
+    findings = []
     for finding in record.findings:
-        values = {"flow_pk": flow_pk, **asdict(finding)}
+        values = asdict(finding)
         values["field"] = _short_field(finding.field)
-        rows.append(_fit(Finding.__table__, values))  # type: ignore[arg-type]
-    return rows
+        findings.append(_fit(Finding.__table__, values))  # type: ignore[arg-type]
+    return {"flow": _fit(Flow.__table__, _flow_values(run_id, record)),  # type: ignore[arg-type]
+            "findings": findings}
 
 
 def write_records(engine: Engine, run_id: int, records: Iterable[FlowRecord]) -> int:
-    """Write ``records`` in one transaction; a flow already stored is replaced.
+    """Write ``records`` in one transaction; a flow already stored is replaced."""
+    return write_rows(engine, [record_row(run_id, record) for record in records])
+
+
+def write_rows(engine: Engine, rows: Sequence[dict[str, Any]]) -> int:
+    """Write rows of :func:`record_row` in one transaction, replacing by (run, flow id).
 
     Core inserts (executemany with RETURNING), not ORM objects: the writer
     thread shares the interpreter with the proxy, so its per-row cost counts.
     """
-    latest = {record.exchange.flow_id: record for record in records}  # last one wins
+    latest = {(row["flow"]["run_id"], row["flow"]["flow_id"]): row for row in rows}  # last wins
     if not latest:
         return 0
     batch = list(latest.values())
-    ids = list(latest)
     with engine.begin() as connection:
-        stored = select(Flow.id).where(Flow.run_id == run_id, Flow.flow_id.in_(ids))
-        connection.execute(delete(Finding).where(Finding.flow_pk.in_(stored)))
-        connection.execute(delete(Flow).where(Flow.run_id == run_id, Flow.flow_id.in_(ids)))
+        for run_id in {run for run, _ in latest}:
+            ids = [flow_id for run, flow_id in latest if run == run_id]
+            stored = select(Flow.id).where(Flow.run_id == run_id, Flow.flow_id.in_(ids))
+            connection.execute(delete(Finding).where(Finding.flow_pk.in_(stored)))
+            connection.execute(delete(Flow).where(Flow.run_id == run_id, Flow.flow_id.in_(ids)))
         inserted = connection.execute(
             insert(Flow).returning(Flow.id, sort_by_parameter_order=True),
-            [_fit(Flow.__table__, _flow_values(run_id, record)) for record in batch],  # type: ignore[arg-type]
+            [{**row["flow"], "timestamp": utc_from_timestamp(row["flow"]["timestamp"])}
+             for row in batch],
         )
         findings = [
-            row
-            for flow_pk, record in zip(inserted.scalars().all(), batch, strict=True)
-            for row in _finding_values(flow_pk, record)
+            {**finding, "flow_pk": flow_pk}
+            for flow_pk, row in zip(inserted.scalars().all(), batch, strict=True)
+            for finding in row["findings"]
         ]
         if findings:
             connection.execute(insert(Finding), findings)
     return len(batch)
-
-
-def _reason(error: SQLAlchemyError) -> str:
-    return str(getattr(error, "orig", None) or error).strip().splitlines()[0]
-
-
-class FlowWriter:
-    """Writes records on a worker thread, in batches, never on the caller's.
-
-    ``submit`` only enqueues.  A batch is committed when it holds
-    ``batch_size`` records or ``interval`` seconds have passed, so a crash
-    loses at most the last interval.  When a write fails the batch is kept
-    and retried; ``close`` drains everything that was submitted.
-    """
-
-    def __init__(self, engine: Engine, run_id: int, interval: float = 0.5, batch_size: int = 500):
-        self.engine = engine
-        self.run_id = run_id
-        self.interval = interval
-        self.batch_size = batch_size
-        self.written = 0
-        self.unwritten = 0
-        self.last_error: str | None = None
-        self._queue: queue.Queue[FlowRecord | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._loop, name="leakmap-writer", daemon=True)
-        self._thread.start()
-
-    def submit(self, record: FlowRecord) -> None:
-        self._queue.put(record)
-
-    def close(self, timeout: float | None = None) -> int:
-        """Write what is pending and stop; the number of records that could not be written."""
-        self._queue.put(None)
-        self._thread.join(timeout)
-        return self.unwritten
-
-    def _loop(self) -> None:
-        pending: list[FlowRecord] = []
-        closing = False
-        while not closing or pending:
-            closing = self._collect(pending, closing)
-            if pending and not self._write(pending) and not closing:
-                time.sleep(self.interval)
-            if closing and pending and self.last_error:
-                time.sleep(self.interval)
-                if not self._write(pending):
-                    self.unwritten = len(pending) + self._queue.qsize()
-                    log.error("leakmap: %d records not written: %s", self.unwritten, self.last_error)
-                    return
-
-    def _collect(self, pending: list[FlowRecord], closing: bool) -> bool:
-        deadline = time.monotonic() + self.interval
-        while len(pending) < self.batch_size and not closing:
-            try:
-                item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            if item is None:
-                closing = True
-            else:
-                pending.append(item)
-        return closing
-
-    def _write(self, pending: list[FlowRecord]) -> bool:
-        try:
-            self._write_batch(pending)
-        except (OperationalError, InterfaceError) as e:  # the database is away: retry later
-            self.last_error = _reason(e)
-            log.warning("leakmap: database write failed, will retry: %s", self.last_error)
-            return False  # writes replace by flow id, so a retry cannot duplicate
-        pending.clear()
-        self.last_error = None
-        return True
-
-    def _write_batch(self, pending: list[FlowRecord]) -> None:
-        try:
-            self.written += write_records(self.engine, self.run_id, pending)
-        except (OperationalError, InterfaceError):
-            raise
-        except SQLAlchemyError as e:  # something in the batch: store the rest
-            log.warning("leakmap: batch refused (%s); writing its flows one by one", _reason(e))
-            self._write_one_by_one(pending)
-
-    def _write_one_by_one(self, records: list[FlowRecord]) -> None:
-        """Keep every flow: one the database refuses is stored without its findings."""
-        for record in records:
-            try:
-                self.written += write_records(self.engine, self.run_id, [record])
-                continue
-            except (OperationalError, InterfaceError):
-                raise
-            except SQLAlchemyError as e:
-                problem = f"findings not stored: {_reason(e)}"
-            bare = replace(record, findings=[], analysis_error="; ".join(
-                p for p in (record.analysis_error, problem) if p))
-            try:
-                self.written += write_records(self.engine, self.run_id, [bare])
-            except SQLAlchemyError as e:
-                self.unwritten += 1
-                log.error("leakmap: flow %s not stored: %s", record.exchange.flow_id, _reason(e))

@@ -45,6 +45,13 @@ class Run(Base):
     captures: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON list
     # JSON: the geolocation databases (path, type, build date) and entity file version used
     geodb: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # raw PII values kept (--store-raw); otherwise only masked previews and keyed hashes
+    store_raw: Mapped[bool] = mapped_column(Boolean, default=False)
+    # the process writing a live run, so that a run whose process died is marked "aborted"
+    hostname: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    process_start: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
     flows: Mapped[list[Flow]] = relationship(back_populates="run")
 

@@ -11,8 +11,9 @@ from sqlalchemy.orm import Session
 from leakmap.core.exchange import Exchange
 from leakmap.core.pipeline import FindingRecord, FlowRecord
 from leakmap.store import queries
-from leakmap.store.db import FlowWriter, StoreError, finish_run, open_store, start_run, write_records
+from leakmap.store.db import StoreError, finish_run, open_store, start_run, write_records
 from leakmap.store.schema import Finding, Flow, Run
+from leakmap.store.writer import FlowWriter
 
 
 def record(flow_id: str, country: str | None = "CN", findings: int = 1) -> FlowRecord:
@@ -31,11 +32,24 @@ def record(flow_id: str, country: str | None = "CN", findings: int = 1) -> FlowR
     )
 
 
+def _head() -> str:
+    """The newest migration's revision, from the migration files themselves."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from leakmap.store.db import MIGRATIONS
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    head = ScriptDirectory.from_config(config).get_current_head()
+    assert head is not None and head >= "0003"
+    return head
+
+
 def test_open_store_migrates_to_head(db_url: str) -> None:
     engine = open_store(db_url)
     with engine.connect() as connection:
-        # the newest migration file: 0002 (destinations) at the time of writing
-        assert connection.execute(text("select version_num from alembic_version")).scalar() == "0002"
+        assert connection.execute(text("select version_num from alembic_version")).scalar() == _head()
     open_store(db_url).dispose()  # opening an existing store again is a no-op
     engine.dispose()
 
@@ -180,11 +194,17 @@ def test_a_database_from_before_destinations_upgrades_with_its_flows(db_url: str
         connection.execute(text(
             "INSERT INTO flows (run_id, flow_id, kind, timestamp, server_ip, geo_scope, country, "
             "finding_count, truncated) VALUES (7, 'f1', 'http', '2026-11-01 10:00:01', "
-            "'13.228.0.1', 'public', 'SG', 0, false)"))
+            "'13.228.0.1', 'public', 'SG', 1, false)"))
+        connection.execute(text(
+            "INSERT INTO findings (flow_pk, data_type, category, severity, field, encoding, match, "
+            "preview, value_hash) SELECT id, 'imei', 'device_id', 'high', 'request.body.json.imei', "
+            "'plain', 'known', '8653•••••••8901', 'ab' FROM flows WHERE flow_id = 'f1'"))
     old.dispose()
     engine = open_store(db_url)
     (flow,) = queries.flows(engine, "old")
     assert (flow["country"], flow["geo_ip"], flow["geo_ip_source"]) == ("SG", "13.228.0.1", "server")
     assert (flow["watched"], flow["operator"], flow["watch_reason"]) == (False, None, None)
     assert flow["destination"] == "server in SG, operator unknown"
+    (finding,) = queries.findings(engine, "old")  # no migration step lost a child row
+    assert finding["data_type"] == "imei" and finding["country"] == "SG"
     engine.dispose()

@@ -20,7 +20,7 @@ FLOW_COLUMNS: tuple[sa.Column[object], ...] = (
     sa.Column("operator", sa.String(200), nullable=True),
     sa.Column("operator_country", sa.String(2), nullable=True),
     sa.Column("attribution", sa.String(16), nullable=True),
-    sa.Column("watched", sa.Boolean(), nullable=False, server_default=sa.false()),
+    sa.Column("watched", sa.Boolean(), nullable=False, server_default="0"),
     sa.Column("watch_reason", sa.Text(), nullable=True),
 )
 
