@@ -1,0 +1,1 @@
+"""leakmap benchmarks: ``python -m benchmarks`` (headline figures) and ``benchmarks/run.py`` (breakdown)."""
