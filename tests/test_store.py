@@ -208,3 +208,27 @@ def test_a_database_from_before_destinations_upgrades_with_its_flows(db_url: str
     (finding,) = queries.findings(engine, "old")  # no migration step lost a child row
     assert finding["data_type"] == "imei" and finding["country"] == "SG"
     engine.dispose()
+
+
+def test_runs_of_dead_processes_are_marked_aborted(db_url: str) -> None:
+    from datetime import timedelta
+
+    from leakmap.store.db import mark_abandoned_runs, utcnow
+
+    engine = open_store(db_url)
+    gone = start_run(engine, "gone", "run", "0.1.0")
+    alive = start_run(engine, "alive", "run", "0.1.0")
+    remote = start_run(engine, "remote", "run", "0.1.0")
+    quiet = start_run(engine, "quiet-remote", "run", "0.1.0")
+    with Session(engine) as session, session.begin():
+        session.get(Run, gone).pid = 2**22 + 7  # above Linux's pid_max default: never a process
+        session.get(Run, remote).hostname = "another-machine"
+        session.get(Run, quiet).hostname = "another-machine"
+        session.get(Run, quiet).heartbeat_at = utcnow() - timedelta(hours=1)
+    assert sorted(mark_abandoned_runs(engine)) == ["gone", "quiet-remote"]
+    status = {r["run"]: r["status"] for r in queries.runs(engine)}
+    assert status == {"gone": "aborted", "alive": "running", "remote": "running",
+                      "quiet-remote": "aborted"}
+    assert mark_abandoned_runs(engine) == []  # nothing twice
+    finish_run(engine, alive)
+    engine.dispose()
