@@ -24,6 +24,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +34,18 @@ sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
 import bigprofile  # noqa: E402
 import live  # noqa: E402
 import offline  # noqa: E402
+import payloads  # noqa: E402
 import run  # noqa: E402
 
 FULL: dict[str, Any] = {
-    "rounds": 3, "rps_requests": 1200, "p50_requests": 400, "warmup": 100,
-    "flows": 20_000, "text_bytes": 50_000_000, "classify_budget_s": 20.0, "corpus_big": True,
+    "rounds": 3, "rps_requests": 800, "p50_requests": 300, "warmup": 100,
+    "flows": 20_000, "analyze_budget_s": 100.0, "text_bytes": 50_000_000,
+    "classify_budget_s": 12.0, "corpus_big": True, "corpus_files": ("har", "flow"),
 }
 QUICK: dict[str, Any] = {
     "rounds": 1, "rps_requests": 300, "p50_requests": 150, "warmup": 50,
-    "flows": 2_000, "text_bytes": 5_000_000, "classify_budget_s": 4.0, "corpus_big": False,
+    "flows": 1_000, "analyze_budget_s": 15.0, "text_bytes": 5_000_000,
+    "classify_budget_s": 3.0, "corpus_big": False, "corpus_files": ("flow",),
 }
 # key -> (target, comparison the value must pass, unit)
 TARGETS: dict[str, tuple[float, Callable[[float, float], bool], str]] = {
@@ -65,15 +69,29 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
     if "error" in results:
         line["error"] = results["error"]
     line["targets_met"] = {key: passed(key, line[key]) for key in TARGETS}
-    corpus = results.get("corpus", {})
+    corpus, analyze = results.get("corpus", {}), results.get("analyze", {})
+    if line["peak_rss_mb"] is not None and not corpus.get("complete"):
+        line["targets_met"]["peak_rss_mb"] = False  # a broken run's peak proves nothing
+    config = results["config"]
     line.update(
-        rss_tool=corpus.get("tool"), corpus_big_body=results["config"]["corpus_big"],
+        live_every_flow_logged=results.get("live", {}).get("every_flow_logged"),
+        analyze_flows_timed=analyze.get("leakmap_flows_timed"),
+        analyze_capped=analyze.get("analyze_capped"),
         classify_mb_covered=round(results.get("speed", {}).get("classify_mb_covered", 0), 1),
-        every_flow_logged=all(results.get(p, {}).get("every_flow_logged", False)
-                              for p in ("live", "analyze")),
-        commit=results["machine"].get("git_commit"), elapsed_s=round(results["elapsed_s"]),
+        rss_tool=corpus.get("tool"), corpus_files=list(config["corpus_files"]),
+        corpus_big_body=config["corpus_big"], corpus_flows_logged=corpus.get("flows"),
+        corpus_exit_code=corpus.get("code"), corpus_complete=corpus.get("complete"),
+        other_cpu_during_live=_round(results.get("live", {}).get("other_processes_cpu_util")),
+        commit=results["machine"].get("git_commit"), commit_after=results.get("git_commit_after"),
+        uncommitted_product_files=[f for f in results["machine"].get("git_modified_files", [])
+                                   if not f.startswith(("benchmarks/", "docs/"))],
+        elapsed_s=round(results["elapsed_s"]),
     )
     return line
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
 
 
 def passed(key: str, value: float | None) -> bool | None:
@@ -96,18 +114,45 @@ def table(line: dict[str, Any]) -> str:
                      for row in rows)
 
 
+def prepare(config: dict[str, Any], workdir: Path, env: dict[str, str],
+            results: dict[str, Any]) -> dict[str, Any]:
+    """Test data; meanwhile the peak-RSS run, which nothing timed may overlap.
+
+    Peak memory does not depend on CPU contention, so ``leakmap analyze`` of
+    the hostile corpus runs in the background while this process writes the
+    flow file and the bodies.  It is waited for before any timing starts.
+    """
+    device = bigprofile.write_profile(workdir / "device-1000.yaml")
+    print("0. test data; peak RSS of leakmap analyze over the hostile corpus meanwhile ...",
+          flush=True)
+    with ThreadPoolExecutor(1) as pool:
+        corpus = pool.submit(offline.corpus_peak_rss, device, workdir, env, config["corpus_big"],
+                             config["corpus_files"])
+        data = {"device": device, "flow_file": workdir / "bench.flow",
+                "bodies": payloads.make_bytes(config["text_bytes"])}
+        results["flow_file"] = offline.write_flow_file(data["flow_file"], config["flows"])
+        results["prepare_s"] = time.perf_counter() - results["started"]
+        results["corpus"] = corpus.result()
+    return data
+
+
 def measure_all(config: dict[str, Any], workdir: Path, env: dict[str, str],
                 results: dict[str, Any]) -> None:
-    device = bigprofile.write_profile(workdir / "device-1000.yaml")
+    data = prepare(config, workdir, env, results)
+    timings = results["part_s"] = {"prepare_and_corpus": time.perf_counter() - results["started"]}
+    mark = time.perf_counter()
     print("1. classifier and matcher speed (in process) ...", flush=True)
-    results["speed"] = offline.classify_and_match(config["text_bytes"], device,
+    results["speed"] = offline.classify_and_match(data["bodies"], data["device"],
                                                   config["classify_budget_s"])
+    del data["bodies"]
+    timings["speed"], mark = time.perf_counter() - mark, time.perf_counter()
     print("2. live: leakmap run vs bare mitmdump ...", flush=True)
-    results["live"] = live.measure(config, workdir, env, device)
+    results["live"] = live.measure(config, workdir, env, data["device"])
+    timings["live"], mark = time.perf_counter() - mark, time.perf_counter()
     print(f"3. leakmap analyze vs bare FlowReader, {config['flows']:,} flows ...", flush=True)
-    results["analyze"] = offline.analyze_ratio(config["flows"], device, workdir, env)
-    print("4. peak RSS of leakmap analyze over the hostile corpus ...", flush=True)
-    results["corpus"] = offline.corpus_peak_rss(device, workdir, env, config["corpus_big"])
+    results["analyze"] = offline.analyze_ratio(data["flow_file"], config["flows"], data["device"],
+                                               workdir, env, config["analyze_budget_s"])
+    timings["analyze"] = time.perf_counter() - mark
 
 
 def main() -> int:
@@ -123,7 +168,7 @@ def main() -> int:
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
     env["LEAKMAP_HOME"] = os.environ["LEAKMAP_HOME"] = str(workdir / "home")
     started = time.perf_counter()
-    results: dict[str, Any] = {
+    results: dict[str, Any] = {"started": started,
         "mode": "quick" if args.quick else "full", "config": config,
         "command": " ".join([".venv/bin/python", "-m", "benchmarks", *sys.argv[1:]]),
         "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -135,7 +180,7 @@ def main() -> int:
         traceback.print_exc()
         results["error"] = f"{type(e).__name__}: {e}"
     finally:
-        results["elapsed_s"] = time.perf_counter() - started
+        results["elapsed_s"] = time.perf_counter() - results.pop("started")
         results["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
         results["git_commit_after"] = run.git_commit()
         results["headline"] = line = headline(results)
@@ -149,6 +194,9 @@ def main() -> int:
           f"{results['machine'].get('git_commit')}, mode {results['mode']}, "
           f"{results['elapsed_s']:.0f} s; details in {args.out}")
     print(table(line))
+    if line["commit_after"] != line["commit"]:
+        print(f"WARNING: HEAD moved from {line['commit']} to {line['commit_after']} during the "
+              "run; the proxies and analyze runs import leakmap when they start")
     print(json.dumps(line))
     return 1 if "error" in results else 0
 

@@ -1,84 +1,158 @@
 """Headline live figures: ``leakmap run`` against bare ``mitmdump`` on 2 KB JSON bodies.
 
-Each round starts both proxies in turn (the order alternates from round to
-round), with the same flags, through ``run.proxy_session``: a warm-up, then
-``rps_requests`` POSTs on 16 keep-alive connections, then ``p50_requests``
-POSTs on one connection, one after another.  leakmap runs with the full
-default policy, the generated 1,000-value device profile and SQLite in the
-temporary folder; afterwards its ``flows`` rows are counted.
+Both proxies are started once, side by side, with the same flags
+(``run.proxy_command``): leakmap with the full default policy, the generated
+1,000-value device profile and SQLite in the temporary folder.  Each gets a
+warm-up.  Then, round after round, each proxy in turn (the order alternates)
+gets ``rps_requests`` POSTs on 16 keep-alive connections and ``p50_requests``
+POSTs on one connection, one after another.  Only one proxy carries traffic
+at a time; the other sits idle.  At the end leakmap's ``flows`` rows are
+counted against the requests it answered.
 """
 
 from __future__ import annotations
 
+import signal
+import sqlite3
 import statistics
+import subprocess
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import loadgen
 import payloads
 import run
 
+from servers import free_port, wait_for_port
+
 CONNECTIONS = 16
+VARIANTS = ("bare", "leakmap")
 
 
-def _wires(authority: str, config: dict[str, Any]) -> tuple[dict[int, list[bytes]], list[bytes]]:
-    loads = {CONNECTIONS: [r.wire(authority) for r in payloads.make_requests(config["rps_requests"])],
-             1: [r.wire(authority) for r in payloads.make_requests(config["p50_requests"], seed=7)]}
-    warm = [r.wire(authority) for r in payloads.make_requests(config["warmup"], seed=99)]
-    return loads, warm
+@dataclass
+class Proxy:
+    variant: str
+    process: subprocess.Popen[bytes]
+    port: int
+    db_file: Path
+    run_name: str
+    startup_s: float = 0.0
+    answered: int = 0
+    loads: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _paired(sessions: list[dict[str, Any]], key: str, conns: str) -> list[dict[str, float]]:
-    """Per round: bare and leakmap values of ``key`` at ``conns`` connections."""
-    rounds: dict[int, dict[str, float]] = {}
-    for session in sessions:
-        value = session.get("loads", {}).get(conns, {}).get(key)
-        if value is not None:
-            rounds.setdefault(session["round"], {})[session["variant"]] = value
-    return [pair for pair in rounds.values() if len(pair) == 2]
+def start(variant: str, workdir: Path, env: dict[str, str], device: Path) -> Proxy:
+    port = free_port()
+    db_file, run_name = workdir / f"live-{variant}.db", f"bench-live-{variant}"
+    command = run.proxy_command(variant, port, workdir / "mitmproxy-conf", db_file, run_name,
+                                device)
+    log = (workdir / f"live-{variant}.log").open("wb")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    return Proxy(variant, process, port, db_file, run_name, startup_s=time.perf_counter())
 
 
-def summarize(sessions: list[dict[str, Any]]) -> dict[str, Any]:
-    summary = run.summarize_sessions(sessions, ["bare", "leakmap"])
-    many, one = str(CONNECTIONS), "1"
-    bare, leak = summary.get("bare", {}), summary.get("leakmap", {})
-    rps = _paired(sessions, "rps", many)
-    p50 = _paired(sessions, "p50_ms", one)
+def ready(proxy: Proxy) -> None:
+    """Wait until the proxy listens; its start-up time (from ``start``) is then known."""
+    wait_for_port(proxy.port, proxy.process, timeout=120)
+    proxy.startup_s = time.perf_counter() - proxy.startup_s
+
+
+def stop(proxy: Proxy) -> int:
+    if proxy.process.poll() is None:
+        proxy.process.send_signal(signal.SIGTERM)
+    try:
+        return proxy.process.wait(60)
+    except subprocess.TimeoutExpired:
+        proxy.process.kill()
+        return proxy.process.wait()
+
+
+def one_load(proxy: Proxy, wires: list[bytes], conns: int, server: run.Origin, ca: str,
+             round_no: int) -> None:
+    sampler = run.Sampler(proxy.process.pid, server.process.pid)
+    result = loadgen.run_load(wires, conns, server.port, ca, proxy.port)
+    stats = run.load_stats(result, sampler.delta())
+    stats.update(round=round_no, conns=conns)
+    proxy.answered += result.ok
+    proxy.loads.append(stats)
+
+
+def _median(proxy: Proxy, conns: int, key: str) -> float:
+    return statistics.median(s[key] for s in proxy.loads if s["conns"] == conns and key in s)
+
+
+def summarize(bare: Proxy, leak: Proxy) -> dict[str, Any]:
+    many = CONNECTIONS
+    per_round = [(b, m) for b in bare.loads for m in leak.loads
+                 if (b["round"], b["conns"]) == (m["round"], m["conns"])]
     return {
-        "live_rps_ratio": leak[many]["rps"] / bare[many]["rps"],
-        "live_added_p50_ms": leak[one]["p50_ms"] - bare[one]["p50_ms"],
-        "rps_ratio_per_round": [round(p["leakmap"] / p["bare"], 3) for p in rps],
-        "added_p50_ms_per_round": [round(p["leakmap"] - p["bare"], 3) for p in p50],
-        "bare_rps": bare[many]["rps"], "leakmap_rps": leak[many]["rps"],
-        "bare_p50_ms": bare[one]["p50_ms"], "leakmap_p50_ms": leak[one]["p50_ms"],
-        "bare_cpu_us_per_req": bare[many].get("proxy_cpu_us_per_req"),
-        "leakmap_cpu_us_per_req": leak[many].get("proxy_cpu_incl_db_catchup_us_per_req"),
-        "failed_requests": sum(e["failed"] for v in (bare, leak) for e in v.values()
-                               if isinstance(e, dict)),
-        **run.db_check(sessions),
-        "summary": summary,
+        "live_rps_ratio": _median(leak, many, "rps") / _median(bare, many, "rps"),
+        "live_added_p50_ms": _median(leak, 1, "p50_ms") - _median(bare, 1, "p50_ms"),
+        "rps_ratio_per_round": [round(m["rps"] / b["rps"], 3) for b, m in per_round
+                                if b["conns"] == many],
+        "added_p50_ms_per_round": [round(m["p50_ms"] - b["p50_ms"], 3) for b, m in per_round
+                                   if b["conns"] == 1],
+        **{f"{p.variant}_{key}": _median(p, conns, key) for p in (bare, leak)
+           for key, conns in (("rps", many), ("p50_ms", 1), ("p99_ms", 1),
+                              ("proxy_cpu_us_per_req", many))},
+        "failed_requests": sum(s["failed"] for p in (bare, leak) for s in p.loads),
+        # CPU of processes outside the benchmark per wall second (1.0 = one core)
+        "other_processes_cpu_util": statistics.median(
+            s.get("other_processes_cpu_util", 0.0) for p in (bare, leak) for s in p.loads),
+        "startup_s": {p.variant: p.startup_s for p in (bare, leak)},
     }
+
+
+def check_db(leak: Proxy) -> dict[str, Any]:
+    """leakmap's ``flows`` rows and run status, once the proxy has stopped."""
+    flows, findings = run.count_flows(leak.db_file)
+    with sqlite3.connect(f"file:{leak.db_file}?mode=ro", uri=True) as connection:
+        status = connection.execute("SELECT status FROM runs WHERE name = ?",
+                                    (leak.run_name,)).fetchone()
+    return {"flows": flows, "findings": findings, "expected_flows": leak.answered,
+            "every_flow_logged": flows == leak.answered,
+            "run_status": status[0] if status else None}
+
+
+def _rounds(proxies: dict[str, Proxy], loads: dict[int, list[bytes]], server: run.Origin,
+            ca: str, rounds: int) -> None:
+    for round_no in range(rounds):
+        order = VARIANTS if round_no % 2 == 0 else VARIANTS[::-1]
+        for variant in order:
+            print(f"  live round {round_no + 1}/{rounds}: {variant} ...", flush=True)
+            for conns, wires in loads.items():
+                one_load(proxies[variant], wires, conns, server, ca, round_no)
 
 
 def measure(config: dict[str, Any], workdir: Path, env: dict[str, str],
             device: Path) -> dict[str, Any]:
-    """Alternating bare/leakmap rounds; the ratios and every session's numbers."""
+    """Alternating bare/leakmap rounds; the ratios and every load's numbers."""
     server = run.Origin(workdir)
-    loads, warm = _wires(f"localhost:{server.port}", config)
-    sessions: list[dict[str, Any]] = []
+    authority = f"localhost:{server.port}"
+    loads = {CONNECTIONS: [r.wire(authority) for r in payloads.make_requests(config["rps_requests"])],
+             1: [r.wire(authority) for r in payloads.make_requests(config["p50_requests"], seed=7)]}
+    warm = [r.wire(authority) for r in payloads.make_requests(config["warmup"], seed=99)]
+    ca = str(workdir / "mitmproxy-conf" / "mitmproxy-ca-cert.pem")
+    # bare first: it writes the CA into the shared confdir before leakmap reads it
+    proxies = {"bare": start("bare", workdir, env, device)}
     try:
-        for round_no in range(config["rounds"]):
-            order = ("bare", "leakmap") if round_no % 2 == 0 else ("leakmap", "bare")
-            for variant in order:
-                print(f"  live round {round_no + 1}/{config['rounds']}: {variant} ...", flush=True)
-                sessions.append(run.proxy_session(variant, round_no, [CONNECTIONS, 1], server,
-                                                  workdir, env, loads, warm, device))
+        ready(proxies["bare"])
+        proxies["leakmap"] = start("leakmap", workdir, env, device)
+        ready(proxies["leakmap"])
+        for proxy in proxies.values():
+            proxy.answered += loadgen.run_load(warm, CONNECTIONS, server.port, ca, proxy.port).ok
+        _rounds(proxies, loads, server, ca, config["rounds"])
+        result = summarize(proxies["bare"], proxies["leakmap"])
     finally:
+        codes = {variant: stop(proxy) for variant, proxy in proxies.items()}
         origin = server.stop()
-    result = summarize(sessions)
-    result.update(origin=origin, sessions=sessions, workload={
-        "connections": CONNECTIONS, "rps_requests": config["rps_requests"],
-        "p50_requests": config["p50_requests"], "warmup": config["warmup"],
-        "rounds": config["rounds"],
-        "mean_body_bytes": statistics.fmean(len(r.body) for r in payloads.make_requests(100)),
-        "with_pii_fraction": sum(r.pii for r in payloads.make_requests(100)) / 100})
+    result.update(check_db(proxies["leakmap"]), exit_codes=codes, origin=origin,
+                  loads={v: p.loads for v, p in proxies.items()}, workload={
+                      "connections": CONNECTIONS, "rps_requests": config["rps_requests"],
+                      "p50_requests": config["p50_requests"], "warmup": config["warmup"],
+                      "rounds": config["rounds"],
+                      "mean_request_bytes": statistics.fmean(len(w) for w in loads[CONNECTIONS]),
+                      "with_pii_fraction": sum(r.pii for r in payloads.make_requests(100)) / 100})
     return result

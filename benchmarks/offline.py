@@ -4,8 +4,8 @@
   written with ``mitmproxy.io.FlowWriter``), read once by a bare
   ``FlowReader`` loop in a fresh interpreter and once by ``leakmap analyze``
   (generated device profile, SQLite in the temporary folder).  Both are timed
-  as whole processes with ``/usr/bin/time -v`` (``har_bench.measure``), so
-  both include their start-up; a one-flow file gives leakmap's fixed cost.
+  as whole processes, so both include their start-up.  ``leakmap analyze`` is
+  stopped after a time budget; then its rate is the rows it committed by then.
 * ``classify_mb_s`` / ``match_mb_s``: in this process, ``Classifier.classify``
   of the pipeline that ``leakmap.wiring.build_pipeline(device=...)`` builds,
   and its ``KnownMatcher.search`` alone, over the same bodies.
@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 import time
@@ -24,6 +25,7 @@ from typing import Any
 import har_bench
 import micro
 import payloads
+from workload import Request
 
 REPO = Path(__file__).resolve().parent.parent
 _BARE_READER = """
@@ -62,37 +64,60 @@ def _bare_pass(flow_file: Path, env: dict[str, str]) -> dict[str, Any]:
     return result
 
 
-def _analyze(flow_file: Path, device: Path, workdir: Path, env: dict[str, str],
-             label: str) -> dict[str, Any]:
+def _rows(db_file: Path, run_name: str) -> int:
+    try:
+        return int(har_bench._db_counts(db_file, run_name)["flows"])
+    except sqlite3.Error:  # not created yet
+        return 0
+
+
+def _analyze(flow_file: Path, device: Path, workdir: Path, env: dict[str, str], label: str,
+             budget_s: float) -> dict[str, Any]:
+    """``leakmap analyze`` of ``flow_file``, timed as a whole process, stopped after ``budget_s``.
+
+    Its ``flows`` rows are polled once a second (SQLite in WAL mode; the CLI
+    commits every 500 flows).  If the budget runs out, the rate is the rows
+    committed by the last poll that saw them grow over the time of that poll.
+    """
     db_file = workdir / f"analyze-{label}.db"
     command = [str(Path(sys.executable).parent / "leakmap"), "analyze", str(flow_file),
                "--device", str(device), "--db", f"sqlite:///{db_file}", "--run-name", label]
-    result = har_bench.measure(command, env, 900)
-    result["command"] = " ".join(command)
-    if db_file.exists():
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    rows, at = 0, 0.0
+    while process.poll() is None and time.perf_counter() - started < budget_s:
+        time.sleep(1.0)
+        if (now := _rows(db_file, label)) > rows:
+            rows, at = now, time.perf_counter() - started
+    capped = process.poll() is None
+    if capped:
+        process.terminate()
+    _, stderr = process.communicate(timeout=60)
+    wall = time.perf_counter() - started
+    result: dict[str, Any] = {"command": " ".join(command), "wall_s": wall, "capped": capped,
+                              "code": process.returncode, "stderr_tail": stderr.decode()[-500:]}
+    if not capped:
         result.update(har_bench._db_counts(db_file, label))
+        rows, at = result["flows"], wall
+    result.update(rows_timed=rows, seconds_timed=at, flows_per_s=rows / at if at else 0.0)
     return result
 
 
-def analyze_ratio(flows: int, device: Path, workdir: Path, env: dict[str, str]) -> dict[str, Any]:
+def analyze_ratio(flow_file: Path, flows: int, device: Path, workdir: Path,
+                  env: dict[str, str], budget_s: float) -> dict[str, Any]:
     """Flows/s of ``leakmap analyze`` over flows/s of a bare ``FlowReader`` pass."""
-    flow_file, one = workdir / "bench.flow", workdir / "one.flow"
-    written = write_flow_file(flow_file, flows)
-    write_flow_file(one, 1)
     print(f"  bare FlowReader over {flows:,} flows ...", flush=True)
     bare = _bare_pass(flow_file, env)
-    print(f"  leakmap analyze over {flows:,} flows ...", flush=True)
-    leak = _analyze(flow_file, device, workdir, env, "bench-analyze")
-    startup = _analyze(one, device, workdir, env, "bench-analyze-one")
-    bare_rate, leak_rate = flows / bare["wall_s"], flows / leak["wall_s"]
-    net = max(1e-9, leak["wall_s"] - startup["wall_s"])
-    return {"analyze_ratio": leak_rate / bare_rate, "file": written,
-            "bare_flows_per_s": bare_rate, "leakmap_flows_per_s": leak_rate,
-            "leakmap_flows_per_s_net_of_startup": (flows - 1) / net,
+    print(f"  leakmap analyze over {flows:,} flows (stopped after {budget_s:.0f} s) ...",
+          flush=True)
+    leak = _analyze(flow_file, device, workdir, env, "bench-analyze", budget_s)
+    bare_rate = flows / bare["wall_s"]
+    return {"analyze_ratio": leak["flows_per_s"] / bare_rate, "bare_flows_per_s": bare_rate,
+            "leakmap_flows_per_s": leak["flows_per_s"], "analyze_capped": leak["capped"],
+            "leakmap_flows_timed": leak["rows_timed"],
             "bare_read_loop_flows_per_s": flows / bare["read_s"] if bare.get("read_s") else None,
-            "leakmap_startup_s": startup["wall_s"],
-            "every_flow_logged": leak.get("flows") == flows,
-            "bare": bare, "leakmap": leak, "leakmap_one_flow": startup}
+            "every_flow_logged": None if leak["capped"] else leak.get("flows") == flows,
+            "bare": bare, "leakmap": leak}
 
 
 def _timed(function: Any, items: list[Any], budget_s: float) -> tuple[float, int]:
@@ -109,7 +134,7 @@ def _timed(function: Any, items: list[Any], budget_s: float) -> tuple[float, int
     return spent, done
 
 
-def classify_and_match(total_bytes: int, device: Path, budget_s: float) -> dict[str, Any]:
+def classify_and_match(requests: list[Request], device: Path, budget_s: float) -> dict[str, Any]:
     """MB/s of decoding + classification, and of the known-value matcher, over the same bodies.
 
     Classification stops after ``budget_s`` of measured time (the bodies
@@ -122,7 +147,6 @@ def classify_and_match(total_bytes: int, device: Path, budget_s: float) -> dict[
     assembled = build_pipeline(device=str(device))
     build_s = time.perf_counter() - started
     classifier, matcher = assembled.pipeline.classifier, assembled.pipeline.classifier.known
-    requests = payloads.make_bytes(total_bytes)
     bodies = [r.body for r in requests]
     sizes = [len(body) for body in bodies]
     exchanges = [micro.exchange_for(r, i) for i, r in enumerate(requests)]
@@ -154,20 +178,29 @@ def classify_and_match(total_bytes: int, device: Path, budget_s: float) -> dict[
     }
 
 
-def corpus_peak_rss(device: Path, workdir: Path, env: dict[str, str],
-                    big: bool = True) -> dict[str, Any]:
-    """Peak RSS of ``leakmap analyze`` over the hostile corpus (with the 100 MB body if ``big``)."""
+def corpus_peak_rss(device: Path, workdir: Path, env: dict[str, str], big: bool = True,
+                    files: tuple[str, ...] = ("har", "flow")) -> dict[str, Any]:
+    """Peak RSS of ``leakmap analyze`` over the hostile corpus (with the 100 MB body if ``big``).
+
+    ``files``: ``har`` (where the whole 100 MB body sits in one JSON string:
+    the memory peak) and ``flow`` (where the bombs stay compressed).
+    """
     folder = workdir / "corpus"
+    formats = [arg for name in files for arg in ("--format", name)]
     subprocess.run([sys.executable, str(REPO / "scripts" / "make_corpus.py"), str(folder),
-                    *(["--big"] if big else [])], check=True, capture_output=True, env=env,
-                   timeout=300)
-    captures = [folder / "hostile.har", folder / "hostile.flow"]
+                    *formats, *(["--big"] if big else [])], check=True, capture_output=True,
+                   env=env, timeout=300)
+    captures = [folder / f"hostile.{name}" for name in files]
     db_file = workdir / "corpus.db"
     command = [str(Path(sys.executable).parent / "leakmap"), "analyze", *map(str, captures),
                "--device", str(device), "--db", f"sqlite:///{db_file}", "--run-name", "corpus"]
     result = har_bench.measure(command, env, 900)
     result.update(command=" ".join(command), peak_rss_mb=result["max_rss_kb"] / 1024,
                   capture_mb={p.name: p.stat().st_size / 2**20 for p in captures})
+    if "terminated by signal" in result.get("stderr_tail", ""):  # /usr/bin/time says 0 then
+        result["code"] = result["code"] or -1
     if db_file.exists():
         result.update(har_bench._db_counts(db_file, "corpus"))
+    # the figure counts only if the run went through the whole corpus
+    result["complete"] = result["code"] == 0 and result.get("run_status") == "completed"
     return result

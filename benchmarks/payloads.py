@@ -47,16 +47,24 @@ def _fill(doc: dict[str, object], rng: random.Random, seq: int) -> bytes:
     """``doc`` with events appended until it is about TARGET_BYTES of JSON."""
     events: list[dict[str, object]] = []
     doc["events"] = events
-    body = json.dumps(doc, separators=(",", ":")).encode()
-    while len(body) < TARGET_BYTES - 100:
+    size = len(json.dumps(doc, separators=(",", ":")))
+    while size < TARGET_BYTES - 100:
         events.append(_event(rng, seq, len(events)))
-        body = json.dumps(doc, separators=(",", ":")).encode()
-    return body
+        size += len(json.dumps(events[-1], separators=(",", ":"))) + 1
+    return json.dumps(doc, separators=(",", ":")).encode()
 
 
 def _base(rng: random.Random, seq: int) -> dict[str, object]:
     return {"app": "com.miui.analytics", "ver": "5.2.1", "sdk": 19, "locale": "en_IN",
             "seq": seq, "session": str(uuid.UUID(int=rng.getrandbits(128)))}
+
+
+def _pad(pairs: list[tuple[str, str]], make: Callable[[int], tuple[str, str]]) -> None:
+    """Append form fields (plain text, no escaping needed) until about TARGET_BYTES."""
+    size = len(urlencode(pairs, quote_via=quote))
+    while size < TARGET_BYTES - 60:
+        pairs.append(make(len(pairs)))
+        size += len(pairs[-1][0]) + len(pairs[-1][1]) + 2
 
 
 def analytics(seq: int, rng: random.Random) -> Request:
@@ -73,10 +81,9 @@ def checkin(seq: int, rng: random.Random) -> Request:
 
 def config_form(seq: int, rng: random.Random) -> Request:
     pairs = [("seq", str(seq)), ("sdk", "19"), ("locale", "en_IN")]
-    while len(urlencode(pairs)) < TARGET_BYTES - 60:
-        pairs.append((f"k{len(pairs)}", f"{rng.choice(EVENTS)}:{rng.getrandbits(40):x}"))
+    _pad(pairs, lambda n: (f"k{n}", f"{rng.choice(EVENTS)}:{rng.getrandbits(40):x}"))
     return Request("form_config", False, "POST", "/config/v1/fetch", (FORM,),
-                   urlencode(pairs).encode())
+                   urlencode(pairs, quote_via=quote).encode())
 
 
 def hashed(seq: int, rng: random.Random) -> Request:
@@ -93,8 +100,7 @@ def feed(seq: int, rng: random.Random) -> Request:
 
 def contacts_form(seq: int, rng: random.Random) -> Request:
     pairs = [("seq", str(seq)), ("imsi", IDS["imsi"]), ("c0", rng.choice(CONTACTS))]
-    while len(urlencode(pairs, quote_via=quote)) < TARGET_BYTES - 60:
-        pairs.append((f"m{len(pairs)}", f"{rng.getrandbits(64):x}"))
+    _pad(pairs, lambda n: (f"m{n}", f"{rng.getrandbits(64):x}"))
     return Request("form_contacts_pii", True, "POST", "/pass/v2/contacts/upload", (FORM,),
                    urlencode(pairs, quote_via=quote).encode())
 
@@ -108,9 +114,9 @@ def wrapped(seq: int, rng: random.Random) -> Request:
 
 def search_form(seq: int, rng: random.Random) -> Request:
     pairs = [("seq", str(seq)), ("q", rng.choice(SCREENS))]
-    while len(urlencode(pairs)) < TARGET_BYTES - 60:
-        pairs.append((f"f{len(pairs)}", str(rng.random())))
-    return Request("form_search", False, "POST", "/search", (FORM,), urlencode(pairs).encode())
+    _pad(pairs, lambda n: (f"f{n}", str(rng.random())))
+    return Request("form_search", False, "POST", "/search", (FORM,),
+                   urlencode(pairs, quote_via=quote).encode())
 
 
 def experiments(seq: int, rng: random.Random) -> Request:

@@ -321,18 +321,14 @@ def lag_stats(probe: dict[str, list[list[float]]], start: float, end: float) -> 
 
 
 def proxy_session(variant: str, round_no: int, concurrencies: list[int], server: Origin,
-                  workdir: Path, env: dict[str, str], wires: list[bytes] | dict[int, list[bytes]],
-                  warm: list[bytes], device: Path = DEVICE) -> dict[str, Any]:
-    """One proxy process: warm-up, then one load per connection count.
-
-    ``wires`` is the load for every connection count, or one load per count.
-    """
+                  workdir: Path, env: dict[str, str], wires: list[bytes],
+                  warm: list[bytes]) -> dict[str, Any]:
     port = free_port()
     confdir = workdir / "mitmproxy-conf"
     slug = "".join(ch if ch.isalnum() else "-" for ch in variant)
     db_file = workdir / f"{slug}-{round_no}.db"
     run_name = f"bench-{slug}-{round_no}"
-    command = proxy_command(variant, port, confdir, db_file, run_name, device)
+    command = proxy_command(variant, port, confdir, db_file, run_name)
     records = variant == "leakmap" or "recorder" in BREAKDOWN.get(variant, [])
     session_env = dict(env)
     lag_file = workdir / f"{slug}-{round_no}.lag.json"
@@ -360,8 +356,7 @@ def proxy_session(variant: str, round_no: int, concurrencies: list[int], server:
             for concurrency in concurrencies:
                 sampler = Sampler(process.pid, server.process.pid)
                 window_start = time.monotonic()
-                load = wires[concurrency] if isinstance(wires, dict) else wires
-                result = loadgen.run_load(load, concurrency, server.port, ca, port)
+                result = loadgen.run_load(wires, concurrency, server.port, ca, port)
                 windows[str(concurrency)] = (window_start, time.monotonic())
                 cpu_start = sampler.start["proxy"]
                 stats = load_stats(result, sampler.delta())
