@@ -1,10 +1,13 @@
 """Inspector: classifies each finished flow and leaves the result in its metadata.
 
 Analysis runs on a worker thread (``asyncio.to_thread``), so a large body
-never blocks the event loop.  The result goes to
-``flow.metadata["leakmap"]`` as plain data (it is saved with the flow by
-``mitmdump -w``); :func:`flow_record` gives it back to the Review and Recorder
-addons as a :class:`~leakmap.core.pipeline.FlowRecord`.
+never blocks the event loop, and the hook does not wait for it: the response
+goes on to the phone at once, and when the analysis is done the Inspector
+hands the flow to its listeners (Review, Recorder).  Only when flows are
+saved (``mitmdump -w``) does the hook wait, so that the saved flow carries
+its result and marks.  The result goes to ``flow.metadata["leakmap"]`` as
+plain data; :func:`flow_record` gives it back as a
+:class:`~leakmap.core.pipeline.FlowRecord`.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import gc
 import logging
 import time
 import uuid
+from collections.abc import Callable
 
 from mitmproxy import ctx, dns, exceptions, http, tcp, tls, udp
 from mitmproxy.flow import Flow
@@ -36,8 +40,13 @@ PIPELINE_SETTINGS = ("policy", "device", "geoip_dir", "geodb_max_age", "networks
                      "hash_key_file", "max_body", "analysis_budget_ms")
 
 
+Listener = Callable[[Flow], None]
+
+
 class Inspector:
-    def __init__(self) -> None:
+    def __init__(self, listeners: list[Listener] | None = None) -> None:
+        # called with each flow once its analysis is in its metadata
+        self.listeners: list[Listener] = listeners if listeners is not None else []
         self.pipeline: Pipeline | None = None
         self.assembled: Assembled | None = None  # policy, profile and geodb behind the pipeline
         # Marks results of this process: a replayed flow keeps an older run's
@@ -101,13 +110,22 @@ class Inspector:
         job = asyncio.ensure_future(asyncio.to_thread(self.pipeline.process, exchange))
         self.in_flight.add(job)
         job.add_done_callback(lambda done: self._finish(flow, done))
-        # shielded: a stop that cancels this hook must not lose the analysis
-        await asyncio.shield(job)
+        if ctx.options.save_stream_file:
+            # shielded: a stop that cancels this hook must not lose the analysis
+            await asyncio.shield(job)
 
     def _finish(self, flow: Flow, job: asyncio.Future[FlowRecord]) -> None:
         self.in_flight.discard(job)
         if not job.cancelled() and job.exception() is None:
             self._keep(flow, job.result())
+            self._tell(flow)
+
+    def _tell(self, flow: Flow) -> None:
+        for listener in self.listeners:
+            try:
+                listener(flow)
+            except Exception:  # one listener's bug must not cost the others the flow
+                log.exception("leakmap: listener failed on flow %s", flow.id)
 
     def _started(self, flow: Flow) -> None:
         self.open_flows.add(flow)
@@ -124,6 +142,7 @@ class Inspector:
             if exchange is not None and self.pipeline is not None:
                 exchange.error = exchange.error or STILL_OPEN
                 self._keep(flow, self.pipeline.process(exchange))
+                self._tell(flow)
 
     async def response(self, flow: http.HTTPFlow) -> None:
         if flow.websocket is None:

@@ -1,7 +1,7 @@
 """Recorder: writes every inspected flow to the store, off the event loop.
 
 Opens the database and starts a run when the proxy is running, hands each
-record to a :class:`~leakmap.store.db.FlowWriter` (a batching worker thread),
+record the Inspector hands over to a :class:`~leakmap.store.writer.FlowWriter` (a batching worker thread),
 and on shutdown drains it and closes the run.  A database that cannot be
 opened stops the proxy with one line instead of letting traffic through
 unrecorded.
@@ -12,14 +12,13 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 
-from mitmproxy import ctx, dns, exceptions, http, tcp, tls, udp
+from mitmproxy import ctx, exceptions, http, tls
 from mitmproxy.flow import Flow
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 import leakmap
 from leakmap.addons import options
-from leakmap.addons.flows import STILL_OPEN, OpenFlows
 from leakmap.addons.inspector import Inspector, flow_record, refuse, tls_records
 from leakmap.core.device import load_device
 from leakmap.core.yamlsource import ConfigError
@@ -43,7 +42,6 @@ class Recorder:
         self.engine: Engine | None = None
         self.writer: FlowWriter | None = None
         self.run_id: int | None = None
-        self.open_flows = OpenFlows()
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
         options.declare(loader, ("db", "run_name", "flush_ms", "on_store_failure"))
@@ -93,49 +91,19 @@ class Recorder:
         self.writer = FlowWriter(self.engine, self.run_id,
                                  interval=max(opts.leakmap_flush_ms, 10) / 1000)
 
+    def record(self, flow: Flow) -> None:
+        """Store a flow the Inspector has analysed (each flow once per session)."""
+        record = flow_record(flow) if self.writer is not None else None
+        session = (flow.metadata.get("leakmap") or {}).get("session")
+        if record is None or self.writer is None or flow.metadata.get("leakmap_recorded") == session:
+            return
+        flow.metadata["leakmap_recorded"] = session
+        self.writer.submit(record)
+
     def request(self, flow: http.HTTPFlow) -> None:
-        self._started(flow)
         writer = self.writer
         if writer is not None and writer.failing and ctx.options.leakmap_on_store_failure == "stop":
             flow.response = http.Response.make(502, refusal(writer), {"content-type": "text/plain"})
-
-    def _record(self, flow: Flow) -> None:
-        self.open_flows.discard(flow)
-        record = flow_record(flow) if self.writer is not None else None
-        if record is not None and self.writer is not None:
-            self.writer.submit(record)
-
-    def _started(self, flow: Flow) -> None:
-        self.open_flows.add(flow)
-
-    # a flow whose end hook a stop cut short is recorded from done()
-    tcp_start = udp_start = dns_request = _started
-
-    def response(self, flow: http.HTTPFlow) -> None:
-        if flow.websocket is None:
-            self._record(flow)
-
-    def error(self, flow: http.HTTPFlow) -> None:
-        if flow.websocket is None:
-            self._record(flow)
-
-    def http_connect_error(self, flow: http.HTTPFlow) -> None:
-        self._record(flow)
-
-    def websocket_end(self, flow: http.HTTPFlow) -> None:
-        self._record(flow)
-
-    def tcp_end(self, flow: tcp.TCPFlow) -> None:
-        self._record(flow)
-
-    def udp_end(self, flow: udp.UDPFlow) -> None:
-        self._record(flow)
-
-    def dns_response(self, flow: dns.DNSFlow) -> None:
-        self._record(flow)
-
-    def dns_error(self, flow: dns.DNSFlow) -> None:
-        self._record(flow)
 
     def tls_failed_client(self, data: tls.TlsData) -> None:
         if self.writer is not None:
@@ -143,11 +111,7 @@ class Recorder:
                 self.writer.submit(record)
 
     def done(self) -> None:
-        for flow in self.open_flows.drain():
-            record = flow_record(flow)
-            if record is not None and self.writer is not None:
-                record.exchange.error = record.exchange.error or STILL_OPEN
-                self.writer.submit(record)
+        # the Inspector's done() (it comes first) has handed over the flows still open
         if self.writer is not None and self.engine is not None and self.run_id is not None:
             spilled = self.writer.close()
             try:

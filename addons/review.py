@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from mitmproxy import dns, http, tcp, tls, udp
+from mitmproxy import tls
 from mitmproxy.flow import Flow
 
 from leakmap.addons.inspector import flow_record, tls_records
@@ -48,7 +48,9 @@ def finding_lines(record: FlowRecord) -> list[str]:
 
 
 class Review:
-    def _show(self, flow: Flow) -> None:
+    """Marks, comments and logs each flow the Inspector hands over (see ``show``)."""
+
+    def show(self, flow: Flow) -> None:
         session = (flow.metadata.get("leakmap") or {}).get("session")
         if session is None or flow.metadata.get("leakmap_reviewed") == session:
             return  # not analysed yet, or already shown in this session
@@ -68,30 +70,6 @@ class Review:
         if record.analysis_error:
             log.info("leakmap: analysis problem on %s: %s", record.exchange.url or
                      record.exchange.host, record.analysis_error)
-
-    def response(self, flow: http.HTTPFlow) -> None:
-        self._show(flow)
-
-    def error(self, flow: http.HTTPFlow) -> None:
-        self._show(flow)
-
-    def http_connect_error(self, flow: http.HTTPFlow) -> None:
-        self._show(flow)
-
-    def websocket_end(self, flow: http.HTTPFlow) -> None:
-        self._show(flow)
-
-    def tcp_end(self, flow: tcp.TCPFlow) -> None:
-        self._show(flow)
-
-    def udp_end(self, flow: udp.UDPFlow) -> None:
-        self._show(flow)
-
-    def dns_response(self, flow: dns.DNSFlow) -> None:
-        self._show(flow)
-
-    def dns_error(self, flow: dns.DNSFlow) -> None:
-        self._show(flow)
 
     def tls_failed_client(self, data: tls.TlsData) -> None:
         for record in tls_records(data):

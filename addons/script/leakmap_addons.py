@@ -11,4 +11,6 @@ from leakmap.addons.recorder import Recorder
 from leakmap.addons.review import Review
 
 inspector = Inspector()
-addons = [inspector, Review(), Recorder(inspector)]
+review, recorder = Review(), Recorder(inspector)
+inspector.listeners += [review.show, recorder.record]  # each analysed flow: marked, then stored
+addons = [inspector, review, recorder]

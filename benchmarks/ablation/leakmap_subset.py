@@ -40,6 +40,7 @@ class InlineInspector(Inspector):
         if exchange is None or self.pipeline is None:
             return
         self._keep(flow, self.pipeline.process(exchange))
+        self._tell(flow)
 
 
 class UnfreezeHeap:
@@ -59,5 +60,13 @@ if os.environ.get("LEAKMAP_BENCH_QUIET") == "1":
     logging.getLogger("leakmap").setLevel(logging.ERROR)
 
 addons: list[object] = [_CLASSES[name]() for name in _WANTED]
+# wired as leakmap's own script does: the Inspector hands analysed flows on
+_inspectors = [a for a in addons if isinstance(a, Inspector)]
+for _addon in addons:
+    for _inspector in _inspectors:
+        if isinstance(_addon, Review):
+            _inspector.listeners.append(_addon.show)
+        elif isinstance(_addon, Recorder):
+            _inspector.listeners.append(_addon.record)
 if os.environ.get("LEAKMAP_BENCH_GC_UNFREEZE") == "1":
     addons.append(UnfreezeHeap())
