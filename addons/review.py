@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from mitmproxy import tls
+from mitmproxy import ctx, hooks, tls
 from mitmproxy.flow import Flow
 
 from leakmap.addons.inspector import flow_record, tls_records
@@ -61,6 +61,8 @@ class Review:
         if record.findings:
             flow.marked = WATCHED_MARKER if record.watched else MARKER
             flow.comment = (flow.comment + "\n" if flow.comment else "") + comment(record)
+            # the flow may already be on screen (its response went out before the analysis)
+            ctx.master.addons.trigger(hooks.UpdateHook([flow]))
         self._log(record)
 
     @staticmethod
