@@ -151,27 +151,45 @@ def digest_variants(forms: list[str], transforms: tuple[str, ...]) -> Iterator[t
 
 
 _DIGEST_SIZES = (16, 20, 32)
-_HEX_TOKEN = re.compile(r"(?<![0-9A-Fa-f])(?:[0-9A-Fa-f]{64}|[0-9A-Fa-f]{40}|[0-9A-Fa-f]{32})"
-                        r"(?![0-9A-Fa-f])")
-_B64_TOKEN = re.compile(r"(?<![A-Za-z0-9+/_-])[A-Za-z0-9+/_-]{22,88}={0,2}(?![A-Za-z0-9+/_=-])")
+# Maximal runs of base64 characters (hex is a subset): every token below lies in one.
+_RUN = re.compile(r"[A-Za-z0-9+/_=-]{22,}")
+_HEX_RUN = re.compile(r"[0-9A-Fa-f]{32,}")
+_HEX_SIZES = (32, 40, 64)
+# Base64 of a 16/20/32-byte digest, or of a 32/40/64-character hex digest, has this many
+# characters before its padding; no other length can decode to a digest.
+_B64_CORES = frozenset({22, 27, 43, 54, 86})
 
 
 def digest_tokens(text: str) -> Iterator[tuple[bytes, str]]:
     """(raw digest, outer encoding) for each hash-shaped token in ``text``.
 
     The outer encoding is ``""`` for hex, ``"base64"`` for base64 of the raw
-    digest or of its hex.
+    digest or of its hex.  A hex token is a run of exactly 32, 40 or 64 hex
+    digits; a base64 token is the last ``=``-separated part of a run of
+    base64 characters, with at most two ``=`` of padding.
     """
-    for match in _HEX_TOKEN.finditer(text):
-        yield bytes.fromhex(match.group()), ""
-    for match in _B64_TOKEN.finditer(text):
-        raw = base64_bytes(match.group())
-        if raw is None:
-            continue
-        if len(raw) in _DIGEST_SIZES:
-            yield raw, "base64"
-        elif len(raw) in (32, 40, 64) and _HEX_TOKEN.fullmatch(raw.decode("latin-1")):
-            yield bytes.fromhex(raw.decode("ascii")), "base64"
+    for run_match in _RUN.finditer(text):
+        run = run_match.group()
+        for hex_match in _HEX_RUN.finditer(run):
+            if len(hex_match.group()) in _HEX_SIZES:
+                yield bytes.fromhex(hex_match.group()), ""
+        yield from _base64_digest(run)
+
+
+def _base64_digest(run: str) -> Iterator[tuple[bytes, str]]:
+    core = run.rstrip("=")
+    if len(run) - len(core) > 2:
+        return
+    core = core.rsplit("=", 1)[-1]
+    if len(core) not in _B64_CORES:
+        return
+    raw = base64_bytes(core)
+    if raw is None:
+        return
+    if len(raw) in _DIGEST_SIZES:
+        yield raw, "base64"
+    elif len(raw) in _HEX_SIZES and _HEX_RUN.fullmatch(raw.decode("latin-1")):
+        yield bytes.fromhex(raw.decode("ascii")), "base64"
 
 
 def _imei_forms(imei: str) -> list[str]:
