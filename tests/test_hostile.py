@@ -120,9 +120,14 @@ TRUNCATED = {"gzip-bomb", "deflate-bomb", "br-bomb", "zstd-bomb", "gzip-gzip-bom
 BOMBS = ("gzip-bomb", "deflate-bomb", "br-bomb", "zstd-bomb", "gzip-gzip-bomb")
 
 
+# These tests check what each decoder notes (caps, limits, errors); the wall-clock
+# budget, whose note depends on the machine's load, is tested in test_budget.py.
+NO_TIME_BUDGET = Limits(budget_ms=600_000)
+
+
 @pytest.fixture(scope="module")
 def classifier() -> Classifier:
-    return Classifier(load_policy(), load_device(SAMPLES / "redmi-1s.yaml"))
+    return Classifier(load_policy(), load_device(SAMPLES / "redmi-1s.yaml"), NO_TIME_BUDGET)
 
 
 def imei_found(analysis: Analysis) -> bool:
@@ -514,7 +519,7 @@ def test_leakmap_analyze_logs_every_hostile_flow(tmp_path: Path, device_file: Pa
     corpus.write_flows([(n, e) for n, e in cases if n in ENCODED], flows)
     db = f"sqlite:///{tmp_path / 'hostile.db'}"
     leakmap_cli("analyze", str(har), str(flows), "--device", str(device_file), "--db", db,
-                "--run-name", "hostile")
+                "--run-name", "hostile", "--analysis-budget-ms", str(NO_TIME_BUDGET.budget_ms))
     report = json.loads(
         leakmap_cli("report", "--db", db, "--run", "hostile", "--format", "json").stdout
     )
