@@ -6,6 +6,13 @@ analyze`` and the tests all call, so they cannot disagree.
 
 One finding per (field, data type); when several detectors agree the
 strongest ``match`` wins: ``known`` > ``pattern`` > ``key``.
+
+A flow gets ``limits.budget_ms`` of wall-clock time, decoding included.
+Known values (the device's own IMEI...) are looked for in each value as soon
+as it is decoded; the other detectors then run one pass each over all the
+values, cheapest and surest first, and location pairs last.  The clock is
+read between two values: a flow that runs out keeps what was found and says
+so in its errors.
 """
 
 from __future__ import annotations
@@ -13,16 +20,18 @@ from __future__ import annotations
 import itertools
 import math
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from dataclasses import field as dataclass_field
 
 import phonenumbers
 
-from leakmap.core.decode import Leaf, Limits, exchange_leaves
+from leakmap.core.decode import Collector, Leaf, Limits, exchange_leaves
 from leakmap.core.device import DeviceProfile
 from leakmap.core.exchange import Exchange
 from leakmap.core.known import KnownMatcher, whole_number
+from leakmap.core.safe_regex import FullmatchIndex
 from leakmap.core.validators import VALIDATORS, parse_phone
 from leakmap.policies.model import DataType, Policy
 
@@ -94,6 +103,7 @@ class Classifier:
         self.pattern_types = [t for t in types if t.pattern is not None]
         self.key_types = [t for t in types if t.keys is not None and not self._is_location(t)]
         self.location_types = [t for t in types if self._is_location(t)]
+        self._key_names = FullmatchIndex([t.keys.names if t.keys else () for t in self.key_types])
         self._key_cache: dict[str, list[DataType]] = {}
 
     @staticmethod
@@ -124,8 +134,6 @@ class Classifier:
     def _known_hits(self, leaf: Leaf) -> Iterator[Finding]:
         for hit in self.known.search(leaf.value):
             yield self._finding(hit.data_type, leaf, hit.encoding, "known", hit.canonical)
-        if self.known.known_phones:
-            yield from self._known_phone_numbers(leaf)
 
     def _known_phone_numbers(self, leaf: Leaf) -> Iterator[Finding]:
         """Known numbers in layouts the automaton has no word for: brackets, dots...
@@ -170,7 +178,8 @@ class Classifier:
         if types is None:
             if len(self._key_cache) > 20_000:
                 self._key_cache.clear()
-            types = [t for t in self.key_types if t.keys is not None and t.keys.matches(key)]
+            matched = self._key_names(key)  # one pass for every data type's names
+            types = [t for index, t in enumerate(self.key_types) if index in matched]
             self._key_cache[key] = types
         return types
 
@@ -188,12 +197,14 @@ class Classifier:
 
     # -- location: pairs of coordinates, matched by distance --------------
 
-    def _location_hits(self, leaves: list[Leaf]) -> Iterator[Finding]:
+    def _location_hits(self, leaves: list[Leaf], late: Callable[[], bool]) -> Iterator[Finding]:
         """Coordinate pairs: two numbers in one value, or two sibling values."""
         if not self.location_types:
             return
         siblings: dict[tuple[str | None, tuple[str, ...]], list[tuple[Leaf, float]]] = {}
         for leaf in leaves:
+            if late():
+                return
             numbers = _coordinates(leaf.value)
             if len(numbers) >= 2:
                 for pair in itertools.pairwise(numbers[:_MAX_COORDINATES]):
@@ -203,6 +214,8 @@ class Classifier:
         for group in siblings.values():
             # any two siblings: other numbers (a timestamp, an accuracy) may sit between
             for index, (leaf_a, a) in enumerate(group):
+                if late():
+                    return
                 for leaf_b, b in group[index + 1 : index + 1 + _PAIR_WINDOW]:
                     yield from self._located(leaf_a, (a, b), (leaf_a.key, leaf_b.key))
 
@@ -228,30 +241,60 @@ class Classifier:
     # -- the whole flow ----------------------------------------------------
 
     def classify(self, exchange: Exchange) -> Analysis:
-        """Findings and analysis problems for one flow.  Never raises."""
-        collector = exchange_leaves(exchange, self.limits)
-        analysis = Analysis(errors=collector.errors, truncated=collector.truncated)
+        """Findings and analysis problems for one flow.  Never raises.
+
+        Within ``limits.budget_ms`` (0: no limit); see the module's docstring.
+        """
+        budget = self.limits.budget_ms
+        deadline = time.monotonic() + budget / 1000 if budget > 0 else None
         best: dict[tuple[str, str], Finding] = {}
-        try:
-            for candidate in self._candidates(collector.leaves, analysis.errors):
+        problems: list[str] = []  # the known-value pass's, listed after the decoder's
+
+        def keep(candidates: list[Finding]) -> None:
+            for candidate in candidates:
                 slot = (candidate.field, candidate.data_type)
                 if _stronger(candidate, best.get(slot)):
                     best[slot] = candidate
+
+        def known_now(leaf: Leaf) -> None:  # while decoding: each value as it comes
+            keep(self._detected(self._known_hits, leaf, problems))
+
+        collector = exchange_leaves(exchange, self.limits, deadline, known_now)
+        analysis = Analysis(errors=collector.errors)
+        analysis.errors.extend(problems)
+        try:
+            self._detect(collector, keep, analysis.errors)
         except Exception as e:  # the location pass; findings so far are kept
             analysis.errors.append(f"classifier error: {type(e).__name__}: {e}")
+        analysis.truncated = collector.truncated
         findings = _explained(list(best.values()), self.device.region)
         analysis.findings = sorted(findings, key=lambda f: (f.field, f.data_type))
         return analysis
 
-    def _candidates(self, leaves: list[Leaf], errors: list[str]) -> Iterator[Finding]:
-        for leaf in leaves:
-            try:
-                # materialised per leaf: a failure costs this leaf, not the flow
-                yield from [*self._known_hits(leaf), *self._pattern_hits(leaf),
-                            *self._key_hits(leaf)]
-            except Exception as e:  # hostile values must not end the analysis
-                errors.append(f"classifier error at {leaf.path}: {type(e).__name__}: {e}")
-        yield from self._location_hits(leaves)
+    def _detect(self, collector: Collector, keep: Callable[[list[Finding]], None],
+                errors: list[str]) -> None:
+        """The detectors after decoding, one pass each, until the clock runs out."""
+        leaves = collector.leaves
+        passes = [self._key_hits, self._pattern_hits]
+        if self.known.known_phones:
+            passes.insert(0, self._known_phone_numbers)
+        for detector in passes:
+            for leaf in leaves:
+                if collector.expired():
+                    return
+                keep(self._detected(detector, leaf, errors))
+        for finding in self._location_hits(leaves, collector.expired):
+            keep([finding])
+
+    @staticmethod
+    def _detected(detector: Callable[[Leaf], Iterator[Finding]], leaf: Leaf,
+                  errors: list[str]) -> list[Finding]:
+        """What ``detector`` finds in ``leaf``; a failure costs this leaf, not the flow."""
+        try:
+            return [*detector(leaf)]
+        except Exception as e:  # hostile values must not end the analysis
+            errors.append(f"classifier error at {leaf.path}: {type(e).__name__}: {e}")
+            return []
 
 
 def _layers(encoding: str) -> int:

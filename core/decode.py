@@ -9,7 +9,9 @@ percent-encoded values, form strings inside fields.
 
 Captured payloads are hostile.  Nothing here raises on bad input: every
 problem is written to :attr:`Collector.errors` and decoding moves on, within
-the byte, depth and leaf budgets of :class:`Limits`.
+the byte, depth and leaf budgets of :class:`Limits`, and within a deadline:
+past it, :attr:`Collector.full` is true, so no more values are decoded, and
+decompression stops at the next megabyte.
 """
 
 from __future__ import annotations
@@ -18,14 +20,16 @@ import base64
 import binascii
 import json
 import re
+import time
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
-from email.parser import BytesParser
+from email.feedparser import BytesFeedParser
 from email.policy import HTTP
 from email.utils import collapse_rfc2231_value
 from typing import Any
 from urllib.parse import unquote, unquote_plus, urlsplit
+from xml.etree.ElementTree import TreeBuilder
 
 import brotli
 import defusedxml.ElementTree as SafeET
@@ -61,7 +65,13 @@ class Limits:
     max_parts: int = 10_000
     # Wall-clock milliseconds one flow's decoding and classification may take
     # (leakmap_analysis_budget_ms); a flow that runs out keeps what was found.
+    # 0 or less: no time limit.  The classifier sets the deadline.
     budget_ms: int = 50
+
+
+def budget_note(limits: Limits) -> str:
+    """The problem recorded on a flow whose analysis ran out of time."""
+    return f"analysis budget of {limits.budget_ms} ms exhausted; findings so far kept"
 
 
 @dataclass(frozen=True)
@@ -77,12 +87,20 @@ class Leaf:
 
 @dataclass
 class Collector:
-    """Accumulates leaves and analysis problems for one flow."""
+    """Accumulates leaves and analysis problems for one flow.
+
+    ``deadline`` (a ``time.monotonic()`` value) ends decoding when it
+    passes; ``on_leaf`` sees each leaf as it is kept, so that the classifier
+    can look for known values while decoding goes on.
+    """
 
     limits: Limits = field(default_factory=Limits)
     leaves: list[Leaf] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     truncated: bool = False
+    deadline: float | None = None
+    on_leaf: Callable[[Leaf], None] | None = None
+    out_of_time: bool = False
 
     def add(self, leaf: Leaf) -> bool:
         """Keep ``leaf`` (a long one as windows); False once the leaf budget is spent."""
@@ -98,6 +116,8 @@ class Collector:
         if self.full:
             return False
         self.leaves.append(leaf)
+        if self.on_leaf is not None:
+            self.on_leaf(leaf)
         return True
 
     def note(self, problem: str) -> None:
@@ -110,9 +130,21 @@ class Collector:
         if problem not in self.errors:
             self.note(problem)
 
+    def expired(self) -> bool:
+        """True once the deadline has passed (noted on the flow, once)."""
+        if self.out_of_time:
+            return True
+        if self.deadline is None or time.monotonic() <= self.deadline:
+            return False
+        self.out_of_time = self.truncated = True
+        self.errors.append(budget_note(self.limits))  # past max_errors too: it explains the rest
+        return True
+
     @property
     def full(self) -> bool:
-        """True once the leaf budget is spent: whoever asks skips a value, so it is noted."""
+        """True once the leaf or time budget is spent: whoever asks skips a value, so it is noted."""
+        if self.expired():
+            return True
         if len(self.leaves) < self.limits.max_leaves:
             return False
         self.truncated = True
@@ -154,13 +186,26 @@ def _windows(text: str, size: int, overlap: int) -> Iterator[str]:
 # Content-Encoding, streamed with an output cap.
 
 _CHUNK = 64 * 1024
+_STEP = 1024 * 1024  # decompressed between two looks at the clock
 
 
 class DecompressionLimit(Exception):
     """The decoded body would exceed the cap."""
 
 
-def _stream_zlib(data: bytes, wbits: int, cap: int) -> tuple[bytes, bool]:
+def _late(deadline: float | None) -> bool:
+    return deadline is not None and time.monotonic() > deadline
+
+
+def _capped(out: bytearray, cap: int, deadline: float | None) -> bytes:
+    if _late(deadline):
+        return b""  # not to be scanned: no copy
+    del out[cap:]  # in place: no second copy of a body at the cap
+    return bytes(out)
+
+
+def _stream_zlib(data: bytes, wbits: int, cap: int,
+                 deadline: float | None = None) -> tuple[bytes, bool]:
     """Inflate ``data``; for gzip every member, as gzip readers do (data may hide in the second)."""
     out = bytearray()
     pending = data
@@ -168,11 +213,15 @@ def _stream_zlib(data: bytes, wbits: int, cap: int) -> tuple[bytes, bool]:
     while True:
         decoder = zlib.decompressobj(wbits)
         try:
-            while pending and len(out) <= cap:
-                out += decoder.decompress(pending, cap - len(out) + 1)
+            while len(out) <= cap and not _late(deadline):
+                piece = decoder.decompress(pending, min(_STEP, cap - len(out) + 1))
+                out += piece
+                progressed = bool(piece) or len(decoder.unconsumed_tail) != len(pending)
                 pending = decoder.unconsumed_tail
                 if decoder.eof:
                     pending = decoder.unused_data
+                    break
+                if not progressed:  # the input ended before the stream did
                     break
         except zlib.error:
             if not members:
@@ -182,39 +231,56 @@ def _stream_zlib(data: bytes, wbits: int, cap: int) -> tuple[bytes, bool]:
         gzip_member_follows = wbits > zlib.MAX_WBITS and pending.startswith(b"\x1f\x8b")
         if not decoder.eof or not gzip_member_follows or len(out) > cap:
             break
-    return bytes(out[:cap]), len(out) > cap or bool(pending and not decoder.eof)
+    cut = len(out) > cap or bool(pending and not decoder.eof)
+    return _capped(out, cap, deadline), cut
 
 
-def _stream_brotli(data: bytes, cap: int) -> tuple[bytes, bool]:
+def _stream_brotli(data: bytes, cap: int, deadline: float | None = None) -> tuple[bytes, bool]:
     decoder = brotli.Decompressor()
     out = bytearray(decoder.process(data, output_buffer_limit=_CHUNK))
+    steps = 0
     while len(out) <= cap and not decoder.is_finished() and not decoder.can_accept_more_data():
+        steps += 1
+        if steps % (_STEP // _CHUNK) == 0 and _late(deadline):
+            break
         out += decoder.process(b"", output_buffer_limit=_CHUNK)
-    return bytes(out[:cap]), len(out) > cap
+    cut = len(out) > cap
+    return _capped(out, cap, deadline), cut
 
 
-def _stream_zstd(data: bytes, cap: int) -> tuple[bytes, bool]:
+def _stream_zstd(data: bytes, cap: int, deadline: float | None = None) -> tuple[bytes, bool]:
     reader = zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=True)
+    out = bytearray()
     with reader:
-        out = reader.read(cap + 1)
-    return out[:cap], len(out) > cap
+        while len(out) <= cap and not _late(deadline):
+            piece = reader.read(min(_STEP, cap + 1 - len(out)))
+            if not piece:
+                break
+            out += piece
+    cut = len(out) > cap
+    return _capped(out, cap, deadline), cut
 
 
-def decompress(data: bytes, encoding: str, cap: int) -> tuple[bytes, bool]:
-    """Undo one Content-Encoding.  Returns (bytes, hit_cap); raises ValueError."""
+def decompress(data: bytes, encoding: str, cap: int,
+               deadline: float | None = None) -> tuple[bytes, bool]:
+    """Undo one Content-Encoding.  Returns (bytes, hit_cap); raises ValueError.
+
+    Past ``deadline`` (``time.monotonic()``) it stops at the next megabyte
+    and returns no bytes: the caller looks at the clock.
+    """
     name = encoding.strip().lower()
     try:
         if name in ("gzip", "x-gzip"):
-            return _stream_zlib(data, 16 + zlib.MAX_WBITS, cap)
+            return _stream_zlib(data, 16 + zlib.MAX_WBITS, cap, deadline)
         if name == "deflate":
             try:
-                return _stream_zlib(data, zlib.MAX_WBITS, cap)
+                return _stream_zlib(data, zlib.MAX_WBITS, cap, deadline)
             except zlib.error:
-                return _stream_zlib(data, -zlib.MAX_WBITS, cap)
+                return _stream_zlib(data, -zlib.MAX_WBITS, cap, deadline)
         if name == "br":
-            return _stream_brotli(data, cap)
+            return _stream_brotli(data, cap, deadline)
         if name == "zstd":
-            return _stream_zstd(data, cap)
+            return _stream_zstd(data, cap, deadline)
     except (zlib.error, brotli.error, zstandard.ZstdError) as e:
         raise ValueError(f"{name} body does not decode: {e}") from e
     if name in ("identity", ""):
@@ -231,9 +297,11 @@ def undo_content_encoding(
     cap = collector.limits.max_decoded_bytes
     for encoding in reversed([e for e in content_encoding.split(",") if e.strip()]):
         try:
-            body, hit_cap = decompress(body, encoding, cap)
+            body, hit_cap = decompress(body, encoding, cap, collector.deadline)
         except ValueError as e:
             collector.note(f"decoder error: {e}")
+            return None
+        if collector.expired():  # what was inflated in time is not scanned either
             return None
         if hit_cap:
             collector.truncated = True
@@ -258,8 +326,24 @@ def is_texty(raw: bytes) -> str | None:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         return None
-    printable = sum(1 for ch in text if ch.isprintable() or ch in "\r\n\t")
-    return text if printable >= 0.9 * len(text) else None
+    return text if printable_count(text) >= 0.9 * len(text) else None
+
+
+_LINE_CONTROLS = str.maketrans("", "", "\r\n\t")
+_PRINTABLE_SLICE = 4096
+
+
+def printable_count(text: str) -> int:
+    """How many characters of ``text`` are printable or CR, LF or tab.
+
+    Slice by slice: a slice that is all printable (the usual case) is
+    counted by ``str.isprintable`` at C speed, not character by character.
+    """
+    count = 0
+    for start in range(0, len(text), _PRINTABLE_SLICE):
+        part = text[start : start + _PRINTABLE_SLICE].translate(_LINE_CONTROLS)
+        count += len(part) if part.isprintable() else sum(ch.isprintable() for ch in part)
+    return count + len(text) - len(text.translate(_LINE_CONTROLS))
 
 
 _SNIFF = 4096
@@ -516,11 +600,21 @@ def _walk_xml(collector: Collector, path: str, element: object, depth: int = 0) 
         _walk_xml(collector, here, child, depth + 1)
 
 
+# Parsers are fed this much at a time, with a look at the clock in between
+# (an element of a deeply nested document costs a few microseconds).
+_FEED = 8 * 1024
+
+
 def decode_xml(collector: Collector, path: str, body: bytes) -> bool:
     if _too_many_nodes(collector, "XML", body, ("<", "=")):
         return False
-    try:
-        root = SafeET.fromstring(body)
+    try:  # what defusedxml's fromstring does, fed piece by piece
+        parser = SafeET.DefusedXMLParser(target=TreeBuilder())
+        for start in range(0, len(body), _FEED):
+            if collector.full:  # out of time: the document is not read
+                return True
+            parser.feed(body[start : start + _FEED])
+        root = parser.close()
     except Exception as e:  # defusedxml raises several unrelated types
         collector.note(f"malformed XML: {type(e).__name__}: {e}")
         return False
@@ -551,7 +645,13 @@ def decode_multipart(collector: Collector, path: str, body: bytes, content_type:
     one_line = content_type.replace("\r", " ").replace("\n", " ")
     head = f"Content-Type: {one_line}\r\n\r\n".encode("latin-1", "replace")
     try:
-        message = BytesParser(policy=HTTP).parsebytes(head + body)
+        parser = BytesFeedParser(policy=HTTP)
+        parser.feed(head)
+        for start in range(0, len(body), 8 * _FEED):
+            if collector.full:  # out of time: the parts are not read
+                return True
+            parser.feed(body[start : start + 8 * _FEED])
+        message = parser.close()
         parts = list(message.iter_parts()) if message.is_multipart() else []  # type: ignore[attr-defined]
         header_chars = sum(len(value) for part in parts for _, value in part.raw_items())
     except Exception as e:  # the email package raises assorted errors on malformed input
@@ -564,6 +664,8 @@ def decode_multipart(collector: Collector, path: str, body: bytes, content_type:
         collector.note(f"multipart part headers of {header_chars} characters: scanned as text")
         return False
     for index, part in enumerate(parts):
+        if collector.full:
+            return True
         name, payload, part_type, problems = _mime_part(part, index)
         if problems:  # one broken header must not hide the part, nor the others
             collector.note(f"multipart part {index} does not parse ({', '.join(problems)})")
@@ -591,9 +693,20 @@ def _mime_part(part: Any, index: int) -> tuple[str, bytes, str, list[str]]:
     return name, payload, part_type, problems
 
 
-def _printable_runs(body: bytes, minimum: int = 6) -> Iterable[str]:
-    for match in re.finditer(rb"[\x20-\x7e]{%d,}" % minimum, body):
-        yield match.group().decode("ascii")
+_PRINTABLE_TAIL = re.compile(rb"[\x20-\x7e]*")
+
+
+def _printable_runs(body: bytes, collector: Collector, minimum: int = 6) -> Iterable[str]:
+    """Runs of printable ASCII, a megabyte at a time: between two, a look at the clock."""
+    run = re.compile(rb"[\x20-\x7e]{%d,}" % minimum)
+    start = 0
+    while start < len(body) and not collector.full:
+        end = min(len(body), start + _STEP)
+        tail = _PRINTABLE_TAIL.match(body, end)  # a run across the cut stays whole
+        end = tail.end() if tail else end
+        for match in run.finditer(body, start, end):
+            yield match.group().decode("ascii")
+        start = end
 
 
 def decode_binary(collector: Collector, path: str, body: bytes, declared: bool = False) -> None:
@@ -603,12 +716,14 @@ def decode_binary(collector: Collector, path: str, body: bytes, declared: bool =
     """
     notes: list[str] = []
     fields = protobuf.parse(body, collector.limits.max_structure_depth, notes,
-                            max_fields=collector.limits.max_leaves)
+                            max_fields=collector.limits.max_leaves, deadline=collector.deadline)
     for problem in notes:
         collector.note_once(problem)
         collector.truncated |= problem.endswith("the rest not read")
     if fields is not None:
         for field_path, value in fields:
+            if collector.full:
+                return
             text = value if isinstance(value, str) else str(value)
             parent = f"{path}.protobuf.{field_path.rpartition('.')[0]}".rstrip(".")
             expand_text(collector, f"{path}.protobuf.{field_path}", text, key=field_path,
@@ -616,7 +731,7 @@ def decode_binary(collector: Collector, path: str, body: bytes, declared: bool =
         return
     if declared:
         collector.note("protobuf body does not parse: scanned for strings")
-    for index, run in enumerate(_printable_runs(body)):
+    for index, run in enumerate(_printable_runs(body, collector)):
         if collector.full:
             return
         expand_text(collector, f"{path}.strings[{index}]", run)
@@ -711,7 +826,7 @@ def _decode_structured(collector: Collector, path: str, body: bytes, kind: str,
 
 def decode_payload(collector: Collector, path: str, body: bytes, content_type: str) -> None:
     """Leaves of a (decompressed) body according to its type; text when all else fails."""
-    if not body:
+    if not body or collector.full:
         return
     kind = _kind_of(content_type or "", body)
     if _decode_structured(collector, path, body, kind, content_type or ""):
@@ -816,9 +931,19 @@ def _message_leaves(collector: Collector, exchange: Exchange) -> None:
         decode_payload(collector, f"{prefix}.messages[{index}]", content, declared)
 
 
-def exchange_leaves(exchange: Exchange, limits: Limits | None = None) -> Collector:
-    """Every value the client sent in ``exchange``, with the problems met."""
-    collector = Collector(limits or Limits())
+def exchange_leaves(
+    exchange: Exchange,
+    limits: Limits | None = None,
+    deadline: float | None = None,
+    on_leaf: Callable[[Leaf], None] | None = None,
+) -> Collector:
+    """Every value the client sent in ``exchange``, with the problems met.
+
+    Decoding stops at ``deadline`` (``time.monotonic()``; None: none), and
+    ``on_leaf`` sees each leaf as soon as it is kept.  Cheap places come
+    first: the URL, headers and cookies before the body.
+    """
+    collector = Collector(limits or Limits(), deadline=deadline, on_leaf=on_leaf)
     if exchange.request_body_truncated:
         collector.truncated = True
         collector.note("request body was not captured whole")

@@ -10,12 +10,14 @@ from __future__ import annotations
 import difflib
 import hashlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from leakmap.core import validators
+from leakmap.core.safe_regex import AnyFullmatch, PolicyRegex, UnsafeRegex, compile_policy_regex
 from leakmap.core.yamlsource import ConfigError, NodePath, Sourced, load
 from leakmap.geodb.entities import parse_entities
 from leakmap.geodb.lookup import NetworkOverride, parse_networks
@@ -32,19 +34,28 @@ DEFAULT_TRANSFORMS = ("plain", "url", "base64", "hex", "md5", "sha1", "sha256")
 
 @dataclass(frozen=True)
 class ValueRule:
-    """A regex (searched, or matched whole for key values) and a validator."""
+    """A regex (searched, or matched whole for key values) and a validator.
 
-    regex: re.Pattern[str] | None = None
+    Regexes run on RE2 when they can, else on Python's ``re`` once checked
+    for catastrophic backtracking (see ``core/safe_regex.py``).
+    """
+
+    regex: PolicyRegex | None = None
     validator: str | None = None
 
 
 @dataclass(frozen=True)
 class KeyRule:
-    names: tuple[re.Pattern[str], ...]
+    names: tuple[PolicyRegex, ...]
     value: ValueRule | None = None
+    _matches: Callable[[str], bool] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_matches", AnyFullmatch(self.names))
 
     def matches(self, key: str) -> bool:
-        return any(pattern.fullmatch(key) for pattern in self.names)
+        """Whether one of the names matches the whole ``key`` (case-insensitively)."""
+        return self._matches(key)
 
 
 @dataclass(frozen=True)
@@ -124,13 +135,18 @@ class _Checker:
             raise self.fail(where, "wrong type (expected a list of strings)")
         return tuple(value)
 
-    def regex(self, value: Any, where: NodePath, whole: bool = False) -> re.Pattern[str]:
+    def regex(self, value: Any, where: NodePath, whole: bool = False) -> PolicyRegex:
         if not isinstance(value, str) or not value:
             raise self.fail(where, "wrong type (expected a regular expression string)")
         try:
-            return re.compile(value, re.IGNORECASE if whole else 0)
+            return compile_policy_regex(value, ignorecase=whole)
         except re.error as e:
             raise self.fail(where, f"regex does not compile: {e.msg} (expected a Python regex)") from e
+        except UnsafeRegex as e:  # needs Python's engine (e.why_python) and could stall it
+            raise self.fail(where, f"regex can backtrack catastrophically: {e.problem}, and "
+                                   f"it needs Python's backtracking engine because {e.why_python} "
+                                   "(expected a pattern without nested or overlapping "
+                                   "repetition)") from e
 
     def value_rule(self, value: Any, where: NodePath) -> ValueRule:
         rule = self.mapping(value, where, _RULE_KEYS)
