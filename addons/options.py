@@ -44,8 +44,8 @@ SETTINGS = (
             "database under $LEAKMAP_HOME/keys."),
     Setting("max_body", int, 16 * 1024 * 1024, "Bytes of a body scanned; the rest is skipped and "
             "the flow marked truncated."),
-    Setting("analysis_budget_ms", int, 50, "Milliseconds of analysis per flow; a flow that runs "
-            "out is logged with what was found so far and a note saying so."),
+    Setting("analysis_budget_ms", int, 50, "Milliseconds of analysis per flow (0: no limit); a flow "
+            "that runs out is logged with what was found so far and a note saying so."),
     Setting("on_store_failure", str, "stop", "When the database cannot be written: 'stop' answers "
             "new requests with 502 until it is back, 'continue' lets traffic flow; both keep the "
             "records in a spill file and replay it when the store returns.", ("stop", "continue")),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +37,16 @@ def _click_option(setting: Setting) -> Callable[[Any], Any]:
                         show_default=bool(setting.default), help=setting.help)
 
 
-def settings_options(names: tuple[str, ...] | None = None) -> Callable[[Any], Any]:
-    """Add a CLI flag for each leakmap setting (all of them by default)."""
+def settings_options(names: tuple[str, ...] | None = None,
+                     defaults: dict[str, tuple[object, str]] | None = None) -> Callable[[Any], Any]:
+    """Add a CLI flag for each leakmap setting (all of them by default).
+
+    ``defaults`` gives a command its own default and help for a setting.
+    """
     chosen = [s for s in SETTINGS if names is None or s.name in names]
+    for name, (default, help_text) in (defaults or {}).items():
+        chosen = [replace(s, default=default, help=help_text) if s.name == name else s
+                  for s in chosen]
 
     def decorate(function: Any) -> Any:
         for setting in reversed(chosen):
@@ -185,7 +192,9 @@ def read_capture(path: Path) -> Iterator[Exchange]:
 @cli.command("analyze")
 @click.argument("captures", nargs=-1, required=True,
                 type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@settings_options(ANALYSIS_SETTINGS)
+@settings_options(ANALYSIS_SETTINGS, defaults={"analysis_budget_ms": (
+    0, "Milliseconds of analysis per flow; 0 (the default offline): no time limit, so that the "
+       "same capture always gives the same result. The byte caps still apply.")})
 @fail_cleanly
 def analyze(captures: tuple[Path, ...], **settings: Any) -> None:
     """Run the live pipeline over saved captures (mitmproxy flow files or HAR 1.2).

@@ -68,9 +68,9 @@ def build_pipeline(
         raise ConfigError(f"{hash_key_file or 'hash key'}: cannot read or create key ({e})") from e
     if max_body < 1:
         raise ConfigError(f"max_body: {max_body} is not a size (expected a number of bytes >= 1)")
-    if analysis_budget_ms < 1:
+    if analysis_budget_ms < 0:
         raise ConfigError(f"analysis_budget_ms: {analysis_budget_ms} is not a budget "
-                          "(expected milliseconds >= 1)")
+                          "(expected milliseconds, or 0 for no limit)")
     limits = Limits(max_body_bytes=max_body, budget_ms=analysis_budget_ms)
     pipeline = Pipeline(Classifier(loaded_policy, profile, limits), locator, key, store_raw)
     return Assembled(pipeline, loaded_policy, profile, resolver, entities, locator)
