@@ -100,6 +100,7 @@ class Classifier:
         self.limits = limits or Limits()
         types = list(policy.data_types.values())
         self.known = KnownMatcher(types, device)
+        self._phone_tails = _phone_tails(self.known.known_phones)
         self.pattern_types = [t for t in types if t.pattern is not None]
         self.key_types = [t for t in types if t.keys is not None and not self._is_location(t)]
         self.location_types = [t for t in types if self._is_location(t)]
@@ -143,6 +144,8 @@ class Classifier:
         """
         text = leaf.value[:4096]
         for span in _PHONE_SPAN.finditer(text):
+            if not _may_be_known(span.group(), self._phone_tails):
+                continue  # its last digits are no known number's: not worth parsing
             number = parse_phone(span.group(), self.device.region)
             if number is None:
                 continue
@@ -338,3 +341,28 @@ def _normal(value: str, region: str | None) -> str:
     if phone is not None:
         return phonenumbers.format_number(phone, phonenumbers.PhoneNumberFormat.E164)
     return "".join(ch for ch in value.lower() if ch.isalnum())
+
+
+_TAIL = 6  # digits compared before a span is parsed as a phone number
+
+
+def _phone_tails(known_phones: dict[str, object]) -> dict[int, frozenset[str]]:
+    """The last digits of each known number's national number, by how many there are.
+
+    A digit run can only be a known number if it ends with that number's
+    national (significant) number, so runs that end otherwise skip the parse.
+    """
+    tails: dict[int, set[str]] = {}
+    for e164 in known_phones:
+        try:
+            national = str(phonenumbers.parse(e164, None).national_number)
+        except phonenumbers.NumberParseException:
+            national = "".join(ch for ch in e164 if ch.isdigit())
+        size = min(_TAIL, len(national))
+        tails.setdefault(size, set()).add(national[-size:])
+    return {size: frozenset(values) for size, values in tails.items()}
+
+
+def _may_be_known(span: str, tails: dict[int, frozenset[str]]) -> bool:
+    digits = "".join(ch for ch in span if ch.isdigit())
+    return any(digits[-size:] in values for size, values in tails.items())
