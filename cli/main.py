@@ -6,7 +6,6 @@ become one ``Error: ...`` line here, at the edge, never a traceback.
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -19,6 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 import leakmap
 from leakmap.addons.options import SETTINGS, Setting
 from leakmap.cli import render
+from leakmap.core.digest import file_sha256
 from leakmap.core.exchange import Exchange
 from leakmap.core.yamlsource import ConfigError
 from leakmap.store.db import StoreError
@@ -160,14 +160,6 @@ def _check_settings(settings: dict[str, Any], build: Callable[..., Any],
 # analyze
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _is_har(path: Path) -> bool:
     """JSON (HAR) rather than a mitmproxy flow file, whose first byte is a digit."""
     with path.open("rb") as handle:
@@ -217,7 +209,7 @@ def analyze(captures: tuple[Path, ...], **settings: Any) -> None:
         engine, name, "analyze", leakmap.__version__,
         policy_name=assembled.policy.name, policy_sha256=assembled.policy.sha256,
         device_sha256=assembled.device.sha256, mode="offline",
-        captures=[{"path": str(p), "sha256": _sha256(p)} for p in captures],
+        captures=[{"path": str(p), "sha256": file_sha256(p)} for p in captures],
         geodb=geodb_summary(assembled),
     )
     stored, problems = _analyze_captures(assembled.pipeline, engine, run_id, captures)

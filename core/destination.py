@@ -170,9 +170,10 @@ class ResolvedNames:
     def learn(self, name: str | None, addresses: Sequence[str]) -> None:
         if not name or not addresses:
             return
+        key = name.lower().rstrip(".")
         with self._lock:
-            self._addresses[name.lower().rstrip(".")] = addresses[0]
-            self._addresses.move_to_end(name.lower().rstrip("."))
+            self._addresses[key] = addresses[0]
+            self._addresses.move_to_end(key)
             while len(self._addresses) > self._capacity:
                 self._addresses.popitem(last=False)
 
@@ -224,14 +225,8 @@ def _without_port(host: str) -> str:
     return host
 
 
-@dataclass
 class Locator:
     """Decides a flow's :class:`Destination`.  Thread-safe; never raises on flow data."""
-
-    resolver: Resolver
-    entities: Entities
-    watch: WatchRule
-    resolved: ResolvedNames
 
     def __init__(self, resolver: Resolver, entities: Entities, watch: WatchRule) -> None:
         self.resolver, self.entities, self.watch = resolver, entities, watch

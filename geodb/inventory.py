@@ -13,7 +13,6 @@ the search tree of a file and decodes no records.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import sys
 from array import array
@@ -25,6 +24,8 @@ from typing import Any
 
 import maxminddb
 from maxminddb.reader import Metadata
+
+from leakmap.core.digest import file_sha256
 
 DEFAULT_MAX_AGE_DAYS = 180
 SOURCES_FILE = "SOURCES.json"
@@ -163,14 +164,6 @@ def _utc(now: datetime) -> datetime:
     return now.replace(tzinfo=UTC) if now.tzinfo is None else now
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _recorded_files(embedded_dir: Path) -> dict[str, dict[str, Any]]:
     """The 'files' entries of embedded_dir/SOURCES.json ({} when unreadable)."""
     try:
@@ -190,7 +183,7 @@ def _recorded_networks(path: Path, recorded: dict[str, dict[str, Any]]) -> int |
     entry = recorded.get(path.name)
     if not isinstance(entry, dict) or not isinstance(entry.get("networks"), int):
         return None
-    return int(entry["networks"]) if entry.get("sha256") == _sha256(path) else None
+    return int(entry["networks"]) if entry.get("sha256") == file_sha256(path) else None
 
 
 def _info(

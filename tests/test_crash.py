@@ -112,16 +112,17 @@ def test_stop_mode_refuses_with_502_spills_and_resumes(start_proxy, tls_server, 
         for index in range(3):
             answers.append(_send(client, tls_server.port, f"before{index}").status_code)
             sent += 1
-        with database_away(pg_url):
-
-            def refused() -> bool:
+        def answered(status: int, label: str) -> Callable[[], bool]:
+            def check() -> bool:
                 nonlocal sent
-                response = _send(client, tls_server.port, f"during{sent}")
+                response = _send(client, tls_server.port, f"{label}{sent}")
                 sent += 1
                 answers.append(response.status_code)
-                return response.status_code == 502
+                return response.status_code == status
+            return check
 
-            _until(refused, what="a 502 while the database is away")
+        with database_away(pg_url):
+            _until(answered(502, "during"), what="a 502 while the database is away")
             refusal = _send(client, tls_server.port, "refused")
             sent += 1
             answers.append(refusal.status_code)
@@ -131,14 +132,7 @@ def test_stop_mode_refuses_with_502_spills_and_resumes(start_proxy, tls_server, 
             assert stat.S_IMODE(spill.stat().st_mode) == 0o600
             assert IMEI not in spill.read_text()  # what the store keeps, never the body
 
-        def forwarding() -> bool:
-            nonlocal sent
-            response = _send(client, tls_server.port, f"back{sent}")
-            sent += 1
-            answers.append(response.status_code)
-            return response.status_code == 200
-
-        _until(forwarding, what="forwarding to resume")
+        _until(answered(200, "back"), what="forwarding to resume")
     assert proxy.stop() == 0, proxy.output
     assert _spills(leakmap_home) == []  # replayed and removed
     flows = _flows(pg_url, "stop")
