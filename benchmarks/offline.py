@@ -174,7 +174,7 @@ def classify_and_match(requests: list[Request], device: Path, budget_s: float) -
         "match_mb_covered": sum(sizes) / mb,
         "first_100_bodies_with_findings": findings,
         "build_pipeline_s": build_s,
-        "automaton_words": len(matcher.automaton), "digest_entries": len(matcher.digests),
+        "automaton_words": len(matcher.words), "digest_entries": len(matcher.digests),
     }
 
 

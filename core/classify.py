@@ -24,14 +24,16 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from dataclasses import field as dataclass_field
+from functools import partial
 
 import phonenumbers
 
 from leakmap.core.decode import Collector, Leaf, Limits, exchange_leaves
 from leakmap.core.device import DeviceProfile
 from leakmap.core.exchange import Exchange
+from leakmap.core.joined import Joined
 from leakmap.core.known import KnownMatcher, whole_number
-from leakmap.core.safe_regex import FullmatchIndex
+from leakmap.core.safe_regex import FullmatchIndex, scans_joined
 from leakmap.core.validators import VALIDATORS, parse_phone
 from leakmap.policies.model import DataType, Policy
 
@@ -44,6 +46,13 @@ _MAX_COORDINATES = 40  # numbers paired within one value
 _PAIR_WINDOW = 8
 # a run of 7 to 20 digits, possibly with + or 00, brackets, spaces, dots or dashes
 _PHONE_SPAN = re.compile(r"(?<![\w+])(?:\+|\(\+?)?\d[\d ()./-]{5,22}\d(?![\w])")
+# Values are searched for known values in batches of about this many characters:
+# one matcher call per batch, and a flow that runs out of time still gets its
+# decoded values searched.
+_KNOWN_BATCH_CHARS = 64 * 1024
+# The other detectors take values in chunks of about this many characters: few calls
+# for a flow of small values, and a look at the clock between two chunks.
+_DETECT_CHUNK_CHARS = 4096
 
 
 @dataclass(frozen=True)
@@ -102,10 +111,14 @@ class Classifier:
         self.known = KnownMatcher(types, device)
         self._phone_tails = _phone_tails(self.known.known_phones)
         self.pattern_types = [t for t in types if t.pattern is not None]
+        self._joinable = {t.name for t in self.pattern_types
+                          if t.pattern is not None and t.pattern.regex is not None
+                          and scans_joined(t.pattern.regex)}
         self.key_types = [t for t in types if t.keys is not None and not self._is_location(t)]
         self.location_types = [t for t in types if self._is_location(t)]
         self._key_names = FullmatchIndex([t.keys.names if t.keys else () for t in self.key_types])
         self._key_cache: dict[str, list[DataType]] = {}
+        self._location_key_cache: dict[tuple[str, str], bool] = {}
 
     @staticmethod
     def _is_location(data_type: DataType) -> bool:
@@ -136,34 +149,70 @@ class Classifier:
         for hit in self.known.search(leaf.value):
             yield self._finding(hit.data_type, leaf, hit.encoding, "known", hit.canonical)
 
-    def _known_phone_numbers(self, leaf: Leaf) -> Iterator[Finding]:
-        """Known numbers in layouts the automaton has no word for: brackets, dots...
+    def _known_batch(self, leaves: list[Leaf], errors: list[str]) -> list[Finding]:
+        """Known values in ``leaves``, one matcher call for all of them."""
+        try:
+            joined = Joined([leaf.value for leaf in leaves])
+            return [self._finding(hit.data_type, leaves[index], hit.encoding, "known", hit.canonical)
+                    for index, _start, _end, hit in self.known.search_joined(joined)]
+        except Exception:  # find the value that breaks it; the others still count
+            return [f for leaf in leaves for f in self._detected(self._known_hits, leaf, errors)]
 
-        Only digit runs shaped like a phone number are parsed, one by one: cheaper
-        than the library's matcher over whole values such as a User-Agent.
+    def _known_phone_numbers(self, leaves: list[Leaf], joined: Joined,
+                             errors: list[str]) -> Iterator[Finding]:
+        """Known numbers in layouts the matcher has no word for: brackets, dots...
+
+        Only digit runs shaped like a phone number, and ending like a known one,
+        are parsed, one by one: cheaper than the library's matcher over whole
+        values such as a User-Agent.
         """
-        text = leaf.value[:4096]
-        for span in _PHONE_SPAN.finditer(text):
+        for span in _PHONE_SPAN.finditer(joined.text):
             if not _may_be_known(span.group(), self._phone_tails):
                 continue  # its last digits are no known number's: not worth parsing
-            number = parse_phone(span.group(), self.device.region)
-            if number is None:
+            located = joined.locate(span.start(), span.end())
+            if located is None:
                 continue
-            e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
-            for hit in self.known.known_phones.get(e164, []):
-                if hit.whole_value and span.group() != text.strip():
-                    continue
-                if whole_number(text, span.start(), span.end(), hit):
-                    yield self._finding(hit.data_type, leaf, "plain", "known", hit.canonical)
+            index, start, end = located
+            phone = partial(self._known_phone, span=span.group(), start=start, end=end)
+            yield from self._detected(phone, leaves[index], errors)
 
-    def _pattern_hits(self, leaf: Leaf) -> Iterator[Finding]:
+    def _known_phone(self, leaf: Leaf, span: str, start: int, end: int) -> Iterator[Finding]:
+        number = parse_phone(span, self.device.region)
+        if number is None:
+            return
+        text = leaf.value
+        e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+        for hit in self.known.known_phones.get(e164, []):
+            if hit.whole_value and span != text.strip():
+                continue
+            if whole_number(text, start, end, hit):
+                yield self._finding(hit.data_type, leaf, "plain", "known", hit.canonical)
+
+    def _pattern_batch(self, leaves: list[Leaf], joined: Joined,
+                       errors: list[str]) -> Iterator[Finding]:
+        """Shape patterns: each regex once over all values, then again only where it matched.
+
+        A pattern that cannot run over joined values (``scans_joined``) runs on each.
+        """
         for data_type in self.pattern_types:
             assert data_type.pattern is not None and data_type.pattern.regex is not None
-            check = VALIDATORS.get(data_type.pattern.validator or "nonempty")
-            for match in data_type.pattern.regex.finditer(leaf.value):
-                text = match.group()
-                if text.strip() and (check is None or check(text, self.device.region)):
-                    yield self._finding(data_type.name, leaf, "plain", "pattern", text)
+            regex = data_type.pattern.regex
+            if data_type.name in self._joinable:
+                where = sorted({index for match in regex.finditer(joined.text)
+                                for index in joined.indices(*match.span())})
+            else:
+                where = list(range(len(leaves)))
+            for index in where:
+                yield from self._detected(partial(self._pattern_in, data_type), leaves[index],
+                                          errors)
+
+    def _pattern_in(self, data_type: DataType, leaf: Leaf) -> Iterator[Finding]:
+        assert data_type.pattern is not None and data_type.pattern.regex is not None
+        check = VALIDATORS.get(data_type.pattern.validator or "nonempty")
+        for match in data_type.pattern.regex.finditer(leaf.value):
+            text = match.group()
+            if text.strip() and (check is None or check(text, self.device.region)):
+                yield self._finding(data_type.name, leaf, "plain", "pattern", text)
 
     def _key_hits(self, leaf: Leaf) -> Iterator[Finding]:
         if not leaf.key:
@@ -200,20 +249,18 @@ class Classifier:
 
     # -- location: pairs of coordinates, matched by distance --------------
 
-    def _location_hits(self, leaves: list[Leaf], late: Callable[[], bool]) -> Iterator[Finding]:
+    def _location_hits(self, chunks: list[tuple[list[Leaf], Joined]],
+                       late: Callable[[], bool]) -> Iterator[Finding]:
         """Coordinate pairs: two numbers in one value, or two sibling values."""
         if not self.location_types:
             return
         siblings: dict[tuple[str | None, tuple[str, ...]], list[tuple[Leaf, float]]] = {}
-        for leaf in leaves:
+        for leaves, joined in chunks:
             if late():
                 return
-            numbers = _coordinates(leaf.value)
-            if len(numbers) >= 2:
-                for pair in itertools.pairwise(numbers[:_MAX_COORDINATES]):
-                    yield from self._located(leaf, pair, (leaf.key,))
-            elif len(numbers) == 1 and leaf.parent is not None:
-                siblings.setdefault((leaf.parent, leaf.layers), []).append((leaf, numbers[0]))
+            with_numbers = sorted({joined.indices(*m.span())[0]
+                                   for m in _COORDINATE.finditer(joined.text)})
+            yield from self._coordinate_leaves([leaves[i] for i in with_numbers], siblings)
         for group in siblings.values():
             # any two siblings: other numbers (a timestamp, an accuracy) may sit between
             for index, (leaf_a, a) in enumerate(group):
@@ -221,6 +268,21 @@ class Classifier:
                     return
                 for leaf_b, b in group[index + 1 : index + 1 + _PAIR_WINDOW]:
                     yield from self._located(leaf_a, (a, b), (leaf_a.key, leaf_b.key))
+
+    def _coordinate_leaves(
+        self, leaves: list[Leaf],
+        siblings: dict[tuple[str | None, tuple[str, ...]], list[tuple[Leaf, float]]],
+    ) -> Iterator[Finding]:
+        """Pairs within each of ``leaves``; single numbers go to ``siblings`` to be paired."""
+        for leaf in leaves:
+            if self.device.location is None and not self._location_key(leaf.key):
+                continue  # without the device's location only named coordinates count
+            numbers = _coordinates(leaf.value)
+            if len(numbers) >= 2:
+                for pair in itertools.pairwise(numbers[:_MAX_COORDINATES]):
+                    yield from self._located(leaf, pair, (leaf.key,))
+            elif len(numbers) == 1 and leaf.parent is not None:
+                siblings.setdefault((leaf.parent, leaf.layers), []).append((leaf, numbers[0]))
 
     def _located(
         self, leaf: Leaf, pair: tuple[float, float], keys: tuple[str | None, ...]
@@ -234,12 +296,23 @@ class Classifier:
                 for c in (pair, (pair[1], pair[0]))
             ):
                 yield self._finding(data_type.name, leaf, "plain", "known", text)
-            elif (
-                _is_latlon(pair)
-                and data_type.keys is not None
-                and all(k and data_type.keys.matches(k) for k in keys)
-            ):
+            elif _is_latlon(pair) and all(self._location_key(k, data_type) for k in keys):
                 yield self._finding(data_type.name, leaf, "plain", "key", text)
+
+    def _location_key(self, key: str | None, data_type: DataType | None = None) -> bool:
+        """Whether ``key`` names a coordinate for ``data_type`` (None: any location type)."""
+        if not key:
+            return False
+        if data_type is None:
+            return any(self._location_key(key, t) for t in self.location_types)
+        slot = (data_type.name, key)
+        named = self._location_key_cache.get(slot)
+        if named is None:
+            if len(self._location_key_cache) > 20_000:
+                self._location_key_cache.clear()
+            named = data_type.keys is not None and data_type.keys.matches(key)
+            self._location_key_cache[slot] = named
+        return named
 
     # -- the whole flow ----------------------------------------------------
 
@@ -259,10 +332,25 @@ class Classifier:
                 if _stronger(candidate, best.get(slot)):
                     best[slot] = candidate
 
-        def known_now(leaf: Leaf) -> None:  # while decoding: each value as it comes
-            keep(self._detected(self._known_hits, leaf, problems))
+        pending: list[Leaf] = []
+        pending_chars = 0
+
+        def search_known() -> None:
+            nonlocal pending_chars
+            if pending:
+                keep(self._known_batch(pending, problems))
+                pending.clear()
+                pending_chars = 0
+
+        def known_now(leaf: Leaf) -> None:  # while decoding: values in batches, as they come
+            nonlocal pending_chars
+            pending.append(leaf)
+            pending_chars += len(leaf.value) + 1
+            if pending_chars >= _KNOWN_BATCH_CHARS:
+                search_known()
 
         collector = exchange_leaves(exchange, self.limits, deadline, known_now)
+        search_known()  # also after the deadline: the surest finding, and fast
         analysis = Analysis(errors=collector.errors)
         analysis.errors.extend(problems)
         try:
@@ -276,18 +364,33 @@ class Classifier:
 
     def _detect(self, collector: Collector, keep: Callable[[list[Finding]], None],
                 errors: list[str]) -> None:
-        """The detectors after decoding, one pass each, until the clock runs out."""
-        leaves = collector.leaves
-        passes = [self._key_hits, self._pattern_hits]
+        """The detectors after decoding, one pass each, chunk by chunk, until the clock runs out.
+
+        Each chunk is a few kB of values joined (core/joined.py): one regex call
+        covers many values, and the clock is read between two chunks.
+        """
+        def late() -> bool:
+            return collector.expired(exact=True)
+
+        if late():
+            return
+        chunks = [(part, Joined([leaf.value for leaf in part]))
+                  for part in _chunked(collector.leaves, _DETECT_CHUNK_CHARS)]
+        passes: list[Callable[[list[Leaf], Joined, list[str]], Iterator[Finding]]] = []
         if self.known.known_phones:
-            passes.insert(0, self._known_phone_numbers)
+            passes.append(self._known_phone_numbers)
+        passes += [self._keys_in, self._pattern_batch]
         for detector in passes:
-            for leaf in leaves:
-                if collector.expired():
+            for part, joined in chunks:
+                if late():
                     return
-                keep(self._detected(detector, leaf, errors))
-        for finding in self._location_hits(leaves, collector.expired):
-            keep([finding])
+                keep(list(detector(part, joined, errors)))
+        keep(list(self._location_hits(chunks, late)))
+
+    def _keys_in(self, leaves: list[Leaf], _joined: Joined, errors: list[str]) -> Iterator[Finding]:
+        for leaf in leaves:
+            if leaf.key:
+                yield from self._detected(self._key_hits, leaf, errors)
 
     @staticmethod
     def _detected(detector: Callable[[Leaf], Iterator[Finding]], leaf: Leaf,
@@ -298,6 +401,20 @@ class Classifier:
         except Exception as e:  # hostile values must not end the analysis
             errors.append(f"classifier error at {leaf.path}: {type(e).__name__}: {e}")
             return []
+
+
+def _chunked(leaves: list[Leaf], size: int) -> Iterator[list[Leaf]]:
+    """``leaves`` in runs of about ``size`` characters of values (at least one leaf each)."""
+    part: list[Leaf] = []
+    chars = 0
+    for leaf in leaves:
+        part.append(leaf)
+        chars += len(leaf.value) + 1
+        if chars >= size:
+            yield part
+            part, chars = [], 0
+    if part:
+        yield part
 
 
 def _layers(encoding: str) -> int:
@@ -363,6 +480,9 @@ def _phone_tails(known_phones: dict[str, object]) -> dict[int, frozenset[str]]:
     return {size: frozenset(values) for size, values in tails.items()}
 
 
+_NOT_DIGIT = re.compile(r"\D")
+
+
 def _may_be_known(span: str, tails: dict[int, frozenset[str]]) -> bool:
-    digits = "".join(ch for ch in span if ch.isdigit())
+    digits = span if span.isdigit() else _NOT_DIGIT.sub("", span)
     return any(digits[-size:] in values for size, values in tails.items())

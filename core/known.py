@@ -20,15 +20,17 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from urllib.parse import quote
 
-import ahocorasick
+import hyperscan
 import phonenumbers
 
 from leakmap.core.decode import base64_bytes
 from leakmap.core.device import DeviceProfile
+from leakmap.core.joined import Joined
 from leakmap.policies.model import DataType
 
 PHONE_FIELDS = ("phone_number", "contacts", "sms.from")
@@ -151,8 +153,11 @@ def digest_variants(forms: list[str], transforms: tuple[str, ...]) -> Iterator[t
 
 
 _DIGEST_SIZES = (16, 20, 32)
-# Maximal runs of base64 characters (hex is a subset): every token below lies in one.
-_RUN = re.compile(r"[A-Za-z0-9+/_=-]{22,}")
+_B64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/_=-"
+# Every byte of the base64 alphabet (hex is a subset) becomes "a", any other a space:
+# a token is then a run of "a" found with bytes.find, in C, at memory speed.
+_RUN_TABLE = bytes(ord("a") if byte in _B64_ALPHABET else ord(" ") for byte in range(256))
+_MIN_RUN = 22
 _HEX_RUN = re.compile(r"[0-9A-Fa-f]{32,}")
 _HEX_SIZES = (32, 40, 64)
 # Base64 of a 16/20/32-byte digest, or of a 32/40/64-character hex digest, has this many
@@ -160,23 +165,44 @@ _HEX_SIZES = (32, 40, 64)
 _B64_CORES = frozenset({22, 27, 43, 54, 86})
 
 
+def base64_runs(data: bytes) -> Iterator[tuple[int, int]]:
+    """(start, end) of each maximal run of at least 22 base64 characters in ``data``."""
+    marked = data.translate(_RUN_TABLE)
+    needle = b"a" * _MIN_RUN
+    start = marked.find(needle)
+    while start >= 0:
+        end = marked.find(b" ", start + _MIN_RUN)
+        end = len(marked) if end < 0 else end
+        yield start, end
+        start = marked.find(needle, end)
+
+
 def digest_tokens(text: str) -> Iterator[tuple[bytes, str]]:
-    """(raw digest, outer encoding) for each hash-shaped token in ``text``.
+    """(raw digest, outer encoding) for each hash-shaped token in ``text``."""
+    data = text.encode("utf-8", "surrogatepass")
+    for _start, _end, digest, outer in digest_spans(data):
+        yield digest, outer
+
+
+def digest_spans(data: bytes) -> Iterator[tuple[int, int, bytes, str]]:
+    """(start, end, raw digest, outer encoding) for each hash-shaped token in ``data``.
 
     The outer encoding is ``""`` for hex, ``"base64"`` for base64 of the raw
     digest or of its hex.  A hex token is a run of exactly 32, 40 or 64 hex
     digits; a base64 token is the last ``=``-separated part of a run of
     base64 characters, with at most two ``=`` of padding.
     """
-    for run_match in _RUN.finditer(text):
-        run = run_match.group()
+    for start, end in base64_runs(data):
+        run = data[start:end].decode("ascii")
         for hex_match in _HEX_RUN.finditer(run):
             if len(hex_match.group()) in _HEX_SIZES:
-                yield bytes.fromhex(hex_match.group()), ""
-        yield from _base64_digest(run)
+                yield (start + hex_match.start(), start + hex_match.end(),
+                       bytes.fromhex(hex_match.group()), "")
+        for digest in _base64_digest(run):
+            yield start, end, digest, "base64"
 
 
-def _base64_digest(run: str) -> Iterator[tuple[bytes, str]]:
+def _base64_digest(run: str) -> Iterator[bytes]:
     core = run.rstrip("=")
     if len(run) - len(core) > 2:
         return
@@ -187,9 +213,9 @@ def _base64_digest(run: str) -> Iterator[tuple[bytes, str]]:
     if raw is None:
         return
     if len(raw) in _DIGEST_SIZES:
-        yield raw, "base64"
+        yield raw
     elif len(raw) in _HEX_SIZES and _HEX_RUN.fullmatch(raw.decode("latin-1")):
-        yield bytes.fromhex(raw.decode("ascii")), "base64"
+        yield bytes.fromhex(raw.decode("ascii"))
 
 
 def _imei_forms(imei: str) -> list[str]:
@@ -215,10 +241,18 @@ def _forms(data_type_field: str, value: str, region: str | None) -> list[str]:
 
 
 class KnownMatcher:
-    """Every known value: an automaton for written forms, a table for digests."""
+    """Every known value: written forms in one hyperscan database, digests in a table.
+
+    Hyperscan (Intel's multi-literal matcher, in C) scans bytes for all the
+    written forms at once, several hundred MB/s; Python only sees the hits,
+    which are checked for word boundaries.  Scans release the GIL and each
+    thread has its own scratch space, so flows may be classified on threads.
+    """
 
     def __init__(self, data_types: Iterable[DataType], device: DeviceProfile) -> None:
-        self.automaton = ahocorasick.Automaton()
+        self._word_ids: dict[str, int] = {}
+        self.words: list[str] = []
+        self._word_hits: list[list[KnownHit]] = []
         self.digests: dict[bytes, list[KnownHit]] = {}
         self.known_phones: dict[str, list[KnownHit]] = {}
         for data_type in data_types:
@@ -227,9 +261,10 @@ class KnownMatcher:
             for field_name in data_type.known.fields:
                 for value in device.known(field_name):
                     self._add(data_type, field_name, value, device.region)
-        self.empty = len(self.automaton) == 0 and not self.digests
-        if len(self.automaton):
-            self.automaton.make_automaton()
+        self.empty = not self.words and not self.digests
+        self._lengths = [len(word.encode("utf-8", "surrogatepass")) for word in self.words]
+        self._database = _compile_words(self.words) if self.words else None
+        self._local = threading.local()
 
     def _add(self, data_type: DataType, field_name: str, value: str, region: str | None) -> None:
         assert data_type.known is not None
@@ -260,31 +295,79 @@ class KnownMatcher:
                 hits.append(hit)
 
     def _add_word(self, variant: str, hit: KnownHit) -> None:
-        existing = self.automaton.get(variant, None)
-        if existing is None:
-            self.automaton.add_word(variant, (len(variant), [hit]))
-        elif hit not in existing[1]:
-            existing[1].append(hit)
+        word_id = self._word_ids.get(variant)
+        if word_id is None:
+            self._word_ids[variant] = len(self.words)
+            self.words.append(variant)
+            self._word_hits.append([hit])
+        elif hit not in self._word_hits[word_id]:
+            self._word_hits[word_id].append(hit)
 
-    def _written_forms(self, text: str) -> Iterator[KnownHit]:
-        for end_index, (length, hits) in self.automaton.iter(text):
-            start, end = end_index + 1 - length, end_index + 1
-            if _on_boundary(text, start, end):
-                yield from (h for h in hits if _stands_alone(text, start, end, h))
+    def _word_matches(self, data: bytes) -> list[tuple[int, int]]:
+        """(word id, end offset) of every written form in ``data``, overlapping ones too."""
+        if self._database is None:
+            return []
+        scratch = getattr(self._local, "scratch", None)
+        if scratch is None:
+            scratch = self._local.scratch = hyperscan.Scratch(self._database)
+        found: list[tuple[int, int]] = []
+
+        def on_match(word_id: int, _start: int, end: int, _flags: int, _context: object) -> None:
+            found.append((word_id, end))
+
+        self._database.scan(data, match_event_handler=on_match, scratch=scratch)
+        return found
+
+    def search_joined(self, joined: Joined) -> Iterator[tuple[int, int, int, KnownHit]]:
+        """(value index, start, end, hit) for each known value in the values of ``joined``.
+
+        Written forms count on a word boundary; an e-mail address in any case.
+        """
+        if self.empty:
+            return
+        data = joined.data
+        for word_id, end in self._word_matches(data):
+            start = end - self._lengths[word_id]
+            located = joined.locate_bytes(start, end)
+            if located is None:
+                continue
+            index, first, last = located
+            text = joined.values[index]
+            if _on_boundary(text, first, last):
+                for hit in self._word_hits[word_id]:
+                    if _stands_alone(text, first, last, hit):
+                        yield index, first, last, hit
+        if self.digests:
+            yield from self._digest_hits(joined, data)
+
+    def _digest_hits(self, joined: Joined, data: bytes) -> Iterator[tuple[int, int, int, KnownHit]]:
+        for start, end, digest, outer in digest_spans(data):
+            hits = self.digests.get(digest)
+            located = joined.locate_bytes(start, end) if hits else None
+            if hits is None or located is None:
+                continue
+            for hit in hits:
+                encoding = f"{outer}({hit.encoding})" if outer else hit.encoding
+                yield (*located, KnownHit(hit.data_type, hit.canonical, encoding))
 
     def search(self, text: str) -> Iterator[KnownHit]:
         """Each known value found in ``text``: written forms on a word boundary, digests."""
-        if self.empty:
-            return
-        if len(self.automaton):
-            yield from self._written_forms(text)
-            if "@" in text and text.isascii() and text != text.lower():
-                yield from self._written_forms(text.lower())  # e-mail addresses ignore case
-        if self.digests:
-            for digest, outer in digest_tokens(text):
-                for hit in self.digests.get(digest, ()):
-                    encoding = f"{outer}({hit.encoding})" if outer else hit.encoding
-                    yield KnownHit(hit.data_type, hit.canonical, encoding)
+        for _index, _start, _end, hit in self.search_joined(Joined([text])):
+            yield hit
+
+
+def _compile_words(words: list[str]) -> hyperscan.Database:
+    """One hyperscan database of ``words``; forms of an e-mail address match in any case."""
+    database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+    encoded = [word.encode("utf-8", "surrogatepass") for word in words]
+    flags = [hyperscan.HS_FLAG_CASELESS if _is_address(word) else 0 for word in encoded]
+    database.compile(expressions=encoded, ids=list(range(len(encoded))), elements=len(encoded),
+                     flags=flags, literal=True)
+    return database
+
+
+def _is_address(word: bytes) -> bool:
+    return b"@" in word or b"%40" in word
 
 
 def _stands_alone(text: str, start: int, end: int, hit: KnownHit) -> bool:

@@ -686,3 +686,38 @@ class _Checker:
         if info.nullable:  # skipped: what was open before still is
             after = (*after, *(e for e in open_ if e not in after))
         return info, after
+
+
+_ANCHORS = frozenset({"AT_BEGINNING", "AT_BEGINNING_STRING", "AT_END", "AT_END_STRING"})
+
+
+def _nodes(items: Any) -> Iterator[tuple[str, Any]]:
+    """(op name, argument) of every node of a parsed pattern, nested ones too."""
+    for op, av in items:
+        yield str(op), av
+        for part in av if isinstance(av, (tuple, list)) else (av,):
+            if isinstance(part, _parser.SubPattern):
+                yield from _nodes(part)
+            elif isinstance(part, list) and part and isinstance(part[0], _parser.SubPattern):
+                for branch in part:
+                    yield from _nodes(branch)
+
+
+def scans_joined(regex: PolicyRegex) -> bool:
+    """Whether ``regex`` may run once over many values joined by NUL (see core/joined.py).
+
+    It must not use ``^``, ``$``, ``\\A`` or ``\\Z`` (their meaning changes when
+    values are joined), and its time must stay linear in the text: RE2, or on
+    Python's engine no repetition without an upper bound.
+    """
+    try:
+        flags = re.IGNORECASE if regex.ignorecase else 0
+        nodes = list(_nodes(_parser.parse(regex.pattern, flags)))
+    except (re.error, RecursionError, TypeError, ValueError):
+        return False
+    if any(op == "AT" and str(av) in _ANCHORS for op, av in nodes):
+        return False
+    return regex.engine == "re2" or not any(
+        op in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT") and av[1] == _c.MAXREPEAT
+        for op, av in nodes
+    )
