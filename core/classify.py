@@ -33,6 +33,7 @@ from leakmap.core.device import DeviceProfile
 from leakmap.core.exchange import Exchange
 from leakmap.core.joined import Joined
 from leakmap.core.known import KnownMatcher, whole_number
+from leakmap.core.pattern_gate import PatternGate
 from leakmap.core.safe_regex import FullmatchIndex, scans_joined
 from leakmap.core.validators import VALIDATORS, parse_phone
 from leakmap.policies.model import DataType, Policy
@@ -46,10 +47,6 @@ _MAX_COORDINATES = 40  # numbers paired within one value
 _PAIR_WINDOW = 8
 # a run of 7 to 20 digits, possibly with + or 00, brackets, spaces, dots or dashes
 _PHONE_SPAN = re.compile(r"(?<![\w+])(?:\+|\(\+?)?\d[\d ()./-]{5,22}\d(?![\w])")
-# Values are searched for known values in batches of about this many characters:
-# one matcher call per batch, and a flow that runs out of time still gets its
-# decoded values searched.
-_KNOWN_BATCH_CHARS = 64 * 1024
 # The other detectors take values in chunks of about this many characters: few calls
 # for a flow of small values, and a look at the clock between two chunks.
 _DETECT_CHUNK_CHARS = 4096
@@ -111,9 +108,11 @@ class Classifier:
         self.known = KnownMatcher(types, device)
         self._phone_tails = _phone_tails(self.known.known_phones)
         self.pattern_types = [t for t in types if t.pattern is not None]
-        self._joinable = {t.name for t in self.pattern_types
-                          if t.pattern is not None and t.pattern.regex is not None
-                          and scans_joined(t.pattern.regex)}
+        regexes = [t.pattern.regex for t in self.pattern_types
+                   if t.pattern is not None and t.pattern.regex is not None]
+        self._joinable = {t.name for t, regex in zip(self.pattern_types, regexes, strict=True)
+                          if scans_joined(regex)}
+        self._gate = PatternGate(regexes)
         self.key_types = [t for t in types if t.keys is not None and not self._is_location(t)]
         self.location_types = [t for t in types if self._is_location(t)]
         self._key_names = FullmatchIndex([t.keys.names if t.keys else () for t in self.key_types])
@@ -166,7 +165,11 @@ class Classifier:
         are parsed, one by one: cheaper than the library's matcher over whole
         values such as a User-Agent.
         """
+        if not self.known.may_hold_phone(joined.data):
+            return
         for span in _PHONE_SPAN.finditer(joined.text):
+            if span.group().lstrip("+").isdigit():
+                continue  # digits alone: every such form of a known number is a matcher word
             if not _may_be_known(span.group(), self._phone_tails):
                 continue  # its last digits are no known number's: not worth parsing
             located = joined.locate(span.start(), span.end())
@@ -194,10 +197,13 @@ class Classifier:
 
         A pattern that cannot run over joined values (``scans_joined``) runs on each.
         """
-        for data_type in self.pattern_types:
+        candidates = self._gate.candidates(joined)
+        for type_index, data_type in enumerate(self.pattern_types):
             assert data_type.pattern is not None and data_type.pattern.regex is not None
             regex = data_type.pattern.regex
-            if data_type.name in self._joinable:
+            if candidates is not None and type_index in self._gate.covered:
+                where = sorted(candidates.get(type_index, ()))  # where its loose form ended
+            elif data_type.name in self._joinable:
                 where = sorted({index for match in regex.finditer(joined.text)
                                 for index in joined.indices(*match.span())})
             else:
@@ -258,6 +264,10 @@ class Classifier:
         for leaves, joined in chunks:
             if late():
                 return
+            if self.device.location is None:  # only values under a location-like name count
+                named = [leaf for leaf in leaves if self._location_key(leaf.key)]
+                yield from self._coordinate_leaves(named, siblings)
+                continue
             with_numbers = sorted({joined.indices(*m.span())[0]
                                    for m in _COORDINATE.finditer(joined.text)})
             yield from self._coordinate_leaves([leaves[i] for i in with_numbers], siblings)
@@ -275,8 +285,6 @@ class Classifier:
     ) -> Iterator[Finding]:
         """Pairs within each of ``leaves``; single numbers go to ``siblings`` to be paired."""
         for leaf in leaves:
-            if self.device.location is None and not self._location_key(leaf.key):
-                continue  # without the device's location only named coordinates count
             numbers = _coordinates(leaf.value)
             if len(numbers) >= 2:
                 for pair in itertools.pairwise(numbers[:_MAX_COORDINATES]):
@@ -332,25 +340,11 @@ class Classifier:
                 if _stronger(candidate, best.get(slot)):
                     best[slot] = candidate
 
-        pending: list[Leaf] = []
-        pending_chars = 0
+        def search_known(leaves: list[Leaf]) -> None:  # while decoding, batch by batch
+            keep(self._known_batch(leaves, problems))
 
-        def search_known() -> None:
-            nonlocal pending_chars
-            if pending:
-                keep(self._known_batch(pending, problems))
-                pending.clear()
-                pending_chars = 0
-
-        def known_now(leaf: Leaf) -> None:  # while decoding: values in batches, as they come
-            nonlocal pending_chars
-            pending.append(leaf)
-            pending_chars += len(leaf.value) + 1
-            if pending_chars >= _KNOWN_BATCH_CHARS:
-                search_known()
-
-        collector = exchange_leaves(exchange, self.limits, deadline, known_now)
-        search_known()  # also after the deadline: the surest finding, and fast
+        collector = exchange_leaves(exchange, self.limits, deadline, search_known)
+        collector.hand_over()  # also after the deadline: the surest finding, and fast
         analysis = Analysis(errors=collector.errors)
         analysis.errors.extend(problems)
         try:
@@ -388,8 +382,10 @@ class Classifier:
         keep(list(self._location_hits(chunks, late)))
 
     def _keys_in(self, leaves: list[Leaf], _joined: Joined, errors: list[str]) -> Iterator[Finding]:
+        cache = self._key_cache
         for leaf in leaves:
-            if leaf.key:
+            key = leaf.key
+            if key and (cache[key] if key in cache else self._types_for_key(key)):
                 yield from self._detected(self._key_hits, leaf, errors)
 
     @staticmethod

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from email.feedparser import BytesFeedParser
 from email.policy import HTTP
 from email.utils import collapse_rfc2231_value
+from functools import lru_cache
 from typing import Any, NamedTuple
 from urllib.parse import unquote, unquote_plus, urlsplit
 from xml.etree.ElementTree import TreeBuilder
@@ -89,8 +90,10 @@ class Collector:
     """Accumulates leaves and analysis problems for one flow.
 
     ``deadline`` (a ``time.monotonic()`` value) ends decoding when it
-    passes; ``on_leaf`` sees each leaf as it is kept, so that the classifier
-    can look for known values while decoding goes on.
+    passes.  ``on_batch`` is handed the new leaves each time about
+    ``batch_chars`` characters of values have come in, so that the classifier
+    can look for known values while decoding goes on; whoever reads the
+    collector last hands over the rest (:meth:`hand_over`).
     """
 
     limits: Limits = field(default_factory=Limits)
@@ -98,9 +101,12 @@ class Collector:
     errors: list[str] = field(default_factory=list)
     truncated: bool = False
     deadline: float | None = None
-    on_leaf: Callable[[Leaf], None] | None = None
+    on_batch: Callable[[list[Leaf]], None] | None = None
+    batch_chars: int = 64 * 1024
     out_of_time: bool = False
     _asked: int = 0
+    _handed: int = 0  # leaves before this index went to on_batch
+    _unhanded_chars: int = 0
 
     def add(self, leaf: Leaf) -> bool:
         """Keep ``leaf`` (a long one as windows); False once the leaf budget is spent."""
@@ -116,9 +122,17 @@ class Collector:
         if self.full:
             return False
         self.leaves.append(leaf)
-        if self.on_leaf is not None:
-            self.on_leaf(leaf)
+        self._unhanded_chars += len(leaf.value) + 1
+        if self._unhanded_chars >= self.batch_chars:
+            self.hand_over()
         return True
+
+    def hand_over(self) -> None:
+        """Give ``on_batch`` the leaves it has not seen yet."""
+        if self.on_batch is not None and self._handed < len(self.leaves):
+            fresh = self.leaves[self._handed :]
+            self._handed, self._unhanded_chars = len(self.leaves), 0
+            self.on_batch(fresh)
 
     def note(self, problem: str) -> None:
         if len(self.errors) < self.limits.max_errors:
@@ -150,7 +164,7 @@ class Collector:
     @property
     def full(self) -> bool:
         """True once the leaf or time budget is spent: whoever asks skips a value, so it is noted."""
-        if self.expired():
+        if (self.deadline is not None or self.out_of_time) and self.expired():
             return True
         if len(self.leaves) < self.limits.max_leaves:
             return False
@@ -402,13 +416,13 @@ def decode_hex_text(value: str) -> str | None:
 
 # What a value needs before it can hold anything to follow: percent-encoding, a form
 # (``&``), a document (``{`` or ``[``); longer than min_blob_length, hex or base64.
-_FOLLOW_MARKS = re.compile(r"[%&{\[]")
 _NOT_BLOB = re.compile(r"[^A-Za-z0-9+/=_\r\n-]")
 
 
 def _plain(text: str, limits: Limits) -> bool:
     """Whether ``text`` is a value with nothing inside to follow (most are): kept as it is."""
-    if len(text) > limits.max_leaf_chars or _FOLLOW_MARKS.search(text):
+    if (len(text) > limits.max_leaf_chars or "%" in text or "&" in text or "{" in text
+            or "[" in text):
         return False
     return len(text) < limits.min_blob_length or _NOT_BLOB.search(text) is not None
 
@@ -474,24 +488,35 @@ def _unwrap_once(
     collector: Collector, path: str, text: str, layers: tuple[str, ...]
 ) -> Iterator[tuple[str, str, tuple[str, ...]]]:
     """The decoded text one encoding below ``text``, if any."""
+    min_blob = collector.limits.min_blob_length
+    found = _decode_short(text, min_blob) if len(text) <= 64 else _decode_once(text, min_blob)
+    if found is not None:
+        yield path, found[0], (*layers, found[1])
+
+
+def _decode_once(text: str, min_blob: int) -> tuple[str, str] | None:
+    """(decoded text, the encoding undone) one encoding below ``text``, or None."""
     if _PERCENT.search(text):
         decoded = unquote(text)
         if decoded != text:
-            yield path, decoded, (*layers, "url")
-            return
-    if len(text) < collector.limits.min_blob_length:
-        return
+            return decoded, "url"
+    if len(text) < min_blob:
+        return None
     if _HEX.fullmatch(text):
         decoded_hex = decode_hex_text(text)
         if decoded_hex is not None:
-            yield path, decoded_hex, (*layers, "hex")
-            return
+            return decoded_hex, "hex"
     # MIME-style base64 (Android's Base64.DEFAULT) breaks lines every 76 characters
     compact = text.replace("\r", "").replace("\n", "") if "\n" in text else text
     if _BASE64.fullmatch(compact):
         decoded_b64 = decode_base64_text(compact)
         if decoded_b64 is not None:
-            yield path, decoded_b64, (*layers, "base64")
+            return decoded_b64, "base64"
+    return None
+
+
+# Short values repeat from flow to flow (event names, ids, tokens): their decoding is kept.
+_decode_short = lru_cache(maxsize=16_384)(_decode_once)
 
 
 _FORM_PAIR = re.compile(r"(?<![^&])([^&=]*)=([^&]+)")
@@ -536,6 +561,12 @@ def _walk_structured(
 _INVALID = object()
 
 
+class JsonNumber(str):
+    """A JSON number, kept as its exact text: a value, never an encoding to undo."""
+
+    __slots__ = ()
+
+
 def parse_json(text: str | bytes, collector: Collector, quiet: bool = False) -> object:
     """Parsed JSON with numbers kept as their exact text, or ``_INVALID``.
 
@@ -544,7 +575,8 @@ def parse_json(text: str | bytes, collector: Collector, quiet: bool = False) -> 
     if _too_many_nodes(collector, "JSON", text, (",", "[", "{")):
         return _INVALID
     try:
-        return json.loads(text, parse_int=str, parse_float=str, parse_constant=str)
+        return json.loads(text, parse_int=JsonNumber, parse_float=JsonNumber,
+                          parse_constant=JsonNumber)
     except RecursionError:
         collector.note_once("JSON nested too deeply to parse")
     except (ValueError, TypeError) as e:
@@ -583,7 +615,8 @@ def walk_structure(
     """Leaves of a parsed JSON-like tree (dicts, lists, scalars).
 
     ``depth`` is the depth inside this tree, ``nesting`` how deep the tree
-    itself sits in decoded strings (see :func:`expand_text`).
+    itself sits in decoded strings (see :func:`expand_text`).  A plain string
+    child (most are) becomes a leaf right here, without a call per value.
     """
     if collector.full:
         return
@@ -591,14 +624,28 @@ def walk_structure(
         collector.note_once(f"structure deeper than {collector.limits.max_structure_depth} cut")
         return
     if isinstance(node, dict):
-        for name, child in node.items():
-            walk_structure(collector, f"{path}.{name}", child, layers, str(name), path, depth + 1,
-                           nesting)
+        children: Iterable[tuple[str, object, str | None]] = (
+            (f"{path}.{name}", child, str(name)) for name, child in node.items())
     elif isinstance(node, list):
-        for index, child in enumerate(node):
-            walk_structure(collector, f"{path}[{index}]", child, layers, key, path, depth + 1,
+        children = ((f"{path}[{index}]", child, key) for index, child in enumerate(node))
+    else:
+        _walk_scalar(collector, path, node, layers, key, parent, nesting)
+        return
+    limits = collector.limits
+    for child_path, child, child_key in children:
+        kind = type(child)
+        if kind is JsonNumber or (kind is str and _plain(child, limits)):  # type: ignore[arg-type]
+            if child and not collector._append(
+                    Leaf(child_path, str(child), layers, child_key, path)):
+                return
+        else:
+            walk_structure(collector, child_path, child, layers, child_key, path, depth + 1,
                            nesting)
-    elif isinstance(node, str):
+
+
+def _walk_scalar(collector: Collector, path: str, node: object, layers: tuple[str, ...],
+                 key: str | None, parent: str | None, nesting: int) -> None:
+    if isinstance(node, str):
         expand_text(collector, path, node, layers, key, parent, depth=max(len(layers), nesting))
     elif isinstance(node, bool):
         collector.add(Leaf(path, "true" if node else "false", layers, key, parent))
@@ -958,15 +1005,16 @@ def exchange_leaves(
     exchange: Exchange,
     limits: Limits | None = None,
     deadline: float | None = None,
-    on_leaf: Callable[[Leaf], None] | None = None,
+    on_batch: Callable[[list[Leaf]], None] | None = None,
 ) -> Collector:
     """Every value the client sent in ``exchange``, with the problems met.
 
     Decoding stops at ``deadline`` (``time.monotonic()``; None: none), and
-    ``on_leaf`` sees each leaf as soon as it is kept.  Cheap places come
+    ``on_batch`` sees the leaves in batches as they are kept (see
+    :class:`Collector`); the last batch is the caller's to hand over.  Cheap places come
     first: the URL, headers and cookies before the body.
     """
-    collector = Collector(limits or Limits(), deadline=deadline, on_leaf=on_leaf)
+    collector = Collector(limits or Limits(), deadline=deadline, on_batch=on_batch)
     if exchange.request_body_truncated:
         collector.truncated = True
         collector.note("request body was not captured whole")

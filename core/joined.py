@@ -14,10 +14,12 @@ returns None for it.
 
 from __future__ import annotations
 
+import re
 from bisect import bisect_right
 from collections.abc import Sequence
 
 SEPARATOR = "\x00"
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _starts(lengths: Sequence[int]) -> list[int]:
@@ -53,6 +55,17 @@ class Joined:
         first = bisect_right(self._starts, start) - 1
         last = bisect_right(self._starts, max(start, end - 1)) - 1
         return range(first, last + 1)
+
+    @property
+    def valid_utf8(self) -> bool:
+        """Whether :attr:`data` is valid UTF-8 (no lone surrogates in the values)."""
+        return self.ascii or _SURROGATE.search(self.text) is None
+
+    def index_at_byte(self, position: int) -> int:
+        """The value that byte ``position`` of :attr:`data` belongs to (a separator: the one before)."""
+        self.data  # noqa: B018 - builds the byte offsets
+        starts = self._starts if self._byte_starts is None else self._byte_starts
+        return bisect_right(starts, position) - 1
 
     @property
     def data(self) -> bytes:

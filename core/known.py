@@ -18,6 +18,7 @@ with or without the trunk 0, with spaces or dashes) in upper and lower case.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import re
 import threading
@@ -264,6 +265,8 @@ class KnownMatcher:
         self.empty = not self.words and not self.digests
         self._lengths = [len(word.encode("utf-8", "surrogatepass")) for word in self.words]
         self._database = _compile_words(self.words) if self.words else None
+        nationals = {_national_digits(e164) for e164 in self.known_phones}
+        self._phone_gate = _compile_words(sorted(nationals)) if nationals else None
         self._local = threading.local()
 
     def _add(self, data_type: DataType, field_name: str, value: str, region: str | None) -> None:
@@ -303,20 +306,46 @@ class KnownMatcher:
         elif hit not in self._word_hits[word_id]:
             self._word_hits[word_id].append(hit)
 
+    def _scratch(self, name: str, database: hyperscan.Database) -> hyperscan.Scratch:
+        """This thread's scratch space for ``database`` (a scan must not share one)."""
+        scratch = getattr(self._local, name, None)
+        if scratch is None:
+            scratch = hyperscan.Scratch(database)
+            setattr(self._local, name, scratch)
+        return scratch
+
     def _word_matches(self, data: bytes) -> list[tuple[int, int]]:
         """(word id, end offset) of every written form in ``data``, overlapping ones too."""
         if self._database is None:
             return []
-        scratch = getattr(self._local, "scratch", None)
-        if scratch is None:
-            scratch = self._local.scratch = hyperscan.Scratch(self._database)
         found: list[tuple[int, int]] = []
 
         def on_match(word_id: int, _start: int, end: int, _flags: int, _context: object) -> None:
             found.append((word_id, end))
 
-        self._database.scan(data, match_event_handler=on_match, scratch=scratch)
+        self._database.scan(data, match_event_handler=on_match,
+                            scratch=self._scratch("words", self._database))
         return found
+
+    def may_hold_phone(self, data: bytes) -> bool:
+        """False when no known phone number can be written in ``data``, whatever its layout.
+
+        With spaces, brackets, dots and dashes removed, a number in any layout
+        shows its national number's digits in a row; this looks for those.
+        """
+        if self._phone_gate is None:
+            return False
+        found: list[int] = []
+
+        def on_match(word_id: int, _start: int, _end: int, _flags: int, _context: object) -> bool:
+            found.append(word_id)
+            return True  # one is enough: stop the scan
+
+        with contextlib.suppress(hyperscan.ScanTerminated):  # what stopping the scan raises
+            self._phone_gate.scan(data.translate(None, _PHONE_SEPARATORS),
+                                  match_event_handler=on_match,
+                                  scratch=self._scratch("phones", self._phone_gate))
+        return bool(found)
 
     def search_joined(self, joined: Joined) -> Iterator[tuple[int, int, int, KnownHit]]:
         """(value index, start, end, hit) for each known value in the values of ``joined``.
@@ -354,6 +383,16 @@ class KnownMatcher:
         """Each known value found in ``text``: written forms on a word boundary, digests."""
         for _index, _start, _end, hit in self.search_joined(Joined([text])):
             yield hit
+
+
+_PHONE_SEPARATORS = b" ()./-"
+
+
+def _national_digits(e164: str) -> str:
+    try:
+        return str(phonenumbers.parse(e164, None).national_number)
+    except phonenumbers.NumberParseException:
+        return "".join(ch for ch in e164 if ch.isdigit())
 
 
 def _compile_words(words: list[str]) -> hyperscan.Database:

@@ -721,3 +721,42 @@ def scans_joined(regex: PolicyRegex) -> bool:
         op in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT") and av[1] == _c.MAXREPEAT
         for op, av in nodes
     )
+
+
+class _LooseWriter(_Re2Writer):
+    """RE2 syntax for a superset of the pattern's matches: lookarounds and ``\\b`` dropped,
+    a backreference replaced by its group's own pattern."""
+
+    def __init__(self) -> None:
+        self.groups: dict[int, str] = {}
+
+    def item(self, op: Any, av: Any, flags: int) -> str:
+        name = str(op)
+        if name in ("ASSERT", "ASSERT_NOT"):
+            return ""
+        if name == "GROUPREF":
+            if av not in self.groups:
+                raise _NoRe2("it refers to a group not written yet")
+            return f"(?:{self.groups[av]})"
+        if name == "SUBPATTERN" and av[0] is not None:
+            group, add, remove, inner = av
+            self.groups[group] = body = self.write(inner, (flags | add) & ~remove)
+            return f"(?:{body})"
+        if name == "AT" and str(av) in ("AT_BOUNDARY", "AT_NON_BOUNDARY"):
+            return ""
+        return super().item(op, av, flags)
+
+
+def loose_source(regex: PolicyRegex) -> str | None:
+    """A pattern (RE2/PCRE syntax) that matches wherever ``regex`` might, or None.
+
+    Lookarounds and ``\\b`` are dropped and a backreference becomes its
+    group's own pattern (see :class:`_LooseWriter`): where the loose pattern
+    finds nothing, ``regex`` cannot match either.
+    """
+    flags = re.IGNORECASE if regex.ignorecase else 0
+    try:
+        tree = _parser.parse(regex.pattern, flags)
+        return _LooseWriter().write(tree, tree.state.flags)
+    except (_NoRe2, re.error, RecursionError):
+        return None

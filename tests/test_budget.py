@@ -86,11 +86,24 @@ data_types:
 """
 
 
+# The pattern's loosened form (lookarounds dropped: core/pattern_gate.py) matches
+# before every digit, so the gate lets the slow exact pattern run on every value;
+# there the lookahead fails only after 31 x 31 ways of splitting the letters.
+GATED_SLOW_POLICY = """
+extends: default.yaml
+data_types:
+  slow_token:
+    category: custom
+    severity: low
+    pattern: {regex: '(?<![0-9])[a-z]{1,31}[a-z]{1,31}(?=[0-9]x)[0-9]'}
+"""
+
+
 def test_known_values_are_found_before_a_slow_pattern_spends_the_budget(tmp_path: Path) -> None:
     policy = tmp_path / "slow.yaml"
-    policy.write_text(SLOW_POLICY)
-    # the IMEI sits at the very end: the last window of 300 kB of letters
-    text = ("abcdefghij" * 30_000 + " " + IMEI).encode()
+    policy.write_text(GATED_SLOW_POLICY)
+    # the IMEI sits at the very end: after 310 kB that take seconds without a budget
+    text = (("abcdefghij" * 3 + "1") * 10_000 + " " + IMEI).encode()
     exchange = corpus.request("slow", text, "text/plain")
     analysis, took = timed(classifier(200, policy), exchange)
     assert took < HANG
@@ -112,6 +125,18 @@ def test_a_tight_budget_finds_less_than_a_loose_one() -> None:
     assert budget_notes(tight) == ["analysis budget of 1 ms exhausted; findings so far kept"]
     assert tight.truncated
     assert len(tight.findings) < len(loose.findings)
+
+
+def test_a_pattern_whose_loose_form_finds_nothing_is_not_run(tmp_path: Path) -> None:
+    # 300 kB of letters without a digit: the slow pattern would take seconds, but
+    # its loosened form needs a digit after letters, so the gate skips it
+    policy = tmp_path / "slow.yaml"
+    policy.write_text(SLOW_POLICY)
+    exchange = corpus.request("slow", ("abcdefghij" * 30_000 + " " + IMEI).encode(), "text/plain")
+    analysis, took = timed(classifier(0, policy), exchange)
+    assert took < HANG
+    assert analysis.errors == [] and not analysis.truncated
+    assert imei_fields(analysis) == {"request.body.text"}
 
 
 def test_no_budget_means_no_deadline(tmp_path: Path) -> None:
