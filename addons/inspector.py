@@ -1,9 +1,11 @@
 """Inspector: classifies each finished flow and leaves the result in its metadata.
 
-Analysis runs on a worker thread (``asyncio.to_thread``), so a large body
-never blocks the event loop, and the hook does not wait for it: the response
-goes on to the phone at once, and when the analysis is done the Inspector
-hands the flow to its listeners (Review, Recorder).  Only when flows are
+Analysis runs in a child process (``addons/analysis_worker.py``; the
+``workers`` setting, on by default where there are two cores) or on a worker
+thread (``asyncio.to_thread``), so a large body never blocks the event loop,
+and the hook does not wait for it: the response goes on to the phone at once,
+and when the analysis is done the Inspector hands the flow to its listeners
+(Review, Recorder).  Only when flows are
 saved (``mitmdump -w``) does the hook wait, so that the saved flow carries
 its result and marks.  The result goes to ``flow.metadata["leakmap"]`` as
 plain data; :func:`flow_record` gives it back as a
@@ -23,12 +25,14 @@ from mitmproxy import ctx, dns, exceptions, http, tcp, tls, udp
 from mitmproxy.flow import Flow
 
 from leakmap.addons import options
+from leakmap.addons.analysis_worker import AnalysisWorker, wanted
 from leakmap.addons.flows import (
     STILL_OPEN,
     OpenFlows,
     exchange_from_flow,
     exchange_from_tls_failure,
 )
+from leakmap.core.exchange import Exchange
 from leakmap.core.pipeline import FlowRecord, Pipeline, record_from_summary, record_summary
 from leakmap.core.yamlsource import ConfigError
 from leakmap.wiring import Assembled, build_pipeline, stale_warnings
@@ -54,35 +58,44 @@ class Inspector:
         self.session = uuid.uuid4().hex
         self.open_flows = OpenFlows()
         self.in_flight: set[asyncio.Future[FlowRecord]] = set()
+        self.worker: AnalysisWorker | None = None
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
-        options.declare(loader, PIPELINE_SETTINGS)
+        options.declare(loader, (*PIPELINE_SETTINGS, "workers"))
 
     def configure(self, updated: set[str]) -> None:
-        watched = {f"leakmap_{name}" for name in PIPELINE_SETTINGS} | {"leakmap_db"}
+        watched = {f"leakmap_{name}" for name in (*PIPELINE_SETTINGS, "workers")} | {"leakmap_db"}
         if self.pipeline is not None and not updated & watched:
             return
         opts = ctx.options
+        settings = {
+            "policy": opts.leakmap_policy,
+            "device": opts.leakmap_device,
+            "db": getattr(opts, "leakmap_db", ""),
+            "geoip_dir": opts.leakmap_geoip_dir,
+            "networks": opts.leakmap_networks,
+            "hash_key_file": opts.leakmap_hash_key_file,
+            "store_raw": opts.leakmap_store_raw,
+            "max_body": opts.leakmap_max_body,
+            "analysis_budget_ms": opts.leakmap_analysis_budget_ms,
+        }
         try:
-            assembled = build_pipeline(
-                policy=opts.leakmap_policy,
-                device=opts.leakmap_device,
-                db=getattr(opts, "leakmap_db", ""),
-                geoip_dir=opts.leakmap_geoip_dir,
-                networks=opts.leakmap_networks,
-                hash_key_file=opts.leakmap_hash_key_file,
-                store_raw=opts.leakmap_store_raw,
-                max_body=opts.leakmap_max_body,
-                analysis_budget_ms=opts.leakmap_analysis_budget_ms,
-            )
+            assembled = build_pipeline(**settings)
         except ConfigError as e:
             refuse(str(e), starting=self.pipeline is None)
             return
         if self.assembled is not None:
             self.assembled.resolver.close()  # analyses under way keep the scope-only answers
         self.assembled, self.pipeline = assembled, assembled.pipeline
+        self._start_worker(settings if wanted(opts.leakmap_workers) else None)
         for warning in stale_warnings(assembled.resolver, opts.leakmap_geodb_max_age):
             log.warning("leakmap: %s", warning)
+
+    def _start_worker(self, settings: dict[str, object] | None) -> None:
+        """A fresh analysis process for ``settings`` (None: analyse on threads)."""
+        if self.worker is not None:
+            self.worker.close()  # it finishes the flows it was given
+        self.worker = AnalysisWorker(settings) if settings is not None else None
 
     def _pending(self, flow: Flow) -> bool:
         previous = flow.metadata.get(METADATA_KEY)
@@ -107,12 +120,26 @@ class Inspector:
         exchange = exchange_from_flow(flow) if self._pending(flow) else None
         if exchange is None or self.pipeline is None:
             return
-        job = asyncio.ensure_future(asyncio.to_thread(self.pipeline.process, exchange))
+        job = asyncio.ensure_future(self._analyse(exchange, self.pipeline))
         self.in_flight.add(job)
         job.add_done_callback(lambda done: self._finish(flow, done))
         if ctx.options.save_stream_file:
             # shielded: a stop that cancels this hook must not lose the analysis
             await asyncio.shield(job)
+
+    async def _analyse(self, exchange: Exchange, pipeline: Pipeline) -> FlowRecord:
+        """The record of ``exchange``: from the analysis process, else from a thread."""
+        worker = self.worker
+        if worker is not None:
+            try:
+                return await worker.process(exchange)
+            except Exception as e:  # the process died, or this exchange would not go there
+                if self.worker is worker is not None:
+                    log.error("leakmap: analysis process failed (%s: %s); analysing on threads "
+                              "from now on", type(e).__name__, e)
+                    self.worker = None
+                    worker.close()
+        return await asyncio.to_thread(pipeline.process, exchange)
 
     def _finish(self, flow: Flow, job: asyncio.Future[FlowRecord]) -> None:
         self.in_flight.discard(job)
@@ -137,6 +164,9 @@ class Inspector:
         clean stop records them too."""
         if self.in_flight:
             await asyncio.gather(*self.in_flight, return_exceptions=True)
+        if self.worker is not None:
+            self.worker.close()
+            self.worker = None
         for flow in self.open_flows.drain():
             exchange = exchange_from_flow(flow) if self._pending(flow) else None
             if exchange is not None and self.pipeline is not None:

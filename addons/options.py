@@ -49,6 +49,9 @@ SETTINGS = (
     Setting("on_store_failure", str, "stop", "When the database cannot be written: 'stop' answers "
             "new requests with 502 until it is back, 'continue' lets traffic flow; both keep the "
             "records in a spill file and replay it when the store returns.", ("stop", "continue")),
+    Setting("workers", str, "auto", "Analysis in a separate process (1), on threads of the proxy "
+            "(0), or auto: a process when there are two or more cores (addons/analysis_worker.py).",
+            ("auto", "0", "1")),
     Setting("flush_ms", int, 500, "Milliseconds between database commits (a crash loses at most "
             "this much)."),
 )
@@ -60,4 +63,5 @@ def declare(loader, names: tuple[str, ...]) -> None:  # type: ignore[no-untyped-
     """Add the named settings as mitmproxy options."""
     for name in names:
         setting = BY_NAME[name]
-        loader.add_option(setting.option, setting.type, setting.default, setting.help)
+        loader.add_option(setting.option, setting.type, setting.default, setting.help,
+                          choices=setting.choices or None)

@@ -100,12 +100,14 @@ def _is_latlon(pair: tuple[float, float]) -> bool:
 class Classifier:
     """The policy and the device, ready to classify flows."""
 
-    def __init__(self, policy: Policy, device: DeviceProfile, limits: Limits | None = None):
+    def __init__(self, policy: Policy, device: DeviceProfile, limits: Limits | None = None,
+                 known: KnownMatcher | None = None):
+        """``known``: the matcher for this policy and device, if already built (a cache)."""
         self.policy = policy
         self.device = device
         self.limits = limits or Limits()
         types = list(policy.data_types.values())
-        self.known = KnownMatcher(types, device)
+        self.known = known if known is not None else KnownMatcher(types, device)
         self._phone_tails = _phone_tails(self.known.known_phones)
         self.pattern_types = [t for t in types if t.pattern is not None]
         regexes = [t.pattern.regex for t in self.pattern_types

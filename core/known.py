@@ -20,10 +20,12 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import json
 import re
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import quote
 
 import hyperscan
@@ -269,6 +271,22 @@ class KnownMatcher:
         self._phone_gate = _compile_words(sorted(nationals)) if nationals else None
         self._local = threading.local()
 
+    def __getstate__(self) -> dict[str, object]:
+        """Picklable: the hyperscan databases travel serialized (a start-up cache)."""
+        state = {name: value for name, value in self.__dict__.items() if name != "_local"}
+        for name in ("_database", "_phone_gate"):
+            if state[name] is not None:
+                state[name] = hyperscan.dumpb(state[name])
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        for name in ("_database", "_phone_gate"):
+            serialized = state[name]
+            if isinstance(serialized, bytes):
+                setattr(self, name, hyperscan.loadb(serialized, hyperscan.HS_MODE_BLOCK))
+        self._local = threading.local()
+
     def _add(self, data_type: DataType, field_name: str, value: str, region: str | None) -> None:
         assert data_type.known is not None
         canonical = canonical_phone(value, region) if field_name in PHONE_FIELDS else value
@@ -319,11 +337,7 @@ class KnownMatcher:
         if self._database is None:
             return []
         found: list[tuple[int, int]] = []
-
-        def on_match(word_id: int, _start: int, end: int, _flags: int, _context: object) -> None:
-            found.append((word_id, end))
-
-        self._database.scan(data, match_event_handler=on_match,
+        self._database.scan(data, match_event_handler=_collect, context=found,
                             scratch=self._scratch("words", self._database))
         return found
 
@@ -386,6 +400,25 @@ class KnownMatcher:
 
 
 _PHONE_SEPARATORS = b" ()./-"
+_HYPERSCAN_VERSION = getattr(hyperscan, "__version__", "")
+
+
+def _collect(word_id: int, _start: int, end: int, _flags: int, found: object) -> None:
+    found.append((word_id, end))  # type: ignore[attr-defined]  # the scan's context: a list
+
+
+def matcher_inputs(data_types: Iterable[DataType], device: DeviceProfile) -> bytes:
+    """Everything :class:`KnownMatcher` is built from, and this module's code, as bytes.
+
+    Equal inputs build equal matchers: their SHA-256 names a cached one.
+    """
+    wanted = [(t.name, list(t.known.fields), list(t.known.transforms))
+              for t in data_types if t.known is not None]
+    values = {name: device.known(name) for _, fields, _ in wanted for name in fields}
+    code = Path(__file__).read_bytes()
+    described = json.dumps([wanted, values, device.region, _HYPERSCAN_VERSION],
+                           sort_keys=True, default=list)
+    return code + b"\0" + described.encode()
 
 
 def _national_digits(e164: str) -> str:

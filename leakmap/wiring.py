@@ -7,6 +7,11 @@ configuration mistake comes out as :class:`ConfigError` with one line.
 
 from __future__ import annotations
 
+import hashlib
+import os
+import pickle
+import stat
+import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,12 +20,13 @@ from leakmap.core.classify import Classifier
 from leakmap.core.decode import Limits
 from leakmap.core.destination import Locator, WatchRule
 from leakmap.core.device import DeviceProfile, load_device
+from leakmap.core.known import KnownMatcher, matcher_inputs
 from leakmap.core.pipeline import Pipeline
 from leakmap.core.yamlsource import ConfigError
 from leakmap.geodb.entities import EntityIndex, build_index
 from leakmap.geodb.lookup import GeoResolver, load_networks
 from leakmap.policies.model import Policy, load_policy
-from leakmap.store.db import default_db_url, hash_key_for
+from leakmap.store.db import default_db_url, hash_key_for, leakmap_home
 
 
 @dataclass
@@ -72,8 +78,64 @@ def build_pipeline(
         raise ConfigError(f"analysis_budget_ms: {analysis_budget_ms} is not a budget "
                           "(expected milliseconds, or 0 for no limit)")
     limits = Limits(max_body_bytes=max_body, budget_ms=analysis_budget_ms)
-    pipeline = Pipeline(Classifier(loaded_policy, profile, limits), locator, key, store_raw)
+    known = cached_matcher(loaded_policy, profile)
+    pipeline = Pipeline(Classifier(loaded_policy, profile, limits, known), locator, key, store_raw)
     return Assembled(pipeline, loaded_policy, profile, resolver, entities, locator)
+
+
+def cached_matcher(policy: Policy, device: DeviceProfile,
+                   folder: Path | None = None) -> KnownMatcher:
+    """The known-value matcher, from ``$LEAKMAP_HOME/cache`` when it was built before.
+
+    A 1,000-value profile takes seconds to expand into its written forms and
+    digests and to compile; the cache file is named by the SHA-256 of
+    everything the matcher is built from (``matcher_inputs``: the known values,
+    the policy's transforms and the matcher's code).  It holds the known values
+    in clear, like the profile itself: the folder is 0700, the file 0600, and a
+    file that another user could have written is ignored.
+    """
+    types = list(policy.data_types.values())
+    digest = hashlib.sha256(matcher_inputs(types, device)).hexdigest()[:32]
+    path = (folder or leakmap_home() / "cache") / f"known-{digest}.pickle"
+    matcher = _load_matcher(path)
+    if matcher is None:
+        matcher = KnownMatcher(types, device)
+        _save_matcher(path, matcher)
+    return matcher
+
+
+def _load_matcher(path: Path) -> KnownMatcher | None:
+    try:
+        info = path.stat()
+        if info.st_uid != os.getuid() or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            return None
+        loaded = pickle.loads(path.read_bytes())  # our own file, checked above
+    except Exception:  # absent, unreadable or from another version: build it again
+        return None
+    return loaded if isinstance(loaded, KnownMatcher) else None
+
+
+def _save_matcher(path: Path, matcher: KnownMatcher) -> None:
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".known-")  # mode 0600
+        with os.fdopen(handle, "wb") as out:
+            pickle.dump(matcher, out, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(temporary, path)
+        for old in sorted(path.parent.glob("known-*.pickle"), key=_modified)[:-_CACHED_MATCHERS]:
+            old.unlink(missing_ok=True)
+    except OSError:  # a read-only home: no cache, the matcher still works
+        return
+
+
+_CACHED_MATCHERS = 4  # the most recent ones are kept: a lab switches between a few phones
+
+
+def _modified(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def geodb_summary(assembled: Assembled) -> dict[str, object]:

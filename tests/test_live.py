@@ -5,11 +5,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import ssl
 import subprocess
 from pathlib import Path
 
 import httpx
+import pytest
 from mitmproxy import io
 
 from conftest import leakmap_cli
@@ -53,12 +55,14 @@ def _finding_keys(report: dict) -> set[tuple[str, str, str, str]]:
     return {(f["field"], f["data_type"], f["encoding"], f["match"]) for f in report["findings"]}
 
 
+@pytest.mark.parametrize("workers", ["1", "0"])  # analysis in a child process, or on threads
 def test_leakmap_run_logs_every_flow_and_exactly_the_planted_findings(
-    start_proxy, tls_server, tmp_path: Path, device_file: Path, networks_file: Path
+    start_proxy, tls_server, tmp_path: Path, device_file: Path, networks_file: Path, workers: str
 ) -> None:
     db = f"sqlite:///{tmp_path / 'live.db'}"
     proxy = start_proxy("--device", str(device_file), "--db", db, "--run-name", "live-1",
-                        "--networks", str(networks_file), "--flush-ms", "200")
+                        "--networks", str(networks_file), "--flush-ms", "200",
+                        "--workers", workers)
     _send_phone_traffic(proxy, tls_server.port)
     assert proxy.stop() == 0, proxy.output
 
@@ -180,10 +184,17 @@ def test_mitmweb_shows_flows_with_findings_marked_and_commented(
     proxy.wait_for_output("token=")
     token = re.search(r"token=(\w+)", proxy.output)
     assert token is not None
-    flows = httpx.get(f"http://127.0.0.1:{web_port}/flows", params={"token": token.group(1)},
-                      timeout=10).json()
+    import time
+
+    deadline = time.monotonic() + 30  # analysis is asynchronous (a worker process starts first)
+    while True:
+        flows = httpx.get(f"http://127.0.0.1:{web_port}/flows",
+                          params={"token": token.group(1)}, timeout=10).json()
+        shown = {f["request"]["path"].split("?")[0]: f for f in flows}
+        if shown.get("/v2/register", {}).get("comment") or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert proxy.stop() == 0, proxy.output
-    shown = {f["request"]["path"].split("?")[0]: f for f in flows}
     assert shown["/v2/register"]["marked"]
     assert shown["/v2/register"]["comment"] == ("leakmap: imei, phone_number -> CN "
                                                 "[watched: server_country=CN]")
@@ -205,3 +216,53 @@ def test_a_killed_proxy_keeps_what_it_committed_before_the_last_second(
     report = _report(db, "killed")  # the database opens cleanly after the kill
     assert len(report["flows"]) == 3
     assert _finding_keys(report) == EXPECTED
+
+
+def _descendants(pid: int) -> list[int]:
+    """Processes below ``pid`` (from /proc)."""
+    parents: dict[int, list[int]] = {}
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat_file.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found += children
+        todo += children
+    return found
+
+
+def _analysis_processes(pid: int) -> list[int]:
+    found = []
+    for child in _descendants(pid):
+        try:
+            command = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"spawn_main" in command:  # the analysis worker, not the resource tracker
+            found.append(child)
+    return found
+
+
+def test_a_killed_analysis_process_costs_no_flow(
+    start_proxy, tls_server, tmp_path: Path, device_file: Path, networks_file: Path
+) -> None:
+    import signal
+
+    db = f"sqlite:///{tmp_path / 'worker.db'}"
+    proxy = start_proxy("--device", str(device_file), "--db", db, "--run-name", "worker",
+                        "--networks", str(networks_file), "--workers", "1")
+    _send_phone_traffic(proxy, tls_server.port)
+    workers = _analysis_processes(proxy.process.pid)
+    assert len(workers) == 1
+    os.kill(workers[0], signal.SIGKILL)
+    _send_phone_traffic(proxy, tls_server.port)
+    assert proxy.stop() == 0, proxy.output
+    assert "analysis process failed" in proxy.output
+    report = _report(db, "worker")
+    assert len(report["flows"]) == 6  # nothing lost: the flows go to threads from then on
+    register = [f for f in report["flows"] if "/v2/register" in f["url"]]
+    assert [f["finding_count"] for f in register] == [3, 3]
