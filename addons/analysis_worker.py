@@ -21,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
@@ -34,7 +36,19 @@ def _build(settings: dict[str, Any]) -> None:
     global _pipeline
     from leakmap.wiring import build_pipeline
 
+    _follow_parent(os.getppid())
     _pipeline = build_pipeline(**settings).pipeline
+
+
+def _follow_parent(parent: int) -> None:
+    """End this process when the proxy is gone (``kill -9`` leaves no one to close the queue)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="leakmap-parent-watch", daemon=True).start()
 
 
 def _process(exchange: Exchange) -> dict[str, Any]:

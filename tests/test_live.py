@@ -212,10 +212,16 @@ def test_a_killed_proxy_keeps_what_it_committed_before_the_last_second(
                         "--networks", str(networks_file))
     _send_phone_traffic(proxy, tls_server.port)
     time.sleep(1.5)  # longer than the default flush interval (0.5 s)
+    workers = _analysis_processes(proxy.process.pid)
     proxy.stop(signal.SIGKILL)
     report = _report(db, "killed")  # the database opens cleanly after the kill
     assert len(report["flows"]) == 3
     assert _finding_keys(report) == EXPECTED
+    assert workers, "no analysis process"  # it follows the proxy within a few seconds
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]
 
 
 def _descendants(pid: int) -> list[int]:
