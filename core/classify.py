@@ -8,11 +8,17 @@ One finding per (field, data type); when several detectors agree the
 strongest ``match`` wins: ``known`` > ``pattern`` > ``key``.
 
 A flow gets ``limits.budget_ms`` of wall-clock time, decoding included.
-Known values (the device's own IMEI...) are looked for in each value as soon
-as it is decoded; the other detectors then run one pass each over all the
-values, cheapest and surest first, and location pairs last.  The clock is
-read between two values: a flow that runs out keeps what was found and says
-so in its errors.
+Known values (the device's own IMEI...) are looked for while decoding goes
+on, in batches of 64 kB of values, and in the last batch even after the
+deadline.  The other detectors then run one pass each, cheapest and surest
+first, and location pairs last, over chunks of about 4 kB of values joined
+into one text (core/joined.py): one regex or hyperscan call covers many
+values, and the clock is read between two chunks.  A flow that runs out keeps
+what was found and says so in its errors.
+
+Gates keep the Python regexes away from most values: the policy patterns'
+loosened forms run in one hyperscan scan (core/pattern_gate.py), and phone
+numbers in odd layouts are parsed only where a known number's digits occur.
 """
 
 from __future__ import annotations

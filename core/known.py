@@ -5,14 +5,16 @@ its written forms (a phone number in E.164 with or without ``+``, national
 with or without the trunk 0, with spaces or dashes) in upper and lower case.
 
 - Reversible encodings of those forms (percent-encoding once or twice,
-  base64 standard or URL-safe, hex in either case) go into one Aho-Corasick
-  automaton, so a leaf is searched for every known value at once, also where
-  the value sits inside a longer string.  Deeper reversible chains
+  base64 standard or URL-safe, hex in either case) go into one hyperscan
+  literal database, so the values of a flow are searched for every known
+  value at once, in one native scan of their bytes, also where the value
+  sits inside a longer string.  Deeper reversible chains
   (``url(base64)``...) need no variants: the decoder unwraps them first.
 - Hashes (MD5, SHA-1, SHA-256 and chains two deep such as ``sha256(md5)``)
-  go into a table keyed by the raw digest.  A leaf's hash-shaped tokens (hex
-  in either case, base64 of the raw digest or of its hex) are looked up there,
-  so every way of writing a digest costs one table entry, not four words.
+  go into a table keyed by the raw digest.  Hash-shaped tokens (hex in either
+  case, base64 of the raw digest or of its hex) are found with
+  ``bytes.translate`` and ``bytes.find`` and looked up there, so every way of
+  writing a digest costs one table entry, not four words.
 """
 
 from __future__ import annotations
