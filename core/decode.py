@@ -624,23 +624,30 @@ def walk_structure(
         collector.note_once(f"structure deeper than {collector.limits.max_structure_depth} cut")
         return
     if isinstance(node, dict):
-        children: Iterable[tuple[str, object, str | None]] = (
-            (f"{path}.{name}", child, str(name)) for name, child in node.items())
+        for name, child in node.items():
+            if not _leaf_here(collector, f"{path}.{name}", child, layers, str(name), path,
+                              depth, nesting):
+                return
     elif isinstance(node, list):
-        children = ((f"{path}[{index}]", child, key) for index, child in enumerate(node))
+        for index, child in enumerate(node):
+            if not _leaf_here(collector, f"{path}[{index}]", child, layers, key, path,
+                              depth, nesting):
+                return
     else:
         _walk_scalar(collector, path, node, layers, key, parent, nesting)
-        return
-    limits = collector.limits
-    for child_path, child, child_key in children:
-        kind = type(child)
-        if kind is JsonNumber or (kind is str and _plain(child, limits)):  # type: ignore[arg-type]
-            if child and not collector._append(
-                    Leaf(child_path, str(child), layers, child_key, path)):
-                return
-        else:
-            walk_structure(collector, child_path, child, layers, child_key, path, depth + 1,
-                           nesting)
+
+
+def _leaf_here(collector: Collector, path: str, node: object, layers: tuple[str, ...],
+               key: str | None, parent: str, depth: int, nesting: int) -> bool:
+    """A child of a document: a plain value is a leaf at once, anything else is walked.
+
+    False once the collector takes no more.
+    """
+    kind = type(node)
+    if kind is JsonNumber or (kind is str and _plain(node, collector.limits)):  # type: ignore[arg-type]
+        return not node or collector._append(Leaf(path, str(node), layers, key, parent))
+    walk_structure(collector, path, node, layers, key, parent, depth + 1, nesting)
+    return not collector.full
 
 
 def _walk_scalar(collector: Collector, path: str, node: object, layers: tuple[str, ...],
