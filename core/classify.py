@@ -34,12 +34,12 @@ from functools import partial
 
 import phonenumbers
 
-from leakmap.core.decode import Collector, Leaf, Limits, exchange_leaves
+from leakmap.core.decode import Collector, Leaf, Limits, exchange_leaves, unwraps
 from leakmap.core.device import DeviceProfile
 from leakmap.core.exchange import Exchange
 from leakmap.core.joined import Joined
 from leakmap.core.known import KnownMatcher, whole_number
-from leakmap.core.pattern_gate import PatternGate
+from leakmap.core.pattern_gate import MIN_BLOB, KeyGate, PatternGate
 from leakmap.core.safe_regex import FullmatchIndex, scans_joined
 from leakmap.core.validators import VALIDATORS, parse_phone
 from leakmap.policies.model import DataType, Policy
@@ -56,6 +56,9 @@ _PHONE_SPAN = re.compile(r"(?<![\w+])(?:\+|\(\+?)?\d[\d ()./-]{5,22}\d(?![\w])")
 # The other detectors take values in chunks of about this many characters: few calls
 # for a flow of small values, and a look at the clock between two chunks.
 _DETECT_CHUNK_CHARS = 4096
+# A JSON body up to this size may be found to hold nothing and not be walked: it
+# cannot reach the leaf budget, and its raw scans stay within a few microseconds.
+_QUIET_MAX_BYTES = 16 * 1024
 
 
 @dataclass(frozen=True)
@@ -121,11 +124,13 @@ class Classifier:
         self._joinable = {t.name for t, regex in zip(self.pattern_types, regexes, strict=True)
                           if scans_joined(regex)}
         self._gate = PatternGate(regexes)
+        self._key_gate = KeyGate([name for t in types if t.keys is not None for name in t.keys.names])
         self.key_types = [t for t in types if t.keys is not None and not self._is_location(t)]
         self.location_types = [t for t in types if self._is_location(t)]
         self._key_names = FullmatchIndex([t.keys.names if t.keys else () for t in self.key_types])
         self._key_cache: dict[str, list[DataType]] = {}
         self._location_key_cache: dict[tuple[str, str], bool] = {}
+        self._validated: dict[tuple[str, str], bool] = {}
 
     @staticmethod
     def _is_location(data_type: DataType) -> bool:
@@ -176,8 +181,8 @@ class Classifier:
         if not self.known.may_hold_phone(joined.data):
             return
         for span in _PHONE_SPAN.finditer(joined.text):
-            if span.group().lstrip("+").isdigit():
-                continue  # digits alone: every such form of a known number is a matcher word
+            if span.group().lstrip("+").isdigit() or self.known.is_word(span.group()):
+                continue  # digits alone, or a layout the matcher knows: found there already
             if not _may_be_known(span.group(), self._phone_tails):
                 continue  # its last digits are no known number's: not worth parsing
             located = joined.locate(span.start(), span.end())
@@ -222,10 +227,10 @@ class Classifier:
 
     def _pattern_in(self, data_type: DataType, leaf: Leaf) -> Iterator[Finding]:
         assert data_type.pattern is not None and data_type.pattern.regex is not None
-        check = VALIDATORS.get(data_type.pattern.validator or "nonempty")
+        validator = data_type.pattern.validator or "nonempty"
         for match in data_type.pattern.regex.finditer(leaf.value):
             text = match.group()
-            if text.strip() and (check is None or check(text, self.device.region)):
+            if text.strip() and self._valid(validator, text):
                 yield self._finding(data_type.name, leaf, "plain", "pattern", text)
 
     def _key_hits(self, leaf: Leaf) -> Iterator[Finding]:
@@ -258,8 +263,19 @@ class Classifier:
             validator = data_type.pattern.validator
         if regex is not None and not regex.fullmatch(value):
             return False
-        check = VALIDATORS.get(validator) if validator else None
-        return check is None or check(value, self.device.region)
+        return validator is None or self._valid(validator, value)
+
+    def _valid(self, validator: str, value: str) -> bool:
+        """``VALIDATORS[validator]`` of ``value``, remembered: a phone number's parse takes
+        about 100 us, and the same numbers come back flow after flow."""
+        slot = (validator, value)
+        verdict = self._validated.get(slot)
+        if verdict is None:
+            if len(self._validated) > 20_000:
+                self._validated.clear()
+            check = VALIDATORS.get(validator)
+            verdict = self._validated[slot] = check is None or check(value, self.device.region)
+        return verdict
 
     # -- location: pairs of coordinates, matched by distance --------------
 
@@ -319,16 +335,55 @@ class Classifier:
         """Whether ``key`` names a coordinate for ``data_type`` (None: any location type)."""
         if not key:
             return False
-        if data_type is None:
-            return any(self._location_key(key, t) for t in self.location_types)
-        slot = (data_type.name, key)
+        slot = (data_type.name if data_type is not None else "", key)  # "": any type
         named = self._location_key_cache.get(slot)
         if named is None:
             if len(self._location_key_cache) > 20_000:
                 self._location_key_cache.clear()
-            named = data_type.keys is not None and data_type.keys.matches(key)
+            if data_type is None:
+                named = any(self._location_key(key, t) for t in self.location_types)
+            else:
+                named = data_type.keys is not None and data_type.keys.matches(key)
             self._location_key_cache[slot] = named
         return named
+
+    # -- a JSON document with nothing to find is not walked ----------------
+
+    def _quiet_json(self, body: bytes) -> bool:
+        """Whether no detector could find anything in the JSON document ``body``.
+
+        Walking a document costs a Python call per value; these checks are
+        native scans of the raw bytes, each a superset of what its detector
+        finds in the values: any written form or digest of a known value, a
+        known number's digits, a policy pattern's loosened form, a key some
+        data type is named by, or a string that might be base64 or hex.  A
+        document with escapes (``\\``), percent signs or ``&`` (values that
+        decode into something else), or nested deeper than the structure
+        limit could reach, is always walked, as is every document when the
+        device has a location (any two numbers may be it).
+        """
+        if (len(body) > _QUIET_MAX_BYTES or self.device.location is not None
+                or not self._key_gate.complete or self.limits.min_blob_length < MIN_BLOB
+                or len(self._gate.covered) < len(self.pattern_types)
+                or b"\\" in body or b"%" in body or b"&" in body
+                or body.count(b"{") + body.count(b"[") >= self.limits.max_structure_depth):
+            return False
+        try:
+            joined = Joined([body.decode("utf-8")])
+        except UnicodeDecodeError:
+            return False
+        data = joined.data
+        if self.known.anything_in(data) or self.known.may_hold_phone(data):
+            return False
+        if self._gate.candidates(joined) != {}:  # a pattern might match, or too many to tell
+            return False
+        named, blob_ends = self._key_gate.scan(data)
+        return not named and not any(self._blob_at(data, end) for end in blob_ends)
+
+    def _blob_at(self, data: bytes, end: int) -> bool:
+        """Whether the JSON string ending (with its quote) at ``end`` would be decoded."""
+        start = data.rfind(b'"', 0, end - 1) + 1
+        return unwraps(data[start : end - 1].decode("ascii"), self.limits.min_blob_length)
 
     # -- the whole flow ----------------------------------------------------
 
@@ -351,7 +406,8 @@ class Classifier:
         def search_known(leaves: list[Leaf]) -> None:  # while decoding, batch by batch
             keep(self._known_batch(leaves, problems))
 
-        collector = exchange_leaves(exchange, self.limits, deadline, search_known)
+        collector = exchange_leaves(exchange, self.limits, deadline, search_known,
+                                    self._quiet_json)
         collector.hand_over()  # also after the deadline: the surest finding, and fast
         analysis = Analysis(errors=collector.errors)
         analysis.errors.extend(problems)

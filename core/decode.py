@@ -103,6 +103,9 @@ class Collector:
     deadline: float | None = None
     on_batch: Callable[[list[Leaf]], None] | None = None
     batch_chars: int = 64 * 1024
+    # Asked before a parsed JSON document is walked: True means no detector could
+    # find anything in these bytes (the classifier's gates), so it is not walked.
+    quiet_json: Callable[[bytes], bool] | None = None
     out_of_time: bool = False
     _asked: int = 0
     _handed: int = 0  # leaves before this index went to on_batch
@@ -515,6 +518,12 @@ def _decode_once(text: str, min_blob: int) -> tuple[str, str] | None:
     return None
 
 
+def unwraps(text: str, min_blob: int) -> bool:
+    """Whether :func:`expand_text` would find an encoding to undo in ``text``."""
+    found = _decode_short(text, min_blob) if len(text) <= 64 else _decode_once(text, min_blob)
+    return found is not None
+
+
 # Short values repeat from flow to flow (event names, ids, tokens): their decoding is kept.
 _decode_short = lru_cache(maxsize=16_384)(_decode_once)
 
@@ -883,7 +892,8 @@ def _decode_structured(collector: Collector, path: str, body: bytes, kind: str,
         parsed = parse_json(body, collector)
         if parsed is _INVALID:
             return False
-        walk_structure(collector, f"{path}.json", parsed)
+        if collector.quiet_json is None or not collector.quiet_json(body):
+            walk_structure(collector, f"{path}.json", parsed)
     elif kind == "form":
         _decode_form(collector, path, body)
     elif kind == "multipart":
@@ -1013,6 +1023,7 @@ def exchange_leaves(
     limits: Limits | None = None,
     deadline: float | None = None,
     on_batch: Callable[[list[Leaf]], None] | None = None,
+    quiet_json: Callable[[bytes], bool] | None = None,
 ) -> Collector:
     """Every value the client sent in ``exchange``, with the problems met.
 
@@ -1021,7 +1032,8 @@ def exchange_leaves(
     :class:`Collector`); the last batch is the caller's to hand over.  Cheap places come
     first: the URL, headers and cookies before the body.
     """
-    collector = Collector(limits or Limits(), deadline=deadline, on_batch=on_batch)
+    collector = Collector(limits or Limits(), deadline=deadline, on_batch=on_batch,
+                          quiet_json=quiet_json)
     if exchange.request_body_truncated:
         collector.truncated = True
         collector.note("request body was not captured whole")

@@ -343,6 +343,19 @@ class KnownMatcher:
                             scratch=self._scratch("words", self._database))
         return found
 
+    def is_word(self, text: str) -> bool:
+        """Whether ``text`` is one of the written forms the matcher searches for."""
+        return text in self._word_ids
+
+    def anything_in(self, data: bytes) -> bool:
+        """Whether any written form or known digest occurs in ``data``, boundaries aside."""
+        if self.empty:
+            return False
+        if self._word_matches(data):
+            return True
+        return bool(self.digests) and any(
+            digest in self.digests for _start, _end, digest, _outer in digest_spans(data))
+
     def may_hold_phone(self, data: bytes) -> bool:
         """False when no known phone number can be written in ``data``, whatever its layout.
 
@@ -455,6 +468,7 @@ def _stands_alone(text: str, start: int, end: int, hit: KnownHit) -> bool:
 
 
 _QUOTES = " \t\r\n\"'"
+_NOT_DIGIT = re.compile(r"\D")
 _TIGHT = frozenset("0123456789+()")
 _COUNTRY_CODE_BEFORE = re.compile(r"\(?(?:\+|00)(\d{1,3})\)?[\s./-]{0,3}$")
 
@@ -474,7 +488,7 @@ def whole_number(text: str, start: int, end: int, hit: KnownHit) -> bool:
     while end < len(text) and text[end] in _TIGHT:
         end += 1
     run = text[start:end].lstrip("(")
-    digits = "".join(ch for ch in run if ch.isdigit())
+    digits = run if run.isdigit() else _NOT_DIGIT.sub("", run)
     own = hit.canonical.lstrip("+")
     if run.startswith("+"):
         return digits == own

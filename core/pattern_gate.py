@@ -1,4 +1,4 @@
-"""Where the policy's shape patterns might match, found in one native scan.
+"""Where the policy's patterns and key names might match, found in one native scan.
 
 Python's ``re`` tries a lookbehind at every position of a text, tens of
 nanoseconds each: five patterns over a 2 kB flow cost more than decoding
@@ -10,6 +10,10 @@ exact pattern then runs only on the values where its loose form ended.
 A pattern hyperscan cannot compile is left out (the classifier runs it on
 every value, as before), and a chunk with more matches than
 ``MAX_MATCHES`` (a flood of digits) answers None: run everything there.
+
+:class:`KeyGate` does the same for key names, on a whole JSON body: with
+the known-value, phone and pattern gates it tells the classifier that a
+document holds nothing any detector could find, so that it is not walked.
 """
 
 from __future__ import annotations
@@ -76,3 +80,47 @@ class PatternGate:
         for index, end in ends:
             found.setdefault(index, set()).add(joined.index_at_byte(max(0, end - 1)))
         return found
+
+
+# A JSON string that might be base64 or hex (core/decode.py: _decode_once), if the
+# decoder's min_blob_length is at least MIN_BLOB
+MIN_BLOB = 12
+_BLOB_STRING = b'"[A-Za-z0-9+/=_-]{%d,}"' % MIN_BLOB
+_BLOB = 1_000_000  # the blob pattern's id; key names are 0, 1, ...
+
+
+class KeyGate:
+    """Which JSON documents have a key some data type is named by, or a string to decode.
+
+    Each key name's loosened pattern, between quotes and before a colon, goes
+    into one hyperscan database with a pattern for strings that might be
+    base64 or hex.  A key name that cannot be loosened makes the gate open
+    everywhere (:attr:`complete` is False).
+    """
+
+    def __init__(self, names: Sequence[PolicyRegex]) -> None:
+        sources = [loose_source(name) for name in names]
+        encoded = [b'"(?:' + s.encode() + b')"[ \\t\\r\\n]*:' for s in sources if s is not None]
+        encoded = [source for source in encoded if _compiles(source)]
+        self.complete = len(encoded) == len(names)  # else a key could hide from the gate
+        self._database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+        self._database.compile(expressions=[*encoded, _BLOB_STRING],
+                               ids=[*range(len(encoded)), _BLOB],
+                               elements=len(encoded) + 1, flags=[_FLAGS] * (len(encoded) + 1))
+        self._local = threading.local()
+
+    def scan(self, data: bytes) -> tuple[bool, list[int]]:
+        """(a key name matched, end offsets of strings that might decode) in ``data``."""
+        found: list[tuple[int, int]] = []
+
+        def on_match(index: int, _start: int, end: int, _flags: int, _context: object) -> bool:
+            found.append((index, end))
+            return index != _BLOB or len(found) >= MAX_MATCHES  # a key: the answer is known
+
+        scratch = getattr(self._local, "scratch", None)
+        if scratch is None:
+            scratch = self._local.scratch = hyperscan.Scratch(self._database)
+        with contextlib.suppress(hyperscan.ScanTerminated):
+            self._database.scan(data, match_event_handler=on_match, scratch=scratch)
+        named = any(index != _BLOB for index, _ in found) or len(found) >= MAX_MATCHES
+        return named, [end for index, end in found if index == _BLOB]

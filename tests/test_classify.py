@@ -278,3 +278,51 @@ def test_percent_encoded_address_inside_a_longer_one_is_not_known(chinese_phone)
     for decoy in ("mr.alice%40example.com", "alice%40example.com.cn"):
         findings = chinese_phone.classify(request(headers=[("X-U", decoy)])).findings
         assert not [f for f in findings if f.match == "known"], findings
+
+
+# -- a JSON document found quiet is not walked (Classifier._quiet_json) -------
+
+_QUIET_KEYS = ["imei", "phone", "msisdn", "lat", "lon", "email", "e", "ts", "ref", "x", "carrier",
+               "device_id", "mac", "session", "contacts"]
+_QUIET_VALUES = [
+    IMEI, OWN, "9812345678", "+91 98123 45678", "Airtel", "airtel", "1407000000123",
+    "356938035643809", "490154203237518", "app_background", "theme_store", "12.971599",
+    "77.594566", "a@b.co", "00:1a:2b:3c:4d:5e", b64(IMEI), b64("hello there"), IMEI.encode().hex(),
+    digest("md5", IMEI), digest("sha256", OWN), "e9043fce-24eb-4742-d77c-f5ac96822079", "ok",
+    "", "x" * 40, "8991000000000000001",
+]
+
+
+def _documents():  # type: ignore[no-untyped-def]
+    from hypothesis import strategies as st
+
+    scalars = st.one_of(st.sampled_from(_QUIET_VALUES), st.integers(-10**16, 10**16),
+                        st.floats(-200, 200, allow_nan=False), st.booleans(), st.none(),
+                        st.text(max_size=20))
+    return st.recursive(scalars, lambda inner: st.one_of(
+        st.lists(inner, max_size=5),
+        st.dictionaries(st.one_of(st.sampled_from(_QUIET_KEYS), st.text(max_size=8)), inner,
+                        max_size=5)), max_leaves=25)
+
+
+def test_a_document_found_quiet_holds_nothing_a_walk_would_find(classifier: Classifier) -> None:
+    from hypothesis import HealthCheck, given, settings
+
+    walker = Classifier(classifier.policy, classifier.device, classifier.limits, classifier.known)
+    walker._quiet_json = lambda body: False  # type: ignore[method-assign]
+    quiet_seen = []
+
+    @settings(max_examples=400, deadline=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(_documents())
+    def check(document: object) -> None:
+        body = json.dumps(document).encode()
+        exchange = request(body=body, headers=[("content-type", "application/json")])
+        walked = found(walker, exchange)
+        if classifier._quiet_json(body):
+            quiet_seen.append(body)
+            assert walked == set(), body
+        assert found(classifier, exchange) == walked
+
+    check()
+    assert quiet_seen  # the property was exercised both ways
