@@ -746,17 +746,55 @@ class _LooseWriter(_Re2Writer):
             return ""
         return super().item(op, av, flags)
 
+    def edge(self, item: Any, flags: int, direction: int) -> str:
+        """A one-character lookaround at the pattern's edge, as a character or the text's end."""
+        op, (_way, inner) = item
+        (char_op, char_av), = list(inner)
+        if str(op) == "ASSERT":
+            return self.atom(str(char_op), char_av, flags)
+        other = self.atom(*_complement(char_op, char_av), flags)
+        return f"(?:^|{other})" if direction < 0 else f"(?:{other}|$)"
+
 
 def loose_source(regex: PolicyRegex) -> str | None:
     """A pattern (RE2/PCRE syntax) that matches wherever ``regex`` might, or None.
 
-    Lookarounds and ``\\b`` are dropped and a backreference becomes its
-    group's own pattern (see :class:`_LooseWriter`): where the loose pattern
-    finds nothing, ``regex`` cannot match either.
+    A one-character lookbehind at the start or lookahead at the end is kept
+    as a character (``(?<![0-9])`` becomes ``(?:^|[^0-9])``): the digits
+    inside a longer number then do not count.  Other lookarounds and ``\\b``
+    are dropped and a backreference becomes its group's own pattern (see
+    :class:`_LooseWriter`): where the loose pattern finds nothing, ``regex``
+    cannot match either.
     """
     flags = re.IGNORECASE if regex.ignorecase else 0
     try:
         tree = _parser.parse(regex.pattern, flags)
-        return _LooseWriter().write(tree, tree.state.flags)
+        flags = tree.state.flags
+        items = list(tree)
+        writer = _LooseWriter()
+        head = writer.edge(items.pop(0), flags, -1) if _edge(items[:1], -1) else ""
+        tail = writer.edge(items.pop(), flags, 1) if _edge(items[-1:], 1) else ""
+        return head + writer.write(items, flags) + tail
     except (_NoRe2, re.error, RecursionError):
         return None
+
+
+def _edge(items: list[Any], direction: int) -> bool:
+    """Whether ``items`` is one lookaround in ``direction`` over one character class."""
+    if len(items) != 1 or str(items[0][0]) not in ("ASSERT", "ASSERT_NOT"):
+        return False
+    way, inner = items[0][1]
+    inner = list(inner)
+    return way == direction and len(inner) == 1 and str(inner[0][0]) in (
+        "LITERAL", "NOT_LITERAL", "IN")
+
+
+def _complement(op: Any, av: Any) -> tuple[str, Any]:
+    name = str(op)
+    if name == "LITERAL":
+        return "NOT_LITERAL", av
+    if name == "NOT_LITERAL":
+        return "LITERAL", av
+    if av and str(av[0][0]) == "NEGATE":
+        return "IN", av[1:]
+    return "IN", [(_c.NEGATE, None), *av]

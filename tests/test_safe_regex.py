@@ -254,3 +254,41 @@ def test_unsafe_regex_carries_the_problem_and_the_reason() -> None:
         compile_policy_regex(r"(?<=a)(b|b)+")
     assert caught.value.problem.startswith("nested quantifier")
     assert caught.value.why_python == "it has a lookaround"
+
+
+# -- the pattern gate (core/pattern_gate.py): loosened forms never hide a match ----
+
+_GATED = [
+    r"(?<![0-9.])[0-9]{15}(?![0-9])",
+    r"(?<![\w+])\+[1-9][0-9 ()-]{6,18}[0-9]",
+    r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}\.[A-Za-z]{2,24}",
+    r"(?<![0-9A-Fa-f:-])[0-9A-Fa-f]{2}([:-])(?:[0-9A-Fa-f]{2}\1){4}[0-9A-Fa-f]{2}(?![0-9A-Fa-f:-])",
+    r"(?<=id=)[0-9]{4,}",
+    r"\bx[0-9]+(?=y)",
+    r"(?i)abc(?!d)",
+]
+
+
+def test_the_pattern_gate_lists_every_value_a_pattern_matches() -> None:
+    from leakmap.core.joined import Joined
+    from leakmap.core.pattern_gate import PatternGate
+
+    regexes = [compile_policy_regex(p) for p in _GATED]
+    gate = PatternGate(regexes)  # compiled once: hyperscan takes a moment
+    assert gate.covered == frozenset(range(len(regexes)))  # all of them loosen and compile
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.text(alphabet="0123456789.+-() @abcdxyzABC:_=é\x00", max_size=40),
+                    min_size=1, max_size=6))
+    def check(values: list[str]) -> None:
+        found_somewhere(gate.candidates(Joined(values)), regexes, values)
+
+    check()
+
+
+def found_somewhere(candidates: dict[int, set[int]] | None, regexes: list, values: list[str]) -> None:
+    for index, regex in enumerate(regexes):
+        for position, value in enumerate(values):
+            if regex.search(value) is not None:
+                assert candidates is None or position in candidates.get(index, set()), (
+                    _GATED[index], value)
