@@ -7,6 +7,7 @@ configuration mistake comes out as :class:`ConfigError` with one line.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 import pickle
@@ -80,6 +81,10 @@ def build_pipeline(
     limits = Limits(max_body_bytes=max_body, budget_ms=analysis_budget_ms)
     known = cached_matcher(loaded_policy, profile)
     pipeline = Pipeline(Classifier(loaded_policy, profile, limits, known), locator, key, store_raw)
+    # The matcher alone is some 300,000 objects for a 1,000-value profile; every full
+    # collection would walk them again (a pause of 100 ms and more, every few hundred
+    # flows). Frozen, they are left out: only what each flow makes is collected.
+    gc.freeze()
     return Assembled(pipeline, loaded_policy, profile, resolver, entities, locator)
 
 
