@@ -1,0 +1,196 @@
+"""``leakmap analyze --workers 1`` stores exactly what ``--workers 0`` stores.
+
+The worker process classifies while the main process reads and writes; the
+database (flows, findings, the run row), the summary line and the error of a
+capture cut short must not depend on where classification ran.  A worker
+that dies, fails or is interrupted ends the command cleanly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from mitmproxy import dns, io
+from mitmproxy.test import tflow
+
+from conftest import BIN, SAMPLES, leakmap_cli
+
+DEVICE = SAMPLES / "redmi-1s.yaml"
+IMEI = "865312345678901"
+RUN_COLUMNS = ("name", "command", "status", "tool_version", "policy_name", "policy_sha256",
+               "device_sha256", "mode", "captures", "geodb", "store_raw")
+
+
+def _dns_flow() -> tflow.DNSFlow:
+    query = tflow.tdnsflow(resp=True)
+    query.request.questions = [dns.Question("api.account.xiaomi.com", dns.types.A, dns.classes.IN)]
+    query.response.questions = query.request.questions
+    query.response.answers = [dns.ResourceRecord("api.account.xiaomi.com", dns.types.A,
+                                                 dns.classes.IN, 60, bytes([13, 228, 0, 1]))]
+    return query
+
+
+def _web_flow(index: int) -> tflow.HTTPFlow:
+    """A flow with no server address (the DNS answer locates it), some with PII."""
+    flow = tflow.tflow(resp=True)
+    flow.request.host = flow.request.headers["host"] = "api.account.xiaomi.com"
+    flow.server_conn.peername = flow.server_conn.address = None
+    flow.request.path = f"/r{index}?imei={IMEI}" if index % 3 == 0 else f"/r{index}"
+    flow.request.method = "POST"
+    body = {"n": index, "tel": "+91 98123 45678" if index % 5 == 0 else "none",
+            "pad": "x" * (400 if index % 7 == 0 else 10)}  # some longer than --max-body
+    flow.request.content = json.dumps(body).encode()
+    return flow
+
+
+def _write_capture(path: Path, flows: int, cut: int = 0) -> Path:
+    """A flow file: one DNS answer, ``flows`` web flows, one flow id stored twice."""
+    web = [_web_flow(index) for index in range(flows)]
+    again = _web_flow(10_000)
+    again.id = web[10].id  # the same flow saved twice, across a 500-record batch
+    with path.open("wb") as handle:
+        writer = io.FlowWriter(handle)
+        writer.add(_dns_flow())
+        for index, flow in enumerate(web):
+            writer.add(flow)
+            if index == 520:
+                writer.add(again)
+    if cut:
+        path.write_bytes(path.read_bytes()[:-cut])  # the proxy died mid-write
+    return path
+
+
+def _analyze(tmp_path: Path, workers: str, *captures: Path) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    db_file = tmp_path / f"workers-{workers}.db"
+    result = leakmap_cli("analyze", *map(str, captures), "--device", str(DEVICE),
+                         "--db", f"sqlite:///{db_file}", "--run-name", "same",
+                         "--hash-key-file", str(tmp_path / "key"), "--store-raw",
+                         "--max-body", "300", "--workers", workers, check=False)
+    return db_file, result
+
+
+def _contents(db_file: Path) -> dict[str, list[dict[str, object]]]:
+    """Every stored row, in primary-key order; the run row without times and process."""
+    queries = {"runs": f"SELECT {', '.join(RUN_COLUMNS)} FROM runs",
+               "flows": "SELECT * FROM flows ORDER BY id",
+               "findings": "SELECT * FROM findings ORDER BY id"}
+    with sqlite3.connect(db_file) as connection:
+        connection.row_factory = sqlite3.Row
+        return {table: [dict(row) for row in connection.execute(query)]
+                for table, query in queries.items()}
+
+
+def _other_har(tmp_path: Path) -> Path:
+    """A second capture: its flow to the same host must not use the first capture's DNS."""
+    entry = {"startedDateTime": "2026-10-01T10:00:00.000Z",
+             "request": {"method": "GET", "url": f"https://api.account.xiaomi.com/x?imei={IMEI}",
+                         "headers": [{"name": "Host", "value": "api.account.xiaomi.com"}]},
+             "response": {"status": 200, "headers": [], "content": {"size": 0}}}
+    path = tmp_path / "other.har"
+    path.write_text(json.dumps({"log": {"version": "1.2", "entries": [entry]}}))
+    return path
+
+
+def test_a_worker_stores_exactly_what_this_process_stores(tmp_path: Path) -> None:
+    captures = (_write_capture(tmp_path / "a.flow", 600), _other_har(tmp_path),
+                SAMPLES / "redmi-2014.har")
+    (here, here_run), (worker, worker_run) = (_analyze(tmp_path, w, *captures) for w in ("0", "1"))
+    assert here_run.returncode == worker_run.returncode == 0, worker_run.stderr
+    assert here_run.stderr == worker_run.stderr
+    expected, got = _contents(here), _contents(worker)
+    assert len(expected["flows"]) == 1 + 600 + 1 + 6  # the flow saved twice is stored once
+    assert len(expected["findings"]) > 200
+    assert got == expected
+    geo_ips = {row["geo_ip"] for row in expected["flows"] if re.search(r"/r\d+", str(row["url"]))}
+    assert geo_ips == {"13.228.0.1"}  # located by the capture's DNS answer
+    other = next(row for row in expected["flows"] if "/x?imei" in str(row["url"]))
+    assert other["geo_ip"] is None  # ... which does not reach the next capture
+    assert any(row["truncated"] for row in expected["flows"])  # bodies over --max-body
+    assert all(row["raw_value"] for row in expected["findings"])  # --store-raw
+
+
+def test_a_capture_cut_short_gives_the_same_message_and_store(tmp_path: Path) -> None:
+    cut = _write_capture(tmp_path / "cut.flow", 150, cut=20)
+    captures = (cut, SAMPLES / "redmi-2014.har")
+    (here, here_run), (worker, worker_run) = (_analyze(tmp_path, w, *captures) for w in ("0", "1"))
+    assert here_run.returncode == worker_run.returncode == 1
+    assert "Traceback" not in worker_run.stderr
+    assert worker_run.stderr == here_run.stderr
+    assert worker_run.stderr.splitlines()[-1].endswith(
+        "(the 150 flows before the damage are stored)")  # the DNS flow and 149 web flows
+    expected = _contents(here)
+    assert _contents(worker) == expected
+    assert len(expected["flows"]) == 150 + 6 and expected["runs"][0]["status"] == "incomplete"
+
+
+# --------------------------------------------------------------------------
+# failures
+
+
+def _settings(tmp_path: Path, **changes: object) -> dict[str, object]:
+    return {"device": str(DEVICE), "db": f"sqlite:///{tmp_path / 'w.db'}", **changes}
+
+
+def test_a_worker_that_dies_is_one_clean_error(tmp_path: Path) -> None:
+    from leakmap.cli.main import read_capture
+    from leakmap.cli.parallel import WorkerFailed, worker_process
+
+    capture = _write_capture(tmp_path / "a.flow", 300)
+    with pytest.raises(WorkerFailed) as failed, worker_process(_settings(tmp_path)) as worker:
+        worker._process.kill()
+        list(worker.classify(read_capture(capture)))
+    assert "the classifier process stopped unexpectedly (killed by signal 9)" in str(failed.value)
+    assert not worker._process.is_alive()
+
+
+def test_a_worker_that_cannot_start_says_why(tmp_path: Path) -> None:
+    from leakmap.cli.main import read_capture
+    from leakmap.cli.parallel import WorkerFailed, worker_process
+
+    settings = _settings(tmp_path, device=str(tmp_path / "missing.yaml"))
+    with pytest.raises(WorkerFailed) as failed, worker_process(settings) as worker:
+        list(worker.classify(read_capture(SAMPLES / "redmi-2014.har")))
+    assert str(failed.value).startswith("the classifier process could not start: ")
+    assert "missing.yaml" in str(failed.value) and "\n" not in str(failed.value)
+
+
+def test_bad_settings_fail_in_one_line_with_a_worker(tmp_path: Path) -> None:
+    result = leakmap_cli("analyze", str(SAMPLES / "redmi-2014.har"), "--workers", "1",
+                         "--device", str(tmp_path / "missing.yaml"),
+                         "--db", f"sqlite:///{tmp_path / 'x.db'}", check=False)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 1 and len(lines) == 1 and "missing.yaml" in lines[0], result.stderr
+
+
+def _children(pid: int) -> list[int]:
+    tasks = Path(f"/proc/{pid}/task")
+    return [int(child) for task in tasks.iterdir()
+            for child in (task / "children").read_text().split()]
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+def test_ctrl_c_leaves_no_worker_behind(tmp_path: Path) -> None:
+    capture = _write_capture(tmp_path / "a.flow", 600)
+    command = [str(BIN / "leakmap"), "analyze", str(capture), "--device", str(DEVICE),
+               "--db", f"sqlite:///{tmp_path / 'c.db'}", "--workers", "1"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while len(children := _children(process.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)  # the resource tracker, then the worker
+    assert len(children) >= 2, children
+    time.sleep(0.5)
+    os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole group
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode != 0 and "Traceback" not in stderr, stderr
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{child}").exists() for child in children) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [child for child in children if Path(f"/proc/{child}").exists()]
