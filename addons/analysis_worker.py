@@ -12,8 +12,9 @@ One process, so flows are analysed in the order they finished, as on a
 thread: the locator's state (DNS answers seen so far) follows the traffic.
 The child builds its own pipeline from the same settings (``build_pipeline``)
 in the background while the proxy already forwards; flows that finish
-meanwhile wait in its queue, the traffic does not.  If the child dies, the
-Inspector notes it and goes back to threads.
+meanwhile are analysed on threads, as without a child, so that none waits
+for the child's start (and a proxy killed in its first seconds has recorded
+them).  If the child dies, the Inspector notes it and goes back to threads.
 """
 
 from __future__ import annotations
@@ -57,6 +58,11 @@ def _process(exchange: Exchange) -> dict[str, Any]:
     return record_summary(_pipeline.process(exchange))
 
 
+def _ready() -> bool:
+    """In the child: answered once ``_build`` has run, i.e. when the pipeline is built."""
+    return _pipeline is not None
+
+
 def wanted(choice: str) -> bool:
     """Whether ``choice`` (the ``workers`` setting: auto, 0 or 1) means a worker process."""
     if choice == "auto":
@@ -71,6 +77,21 @@ class AnalysisWorker:
         self._pool = ProcessPoolExecutor(
             max_workers=1, mp_context=multiprocessing.get_context("spawn"),
             initializer=_build, initargs=(settings,))
+        self._started = self._pool.submit(_ready)  # done once the child has built its pipeline
+
+    @property
+    def ready(self) -> bool:
+        """Whether the child has built its pipeline (until then the Inspector uses threads)."""
+        return self._started.done() and self.failure is None
+
+    @property
+    def failure(self) -> BaseException | None:
+        """Why the child could not start or died while starting, once it is known."""
+        if not self._started.done():
+            return None
+        if self._started.cancelled():
+            return RuntimeError("start cancelled")
+        return self._started.exception()
 
     async def process(self, exchange: Exchange) -> FlowRecord:
         """The record of ``exchange``; raises ``BrokenProcessPool`` if the child died."""

@@ -59,6 +59,7 @@ class Inspector:
         self.open_flows = OpenFlows()
         self.in_flight: set[asyncio.Future[FlowRecord]] = set()
         self.worker: AnalysisWorker | None = None
+        self.worker_announced = False
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
         options.declare(loader, (*PIPELINE_SETTINGS, "workers"))
@@ -128,18 +129,26 @@ class Inspector:
             await asyncio.shield(job)
 
     async def _analyse(self, exchange: Exchange, pipeline: Pipeline) -> FlowRecord:
-        """The record of ``exchange``: from the analysis process, else from a thread."""
+        """The record of ``exchange``: from the analysis process once it is up, else a thread."""
         worker = self.worker
-        if worker is not None:
+        if worker is not None and worker.failure is not None:
+            self._drop_worker(worker, worker.failure)
+        elif worker is not None and worker.ready:
+            if not self.worker_announced:
+                self.worker_announced = True
+                log.info("leakmap: analysis process ready; flows are analysed there from now on")
             try:
                 return await worker.process(exchange)
             except Exception as e:  # the process died, or this exchange would not go there
-                if self.worker is worker is not None:
-                    log.error("leakmap: analysis process failed (%s: %s); analysing on threads "
-                              "from now on", type(e).__name__, e)
-                    self.worker = None
-                    worker.close()
+                self._drop_worker(worker, e)
         return await asyncio.to_thread(pipeline.process, exchange)
+
+    def _drop_worker(self, worker: AnalysisWorker, problem: BaseException) -> None:
+        worker.close()
+        if self.worker is worker:  # not already replaced (a new configuration) or dropped
+            log.error("leakmap: analysis process failed (%s: %s); analysing on threads from now on",
+                      type(problem).__name__, problem)
+            self.worker = None
 
     def _finish(self, flow: Flow, job: asyncio.Future[FlowRecord]) -> None:
         self.in_flight.discard(job)
