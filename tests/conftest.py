@@ -143,6 +143,10 @@ def start_proxy(tmp_path: Path) -> Iterator:
         port = free_port()
         confdir = tmp_path / f"mitm-{port}"
         common = ["--set", f"confdir={confdir}", "--set", "ssl_insecure=true"]
+        if not any("workers" in arg for arg in leakmap_args):
+            # Analysis on threads unless a test asks for the process: starting one per
+            # proxy costs seconds of CPU. test_live.py runs the process path end to end.
+            common += ["--set", "leakmap_workers=0"]
         if via == "leakmap":
             command = [str(BIN / "leakmap"), "run", "--listen-port", str(port),
                        *leakmap_args, *common]

@@ -209,7 +209,7 @@ def test_a_killed_proxy_keeps_what_it_committed_before_the_last_second(
 
     db = f"sqlite:///{tmp_path / 'killed.db'}"
     proxy = start_proxy("--device", str(device_file), "--db", db, "--run-name", "killed",
-                        "--networks", str(networks_file))
+                        "--networks", str(networks_file), "--workers", "1")
     _send_phone_traffic(proxy, tls_server.port)
     time.sleep(1.5)  # longer than the default flush interval (0.5 s)
     workers = _analysis_processes(proxy.process.pid)
