@@ -31,6 +31,19 @@ MAX_MATCHES = 4096
 _FLAGS = hyperscan.HS_FLAG_UTF8 | hyperscan.HS_FLAG_UCP | hyperscan.HS_FLAG_ALLOWEMPTY
 
 
+def _database(sources: dict[int, bytes]) -> hyperscan.Database | None:
+    """One database of ``sources`` (id -> pattern), or None if empty or refused."""
+    if not sources:
+        return None
+    database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+    try:
+        database.compile(expressions=list(sources.values()), ids=list(sources),
+                         elements=len(sources), flags=[_FLAGS] * len(sources))
+    except hyperscan.error:
+        return None
+    return database
+
+
 def _compiles(source: bytes) -> bool:
     database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
     try:
@@ -46,13 +59,12 @@ class PatternGate:
     def __init__(self, regexes: Sequence[PolicyRegex]) -> None:
         sources = {index: loose_source(regex) for index, regex in enumerate(regexes)}
         encoded = {index: source.encode() for index, source in sources.items()
-                   if source is not None and _compiles(source.encode())}
-        self.covered = frozenset(encoded)
-        self._database: hyperscan.Database | None = None
-        if encoded:
-            self._database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
-            self._database.compile(expressions=list(encoded.values()), ids=list(encoded),
-                                   elements=len(encoded), flags=[_FLAGS] * len(encoded))
+                   if source is not None}
+        self._database = _database(encoded)
+        if self._database is None and encoded:  # find the ones hyperscan refuses, leave them out
+            encoded = {index: source for index, source in encoded.items() if _compiles(source)}
+            self._database = _database(encoded)
+        self.covered = frozenset(encoded) if self._database is not None else frozenset()
         self._local = threading.local()
 
     def candidates(self, joined: Joined) -> dict[int, set[int]] | None:
@@ -100,13 +112,15 @@ class KeyGate:
 
     def __init__(self, names: Sequence[PolicyRegex]) -> None:
         sources = [loose_source(name) for name in names]
-        encoded = [b'"(?:' + s.encode() + b')"[ \\t\\r\\n]*:' for s in sources if s is not None]
-        encoded = [source for source in encoded if _compiles(source)]
-        self.complete = len(encoded) == len(names)  # else a key could hide from the gate
-        self._database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
-        self._database.compile(expressions=[*encoded, _BLOB_STRING],
-                               ids=[*range(len(encoded)), _BLOB],
-                               elements=len(encoded) + 1, flags=[_FLAGS] * (len(encoded) + 1))
+        keys = {index: b'"(?:' + source.encode() + rb')"[ \t\r\n]*:'
+                for index, source in enumerate(sources) if source is not None}
+        database = _database({**keys, _BLOB: _BLOB_STRING})
+        if database is None:  # find the ones hyperscan refuses, leave them out
+            keys = {index: source for index, source in keys.items() if _compiles(source)}
+            database = _database({**keys, _BLOB: _BLOB_STRING})
+        assert database is not None  # the blob pattern alone always compiles
+        self._database = database
+        self.complete = len(keys) == len(names)  # else a key could hide from the gate
         self._local = threading.local()
 
     def scan(self, data: bytes) -> tuple[bool, list[int]]:

@@ -723,9 +723,13 @@ def scans_joined(regex: PolicyRegex) -> bool:
     )
 
 
+_LOOSE_BOUND = 16
+
+
 class _LooseWriter(_Re2Writer):
     """RE2 syntax for a superset of the pattern's matches: lookarounds and ``\\b`` dropped,
-    a backreference replaced by its group's own pattern."""
+    a backreference replaced by its group's own pattern, and a repeat bounded above
+    ``_LOOSE_BOUND`` left unbounded (``{1,64}`` is slow to compile, ``+`` is not)."""
 
     def __init__(self) -> None:
         self.groups: dict[int, str] = {}
@@ -744,6 +748,8 @@ class _LooseWriter(_Re2Writer):
             return f"(?:{body})"
         if name == "AT" and str(av) in ("AT_BOUNDARY", "AT_NON_BOUNDARY"):
             return ""
+        if name in ("MAX_REPEAT", "MIN_REPEAT") and av[1] != _c.MAXREPEAT and av[1] > _LOOSE_BOUND:
+            return super().item(op, (av[0], _c.MAXREPEAT, av[2]), flags)
         return super().item(op, av, flags)
 
     def edge(self, item: Any, flags: int, direction: int) -> str:
