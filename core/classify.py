@@ -118,12 +118,12 @@ class Classifier:
         types = list(policy.data_types.values())
         self.known = known if known is not None else KnownMatcher(types, device)
         self._phone_tails = _phone_tails(self.known.known_phones)
-        self.pattern_types = [t for t in types if t.pattern is not None]
-        regexes = [t.pattern.regex for t in self.pattern_types
-                   if t.pattern is not None and t.pattern.regex is not None]
+        self.pattern_types = [t for t in types
+                              if t.pattern is not None and t.pattern.regex is not None]
+        regexes = [t.pattern.regex for t in self.pattern_types if t.pattern and t.pattern.regex]
         self._joinable = {t.name for t, regex in zip(self.pattern_types, regexes, strict=True)
                           if scans_joined(regex)}
-        self._gate = PatternGate(regexes)
+        self._gate = PatternGate(regexes)  # its indices are those of pattern_types
         self._key_gate = KeyGate([name for t in types if t.keys is not None for name in t.keys.names])
         self.key_types = [t for t in types if t.keys is not None and not self._is_location(t)]
         self.location_types = [t for t in types if self._is_location(t)]
