@@ -33,11 +33,11 @@ from leakmap.core.pipeline import FlowRecord, Pipeline, record_from_summary, rec
 _pipeline: Pipeline | None = None  # in the child: built once by _build
 
 
-def _build(settings: dict[str, Any]) -> None:
+def _build(settings: dict[str, Any], parent: int) -> None:
     global _pipeline
     from leakmap.wiring import build_pipeline
 
-    _follow_parent(os.getppid())
+    _follow_parent(parent)  # the proxy's pid, from the proxy: it may be gone already
     _pipeline = build_pipeline(**settings).pipeline
 
 
@@ -76,7 +76,7 @@ class AnalysisWorker:
     def __init__(self, settings: dict[str, Any]) -> None:
         self._pool = ProcessPoolExecutor(
             max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_build, initargs=(settings,))
+            initializer=_build, initargs=(settings, os.getpid()))
         self._started = self._pool.submit(_ready)  # done once the child has built its pipeline
 
     @property

@@ -181,15 +181,16 @@ class Classifier:
         if not self.known.may_hold_phone(joined.data):
             return
         for span in _PHONE_SPAN.finditer(joined.text):
-            if span.group().lstrip("+").isdigit() or self.known.is_word(span.group()):
+            written = span.group()
+            if written.lstrip("+").isdigit() or self.known.is_word(written):
                 continue  # digits alone, or a layout the matcher knows: found there already
-            if not _may_be_known(span.group(), self._phone_tails):
+            if not _may_be_known(written, self._phone_tails):
                 continue  # its last digits are no known number's: not worth parsing
             located = joined.locate(span.start(), span.end())
             if located is None:
                 continue
             index, start, end = located
-            phone = partial(self._known_phone, span=span.group(), start=start, end=end)
+            phone = partial(self._known_phone, span=written, start=start, end=end)
             yield from self._detected(phone, leaves[index], errors)
 
     def _known_phone(self, leaf: Leaf, span: str, start: int, end: int) -> Iterator[Finding]:

@@ -20,11 +20,9 @@ with or without the trunk 0, with spaces or dashes) in upper and lower case.
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import json
 import re
-import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +34,7 @@ import phonenumbers
 from leakmap.core.decode import base64_bytes
 from leakmap.core.device import DeviceProfile
 from leakmap.core.joined import Joined
+from leakmap.core.scanner import Scanner
 from leakmap.policies.model import DataType
 
 PHONE_FIELDS = ("phone_number", "contacts", "sms.from")
@@ -182,13 +181,6 @@ def base64_runs(data: bytes) -> Iterator[tuple[int, int]]:
         start = marked.find(needle, end)
 
 
-def digest_tokens(text: str) -> Iterator[tuple[bytes, str]]:
-    """(raw digest, outer encoding) for each hash-shaped token in ``text``."""
-    data = text.encode("utf-8", "surrogatepass")
-    for _start, _end, digest, outer in digest_spans(data):
-        yield digest, outer
-
-
 def digest_spans(data: bytes) -> Iterator[tuple[int, int, bytes, str]]:
     """(start, end, raw digest, outer encoding) for each hash-shaped token in ``data``.
 
@@ -268,26 +260,9 @@ class KnownMatcher:
                     self._add(data_type, field_name, value, device.region)
         self.empty = not self.words and not self.digests
         self._lengths = [len(word.encode("utf-8", "surrogatepass")) for word in self.words]
-        self._database = _compile_words(self.words) if self.words else None
+        self._words = _compile_words(self.words) if self.words else None
         nationals = {_national_digits(e164) for e164 in self.known_phones}
         self._phone_gate = _compile_words(sorted(nationals)) if nationals else None
-        self._local = threading.local()
-
-    def __getstate__(self) -> dict[str, object]:
-        """Picklable: the hyperscan databases travel serialized (a start-up cache)."""
-        state = {name: value for name, value in self.__dict__.items() if name != "_local"}
-        for name in ("_database", "_phone_gate"):
-            if state[name] is not None:
-                state[name] = hyperscan.dumpb(state[name])
-        return state
-
-    def __setstate__(self, state: dict[str, object]) -> None:
-        self.__dict__.update(state)
-        for name in ("_database", "_phone_gate"):
-            serialized = state[name]
-            if isinstance(serialized, bytes):
-                setattr(self, name, hyperscan.loadb(serialized, hyperscan.HS_MODE_BLOCK))
-        self._local = threading.local()
 
     def _add(self, data_type: DataType, field_name: str, value: str, region: str | None) -> None:
         assert data_type.known is not None
@@ -326,21 +301,12 @@ class KnownMatcher:
         elif hit not in self._word_hits[word_id]:
             self._word_hits[word_id].append(hit)
 
-    def _scratch(self, name: str, database: hyperscan.Database) -> hyperscan.Scratch:
-        """This thread's scratch space for ``database`` (a scan must not share one)."""
-        scratch = getattr(self._local, name, None)
-        if scratch is None:
-            scratch = hyperscan.Scratch(database)
-            setattr(self._local, name, scratch)
-        return scratch
-
     def _word_matches(self, data: bytes) -> list[tuple[int, int]]:
         """(word id, end offset) of every written form in ``data``, overlapping ones too."""
-        if self._database is None:
+        if self._words is None:
             return []
         found: list[tuple[int, int]] = []
-        self._database.scan(data, match_event_handler=_collect, context=found,
-                            scratch=self._scratch("words", self._database))
+        self._words.scan(data, _collect, found)
         return found
 
     def is_word(self, text: str) -> bool:
@@ -370,10 +336,7 @@ class KnownMatcher:
             found.append(word_id)
             return True  # one is enough: stop the scan
 
-        with contextlib.suppress(hyperscan.ScanTerminated):  # what stopping the scan raises
-            self._phone_gate.scan(data.translate(None, _PHONE_SEPARATORS),
-                                  match_event_handler=on_match,
-                                  scratch=self._scratch("phones", self._phone_gate))
+        self._phone_gate.scan(data.translate(None, _PHONE_SEPARATORS), on_match)
         return bool(found)
 
     def search_joined(self, joined: Joined) -> Iterator[tuple[int, int, int, KnownHit]]:
@@ -443,14 +406,11 @@ def _national_digits(e164: str) -> str:
         return "".join(ch for ch in e164 if ch.isdigit())
 
 
-def _compile_words(words: list[str]) -> hyperscan.Database:
+def _compile_words(words: list[str]) -> Scanner:
     """One hyperscan database of ``words``; forms of an e-mail address match in any case."""
-    database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
     encoded = [word.encode("utf-8", "surrogatepass") for word in words]
     flags = [hyperscan.HS_FLAG_CASELESS if _is_address(word) else 0 for word in encoded]
-    database.compile(expressions=encoded, ids=list(range(len(encoded))), elements=len(encoded),
-                     flags=flags, literal=True)
-    return database
+    return Scanner.compile(encoded, range(len(encoded)), flags, literal=True)
 
 
 def _is_address(word: bytes) -> bool:

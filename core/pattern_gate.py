@@ -18,36 +18,40 @@ document holds nothing any detector could find, so that it is not walked.
 
 from __future__ import annotations
 
-import contextlib
-import threading
 from collections.abc import Sequence
 
 import hyperscan
 
 from leakmap.core.joined import Joined
 from leakmap.core.safe_regex import PolicyRegex, loose_source
+from leakmap.core.scanner import Scanner
 
 MAX_MATCHES = 4096
 _FLAGS = hyperscan.HS_FLAG_UTF8 | hyperscan.HS_FLAG_UCP | hyperscan.HS_FLAG_ALLOWEMPTY
 
 
-def _database(sources: dict[int, bytes]) -> hyperscan.Database | None:
-    """One database of ``sources`` (id -> pattern), or None if empty or refused."""
+def _scanner(sources: dict[int, bytes]) -> tuple[Scanner | None, dict[int, bytes]]:
+    """One scanner of ``sources`` (id -> pattern) and the sources in it.
+
+    The set is compiled once; only if hyperscan refuses it is each pattern
+    tried alone, and the refused ones are left out.
+    """
     if not sources:
-        return None
-    database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+        return None, {}
     try:
-        database.compile(expressions=list(sources.values()), ids=list(sources),
-                         elements=len(sources), flags=[_FLAGS] * len(sources))
+        return _compile(sources), sources
     except hyperscan.error:
-        return None
-    return database
+        accepted = {index: source for index, source in sources.items() if _compiles(source)}
+        return (_compile(accepted) if accepted else None), accepted
+
+
+def _compile(sources: dict[int, bytes]) -> Scanner:
+    return Scanner.compile(list(sources.values()), list(sources), [_FLAGS] * len(sources))
 
 
 def _compiles(source: bytes) -> bool:
-    database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
     try:
-        database.compile(expressions=[source], ids=[0], elements=1, flags=[_FLAGS])
+        _compile({0: source})
     except hyperscan.error:
         return False
     return True
@@ -58,14 +62,10 @@ class PatternGate:
 
     def __init__(self, regexes: Sequence[PolicyRegex]) -> None:
         sources = {index: loose_source(regex) for index, regex in enumerate(regexes)}
-        encoded = {index: source.encode() for index, source in sources.items()
-                   if source is not None}
-        self._database = _database(encoded)
-        if self._database is None and encoded:  # find the ones hyperscan refuses, leave them out
-            encoded = {index: source for index, source in encoded.items() if _compiles(source)}
-            self._database = _database(encoded)
-        self.covered = frozenset(encoded) if self._database is not None else frozenset()
-        self._local = threading.local()
+        self._scanner, accepted = _scanner({index: source.encode()
+                                            for index, source in sources.items()
+                                            if source is not None})
+        self.covered = frozenset(accepted)
 
     def candidates(self, joined: Joined) -> dict[int, set[int]] | None:
         """Pattern index -> indices of the values where it might match (absent: none).
@@ -73,7 +73,7 @@ class PatternGate:
         None when the chunk cannot be gated (text that is not valid UTF-8, or a
         flood of matches): then every covered pattern must run on every value.
         """
-        if self._database is None or not joined.valid_utf8:
+        if self._scanner is None or not joined.valid_utf8:
             return None
         ends: list[tuple[int, int]] = []
 
@@ -81,11 +81,7 @@ class PatternGate:
             ends.append((index, end))
             return len(ends) >= MAX_MATCHES  # True stops the scan
 
-        scratch = getattr(self._local, "scratch", None)
-        if scratch is None:
-            scratch = self._local.scratch = hyperscan.Scratch(self._database)
-        with contextlib.suppress(hyperscan.ScanTerminated):
-            self._database.scan(joined.data, match_event_handler=on_match, scratch=scratch)
+        self._scanner.scan(joined.data, on_match)
         if len(ends) >= MAX_MATCHES:
             return None
         found: dict[int, set[int]] = {}
@@ -114,14 +110,10 @@ class KeyGate:
         sources = [loose_source(name) for name in names]
         keys = {index: b'"(?:' + source.encode() + rb')"[ \t\r\n]*:'
                 for index, source in enumerate(sources) if source is not None}
-        database = _database({**keys, _BLOB: _BLOB_STRING})
-        if database is None:  # find the ones hyperscan refuses, leave them out
-            keys = {index: source for index, source in keys.items() if _compiles(source)}
-            database = _database({**keys, _BLOB: _BLOB_STRING})
-        assert database is not None  # the blob pattern alone always compiles
-        self._database = database
-        self.complete = len(keys) == len(names)  # else a key could hide from the gate
-        self._local = threading.local()
+        scanner, accepted = _scanner({**keys, _BLOB: _BLOB_STRING})
+        assert scanner is not None and _BLOB in accepted  # the blob pattern always compiles
+        self._scanner = scanner
+        self.complete = len(accepted) - 1 == len(names)  # else a key could hide from the gate
 
     def scan(self, data: bytes) -> tuple[bool, list[int]]:
         """(a key name matched, end offsets of strings that might decode) in ``data``."""
@@ -131,10 +123,6 @@ class KeyGate:
             found.append((index, end))
             return index != _BLOB or len(found) >= MAX_MATCHES  # a key: the answer is known
 
-        scratch = getattr(self._local, "scratch", None)
-        if scratch is None:
-            scratch = self._local.scratch = hyperscan.Scratch(self._database)
-        with contextlib.suppress(hyperscan.ScanTerminated):
-            self._database.scan(data, match_event_handler=on_match, scratch=scratch)
+        self._scanner.scan(data, on_match)
         named = any(index != _BLOB for index, _ in found) or len(found) >= MAX_MATCHES
         return named, [end for index, end in found if index == _BLOB]
