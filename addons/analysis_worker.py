@@ -5,8 +5,15 @@ process it holds the GIL that mitmproxy's event loop needs for every request,
 so each flow under analysis delays the next requests (by up to the
 interpreter's 5 ms switch interval at a time) and all of it shares one core.
 :class:`AnalysisWorker` runs :meth:`Pipeline.process` in one child process
-instead: the event loop only pickles the exchange (tens of microseconds) and
-gets the record back, and the analysis runs on another core.
+instead, and the proxy's side of it runs on the event loop alone, with no
+thread of its own to take the GIL:
+
+* the exchanges handed over during one turn of the loop go out together, as
+  one pickled frame, written to a non-blocking pipe (``loop.add_writer``
+  finishes a frame the pipe could not take at once);
+* the child answers each frame with one frame of records, read by
+  ``loop.add_reader``; the records come back in order, so each one settles
+  the oldest waiting future.
 
 One process, so flows are analysed in the order they finished, as on a
 thread: the locator's state (DNS answers seen so far) follows the traffic.
@@ -22,27 +29,64 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import pickle
+import signal
+import struct
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
+from collections import deque
+from multiprocessing.connection import Connection
 from typing import Any
 
 from leakmap.core.exchange import Exchange
-from leakmap.core.pipeline import FlowRecord, Pipeline, record_from_summary, record_summary
+from leakmap.core.pipeline import FlowRecord, record_from_summary, record_summary
 
-_pipeline: Pipeline | None = None  # in the child: built once by _build
+_HEADER = struct.Struct("!Q")  # the length of the pickled frame that follows
+_MAX_BATCH = 64  # exchanges per frame: the child answers a frame once all of it is done
+_READ_SIZE = 1 << 20
 
 
-def _build(settings: dict[str, Any], parent: int) -> None:
-    global _pipeline
-    from leakmap.wiring import build_pipeline
+class WorkerBroken(RuntimeError):
+    """The analysis process is gone or refused an exchange."""
 
-    _follow_parent(parent)  # the proxy's pid, from the proxy: it may be gone already
-    _pipeline = build_pipeline(**settings).pipeline
+
+# --------------------------------------------------------------------------
+# the child
+
+
+def _serve(settings: dict[str, Any], parent: int, requests: Connection,
+           results: Connection) -> None:
+    """The child's whole life: build the pipeline, then answer frames until end-of-file."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the proxy's; it closes the pipe
+    _follow_parent(parent)
+    try:
+        _answer(settings, requests.fileno(), results.fileno())
+    except OSError:  # the proxy closed its ends (a new configuration) or is gone
+        return
+
+
+def _answer(settings: dict[str, Any], requests_fd: int, results_fd: int) -> None:
+    try:
+        from leakmap.wiring import build_pipeline
+
+        pipeline = build_pipeline(**settings).pipeline
+    except BaseException as e:  # reported to the proxy, which goes on with threads
+        _write_frame(results_fd, ("failed", f"{type(e).__name__}: {e}"))
+        return
+    _write_frame(results_fd, ("ready",))
+    while (frame := _read_frame(requests_fd)) is not None:
+        answers: list[tuple[bool, Any]] = []
+        for exchange in pickle.loads(frame):  # our own parent's frames
+            try:
+                answers.append((True, record_summary(pipeline.process(exchange))))
+            except Exception as e:  # the proxy analyses this one on a thread instead
+                answers.append((False, f"{type(e).__name__}: {e}"))
+        _write_frame(results_fd, ("results", answers))
 
 
 def _follow_parent(parent: int) -> None:
-    """End this process when the proxy is gone (``kill -9`` leaves no one to close the queue)."""
+    """End this process when the proxy is gone (``kill -9`` leaves no one to close the pipe
+    while the pipeline is still being built)."""
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -52,15 +96,32 @@ def _follow_parent(parent: int) -> None:
     threading.Thread(target=watch, name="leakmap-parent-watch", daemon=True).start()
 
 
-def _process(exchange: Exchange) -> dict[str, Any]:
-    """In the child: the record as plain data (the exchange stays with the parent)."""
-    assert _pipeline is not None
-    return record_summary(_pipeline.process(exchange))
+def _write_frame(fd: int, message: object) -> None:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    view = memoryview(_HEADER.pack(len(data)) + data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
-def _ready() -> bool:
-    """In the child: answered once ``_build`` has run, i.e. when the pipeline is built."""
-    return _pipeline is not None
+def _read_exactly(fd: int, size: int) -> bytes | None:
+    parts, left = [], size
+    while left:
+        part = os.read(fd, min(left, _READ_SIZE))
+        if not part:
+            return None
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)
+
+
+def _read_frame(fd: int) -> bytes | None:
+    """The next frame, or None at end-of-file (the proxy closed the pipe or died)."""
+    header = _read_exactly(fd, _HEADER.size)
+    return None if header is None else _read_exactly(fd, _HEADER.unpack(header)[0])
+
+
+# --------------------------------------------------------------------------
+# the proxy's side
 
 
 def wanted(choice: str) -> bool:
@@ -74,30 +135,166 @@ class AnalysisWorker:
     """One child process running ``Pipeline.process`` on the flows handed to it, in order."""
 
     def __init__(self, settings: dict[str, Any]) -> None:
-        self._pool = ProcessPoolExecutor(
-            max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_build, initargs=(settings, os.getpid()))
-        self._started = self._pool.submit(_ready)  # done once the child has built its pipeline
+        context = multiprocessing.get_context("spawn")  # not fork: the proxy holds threads
+        requests_in, self._requests = context.Pipe(duplex=False)
+        self._results, results_out = context.Pipe(duplex=False)
+        self._process = context.Process(target=_serve, name="leakmap-analysis", daemon=True,
+                                        args=(settings, os.getpid(), requests_in, results_out))
+        self._process.start()
+        requests_in.close()
+        results_out.close()
+        os.set_blocking(self._requests.fileno(), False)
+        os.set_blocking(self._results.fileno(), False)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queued: list[tuple[Exchange, asyncio.Future[dict[str, Any]]]] = []
+        self._waiting: deque[asyncio.Future[dict[str, Any]]] = deque()
+        self._outgoing = bytearray()
+        self._incoming = bytearray()
+        self._started = False
+        self._error: str | None = None
+        self._closing = False
 
     @property
     def ready(self) -> bool:
         """Whether the child has built its pipeline (until then the Inspector uses threads)."""
-        return self._started.done() and self.failure is None
+        self._attach()
+        return self._started and self._error is None
 
     @property
     def failure(self) -> BaseException | None:
-        """Why the child could not start or died while starting, once it is known."""
-        if not self._started.done():
-            return None
-        if self._started.cancelled():
-            return RuntimeError("start cancelled")
-        return self._started.exception()
+        """Why the child could not start, or died, once it is known."""
+        self._attach()
+        return WorkerBroken(self._error) if self._error is not None else None
 
     async def process(self, exchange: Exchange) -> FlowRecord:
-        """The record of ``exchange``; raises ``BrokenProcessPool`` if the child died."""
-        summary = await asyncio.get_running_loop().run_in_executor(self._pool, _process, exchange)
-        return record_from_summary(exchange, summary)
+        """The record of ``exchange``; raises :class:`WorkerBroken` if the child died."""
+        loop = self._attach()
+        if self._error is not None or loop is None:
+            raise WorkerBroken(self._error or "no event loop")
+        answer: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self._queued.append((exchange, answer))
+        if len(self._queued) == 1:
+            loop.call_soon(self._send_queued)  # the rest of this turn's flows join the frame
+        return record_from_summary(exchange, await answer)
 
     def close(self) -> None:
         """Let the child finish what it was given, then end (without waiting here)."""
-        self._pool.shutdown(wait=False, cancel_futures=False)
+        self._closing = True
+        if not self._queued and not self._outgoing:
+            self._close_requests()
+
+    # -- the event loop's side --------------------------------------------
+
+    def _attach(self) -> asyncio.AbstractEventLoop | None:
+        """Watch the results pipe from the running loop (the first call from inside it)."""
+        if self._loop is None:
+            try:
+                self._loop = asyncio.get_running_loop()
+            except RuntimeError:  # not on the loop yet: nothing can be waiting
+                return None
+            self._loop.add_reader(self._results.fileno(), self._receive)
+            self._receive()
+        return self._loop
+
+    def _send_queued(self) -> None:
+        queued, self._queued = self._queued, []
+        for start in range(0, len(queued), _MAX_BATCH):
+            batch = queued[start : start + _MAX_BATCH]
+            try:
+                data = pickle.dumps([exchange for exchange, _ in batch],
+                                    protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception as e:  # a flow that will not pickle: the Inspector takes them
+                for _, answer in batch:
+                    answer.set_exception(WorkerBroken(f"cannot hand over: {e}"))
+                continue
+            self._outgoing += _HEADER.pack(len(data))
+            self._outgoing += data
+            self._waiting.extend(answer for _, answer in batch)
+        self._write()
+
+    def _write(self) -> None:
+        if self._error is not None:
+            return
+        try:
+            written = os.write(self._requests.fileno(), self._outgoing) if self._outgoing else 0
+        except BlockingIOError:
+            written = 0
+        except OSError as e:  # the child is gone; its results pipe says how
+            self._broken(f"writing to it failed: {e}")
+            return
+        del self._outgoing[:written]
+        assert self._loop is not None
+        if self._outgoing:
+            self._loop.add_writer(self._requests.fileno(), self._write)
+            return
+        self._loop.remove_writer(self._requests.fileno())
+        if self._closing and not self._queued:
+            self._close_requests()
+
+    def _receive(self) -> None:
+        while True:
+            try:
+                data = os.read(self._results.fileno(), _READ_SIZE)
+            except BlockingIOError:
+                break
+            except OSError as e:
+                self._broken(f"reading from it failed: {e}")
+                return
+            if not data:
+                self._broken(self._death())
+                return
+            self._incoming += data
+        self._handle_frames()
+
+    def _handle_frames(self) -> None:
+        while len(self._incoming) >= _HEADER.size:
+            size = _HEADER.unpack_from(self._incoming)[0]
+            end = _HEADER.size + size
+            if len(self._incoming) < end:
+                return
+            message = pickle.loads(self._incoming[_HEADER.size : end])  # our own child's frames
+            del self._incoming[:end]
+            self._handle(message)
+
+    def _handle(self, message: tuple[Any, ...]) -> None:
+        if message[0] == "ready":
+            self._started = True
+        elif message[0] == "failed":
+            self._broken(message[1])
+        else:
+            for ok, value in message[1]:
+                answer = self._waiting.popleft()
+                if answer.done():
+                    continue
+                if ok:
+                    answer.set_result(value)
+                else:
+                    answer.set_exception(WorkerBroken(value))
+
+    def _broken(self, why: str) -> None:
+        """The child is gone: every flow waiting on it fails over to a thread."""
+        if self._error is None:
+            self._error = why
+        if self._loop is not None:
+            self._loop.remove_reader(self._results.fileno())
+            self._loop.remove_writer(self._requests.fileno())
+        for answer in [*self._waiting, *(answer for _, answer in self._queued)]:
+            if not answer.done():
+                answer.set_exception(WorkerBroken(self._error))
+        self._waiting.clear()
+        self._queued.clear()
+        self._close_requests()
+        self._results.close()
+
+    def _close_requests(self) -> None:
+        if not self._requests.closed:
+            self._requests.close()  # end-of-file: the child finishes and exits
+
+    def _death(self) -> str:
+        self._process.join(timeout=1)
+        code = self._process.exitcode
+        if self._closing and code == 0:
+            return "closed"
+        how = (f"killed by signal {-code}" if code is not None and code < 0
+               else f"exit code {code}" if code is not None else "its pipe closed")
+        return f"the analysis process stopped ({how})"

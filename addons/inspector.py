@@ -168,11 +168,16 @@ class Inspector:
 
     request = tcp_start = udp_start = dns_request = _started
 
+    async def settle(self) -> None:
+        """Wait until no analysis is under way; each one has handed its flow on by then."""
+        while self.in_flight:
+            await asyncio.gather(*self.in_flight, return_exceptions=True)
+            await asyncio.sleep(0)  # the jobs' done-callbacks (_finish) run first
+
     async def done(self) -> None:
         """Finish analyses under way and analyse the flows still open, so that a
         clean stop records them too."""
-        if self.in_flight:
-            await asyncio.gather(*self.in_flight, return_exceptions=True)
+        await self.settle()
         if self.worker is not None:
             self.worker.close()
             self.worker = None

@@ -21,6 +21,7 @@ import leakmap
 from leakmap.addons import options
 from leakmap.addons.inspector import Inspector, flow_record, refuse, tls_records
 from leakmap.core.device import load_device
+from leakmap.core.pipeline import FlowRecord
 from leakmap.core.yamlsource import ConfigError
 from leakmap.policies.model import load_policy
 from leakmap.store.db import StoreError, default_db_url, finish_run, open_store, start_run
@@ -42,6 +43,9 @@ class Recorder:
         self.engine: Engine | None = None
         self.writer: FlowWriter | None = None
         self.run_id: int | None = None
+        # records analysed before the run started (the port listens a moment before
+        # ``running`` reaches this addon); written as soon as it has
+        self.before_run: list[FlowRecord] = []
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
         options.declare(loader, ("db", "run_name", "flush_ms", "on_store_failure"))
@@ -90,15 +94,23 @@ class Recorder:
             return
         self.writer = FlowWriter(self.engine, self.run_id,
                                  interval=max(opts.leakmap_flush_ms, 10) / 1000)
+        for record in self.before_run:
+            self.writer.submit(record)
+        self.before_run.clear()
 
     def record(self, flow: Flow) -> None:
         """Store a flow the Inspector has analysed (each flow once per session)."""
-        record = flow_record(flow) if self.writer is not None else None
+        if self.engine is None:
+            return
+        record = flow_record(flow)
         session = (flow.metadata.get("leakmap") or {}).get("session")
-        if record is None or self.writer is None or flow.metadata.get("leakmap_recorded") == session:
+        if record is None or flow.metadata.get("leakmap_recorded") == session:
             return
         flow.metadata["leakmap_recorded"] = session
-        self.writer.submit(record)
+        if self.writer is not None:
+            self.writer.submit(record)
+        elif self.run_id is None:  # not started yet: kept until it is
+            self.before_run.append(record)
 
     def request(self, flow: http.HTTPFlow) -> None:
         writer = self.writer
@@ -109,9 +121,14 @@ class Recorder:
         if self.writer is not None:
             for record in tls_records(data):
                 self.writer.submit(record)
+        elif self.engine is not None and self.run_id is None:
+            self.before_run.extend(tls_records(data))
 
-    def done(self) -> None:
-        # the Inspector's done() (it comes first) has handed over the flows still open
+    async def done(self) -> None:
+        # The Inspector's done() (it comes first) has handed over the flows still open;
+        # an analysis that a late hook started since is waited for too.
+        if self.inspector is not None:
+            await self.inspector.settle()
         if self.writer is not None and self.engine is not None and self.run_id is not None:
             spilled = self.writer.close()
             try:

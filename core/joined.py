@@ -37,7 +37,7 @@ class Joined:
         self.values = values
         self.text = SEPARATOR.join(values)
         self.ascii = self.text.isascii()
-        self._starts = _starts([len(value) for value in values])
+        self._starts = [0] if len(values) == 1 else _starts([len(value) for value in values])
         self._encoded: list[bytes] | None = None
         self._byte_starts: list[int] | None = None
         self._data: bytes | None = None

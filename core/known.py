@@ -250,6 +250,9 @@ class KnownMatcher:
         self._word_ids: dict[str, int] = {}
         self.words: list[str] = []
         self._word_hits: list[list[KnownHit]] = []
+        # each distinct hit numbered: a small int is cheaper to hash than a KnownHit
+        self._hit_numbers: dict[KnownHit, int] = {}
+        self._word_hit_numbers: list[list[int]] = []
         self.digests: dict[bytes, list[KnownHit]] = {}
         self.known_phones: dict[str, list[KnownHit]] = {}
         for data_type in data_types:
@@ -295,11 +298,14 @@ class KnownMatcher:
     def _add_word(self, variant: str, hit: KnownHit) -> None:
         word_id = self._word_ids.get(variant)
         if word_id is None:
-            self._word_ids[variant] = len(self.words)
+            word_id = self._word_ids[variant] = len(self.words)
             self.words.append(variant)
-            self._word_hits.append([hit])
-        elif hit not in self._word_hits[word_id]:
+            self._word_hits.append([])
+            self._word_hit_numbers.append([])
+        if hit not in self._word_hits[word_id]:
             self._word_hits[word_id].append(hit)
+            number = self._hit_numbers.setdefault(hit, len(self._hit_numbers))
+            self._word_hit_numbers[word_id].append(number)
 
     def _word_matches(self, data: bytes) -> list[tuple[int, int]]:
         """(word id, end offset) of every written form in ``data``, overlapping ones too."""
@@ -347,17 +353,26 @@ class KnownMatcher:
         if self.empty:
             return
         data = joined.data
+        # A value written several ways at once (``+91 98123 45678`` holds three of the
+        # phone's forms) is reported once: the first form that passes its checks.
+        reported: set[tuple[int, int]] = set()
+        locate = joined.locate if joined.ascii else joined.locate_bytes  # ASCII: bytes = chars
+        lengths, numbers_of, values = self._lengths, self._word_hit_numbers, joined.values
         for word_id, end in self._word_matches(data):
-            start = end - self._lengths[word_id]
-            located = joined.locate_bytes(start, end)
+            located = locate(end - lengths[word_id], end)
             if located is None:
                 continue
             index, first, last = located
-            text = joined.values[index]
-            if _on_boundary(text, first, last):
-                for hit in self._word_hits[word_id]:
-                    if _stands_alone(text, first, last, hit):
-                        yield index, first, last, hit
+            numbers = numbers_of[word_id]
+            if len(numbers) == 1 and (index, numbers[0]) in reported:
+                continue
+            text = values[index]
+            if not _on_boundary(text, first, last):
+                continue
+            for number, hit in zip(numbers, self._word_hits[word_id], strict=True):
+                if (index, number) not in reported and _stands_alone(text, first, last, hit):
+                    reported.add((index, number))
+                    yield index, first, last, hit
         if self.digests:
             yield from self._digest_hits(joined, data)
 

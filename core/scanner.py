@@ -9,7 +9,6 @@ matcher's start-up cache, core/known.py).
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from collections.abc import Callable, Sequence
 
@@ -36,12 +35,15 @@ class Scanner:
 
     def scan(self, data: bytes, on_match: MatchHandler, context: object = None) -> None:
         """Call ``on_match(id, start, end, flags, context)`` for each match in ``data``."""
-        scratch = getattr(self._local, "scratch", None)
-        if scratch is None:
+        try:
+            scratch = self._local.scratch
+        except AttributeError:
             scratch = self._local.scratch = hyperscan.Scratch(self.database)
-        with contextlib.suppress(hyperscan.ScanTerminated):
+        try:  # not contextlib.suppress: no object per call on this hot path
             self.database.scan(data, match_event_handler=on_match, context=context,
                                scratch=scratch)
+        except hyperscan.ScanTerminated:
+            return  # a handler stopped the scan: the normal end
 
     def __getstate__(self) -> bytes:
         return hyperscan.dumpb(self.database)

@@ -17,17 +17,27 @@ import os
 import secrets
 import socket
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import BigInteger, Engine, Table, create_engine, delete, event, insert, select, update
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Engine,
+    Table,
+    create_engine,
+    delete,
+    event,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from leakmap.core.pipeline import FlowRecord
+from leakmap.core.pipeline import FlowRecord, scalar_fields
 from leakmap.store.schema import Finding, Flow, Run
 
 log = logging.getLogger(__name__)
@@ -342,7 +352,7 @@ def _flow_values(run_id: int, record: FlowRecord) -> dict[str, Any]:
         "status_code": exchange.status_code,
         "request_size": exchange.request_size,
         "response_size": exchange.response_size,
-        **asdict(record.destination()),
+        **scalar_fields(record.destination()),
         "finding_count": len(record.findings),
         "truncated": record.truncated,
         "flow_error": exchange.error,
@@ -358,7 +368,7 @@ def record_row(run_id: int, record: FlowRecord) -> dict[str, Any]:
     """
     findings = []
     for finding in record.findings:
-        values = asdict(finding)
+        values = scalar_fields(finding)
         values["field"] = _short_field(finding.field)
         findings.append(_fit(Finding.__table__, values))  # type: ignore[arg-type]
     return {"flow": _fit(Flow.__table__, _flow_values(run_id, record)),  # type: ignore[arg-type]
@@ -368,6 +378,23 @@ def record_row(run_id: int, record: FlowRecord) -> dict[str, Any]:
 def write_records(engine: Engine, run_id: int, records: Iterable[FlowRecord]) -> int:
     """Write ``records`` in one transaction; a flow already stored is replaced."""
     return write_rows(engine, [record_row(run_id, record) for record in records])
+
+
+def _flow_keys(connection: Connection, rows: Sequence[dict[str, Any]]) -> dict[tuple[int, str], int]:
+    """The primary key of each just-written flow of ``rows``, by (run id, flow id)."""
+    keys: dict[tuple[int, str], int] = {}
+    wanted: dict[int, list[str]] = {}
+    for row in rows:
+        wanted.setdefault(row["flow"]["run_id"], []).append(row["flow"]["flow_id"])
+    for run_id, flow_ids in wanted.items():
+        for start in range(0, len(flow_ids), _KEYS_PER_SELECT):
+            chosen = select(Flow.id, Flow.flow_id).where(
+                Flow.run_id == run_id, Flow.flow_id.in_(flow_ids[start : start + _KEYS_PER_SELECT]))
+            keys.update(((run_id, flow_id), key) for key, flow_id in connection.execute(chosen))
+    return keys
+
+
+_KEYS_PER_SELECT = 500  # flow ids bound in one IN (...): well under every driver's limit
 
 
 def write_rows(engine: Engine, rows: Sequence[dict[str, Any]]) -> int:
@@ -386,14 +413,17 @@ def write_rows(engine: Engine, rows: Sequence[dict[str, Any]]) -> int:
             stored = select(Flow.id).where(Flow.run_id == run_id, Flow.flow_id.in_(ids))
             connection.execute(delete(Finding).where(Finding.flow_pk.in_(stored)))
             connection.execute(delete(Flow).where(Flow.run_id == run_id, Flow.flow_id.in_(ids)))
-        inserted = connection.execute(
-            insert(Flow).returning(Flow.id, sort_by_parameter_order=True),
+        # A plain executemany, then the new keys in one SELECT: RETURNING would cost
+        # SQLite one statement per row.
+        connection.execute(
+            insert(Flow),
             [{**row["flow"], "timestamp": utc_from_timestamp(row["flow"]["timestamp"])}
              for row in batch],
         )
+        keys = _flow_keys(connection, [row for row in batch if row["findings"]])
         findings = [
-            {**finding, "flow_pk": flow_pk}
-            for flow_pk, row in zip(inserted.scalars().all(), batch, strict=True)
+            {**finding, "flow_pk": keys[row["flow"]["run_id"], row["flow"]["flow_id"]]}
+            for row in batch if row["findings"]
             for finding in row["findings"]
         ]
         if findings:

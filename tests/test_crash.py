@@ -100,7 +100,7 @@ def test_sigkill_keeps_committed_flows_and_the_next_run_starts(start_proxy, tls_
         assert _send(client, tls_server.port, "after").status_code == 200
     assert again.stop() == 0, again.output
     assert _runs(db) == {"killed": "aborted", "after": "completed"}
-    assert [f["url"].rsplit("/", 1)[-1] for f in _flows(db, "after")] == ["after"]
+    assert [f["url"].rsplit("/", 1)[-1] for f in _flows(db, "after")] == ["after"], again.output
 
 
 def test_stop_mode_refuses_with_502_spills_and_resumes(start_proxy, tls_server, pg_url: str,
