@@ -50,6 +50,14 @@ def finding_lines(record: FlowRecord) -> list[str]:
 class Review:
     """Marks, comments and logs each flow the Inspector hands over (see ``show``)."""
 
+    def __init__(self) -> None:
+        # mitmweb and the console show flows (their "view" addon); mitmdump shows none, and
+        # an update hook would walk every addon for nothing, per flow with findings
+        self.flows_on_screen = True
+
+    def running(self) -> None:
+        self.flows_on_screen = ctx.master.addons.get("view") is not None
+
     def show(self, flow: Flow) -> None:
         session = (flow.metadata.get("leakmap") or {}).get("session")
         if session is None or flow.metadata.get("leakmap_reviewed") == session:
@@ -61,8 +69,8 @@ class Review:
         if record.findings:
             flow.marked = WATCHED_MARKER if record.watched else MARKER
             flow.comment = (flow.comment + "\n" if flow.comment else "") + comment(record)
-            # the flow may already be on screen (its response went out before the analysis)
-            ctx.master.addons.trigger(hooks.UpdateHook([flow]))
+            if self.flows_on_screen:  # it may be shown already: its response went out first
+                ctx.master.addons.trigger(hooks.UpdateHook([flow]))
         self._log(record)
 
     @staticmethod

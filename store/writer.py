@@ -21,9 +21,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -164,17 +164,20 @@ class FlowWriter:
         self.spilled = 0
         self.failing = False
         self.last_error: str | None = None
-        self._queue: queue.Queue[FlowRecord | None] = queue.Queue()
+        # submit() only appends (atomic under the GIL): no lock, no wake-up per record; the
+        # writer looks once per interval, so the proxy's event loop pays next to nothing
+        self._queue: deque[FlowRecord] = deque()
+        self._closing = threading.Event()
         self._last_beat = time.monotonic()
         self._thread = threading.Thread(target=self._loop, name="leakmap-writer", daemon=True)
         self._thread.start()
 
     def submit(self, record: FlowRecord) -> None:
-        self._queue.put(record)
+        self._queue.append(record)
 
     def close(self, timeout: float | None = None) -> int:
         """Write what is pending and stop; the number of records left in the spill file."""
-        self._queue.put(None)
+        self._closing.set()
         self._thread.join(timeout)
         return self.spilled if self.spill.exists() else 0
 
@@ -199,17 +202,13 @@ class FlowWriter:
                       self.spilled, self.spill.path)
 
     def _collect(self, pending: list[FlowRecord]) -> bool:
-        """Fill ``pending`` for up to one interval; True once close() was called."""
-        deadline = time.monotonic() + self.interval
-        while len(pending) < self.batch_size:
-            try:
-                item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                return False
-            if item is None:
-                return True
-            pending.append(item)
-        return False
+        """Fill ``pending`` after one interval (at once if a batch is waiting, or on close());
+        True once close() was called and nothing is left."""
+        if len(self._queue) < self.batch_size:
+            self._closing.wait(self.interval)
+        while self._queue and len(pending) < self.batch_size:
+            pending.append(self._queue.popleft())
+        return self._closing.is_set() and not self._queue
 
     def _write(self, rows: list[Row]) -> None:
         try:
