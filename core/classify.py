@@ -31,10 +31,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from dataclasses import field as dataclass_field
 from functools import partial
+from urllib.parse import unquote_plus
 
 import phonenumbers
 
-from leakmap.core.decode import Collector, Leaf, Limits, exchange_leaves, unwraps
+from leakmap.core.decode import FORM_PAIR, Collector, Leaf, Limits, exchange_leaves, unwraps
 from leakmap.core.device import DeviceProfile
 from leakmap.core.exchange import Exchange
 from leakmap.core.joined import Joined
@@ -59,6 +60,8 @@ _DETECT_CHUNK_CHARS = 4096
 # A JSON body up to this size may be found to hold nothing and not be walked: it
 # cannot reach the leaf budget, and its raw scans stay within a few microseconds.
 _QUIET_MAX_BYTES = 16 * 1024
+# A joined form value made only of base64/hex characters: it might decode (core/decode.py:_plain)
+_FORM_BLOB_VALUE = re.compile(r"(?<![^\x00])[A-Za-z0-9+/=_\r\n-]+(?![^\x00])")
 
 
 @dataclass(frozen=True)
@@ -381,6 +384,49 @@ class Classifier:
         named, blob_ends = self._key_gate.scan(data)
         return not named and not any(self._blob_at(data, end) for end in blob_ends)
 
+    def _quiet_form(self, body: bytes) -> bool:
+        """Whether no detector could find anything in the form body ``body``.
+
+        The form is percent-decoded whole, once; where that adds no ``&`` or
+        ``=`` (no separator was encoded) its pairs are those the decoder would
+        find, value for value.  Then, as for JSON: no name that a data type is
+        named by; and in the values joined, no known form or digest, no known
+        number's digits, no loosened pattern, no value that would decode
+        further (``%``, a document, base64 or hex that :func:`unwraps`) and
+        none long enough to be cut into windows.
+        """
+        if (len(body) > _QUIET_MAX_BYTES or self.device.location is not None
+                or len(self._gate.covered) < len(self.pattern_types)):
+            return False
+        try:
+            raw = body.decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+        text = unquote_plus(raw) if "%" in raw or "+" in raw else raw
+        if ("%" in text or "{" in text or "[" in text
+                or text.count("&") != raw.count("&") or text.count("=") != raw.count("=")):
+            return False
+        pairs = FORM_PAIR.findall(text)
+        if not pairs:
+            return True
+        cache = self._key_cache
+        if any(name and (cache[name] if name in cache else self._types_for_key(name))
+               for name, _ in pairs):
+            return False
+        values = [value for _, value in pairs]
+        if max(map(len, values)) > self.limits.max_leaf_chars:
+            return False
+        joined = Joined(values)
+        data = joined.data
+        if self.known.anything_in(data) or self.known.may_hold_phone(data):
+            return False
+        if self._gate.candidates(joined) != {}:
+            return False
+        min_blob = self.limits.min_blob_length
+        return not any(unwraps(match.group(), min_blob)
+                       for match in _FORM_BLOB_VALUE.finditer(joined.text)
+                       if len(match.group()) >= min_blob)
+
     def _blob_at(self, data: bytes, end: int) -> bool:
         """Whether the JSON string ending (with its quote) at ``end`` would be decoded."""
         start = data.rfind(b'"', 0, end - 1) + 1
@@ -408,7 +454,7 @@ class Classifier:
             keep(self._known_batch(leaves, problems))
 
         collector = exchange_leaves(exchange, self.limits, deadline, search_known,
-                                    self._quiet_json)
+                                    self._quiet_json, self._quiet_form)
         collector.hand_over()  # also after the deadline: the surest finding, and fast
         analysis = Analysis(errors=collector.errors)
         analysis.errors.extend(problems)

@@ -106,6 +106,8 @@ class Collector:
     # Asked before a parsed JSON document is walked: True means no detector could
     # find anything in these bytes (the classifier's gates), so it is not walked.
     quiet_json: Callable[[bytes], bool] | None = None
+    # The same for a form body (application/x-www-form-urlencoded), before its pairs.
+    quiet_form: Callable[[bytes], bool] | None = None
     out_of_time: bool = False
     _asked: int = 0
     _handed: int = 0  # leaves before this index went to on_batch
@@ -167,8 +169,12 @@ class Collector:
     @property
     def full(self) -> bool:
         """True once the leaf or time budget is spent: whoever asks skips a value, so it is noted."""
-        if (self.deadline is not None or self.out_of_time) and self.expired():
+        if self.out_of_time:
             return True
+        if self.deadline is not None:  # expired()'s sampling, inline: this is asked per value
+            self._asked += 1
+            if not self._asked & 15 and self.expired(exact=True):
+                return True
         if len(self.leaves) < self.limits.max_leaves:
             return False
         self.truncated = True
@@ -346,10 +352,12 @@ def is_texty(raw: bytes) -> str | None:
     """``raw`` as text if it is mostly printable UTF-8, else None."""
     if len(raw) < 4:
         return None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
+    if raw.isascii():
+        text = raw.decode("ascii")
+    else:  # "ignore" drops what is not UTF-8: shorter means it was not (no exception raised)
+        text = raw.decode("utf-8", "ignore")
+        if len(text.encode("utf-8")) != len(raw):
+            return None
     return text if printable_count(text) >= 0.9 * len(text) else None
 
 
@@ -467,7 +475,10 @@ def expand_text(
         if _more_inside(collector, path, text, layers):
             collector.note_once(f"nesting deeper than {limits.max_depth} not followed")
         return
-    if _walk_structured(collector, path, text, layers, depth):
+    # a document needs "{" or "[", a form string "&": most values that get here (base64,
+    # hex, percent-encoding) have none, and skip the two parsers' checks
+    if ("{" in text or "[" in text or "&" in text) and _walk_structured(
+            collector, path, text, layers, depth):
         return
     nested = list(_unwrap_once(collector, path, text, layers))
     decoded_only = (len(text) > limits.max_leaf_chars and bool(nested)
@@ -528,7 +539,7 @@ def unwraps(text: str, min_blob: int) -> bool:
 _decode_short = lru_cache(maxsize=16_384)(_decode_once)
 
 
-_FORM_PAIR = re.compile(r"(?<![^&])([^&=]*)=([^&]+)")
+FORM_PAIR = re.compile(r"(?<![^&])([^&=]*)=([^&]+)")
 
 
 def form_pairs(text: str) -> Iterator[tuple[str, str]]:
@@ -536,7 +547,7 @@ def form_pairs(text: str) -> Iterator[tuple[str, str]]:
 
     A 16 MB form of empty fields is 5 million pairs: not a list to build.
     """
-    for match in _FORM_PAIR.finditer(text):
+    for match in FORM_PAIR.finditer(text):
         name, value = match.groups()
         yield _unquote_form(name), _unquote_form(value)
 
@@ -639,30 +650,24 @@ def walk_structure(
         collector.note_once(f"structure deeper than {collector.limits.max_structure_depth} cut")
         return
     if isinstance(node, dict):
-        for name, child in node.items():
-            if not _leaf_here(collector, f"{path}.{name}", child, layers, str(name), path,
-                              depth, nesting):
-                return
+        children: Iterable[tuple[str, object, str | None]] = (
+            (f"{path}.{name}", child, str(name)) for name, child in node.items())
     elif isinstance(node, list):
-        for index, child in enumerate(node):
-            if not _leaf_here(collector, f"{path}[{index}]", child, layers, key, path,
-                              depth, nesting):
-                return
+        children = ((f"{path}[{index}]", child, key) for index, child in enumerate(node))
     else:
         _walk_scalar(collector, path, node, layers, key, parent, nesting)
-
-
-def _leaf_here(collector: Collector, path: str, node: object, layers: tuple[str, ...],
-               key: str | None, parent: str, depth: int, nesting: int) -> bool:
-    """A child of a document: a plain value is a leaf at once, anything else is walked.
-
-    False once the collector takes no more.
-    """
-    kind = type(node)
-    if kind is JsonNumber or (kind is str and _plain(node, collector.limits)):  # type: ignore[arg-type]
-        return not node or collector._append(Leaf(path, str(node), layers, key, parent))
-    walk_structure(collector, path, node, layers, key, parent, depth + 1, nesting)
-    return not collector.full
+        return
+    limits, append = collector.limits, collector._append
+    for child_path, child, child_key in children:
+        # a plain value (most are) is a leaf at once, without a call of its own
+        kind = type(child)
+        if kind is JsonNumber or (kind is str and _plain(child, limits)):  # type: ignore[arg-type]
+            if child and not append(Leaf(child_path, str(child), layers, child_key, path)):
+                return
+            continue
+        walk_structure(collector, child_path, child, layers, child_key, path, depth + 1, nesting)
+        if collector.full:
+            return
 
 
 def _walk_scalar(collector: Collector, path: str, node: object, layers: tuple[str, ...],
@@ -885,6 +890,8 @@ def _decode_grpc(collector: Collector, path: str, body: bytes, media: str) -> No
 
 
 def _decode_form(collector: Collector, path: str, body: bytes) -> None:
+    if collector.quiet_form is not None and collector.quiet_form(body):
+        return
     for name, value in form_pairs(body.decode("utf-8", "replace")):
         if collector.full:
             return
@@ -1030,6 +1037,7 @@ def exchange_leaves(
     deadline: float | None = None,
     on_batch: Callable[[list[Leaf]], None] | None = None,
     quiet_json: Callable[[bytes], bool] | None = None,
+    quiet_form: Callable[[bytes], bool] | None = None,
 ) -> Collector:
     """Every value the client sent in ``exchange``, with the problems met.
 
@@ -1039,7 +1047,7 @@ def exchange_leaves(
     first: the URL, headers and cookies before the body.
     """
     collector = Collector(limits or Limits(), deadline=deadline, on_batch=on_batch,
-                          quiet_json=quiet_json)
+                          quiet_json=quiet_json, quiet_form=quiet_form)
     if exchange.request_body_truncated:
         collector.truncated = True
         collector.note("request body was not captured whole")

@@ -6,6 +6,7 @@ import base64
 import gzip
 import hashlib
 import json
+import os
 from pathlib import Path
 from urllib.parse import quote
 
@@ -326,3 +327,46 @@ def test_a_document_found_quiet_holds_nothing_a_walk_would_find(classifier: Clas
 
     check()
     assert quiet_seen  # the property was exercised both ways
+
+
+# -- a form found quiet is not walked (Classifier._quiet_form) ----------------
+
+_FORM_VALUES = [*(value for value in _QUIET_VALUES if value),
+                "a%26b", "a%3Db", "%2541", "x+y", "%7B%22imei%22%3A1%7D", "98123%2045678",
+                "%2B91%2098123%2045678", "caf%C3%A9", "%FF", "app_open%3A3a2b1c0d9e8f"]
+
+
+def _forms():  # type: ignore[no-untyped-def]
+    from hypothesis import strategies as st
+
+    names = st.one_of(st.sampled_from([*_QUIET_KEYS, "k1", "q", "seq", "im%65i", "ph+one"]),
+                      st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789_%+", max_size=6))
+    values = st.one_of(st.sampled_from(_FORM_VALUES),
+                       st.text(alphabet="0123456789abcdefABCDEF:.%+-_=/", max_size=24))
+    return st.lists(st.tuples(names, values), max_size=12)
+
+
+def test_a_form_found_quiet_holds_nothing_a_walk_would_find(classifier: Classifier) -> None:
+    from hypothesis import HealthCheck, given, settings
+
+    walker = Classifier(classifier.policy, classifier.device, classifier.limits, classifier.known)
+    walker._quiet_form = lambda body: False  # type: ignore[method-assign]
+    quiet_seen, walked_seen = [], []
+
+    @settings(max_examples=int(os.environ.get("LEAKMAP_FORM_EXAMPLES", "400")), deadline=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(_forms())
+    def check(pairs: list[tuple[str, str]]) -> None:
+        body = "&".join(f"{name}={value}" for name, value in pairs).encode()
+        exchange = request(body=body,
+                           headers=[("content-type", "application/x-www-form-urlencoded")])
+        walked = found(walker, exchange)
+        if classifier._quiet_form(body):
+            quiet_seen.append(body)
+            assert walked == set(), body
+        else:
+            walked_seen.append(body)
+        assert found(classifier, exchange) == walked
+
+    check()
+    assert quiet_seen and walked_seen  # the property was exercised both ways
