@@ -75,8 +75,9 @@ class Review:
 
     @staticmethod
     def _log(record: FlowRecord) -> None:
-        for line in finding_lines(record):
-            log.warning(line)
+        lines = finding_lines(record)
+        if lines:  # one log record per flow: mitmproxy hands each record to every addon
+            log.warning("\n".join(lines))
         if record.analysis_error:
             log.info("leakmap: analysis problem on %s: %s", record.exchange.url or
                      record.exchange.host, record.analysis_error)
