@@ -6,8 +6,10 @@ Both proxies are started once, side by side, with the same flags
 warm-up.  Then, round after round, each proxy in turn (the order alternates)
 gets ``rps_requests`` POSTs on 16 keep-alive connections and ``p50_requests``
 POSTs on one connection, one after another.  Only one proxy carries traffic
-at a time; the other sits idle.  At the end leakmap's ``flows`` rows are
-counted against the requests it answered.
+at a time; the other sits idle, and after each of leakmap's loads the next
+one waits until leakmap has logged every flow (its analysis process idle).
+At the end leakmap's ``flows`` rows are counted against the requests it
+answered.
 """
 
 from __future__ import annotations
@@ -79,6 +81,16 @@ def one_load(proxy: Proxy, wires: list[bytes], conns: int, server: run.Origin, c
     proxy.loads.append(stats)
 
 
+def settle(proxy: Proxy) -> None:
+    """Wait until leakmap has logged every flow it answered, i.e. its analysis process
+    is idle: otherwise its backlog would run during the next load, the other proxy's
+    included.  The wait is recorded with the load it follows."""
+    if proxy.variant != "leakmap":
+        return
+    waited, rows = run.wait_for_rows(proxy.db_file, proxy.answered, timeout=60)
+    proxy.loads[-1].update(settled_s=round(waited, 3), rows_after=rows)
+
+
 def _median(proxy: Proxy, conns: int, key: str) -> float:
     return statistics.median(s[key] for s in proxy.loads if s["conns"] == conns and key in s)
 
@@ -124,6 +136,7 @@ def _rounds(proxies: dict[str, Proxy], loads: dict[int, list[bytes]], server: ru
             print(f"  live round {round_no + 1}/{rounds}: {variant} ...", flush=True)
             for conns, wires in loads.items():
                 one_load(proxies[variant], wires, conns, server, ca, round_no)
+                settle(proxies[variant])
 
 
 def measure(config: dict[str, Any], workdir: Path, env: dict[str, str],
@@ -143,6 +156,8 @@ def measure(config: dict[str, Any], workdir: Path, env: dict[str, str],
         ready(proxies["leakmap"])
         for proxy in proxies.values():
             proxy.answered += loadgen.run_load(warm, CONNECTIONS, server.port, ca, proxy.port).ok
+        run.wait_for_rows(proxies["leakmap"].db_file, proxies["leakmap"].answered,
+                          timeout=120)  # the warm-up, analysed before any round
         _rounds(proxies, loads, server, ca, config["rounds"])
         result = summarize(proxies["bare"], proxies["leakmap"])
     finally:
