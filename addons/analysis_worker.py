@@ -143,8 +143,10 @@ class AnalysisWorker:
         self._process.start()
         requests_in.close()
         results_out.close()
-        os.set_blocking(self._requests.fileno(), False)
-        os.set_blocking(self._results.fileno(), False)
+        # the descriptors as numbers: the loop's watches on them are removed before they close
+        self._requests_fd, self._results_fd = self._requests.fileno(), self._results.fileno()
+        os.set_blocking(self._requests_fd, False)
+        os.set_blocking(self._results_fd, False)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queued: list[tuple[Exchange, asyncio.Future[dict[str, Any]]]] = []
         self._waiting: deque[asyncio.Future[dict[str, Any]]] = deque()
@@ -156,9 +158,9 @@ class AnalysisWorker:
 
     @property
     def ready(self) -> bool:
-        """Whether the child has built its pipeline (until then the Inspector uses threads)."""
+        """Whether the child has built its pipeline and takes flows (else: threads)."""
         self._attach()
-        return self._started and self._error is None
+        return self._started and self._error is None and not self._closing
 
     @property
     def failure(self) -> BaseException | None:
@@ -167,10 +169,11 @@ class AnalysisWorker:
         return WorkerBroken(self._error) if self._error is not None else None
 
     async def process(self, exchange: Exchange) -> FlowRecord:
-        """The record of ``exchange``; raises :class:`WorkerBroken` if the child died."""
+        """The record of ``exchange``; raises :class:`WorkerBroken` if the child died, or
+        could not take this exchange (then the others still go there)."""
         loop = self._attach()
-        if self._error is not None or loop is None:
-            raise WorkerBroken(self._error or "no event loop")
+        if self._error is not None or self._closing or loop is None:
+            raise WorkerBroken(self._error or ("closed" if self._closing else "no event loop"))
         answer: asyncio.Future[dict[str, Any]] = loop.create_future()
         self._queued.append((exchange, answer))
         if len(self._queued) == 1:
@@ -187,36 +190,34 @@ class AnalysisWorker:
 
     def _attach(self) -> asyncio.AbstractEventLoop | None:
         """Watch the results pipe from the running loop (the first call from inside it)."""
-        if self._loop is None:
+        if self._loop is None and not self._results.closed:
             try:
                 self._loop = asyncio.get_running_loop()
             except RuntimeError:  # not on the loop yet: nothing can be waiting
                 return None
-            self._loop.add_reader(self._results.fileno(), self._receive)
+            self._loop.add_reader(self._results_fd, self._receive)
             self._receive()
         return self._loop
 
     def _send_queued(self) -> None:
         queued, self._queued = self._queued, []
+        if self._error is not None:
+            _fail([answer for _, answer in queued], self._error)
+            return
         for start in range(0, len(queued), _MAX_BATCH):
             batch = queued[start : start + _MAX_BATCH]
-            try:
-                data = pickle.dumps([exchange for exchange, _ in batch],
-                                    protocol=pickle.HIGHEST_PROTOCOL)
-            except Exception as e:  # a flow that will not pickle: the Inspector takes them
-                for _, answer in batch:
-                    answer.set_exception(WorkerBroken(f"cannot hand over: {e}"))
-                continue
-            self._outgoing += _HEADER.pack(len(data))
-            self._outgoing += data
-            self._waiting.extend(answer for _, answer in batch)
+            data, batch = _pickled(batch)
+            if batch:
+                self._outgoing += _HEADER.pack(len(data))
+                self._outgoing += data
+                self._waiting.extend(answer for _, answer in batch)
         self._write()
 
     def _write(self) -> None:
-        if self._error is not None:
+        if self._error is not None or self._requests.closed:
             return
         try:
-            written = os.write(self._requests.fileno(), self._outgoing) if self._outgoing else 0
+            written = os.write(self._requests_fd, self._outgoing) if self._outgoing else 0
         except BlockingIOError:
             written = 0
         except OSError as e:  # the child is gone; its results pipe says how
@@ -225,26 +226,30 @@ class AnalysisWorker:
         del self._outgoing[:written]
         assert self._loop is not None
         if self._outgoing:
-            self._loop.add_writer(self._requests.fileno(), self._write)
+            self._loop.add_writer(self._requests_fd, self._write)
             return
-        self._loop.remove_writer(self._requests.fileno())
+        self._loop.remove_writer(self._requests_fd)
         if self._closing and not self._queued:
             self._close_requests()
 
     def _receive(self) -> None:
+        ended = False
         while True:
             try:
-                data = os.read(self._results.fileno(), _READ_SIZE)
+                data = os.read(self._results_fd, _READ_SIZE)
             except BlockingIOError:
                 break
             except OSError as e:
+                self._handle_frames()
                 self._broken(f"reading from it failed: {e}")
                 return
             if not data:
-                self._broken(self._death())
-                return
+                ended = True
+                break
             self._incoming += data
-        self._handle_frames()
+        self._handle_frames()  # the answers read before an end-of-file count
+        if ended:
+            self._broken(self._death())
 
     def _handle_frames(self) -> None:
         while len(self._incoming) >= _HEADER.size:
@@ -275,20 +280,22 @@ class AnalysisWorker:
         """The child is gone: every flow waiting on it fails over to a thread."""
         if self._error is None:
             self._error = why
-        if self._loop is not None:
-            self._loop.remove_reader(self._results.fileno())
-            self._loop.remove_writer(self._requests.fileno())
-        for answer in [*self._waiting, *(answer for _, answer in self._queued)]:
-            if not answer.done():
-                answer.set_exception(WorkerBroken(self._error))
+        _fail([*self._waiting, *(answer for _, answer in self._queued)], self._error)
         self._waiting.clear()
         self._queued.clear()
+        self._outgoing.clear()
         self._close_requests()
-        self._results.close()
+        if not self._results.closed:
+            if self._loop is not None:
+                self._loop.remove_reader(self._results_fd)
+            self._results.close()
 
     def _close_requests(self) -> None:
+        """End-of-file for the child: it finishes what it has and exits."""
         if not self._requests.closed:
-            self._requests.close()  # end-of-file: the child finishes and exits
+            if self._loop is not None:
+                self._loop.remove_writer(self._requests_fd)  # before the number can be reused
+            self._requests.close()
 
     def _death(self) -> str:
         self._process.join(timeout=1)
@@ -298,3 +305,27 @@ class AnalysisWorker:
         how = (f"killed by signal {-code}" if code is not None and code < 0
                else f"exit code {code}" if code is not None else "its pipe closed")
         return f"the analysis process stopped ({how})"
+
+
+def _pickled(batch: list[tuple[Exchange, asyncio.Future[dict[str, Any]]]],
+             ) -> tuple[bytes, list[tuple[Exchange, asyncio.Future[dict[str, Any]]]]]:
+    """The frame of ``batch``, and what went into it: an exchange that will not pickle
+    fails alone (the Inspector analyses it on a thread), the rest still go."""
+    try:
+        return pickle.dumps([e for e, _ in batch], protocol=pickle.HIGHEST_PROTOCOL), batch
+    except Exception:  # find which: pickling each is rare and cheap next to analysing
+        kept = []
+        for exchange, answer in batch:
+            try:
+                pickle.dumps(exchange, protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception as e:
+                _fail([answer], f"cannot hand over: {type(e).__name__}: {e}")
+            else:
+                kept.append((exchange, answer))
+        return pickle.dumps([e for e, _ in kept], protocol=pickle.HIGHEST_PROTOCOL), kept
+
+
+def _fail(answers: list[asyncio.Future[dict[str, Any]]], why: str) -> None:
+    for answer in answers:
+        if not answer.done():
+            answer.set_exception(WorkerBroken(why))

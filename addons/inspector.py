@@ -25,7 +25,7 @@ from mitmproxy import ctx, dns, exceptions, http, tcp, tls, udp
 from mitmproxy.flow import Flow
 
 from leakmap.addons import options
-from leakmap.addons.analysis_worker import AnalysisWorker, wanted
+from leakmap.addons.analysis_worker import AnalysisWorker, WorkerBroken, wanted
 from leakmap.addons.flows import (
     STILL_OPEN,
     OpenFlows,
@@ -139,7 +139,10 @@ class Inspector:
                 log.info("leakmap: analysis process ready; flows are analysed there from now on")
             try:
                 return await worker.process(exchange)
-            except Exception as e:  # the process died, or this exchange would not go there
+            except WorkerBroken:  # the process died (then drop it), or took not this flow
+                if worker.failure is not None:
+                    self._drop_worker(worker, worker.failure)
+            except Exception as e:  # unexpected: threads from now on
                 self._drop_worker(worker, e)
         return await asyncio.to_thread(pipeline.process, exchange)
 

@@ -88,8 +88,10 @@ class Recorder:
                 store_raw=bool(getattr(opts, "leakmap_store_raw", False)),
             )
             replay_leftovers(self.engine, opts.leakmap_db or default_db_url())
-        except (ConfigError, StoreError, SQLAlchemyError) as e:
+        except (ConfigError, StoreError, SQLAlchemyError, OSError) as e:  # OSError: a spill
             log.error("leakmap: %s", e)
+            self.engine = None  # no run: nothing more is kept for one
+            self.before_run.clear()
             ctx.master.shutdown()
             return
         self.writer = FlowWriter(self.engine, self.run_id,

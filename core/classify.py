@@ -390,8 +390,9 @@ class Classifier:
         The form is percent-decoded whole, once; where that adds no ``&`` or
         ``=`` (no separator was encoded) its pairs are those the decoder would
         find, value for value.  Then, as for JSON: no name that a data type is
-        named by; and in the values joined, no known form or digest, no known
-        number's digits, no loosened pattern, no value that would decode
+        named by (location types included: coordinates under ``lat`` count
+        without a known location); and in the values joined, no known form or
+        digest, no known number's digits, no loosened pattern, no value that would decode
         further (``%``, a document, base64 or hex that :func:`unwraps`) and
         none long enough to be cut into windows.
         """
@@ -409,9 +410,9 @@ class Classifier:
         pairs = FORM_PAIR.findall(text)
         if not pairs:
             return True
-        cache = self._key_cache
-        if any(name and (cache[name] if name in cache else self._types_for_key(name))
-               for name, _ in pairs):
+        cache = self._key_cache  # names a data type's keys match, or a location's
+        if any(name and ((cache[name] if name in cache else self._types_for_key(name))
+                         or self._location_key(name)) for name, _ in pairs):
             return False
         values = [value for _, value in pairs]
         if max(map(len, values)) > self.limits.max_leaf_chars:

@@ -188,7 +188,7 @@ class FlowWriter:
         while not closing:
             pending: list[FlowRecord] = []
             closing = self._collect(pending)
-            rows = [record_row(self.run_id, record) for record in pending]
+            rows = self._rows(pending)
             if self.failing and not self._recover():
                 self._to_spill(rows)
             elif rows:
@@ -210,12 +210,26 @@ class FlowWriter:
             pending.append(self._queue.popleft())
         return self._closing.is_set() and not self._queue
 
+    def _rows(self, records: list[FlowRecord]) -> list[Row]:
+        rows = []
+        for record in records:
+            try:
+                rows.append(record_row(self.run_id, record))
+            except Exception as e:  # a bug must not end the thread that writes every flow
+                log.error("leakmap: flow %s not stored: %s: %s", record.exchange.flow_id,
+                          type(e).__name__, e)
+        return rows
+
     def _write(self, rows: list[Row]) -> None:
         try:
             self.written += write_batch(self.engine, rows)
         except UNAVAILABLE as e:
             self._to_spill(rows)
             self._set_failing(True, _reason(e))
+        except Exception as e:  # not the database being away: keep the rows, say so, go on
+            log.error("leakmap: %d records could not be written (%s: %s); kept in %s",
+                      len(rows), type(e).__name__, e, self.spill.path)
+            self._to_spill(rows)
 
     def _to_spill(self, rows: list[Row]) -> None:
         if not rows:

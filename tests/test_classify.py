@@ -378,3 +378,13 @@ def test_a_form_found_quiet_holds_nothing_a_walk_would_find(classifier: Classifi
 
     check()
     assert quiet_seen and walked_seen  # the property was exercised both ways
+
+
+@pytest.mark.parametrize("body", ["lat=12.971599&lon=77.594566", "ll=48.8584,2.2945",
+                                  "latlng=12.971599%2C77.594566"])
+def test_coordinates_under_a_location_name_keep_a_form_from_being_quiet(classifier, body) -> None:
+    exchange = request(body=body.encode(),
+                       headers=[("content-type", "application/x-www-form-urlencoded")])
+    assert not classifier._quiet_form(body.encode())
+    assert "location" in {data_type for _, data_type, _, _ in found(_unhurried(classifier),
+                                                                      exchange)}
