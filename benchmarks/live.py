@@ -7,7 +7,8 @@ warm-up.  Then, round after round, each proxy in turn (the order alternates)
 gets ``rps_requests`` POSTs on 16 keep-alive connections and ``p50_requests``
 POSTs on one connection, one after another.  Only one proxy carries traffic
 at a time; the other sits idle, and after each of leakmap's loads the next
-one waits until leakmap has logged every flow (its analysis process idle).
+one waits until leakmap has logged every flow and its processes are idle
+(after the warm-up, its analysis process may still be building its pipeline).
 At the end leakmap's ``flows`` rows are counted against the requests it
 answered.
 """
@@ -76,19 +77,48 @@ def one_load(proxy: Proxy, wires: list[bytes], conns: int, server: run.Origin, c
     sampler = run.Sampler(proxy.process.pid, server.process.pid)
     result = loadgen.run_load(wires, conns, server.port, ca, proxy.port)
     stats = run.load_stats(result, sampler.delta())
+    stats["top_other_processes_cpu_s"] = sampler.top_others  # (CPU s, name) outside ours
     stats.update(round=round_no, conns=conns)
     proxy.answered += result.ok
     proxy.loads.append(stats)
 
 
-def settle(proxy: Proxy) -> None:
-    """Wait until leakmap has logged every flow it answered, i.e. its analysis process
-    is idle: otherwise its backlog would run during the next load, the other proxy's
-    included.  The wait is recorded with the load it follows."""
-    if proxy.variant != "leakmap":
-        return
-    waited, rows = run.wait_for_rows(proxy.db_file, proxy.answered, timeout=60)
-    proxy.loads[-1].update(settled_s=round(waited, 3), rows_after=rows)
+def settle(proxy: Proxy) -> float:
+    """Seconds until leakmap has logged every flow it answered and its processes are
+    idle (the analysis process may still be building its pipeline after the warm-up):
+    otherwise that work would run during the next load, the other proxy's included."""
+    started = time.perf_counter()
+    run.wait_for_rows(proxy.db_file, proxy.answered, timeout=60)
+    while time.perf_counter() - started < 120:
+        before = _tree_cpu_s(proxy.process.pid)
+        time.sleep(IDLE_WINDOW_S)
+        if _tree_cpu_s(proxy.process.pid) - before < IDLE_CORES * IDLE_WINDOW_S:
+            break
+    return time.perf_counter() - started
+
+
+IDLE_WINDOW_S = 0.3
+IDLE_CORES = 0.1  # a proxy with its heartbeat and writer waiting uses far less
+
+
+def _tree_cpu_s(pid: int) -> float:
+    """CPU seconds of ``pid`` and every process below it (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat_file.parent.name))
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            total += run.proc_cpu_s(current)
+        except OSError:  # ended meanwhile
+            continue
+        todo += children.get(current, [])
+    return total
 
 
 def _median(proxy: Proxy, conns: int, key: str) -> float:
@@ -136,7 +166,8 @@ def _rounds(proxies: dict[str, Proxy], loads: dict[int, list[bytes]], server: ru
             print(f"  live round {round_no + 1}/{rounds}: {variant} ...", flush=True)
             for conns, wires in loads.items():
                 one_load(proxies[variant], wires, conns, server, ca, round_no)
-                settle(proxies[variant])
+                if variant == "leakmap":
+                    proxies[variant].loads[-1]["settled_s"] = round(settle(proxies[variant]), 3)
 
 
 def measure(config: dict[str, Any], workdir: Path, env: dict[str, str],
@@ -156,10 +187,10 @@ def measure(config: dict[str, Any], workdir: Path, env: dict[str, str],
         ready(proxies["leakmap"])
         for proxy in proxies.values():
             proxy.answered += loadgen.run_load(warm, CONNECTIONS, server.port, ca, proxy.port).ok
-        run.wait_for_rows(proxies["leakmap"].db_file, proxies["leakmap"].answered,
-                          timeout=120)  # the warm-up, analysed before any round
+        warm_settled_s = settle(proxies["leakmap"])  # the warm-up analysed, the process built
         _rounds(proxies, loads, server, ca, config["rounds"])
         result = summarize(proxies["bare"], proxies["leakmap"])
+        result["warm_settled_s"] = warm_settled_s
     finally:
         codes = {variant: stop(proxy) for variant, proxy in proxies.items()}
         origin = server.stop()
