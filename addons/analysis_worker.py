@@ -168,9 +168,10 @@ class AnalysisWorker:
         self._attach()
         return WorkerBroken(self._error) if self._error is not None else None
 
-    async def process(self, exchange: Exchange) -> FlowRecord:
-        """The record of ``exchange``; raises :class:`WorkerBroken` if the child died, or
-        could not take this exchange (then the others still go there)."""
+    async def process(self, exchange: Exchange) -> tuple[FlowRecord, dict[str, Any]]:
+        """The record of ``exchange`` and its summary as the child sent it; raises
+        :class:`WorkerBroken` if the child died, or could not take this exchange (then the
+        others still go there)."""
         loop = self._attach()
         if self._error is not None or self._closing or loop is None:
             raise WorkerBroken(self._error or ("closed" if self._closing else "no event loop"))
@@ -178,7 +179,8 @@ class AnalysisWorker:
         self._queued.append((exchange, answer))
         if len(self._queued) == 1:
             loop.call_soon(self._send_queued)  # the rest of this turn's flows join the frame
-        return record_from_summary(exchange, await answer)
+        summary = await answer
+        return record_from_summary(exchange, summary), summary
 
     def close(self) -> None:
         """Let the child finish what it was given, then end (without waiting here)."""

@@ -20,6 +20,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 from mitmproxy import ctx, dns, exceptions, http, tcp, tls, udp
 from mitmproxy.flow import Flow
@@ -45,6 +46,8 @@ PIPELINE_SETTINGS = ("policy", "device", "geoip_dir", "geodb_max_age", "networks
 
 
 Listener = Callable[[Flow], None]
+# a record, and its summary where the analysis process already made it
+Analysed = tuple[FlowRecord, dict[str, Any] | None]
 
 
 class Inspector:
@@ -57,7 +60,7 @@ class Inspector:
         # metadata, which must not stop it from being analysed again.
         self.session = uuid.uuid4().hex
         self.open_flows = OpenFlows()
-        self.in_flight: set[asyncio.Future[FlowRecord]] = set()
+        self.in_flight: set[asyncio.Future[Analysed]] = set()
         self.worker: AnalysisWorker | None = None
         self.worker_announced = False
 
@@ -105,8 +108,11 @@ class Inspector:
             previous and previous.get("session") == self.session
         )
 
-    def _keep(self, flow: Flow, record: FlowRecord) -> None:
-        summary = {**record_summary(record), "session": self.session}
+    def _keep(self, flow: Flow, record: FlowRecord, summary: dict[str, Any] | None = None) -> None:
+        """``record`` on ``flow``; ``summary`` is its plain data if already made (by the
+        analysis process), which then goes to the metadata as it is."""
+        summary = record_summary(record) if summary is None else summary
+        summary["session"] = self.session
         flow.metadata[METADATA_KEY] = summary
         # the live object for Review and Recorder; flow files keep only the summary
         flow._leakmap_record = (summary, record)  # type: ignore[attr-defined]
@@ -128,7 +134,7 @@ class Inspector:
             # shielded: a stop that cancels this hook must not lose the analysis
             await asyncio.shield(job)
 
-    async def _analyse(self, exchange: Exchange, pipeline: Pipeline) -> FlowRecord:
+    async def _analyse(self, exchange: Exchange, pipeline: Pipeline) -> Analysed:
         """The record of ``exchange``: from the analysis process once it is up, else a thread."""
         worker = self.worker
         if worker is not None and worker.failure is not None:
@@ -144,7 +150,7 @@ class Inspector:
                     self._drop_worker(worker, worker.failure)
             except Exception as e:  # unexpected: threads from now on
                 self._drop_worker(worker, e)
-        return await asyncio.to_thread(pipeline.process, exchange)
+        return await asyncio.to_thread(pipeline.process, exchange), None
 
     def _drop_worker(self, worker: AnalysisWorker, problem: BaseException) -> None:
         worker.close()
@@ -153,10 +159,10 @@ class Inspector:
                       type(problem).__name__, problem)
             self.worker = None
 
-    def _finish(self, flow: Flow, job: asyncio.Future[FlowRecord]) -> None:
+    def _finish(self, flow: Flow, job: asyncio.Future[Analysed]) -> None:
         self.in_flight.discard(job)
         if not job.cancelled() and job.exception() is None:
-            self._keep(flow, job.result())
+            self._keep(flow, *job.result())
             self._tell(flow)
 
     def _tell(self, flow: Flow) -> None:

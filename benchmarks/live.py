@@ -28,7 +28,7 @@ import loadgen
 import payloads
 import run
 
-from servers import free_port, wait_for_port
+from servers import descendants, free_port, wait_for_port
 
 CONNECTIONS = 16
 VARIANTS = ("bare", "leakmap")
@@ -102,22 +102,13 @@ IDLE_CORES = 0.1  # a proxy with its heartbeat and writer waiting uses far less
 
 
 def _tree_cpu_s(pid: int) -> float:
-    """CPU seconds of ``pid`` and every process below it (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+    """CPU seconds of ``pid`` and every process below it."""
+    total = 0.0
+    for process in (pid, *descendants(pid)):
         try:
-            fields = stat_file.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat_file.parent.name))
-    total, todo = 0.0, [pid]
-    while todo:
-        current = todo.pop()
-        try:
-            total += run.proc_cpu_s(current)
+            total += run.proc_cpu_s(process)
         except OSError:  # ended meanwhile
             continue
-        todo += children.get(current, [])
     return total
 
 

@@ -169,12 +169,8 @@ class Collector:
     @property
     def full(self) -> bool:
         """True once the leaf or time budget is spent: whoever asks skips a value, so it is noted."""
-        if self.out_of_time:
+        if (self.deadline is not None or self.out_of_time) and self.expired():
             return True
-        if self.deadline is not None:  # expired()'s sampling, inline: this is asked per value
-            self._asked += 1
-            if not self._asked & 15 and self.expired(exact=True):
-                return True
         if len(self.leaves) < self.limits.max_leaves:
             return False
         self.truncated = True

@@ -249,10 +249,9 @@ class KnownMatcher:
     def __init__(self, data_types: Iterable[DataType], device: DeviceProfile) -> None:
         self._word_ids: dict[str, int] = {}
         self.words: list[str] = []
-        self._word_hits: list[list[KnownHit]] = []
-        # each distinct hit numbered: a small int is cheaper to hash than a KnownHit
+        # per word, its hits, each with a number: a small int is cheaper to hash than a KnownHit
+        self._word_hits: list[list[tuple[int, KnownHit]]] = []
         self._hit_numbers: dict[KnownHit, int] = {}
-        self._word_hit_numbers: list[list[int]] = []
         self.digests: dict[bytes, list[KnownHit]] = {}
         self.known_phones: dict[str, list[KnownHit]] = {}
         for data_type in data_types:
@@ -301,11 +300,9 @@ class KnownMatcher:
             word_id = self._word_ids[variant] = len(self.words)
             self.words.append(variant)
             self._word_hits.append([])
-            self._word_hit_numbers.append([])
-        if hit not in self._word_hits[word_id]:
-            self._word_hits[word_id].append(hit)
-            number = self._hit_numbers.setdefault(hit, len(self._hit_numbers))
-            self._word_hit_numbers[word_id].append(number)
+        number = self._hit_numbers.setdefault(hit, len(self._hit_numbers))
+        if (number, hit) not in self._word_hits[word_id]:
+            self._word_hits[word_id].append((number, hit))
 
     def _word_matches(self, data: bytes) -> list[tuple[int, int]]:
         """(word id, end offset) of every written form in ``data``, overlapping ones too."""
@@ -357,19 +354,19 @@ class KnownMatcher:
         # phone's forms) is reported once: the first form that passes its checks.
         reported: set[tuple[int, int]] = set()
         locate = joined.locate if joined.ascii else joined.locate_bytes  # ASCII: bytes = chars
-        lengths, numbers_of, values = self._lengths, self._word_hit_numbers, joined.values
+        lengths, hits_of, values = self._lengths, self._word_hits, joined.values
         for word_id, end in self._word_matches(data):
             located = locate(end - lengths[word_id], end)
             if located is None:
                 continue
             index, first, last = located
-            numbers = numbers_of[word_id]
-            if len(numbers) == 1 and (index, numbers[0]) in reported:
+            hits = hits_of[word_id]
+            if len(hits) == 1 and (index, hits[0][0]) in reported:
                 continue
             text = values[index]
             if not _on_boundary(text, first, last):
                 continue
-            for number, hit in zip(numbers, self._word_hits[word_id], strict=True):
+            for number, hit in hits:
                 if (index, number) not in reported and _stands_alone(text, first, last, hit):
                     reported.add((index, number))
                     yield index, first, last, hit

@@ -15,6 +15,7 @@ import pytest
 from mitmproxy import io
 
 from conftest import leakmap_cli
+from servers import descendants
 
 IMEI = "865312345678901"  # samples/redmi-1s.yaml
 OWN_NUMBER = "+919812345678"
@@ -224,26 +225,9 @@ def test_a_killed_proxy_keeps_what_it_committed_before_the_last_second(
     assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]
 
 
-def _descendants(pid: int) -> list[int]:
-    """Processes below ``pid`` (from /proc)."""
-    parents: dict[int, list[int]] = {}
-    for stat_file in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat_file.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents.setdefault(int(fields[1]), []).append(int(stat_file.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        children = parents.get(todo.pop(), [])
-        found += children
-        todo += children
-    return found
-
-
 def _analysis_processes(pid: int) -> list[int]:
     found = []
-    for child in _descendants(pid):
+    for child in descendants(pid):
         try:
             command = Path(f"/proc/{child}/cmdline").read_bytes()
         except OSError:

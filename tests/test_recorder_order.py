@@ -11,7 +11,9 @@ SQLite store.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 from mitmproxy.addons.save import Save
@@ -21,16 +23,23 @@ from leakmap.addons.inspector import Inspector
 from leakmap.addons.recorder import Recorder
 
 
-def _addons() -> tuple[Inspector, Recorder]:
+@contextlib.contextmanager
+def _addons(db_file: Path) -> Iterator[tuple[Inspector, Recorder]]:
+    """An Inspector (analysing on threads) and its Recorder on ``db_file``, in mitmproxy's
+    test master, neither yet ``running``."""
     inspector = Inspector()
     recorder = Recorder(inspector)
     inspector.listeners.append(recorder.record)
-    return inspector, recorder
+    with taddons.context(Save(), inspector, recorder) as context:
+        context.configure(inspector, leakmap_db=f"sqlite:///{db_file}", leakmap_workers="0")
+        yield inspector, recorder
 
 
-def _stored_urls(db_file: Path) -> list[str]:
+def _stored_paths(db_file: Path) -> list[str]:
+    """The last path segment of each stored flow's URL, in order."""
     with sqlite3.connect(db_file) as connection:
-        return [url for (url,) in connection.execute("SELECT url FROM flows ORDER BY url")]
+        return [url.rsplit("/", 1)[-1]
+                for (url,) in connection.execute("SELECT url FROM flows ORDER BY url")]
 
 
 def _flow(path: str) -> tflow.HTTPFlow:
@@ -44,9 +53,7 @@ def test_a_flow_analysed_before_the_run_starts_is_written(tmp_path: Path) -> Non
     db_file = tmp_path / "early.db"
 
     async def scenario() -> None:
-        inspector, recorder = _addons()
-        with taddons.context(Save(), inspector, recorder) as context:
-            context.configure(inspector, leakmap_db=f"sqlite:///{db_file}", leakmap_workers="0")
+        with _addons(db_file) as (inspector, recorder):
             await inspector.response(_flow("/early"))
             await inspector.settle()  # analysed and handed over: the run does not exist yet
             assert recorder.writer is None
@@ -56,16 +63,14 @@ def test_a_flow_analysed_before_the_run_starts_is_written(tmp_path: Path) -> Non
             await recorder.done()
 
     asyncio.run(scenario())
-    assert [url.rsplit("/", 1)[-1] for url in _stored_urls(db_file)] == ["early", "later"]
+    assert _stored_paths(db_file) == ["early", "later"]
 
 
 def test_the_recorder_waits_for_an_analysis_still_under_way(tmp_path: Path) -> None:
     db_file = tmp_path / "late.db"
 
     async def scenario() -> None:
-        inspector, recorder = _addons()
-        with taddons.context(Save(), inspector, recorder) as context:
-            context.configure(inspector, leakmap_db=f"sqlite:///{db_file}", leakmap_workers="0")
+        with _addons(db_file) as (inspector, recorder):
             recorder.running()
             await inspector.done()  # nothing under way yet
             await inspector.response(_flow("/late"))  # a hook that ran after the Inspector's done
@@ -73,4 +78,4 @@ def test_the_recorder_waits_for_an_analysis_still_under_way(tmp_path: Path) -> N
             await recorder.done()
 
     asyncio.run(scenario())
-    assert [url.rsplit("/", 1)[-1] for url in _stored_urls(db_file)] == ["late"]
+    assert _stored_paths(db_file) == ["late"]
