@@ -40,7 +40,7 @@ from leakmap.core.device import DeviceProfile
 from leakmap.core.exchange import Exchange
 from leakmap.core.joined import Joined
 from leakmap.core.known import KnownMatcher, whole_number
-from leakmap.core.pattern_gate import MIN_BLOB, KeyGate, PatternGate
+from leakmap.core.pattern_gate import BLOB, MIN_BLOB, KeyGate, PatternGate
 from leakmap.core.safe_regex import FullmatchIndex, scans_joined
 from leakmap.core.validators import VALIDATORS, parse_phone
 from leakmap.policies.model import DataType, Policy
@@ -61,6 +61,8 @@ _DETECT_CHUNK_CHARS = 4096
 # cannot reach the leaf budget, and its raw scans stay within a few microseconds.
 _QUIET_MAX_BYTES = 16 * 1024
 # A joined form value made only of base64/hex characters: it might decode (core/decode.py:_plain)
+# Where a JSON value holds something that decodes into something else
+_DECODES_FURTHER = re.compile(r"[\\%&]")
 _FORM_BLOB_VALUE = re.compile(r"(?<![^\x00])[A-Za-z0-9+/=_\r\n-]+(?![^\x00])")
 
 
@@ -351,82 +353,104 @@ class Classifier:
             self._location_key_cache[slot] = named
         return named
 
-    # -- a JSON document with nothing to find is not walked ----------------
+    # -- a body is walked only where something might be found ----------------
 
-    def _quiet_json(self, body: bytes) -> bool:
-        """Whether no detector could find anything in the JSON document ``body``.
+    def _json_hot(self, body: bytes) -> list[int] | None:
+        """Where in the JSON document ``body`` a detector might find something.
 
-        Walking a document costs a Python call per value; these checks are
-        native scans of the raw bytes, each a superset of what its detector
-        finds in the values: any written form or digest of a known value, a
-        known number's digits, a policy pattern's loosened form, a key some
-        data type is named by, or a string that might be base64 or hex.  A
-        document with escapes (``\\``), percent signs or ``&`` (values that
-        decode into something else), or nested deeper than the structure
-        limit could reach, is always walked, as is every document when the
-        device has a location (any two numbers may be it).
+        Walking a document costs a Python call per value; these are native
+        scans of the raw bytes, each a superset of what its detector finds in
+        a value, and each reporting a place inside that value's span (or its
+        name's): the end of any written form or digest of a known value, of a
+        policy pattern's loosened form, of a key some data type is named by
+        (location names included), of a string that might be base64 or hex
+        and decodes, of a run shaped like a phone number that ends like a
+        known one; and every ``\\``, ``%`` and ``&`` (a value that decodes
+        into something else).  Only the parts holding one are walked
+        (core/decode.py: walk_hot_json).
+
+        Sorted character offsets; [] when the document holds nothing, None
+        when the gates cannot tell: a long or deeply nested document, a device
+        with a location (any two numbers may be it), a pattern or key name the
+        gates cannot cover, a flood of matches.
         """
         if (len(body) > _QUIET_MAX_BYTES or self.device.location is not None
                 or not self._key_gate.complete or self.limits.min_blob_length < MIN_BLOB
                 or len(self._gate.covered) < len(self.pattern_types)
-                or b"\\" in body or b"%" in body or b"&" in body
+                or len(body) > self.limits.max_parsed_values
                 or body.count(b"{") + body.count(b"[") >= self.limits.max_structure_depth):
-            return False
+            return None
         try:
-            joined = Joined([body.decode("utf-8")])
+            text = body.decode("utf-8")
         except UnicodeDecodeError:
-            return False
-        data = joined.data
-        if self.known.anything_in(data) or self.known.may_hold_phone(data):
-            return False
-        if self._gate.candidates(joined) != {}:  # a pattern might match, or too many to tell
-            return False
-        named, blob_ends = self._key_gate.scan(data)
-        return not named and not any(self._blob_at(data, end) for end in blob_ends)
+            return None
+        pattern_ends, key_ends = self._gate.ends(body), self._key_gate.matches(body)
+        if pattern_ends is None or key_ends is None:
+            return None
+        # a loosened pattern may end on the character after the value (its lookahead)
+        ends = [end - shift for _index, end in pattern_ends for shift in (0, 1)]
+        ends += self.known.hot_ends(body)
+        ends += [end for index, end in key_ends if index != BLOB or self._blob_at(body, end)]
+        hot = [end - 1 for end in ends]  # the last byte of each match
+        if len(text) != len(body):  # not ASCII: byte offsets to characters
+            hot = [len(body[: at + 1].decode("utf-8", "ignore")) - 1 for at in hot]
+        if self.known.may_hold_phone(body):
+            hot += [span.end() - 1 for span in _PHONE_SPAN.finditer(text)
+                    if _may_be_known(span.group(), self._phone_tails)]
+        hot += [mark.start() for mark in _DECODES_FURTHER.finditer(text)]
+        hot.sort()
+        return hot
 
-    def _quiet_form(self, body: bytes) -> bool:
-        """Whether no detector could find anything in the form body ``body``.
+    def _form_hot(self, body: bytes) -> set[int] | None:
+        """Indices of the pairs of the form body ``body`` where a detector might find something.
 
         The form is percent-decoded whole, once; where that adds no ``&`` or
         ``=`` (no separator was encoded) its pairs are those the decoder would
-        find, value for value.  Then, as for JSON: no name that a data type is
-        named by (location types included: coordinates under ``lat`` count
-        without a known location); and in the values joined, no known form or
-        digest, no known number's digits, no loosened pattern, no value that would decode
-        further (``%``, a document, base64 or hex that :func:`unwraps`) and
-        none long enough to be cut into windows.
+        find, value for value.  A pair is hot when its name is one a data type
+        is named by (location types included: coordinates under ``lat`` count
+        without a known location), or its value holds a known form or digest,
+        a run shaped like a known number, a loosened pattern, or something
+        that decodes further (``%``, a document, base64 or hex that
+        :func:`unwraps`), or is long enough to be cut into windows.  An empty
+        set: nothing to walk; None: the gates cannot tell (walk it all).
         """
         if (len(body) > _QUIET_MAX_BYTES or self.device.location is not None
                 or len(self._gate.covered) < len(self.pattern_types)):
-            return False
+            return None
         try:
             raw = body.decode("utf-8")
         except UnicodeDecodeError:
-            return False
+            return None
         text = unquote_plus(raw) if "%" in raw or "+" in raw else raw
-        if ("%" in text or "{" in text or "[" in text
-                or text.count("&") != raw.count("&") or text.count("=") != raw.count("=")):
-            return False
+        if text.count("&") != raw.count("&") or text.count("=") != raw.count("="):
+            return None
         pairs = FORM_PAIR.findall(text)
         if not pairs:
-            return True
-        cache = self._key_cache  # names a data type's keys match, or a location's
-        if any(name and ((cache[name] if name in cache else self._types_for_key(name))
-                         or self._location_key(name)) for name, _ in pairs):
-            return False
-        values = [value for _, value in pairs]
-        if max(map(len, values)) > self.limits.max_leaf_chars:
-            return False
-        joined = Joined(values)
+            return set()
+        joined = Joined([value for _, value in pairs])
+        candidates = self._gate.candidates(joined)
+        if candidates is None:
+            return None
+        hot = {index for values in candidates.values() for index in values}
+        hot.update(index for index, (name, value) in enumerate(pairs)
+                   if self._named(name) or len(value) > self.limits.max_leaf_chars
+                   or "%" in value or "{" in value or "[" in value)
         data = joined.data
-        if self.known.anything_in(data) or self.known.may_hold_phone(data):
-            return False
-        if self._gate.candidates(joined) != {}:
-            return False
+        hot.update(joined.index_at_byte(end - 1) for end in self.known.hot_ends(data))
+        if self.known.may_hold_phone(data):
+            hot.update(joined.indices(*span.span())[0] for span in _PHONE_SPAN.finditer(joined.text)
+                       if _may_be_known(span.group(), self._phone_tails))
         min_blob = self.limits.min_blob_length
-        return not any(unwraps(match.group(), min_blob)
-                       for match in _FORM_BLOB_VALUE.finditer(joined.text)
-                       if len(match.group()) >= min_blob)
+        hot.update(joined.indices(*match.span())[0]
+                   for match in _FORM_BLOB_VALUE.finditer(joined.text)
+                   if len(match.group()) >= min_blob and unwraps(match.group(), min_blob))
+        return hot
+
+    def _named(self, name: str) -> bool:
+        """Whether some data type's keys, or a location type's, name ``name``."""
+        cache = self._key_cache
+        return bool(name) and bool((cache[name] if name in cache else self._types_for_key(name))
+                                   or self._location_key(name))
 
     def _blob_at(self, data: bytes, end: int) -> bool:
         """Whether the JSON string ending (with its quote) at ``end`` would be decoded."""
@@ -455,7 +479,7 @@ class Classifier:
             keep(self._known_batch(leaves, problems))
 
         collector = exchange_leaves(exchange, self.limits, deadline, search_known,
-                                    self._quiet_json, self._quiet_form)
+                                    self._json_hot, self._form_hot)
         collector.hand_over()  # also after the deadline: the surest finding, and fast
         analysis = Analysis(errors=collector.errors)
         analysis.errors.extend(problems)

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import json
 import re
 import time
 import zlib
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from email.feedparser import BytesFeedParser
@@ -103,11 +105,13 @@ class Collector:
     deadline: float | None = None
     on_batch: Callable[[list[Leaf]], None] | None = None
     batch_chars: int = 64 * 1024
-    # Asked before a parsed JSON document is walked: True means no detector could
-    # find anything in these bytes (the classifier's gates), so it is not walked.
-    quiet_json: Callable[[bytes], bool] | None = None
-    # The same for a form body (application/x-www-form-urlencoded), before its pairs.
-    quiet_form: Callable[[bytes], bool] | None = None
+    # Asked before a JSON document is walked: the offsets (characters) where a
+    # detector might find something (the classifier's gates).  Only the parts that
+    # hold one are walked; [] means none, None that it cannot tell: walk it all.
+    json_hot: Callable[[bytes], list[int] | None] | None = None
+    # The same for a form body (application/x-www-form-urlencoded): the indices of
+    # the pairs worth decoding.
+    form_hot: Callable[[bytes], set[int] | None] | None = None
     out_of_time: bool = False
     _asked: int = 0
     _handed: int = 0  # leaves before this index went to on_batch
@@ -676,6 +680,133 @@ def _walk_scalar(collector: Collector, path: str, node: object, layers: tuple[st
         collector.add(Leaf(path, str(node), layers, key, parent))
 
 
+# --------------------------------------------------------------------------
+# A JSON document walked only where the classifier's raw scans found something.
+
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")
+# json.loads' own scanner, one value at a time: (value, end offset) in C
+_scan_value: Callable[[str, int], tuple[object, int]] = json.JSONDecoder(
+    parse_int=JsonNumber, parse_float=JsonNumber, parse_constant=JsonNumber,
+).scan_once  # type: ignore[attr-defined]  # not in typeshed
+_scan_name: Callable[[str, int], tuple[str, int]] = json.decoder.scanstring  # type: ignore[attr-defined]
+# A hot container longer than this is read again child by child, to skip its quiet ones.
+_SKIM_CONTAINER_CHARS = 256
+
+
+class _Unskimmable(ValueError):
+    """The document is not one that json.loads would read the same way: walk it plainly."""
+
+
+class _HotSkim:
+    """The children of a JSON document that hold a hot offset, found by position.
+
+    Every child is parsed by json's C scanner, which also gives its end; a
+    child whose span (its name included) holds no hot offset is dropped
+    unwalked.  A hot child is kept whole, unless it is a long container hot
+    only inside: that one is read again the same way.  ``kept`` lists
+    (path, node, key, parent path, depth) as :func:`walk_structure` would
+    walk them, in document order.
+    """
+
+    def __init__(self, text: str, hot: list[int]) -> None:
+        self.text, self.hot = text, hot
+        self.kept: list[tuple[str, object, str | None, str, int]] = []
+
+    def _hot_between(self, start: int, end: int) -> bool:
+        index = bisect_left(self.hot, start)
+        return index < len(self.hot) and self.hot[index] < end
+
+    def _space(self, at: int) -> int:
+        return _JSON_SPACE.match(self.text, at).end()  # type: ignore[union-attr]  # always matches
+
+    def container(self, at: int, path: str, key: str | None, depth: int) -> int:
+        """Read the object or array at ``at``; its end offset."""
+        if self.text[at] == "{":
+            return self._object(at, path, depth)
+        return self._array(at, path, key, depth)
+
+    def _object(self, at: int, path: str, depth: int) -> int:
+        text, names = self.text, set()
+        at = self._space(at + 1)
+        if text[at] == "}":
+            return at + 1
+        while True:
+            if text[at] != '"':
+                raise _Unskimmable("a name expected")
+            name, after = _scan_name(text, at + 1)
+            if name in names:  # json.loads keeps the last value, in the first one's place
+                raise _Unskimmable("a name repeated")
+            names.add(name)
+            colon = self._space(after)
+            if text[colon] != ":":
+                raise _Unskimmable("a colon expected")
+            end = self._child(self._space(colon + 1), at, f"{path}.{name}", name, path, depth)
+            at = self._space(end)
+            if text[at] == "}":
+                return at + 1
+            if text[at] != ",":
+                raise _Unskimmable("a comma expected")
+            at = self._space(at + 1)
+
+    def _array(self, at: int, path: str, key: str | None, depth: int) -> int:
+        text = self.text
+        at = self._space(at + 1)
+        if text[at] == "]":
+            return at + 1
+        for index in itertools.count():
+            end = self._child(at, at, f"{path}[{index}]", key, path, depth)
+            at = self._space(end)
+            if text[at] == "]":
+                return at + 1
+            if text[at] != ",":
+                raise _Unskimmable("a comma expected")
+            at = self._space(at + 1)
+        raise AssertionError  # pragma: no cover - itertools.count() does not end
+
+    def _child(self, at: int, start: int, path: str, key: str | None, parent: str,
+               depth: int) -> int:
+        """Read the value at ``at`` (its span with its name from ``start``); its end."""
+        node, end = _scan_value(self.text, at)
+        if not self._hot_between(start, end):
+            return end
+        if (end - at > _SKIM_CONTAINER_CHARS and type(node) in (dict, list)
+                and not self._hot_between(start, at)):  # hot only inside: skim it too
+            self.container(at, path, key, depth + 1)
+        else:  # hot by its name, or small: walked whole
+            self.kept.append((path, node, key, parent, depth + 1))
+        return end
+
+
+def walk_hot_json(collector: Collector, path: str, body: bytes, hot: list[int]) -> bool:
+    """Walk the parts of the JSON document ``body`` that hold an offset of ``hot`` (sorted).
+
+    False, with nothing walked, when the document is not an object or array
+    that this reading parses exactly as json.loads would: the caller then
+    parses and walks it whole.  A valid document with nothing hot is not walked.
+    """
+    try:
+        text = body.decode("utf-8")
+        skim = _HotSkim(text, hot)
+        at = skim._space(0)
+        if text[at : at + 1] not in ("{", "["):
+            return False
+        if skim._space(skim.container(at, path, None, 0)) != len(text):
+            return False
+    except (ValueError, StopIteration, IndexError, RecursionError):  # _Unskimmable is one
+        return False
+    limits, append = collector.limits, collector._append
+    for child_path, child, key, parent, depth in skim.kept:
+        kind = type(child)
+        if kind is JsonNumber or (kind is str and _plain(child, limits)):  # type: ignore[arg-type]
+            if child and not append(Leaf(child_path, str(child), (), key, parent)):
+                return True
+            continue
+        walk_structure(collector, child_path, child, (), key, parent, depth, 0)
+        if collector.full:
+            return True
+    return True
+
+
 def _walk_xml(collector: Collector, path: str, element: object, depth: int = 0) -> None:
     if collector.full:
         return
@@ -886,9 +1017,12 @@ def _decode_grpc(collector: Collector, path: str, body: bytes, media: str) -> No
 
 
 def _decode_form(collector: Collector, path: str, body: bytes) -> None:
-    if collector.quiet_form is not None and collector.quiet_form(body):
+    hot = collector.form_hot(body) if collector.form_hot is not None else None
+    if hot is not None and not hot:
         return
-    for name, value in form_pairs(body.decode("utf-8", "replace")):
+    for index, (name, value) in enumerate(form_pairs(body.decode("utf-8", "replace"))):
+        if hot is not None and index not in hot:
+            continue
         if collector.full:
             return
         expand_text(collector, f"{path}.form.{name}", value, key=name, parent=f"{path}.form")
@@ -898,11 +1032,13 @@ def _decode_structured(collector: Collector, path: str, body: bytes, kind: str,
                        content_type: str) -> bool:
     """Decode ``body`` as ``kind``; False when it is not that after all."""
     if kind == "json":
+        hot = collector.json_hot(body) if collector.json_hot is not None else None
+        if hot is not None and walk_hot_json(collector, f"{path}.json", body, hot):
+            return True
         parsed = parse_json(body, collector)
         if parsed is _INVALID:
             return False
-        if collector.quiet_json is None or not collector.quiet_json(body):
-            walk_structure(collector, f"{path}.json", parsed)
+        walk_structure(collector, f"{path}.json", parsed)
     elif kind == "form":
         _decode_form(collector, path, body)
     elif kind == "multipart":
@@ -1032,8 +1168,8 @@ def exchange_leaves(
     limits: Limits | None = None,
     deadline: float | None = None,
     on_batch: Callable[[list[Leaf]], None] | None = None,
-    quiet_json: Callable[[bytes], bool] | None = None,
-    quiet_form: Callable[[bytes], bool] | None = None,
+    json_hot: Callable[[bytes], list[int] | None] | None = None,
+    form_hot: Callable[[bytes], set[int] | None] | None = None,
 ) -> Collector:
     """Every value the client sent in ``exchange``, with the problems met.
 
@@ -1043,7 +1179,7 @@ def exchange_leaves(
     first: the URL, headers and cookies before the body.
     """
     collector = Collector(limits or Limits(), deadline=deadline, on_batch=on_batch,
-                          quiet_json=quiet_json, quiet_form=quiet_form)
+                          json_hot=json_hot, form_hot=form_hot)
     if exchange.request_body_truncated:
         collector.truncated = True
         collector.note("request body was not captured whole")

@@ -325,6 +325,17 @@ class KnownMatcher:
         return bool(self.digests) and any(
             digest in self.digests for _start, _end, digest, _outer in digest_spans(data))
 
+    def hot_ends(self, data: bytes) -> list[int]:
+        """End offsets in ``data`` of every written form and known digest, boundaries aside:
+        where :meth:`search_joined` could report something."""
+        if self.empty:
+            return []
+        ends = [end for _word, end in self._word_matches(data)]
+        if self.digests:
+            ends += [end for _start, end, digest, _outer in digest_spans(data)
+                     if digest in self.digests]
+        return ends
+
     def may_hold_phone(self, data: bytes) -> bool:
         """False when no known phone number can be written in ``data``, whatever its layout.
 

@@ -12,8 +12,8 @@ every value, as before), and a chunk with more matches than
 ``MAX_MATCHES`` (a flood of digits) answers None: run everything there.
 
 :class:`KeyGate` does the same for key names, on a whole JSON body: with
-the known-value, phone and pattern gates it tells the classifier that a
-document holds nothing any detector could find, so that it is not walked.
+the known-value, phone and pattern gates it tells the classifier where in a
+document a detector could find something, so that only those parts are walked.
 """
 
 from __future__ import annotations
@@ -73,7 +73,20 @@ class PatternGate:
         None when the chunk cannot be gated (text that is not valid UTF-8, or a
         flood of matches): then every covered pattern must run on every value.
         """
-        if self._scanner is None or not joined.valid_utf8:
+        if not joined.valid_utf8:
+            return None
+        ends = self.ends(joined.data)
+        if ends is None:
+            return None
+        found: dict[int, set[int]] = {}
+        for index, end in ends:
+            found.setdefault(index, set()).add(joined.index_at_byte(max(0, end - 1)))
+        return found
+
+    def ends(self, data: bytes) -> list[tuple[int, int]] | None:
+        """(pattern index, end offset) of every place in ``data`` where a covered
+        pattern might match; None when it cannot tell (no scanner, a flood)."""
+        if self._scanner is None:
             return None
         ends: list[tuple[int, int]] = []
 
@@ -81,20 +94,15 @@ class PatternGate:
             ends.append((index, end))
             return len(ends) >= MAX_MATCHES  # True stops the scan
 
-        self._scanner.scan(joined.data, on_match)
-        if len(ends) >= MAX_MATCHES:
-            return None
-        found: dict[int, set[int]] = {}
-        for index, end in ends:
-            found.setdefault(index, set()).add(joined.index_at_byte(max(0, end - 1)))
-        return found
+        self._scanner.scan(data, on_match)
+        return None if len(ends) >= MAX_MATCHES else ends
 
 
 # A JSON string that might be base64 or hex (core/decode.py: _decode_once), if the
 # decoder's min_blob_length is at least MIN_BLOB
 MIN_BLOB = 12
 _BLOB_STRING = b'"[A-Za-z0-9+/=_-]{%d,}"' % MIN_BLOB
-_BLOB = 1_000_000  # the blob pattern's id; key names are 0, 1, ...
+BLOB = 1_000_000  # the blob pattern's id; key names are 0, 1, ...
 
 
 class KeyGate:
@@ -110,19 +118,19 @@ class KeyGate:
         sources = [loose_source(name) for name in names]
         keys = {index: b'"(?:' + source.encode() + rb')"[ \t\r\n]*:'
                 for index, source in enumerate(sources) if source is not None}
-        scanner, accepted = _scanner({**keys, _BLOB: _BLOB_STRING})
-        assert scanner is not None and _BLOB in accepted  # the blob pattern always compiles
+        scanner, accepted = _scanner({**keys, BLOB: _BLOB_STRING})
+        assert scanner is not None and BLOB in accepted  # the blob pattern always compiles
         self._scanner = scanner
         self.complete = len(accepted) - 1 == len(names)  # else a key could hide from the gate
 
-    def scan(self, data: bytes) -> tuple[bool, list[int]]:
-        """(a key name matched, end offsets of strings that might decode) in ``data``."""
+    def matches(self, data: bytes) -> list[tuple[int, int]] | None:
+        """(key name index or :data:`BLOB`, end offset) of every match in ``data``;
+        None for a flood.  A key name's match ends after its colon."""
         found: list[tuple[int, int]] = []
 
         def on_match(index: int, _start: int, end: int, _flags: int, _context: object) -> bool:
             found.append((index, end))
-            return index != _BLOB or len(found) >= MAX_MATCHES  # a key: the answer is known
+            return len(found) >= MAX_MATCHES
 
         self._scanner.scan(data, on_match)
-        named = any(index != _BLOB for index, _ in found) or len(found) >= MAX_MATCHES
-        return named, [end for index, end in found if index == _BLOB]
+        return None if len(found) >= MAX_MATCHES else found

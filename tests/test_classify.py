@@ -282,7 +282,9 @@ def test_percent_encoded_address_inside_a_longer_one_is_not_known(chinese_phone)
         assert not [f for f in findings if f.match == "known"], findings
 
 
-# -- a JSON document found quiet is not walked (Classifier._quiet_json) -------
+# -- a body is walked only where the raw scans found something ---------------
+# (Classifier._json_hot / _form_hot, core/decode.py:walk_hot_json): the findings
+# must be those of a walk of everything.
 
 _QUIET_KEYS = ["imei", "phone", "msisdn", "lat", "lon", "email", "e", "ts", "ref", "x", "carrier",
                "device_id", "mac", "session", "contacts"]
@@ -291,8 +293,22 @@ _QUIET_VALUES = [
     "356938035643809", "490154203237518", "app_background", "theme_store", "12.971599",
     "77.594566", "a@b.co", "00:1a:2b:3c:4d:5e", b64(IMEI), b64("hello there"), IMEI.encode().hex(),
     digest("md5", IMEI), digest("sha256", OWN), "e9043fce-24eb-4742-d77c-f5ac96822079", "ok",
-    "", "x" * 40, "8991000000000000001",
+    "", "x" * 40, "8991000000000000001", "(98123) 456-78", "98.123.456.78", "caf\u00e9 98123 45678",
+    # found only by decoding what the raw bytes show escaped, percent-encoded or with &
+    '{"carrier": "Vodafone"}', "carrier%3DVodafone%26x%3D1", "carrier=Vodafone&x=1",
+    b64('{"carrier": "Vodafone"}'), b"carrier=Vodafone&x=1".hex(),
 ]
+
+
+def _luhn(digits: str) -> int:
+    """``digits`` with the Luhn check digit appended, as a number."""
+    total = sum(int(d) if i % 2 else sum(divmod(2 * int(d), 10))
+                for i, d in enumerate(reversed(digits)))
+    return int(digits + str(-total % 10))
+
+
+# Numbers a pattern finds as bare JSON numbers (where its loosened form ends past them)
+_QUIET_NUMBERS = [_luhn("899100000000000000"), _luhn("89910000000000000"), _luhn("35693803564380")]
 
 
 def _unhurried(classifier: Classifier) -> Classifier:
@@ -302,10 +318,23 @@ def _unhurried(classifier: Classifier) -> Classifier:
                       dataclasses.replace(classifier.limits, budget_ms=0), classifier.known)
 
 
+def _walking_all(classifier: Classifier) -> Classifier:
+    walker = _unhurried(classifier)
+    walker._json_hot = lambda body: None  # type: ignore[method-assign]
+    walker._form_hot = lambda body: None  # type: ignore[method-assign]
+    return walker
+
+
+def _exact(classifier: Classifier, exchange: Exchange) -> set[tuple[str, str, str, str, str]]:
+    return {(f.field, f.data_type, f.encoding, f.match, f.value)
+            for f in classifier.classify(exchange).findings}
+
+
 def _documents():  # type: ignore[no-untyped-def]
     from hypothesis import strategies as st
 
-    scalars = st.one_of(st.sampled_from(_QUIET_VALUES), st.integers(-10**16, 10**16),
+    scalars = st.one_of(st.sampled_from(_QUIET_VALUES), st.sampled_from(_QUIET_NUMBERS),
+                        st.integers(-10**16, 10**16),
                         st.floats(-200, 200, allow_nan=False), st.booleans(), st.none(),
                         st.text(max_size=20))
     return st.recursive(scalars, lambda inner: st.one_of(
@@ -314,30 +343,90 @@ def _documents():  # type: ignore[no-untyped-def]
                         max_size=5)), max_leaves=25)
 
 
-def test_a_document_found_quiet_holds_nothing_a_walk_would_find(classifier: Classifier) -> None:
+@pytest.mark.parametrize("skim_chars", [256, 0])  # 0: every hot container read child by child
+def test_a_document_is_walked_where_a_walk_of_all_of_it_finds_something(
+        classifier: Classifier, monkeypatch: pytest.MonkeyPatch, skim_chars: int) -> None:
     from hypothesis import HealthCheck, given, settings
 
-    classifier, walker = _unhurried(classifier), _unhurried(classifier)
-    walker._quiet_json = lambda body: False  # type: ignore[method-assign]
-    quiet_seen = []
+    from leakmap.core import decode
+
+    monkeypatch.setattr(decode, "_SKIM_CONTAINER_CHARS", skim_chars)
+    classifier, walker = _unhurried(classifier), _walking_all(classifier)
+    seen = {"quiet": 0, "partly": 0}
 
     @settings(max_examples=int(os.environ.get("LEAKMAP_QUIET_EXAMPLES", "400")), deadline=None,
               suppress_health_check=[HealthCheck.function_scoped_fixture])
-    @given(_documents())
-    def check(document: object) -> None:
-        body = json.dumps(document).encode()
+    @given(_documents(), st_indent())
+    def check(document: object, indent: int | None) -> None:
+        body = json.dumps(document, indent=indent, ensure_ascii=indent is None).encode()
         exchange = request(body=body, headers=[("content-type", "application/json")])
-        walked = found(walker, exchange)
-        if classifier._quiet_json(body):
-            quiet_seen.append(body)
+        walked = _exact(walker, exchange)
+        hot = classifier._json_hot(body)
+        if hot == []:
+            seen["quiet"] += 1
             assert walked == set(), body
-        assert found(classifier, exchange) == walked
+        elif hot is not None and isinstance(document, dict | list):
+            seen["partly"] += 1
+        assert _exact(classifier, exchange) == walked
 
     check()
-    assert quiet_seen  # the property was exercised both ways
+    assert seen["quiet"] and seen["partly"]  # the property was exercised both ways
 
 
-# -- a form found quiet is not walked (Classifier._quiet_form) ----------------
+def st_indent():  # type: ignore[no-untyped-def]
+    from hypothesis import strategies as st
+
+    return st.sampled_from([None, 0, 2])  # compact ASCII, or spaced out with raw UTF-8
+
+
+@pytest.mark.parametrize("body", [
+    '{"imei": "1", "imei": "865312345678901"}',  # a repeated name: json.loads keeps the last
+    '\ufeff{"imei": "865312345678901"}',  # a byte order mark
+    '{"imei": "865312345678901"} x',  # data after the document
+    '{"imei": "865312345678901",}',  # a trailing comma
+    '{"im\\u0065i": "12345", "n": "\u540d\u5b57", "p": "+91 98123 45678"}',
+    '{"\u540d": ["\u540d", {"imei": 865312345678901}], "x": [1, 2, [3, "98123 45678"]]}',
+    '[[[["865312345678901"]]], {"a": {"b": {"email": "someone@example.org"}}}]',
+    '{"a": "%2B91%2098123%2045678", "b": "a=1&imei=865312345678901"}',
+    '{"lat": 12.971599, "t": 1, "lon": 77.594566}',
+    '  {  "contacts" : [ "x" , "y" , "+91 98123 45678" ] }  ',
+    '{"nested": "{\\"imei\\": \\"865312345678901\\"}"}',
+    '"865312345678901"', "865312345678901", "{}", "[]", '{"a": }', '{"a" 1}', "[1 2]",
+])
+def test_awkward_documents_give_the_findings_of_a_walk_of_all_of_them(
+        classifier: Classifier, monkeypatch: pytest.MonkeyPatch, body: str) -> None:
+    from leakmap.core import decode
+
+    raw = body.encode()
+    exchange = request(body=raw, headers=[("content-type", "application/json")])
+    expected = _exact(_walking_all(classifier), exchange)
+    for skim_chars in (256, 0):
+        monkeypatch.setattr(decode, "_SKIM_CONTAINER_CHARS", skim_chars)
+        assert _exact(_unhurried(classifier), exchange) == expected, skim_chars
+
+
+def test_a_long_document_is_walked_only_where_it_holds_something(classifier: Classifier) -> None:
+    events = [{"e": "click", "ts": 1407000000000 + n, "ref": f"{n:012x}"} for n in range(40)]
+    document = {"imei": IMEI, "events": events, "contacts": ["x", "+91 98123 45678"]}
+    body = json.dumps(document).encode()
+    hot = _unhurried(classifier)
+    collector = hot_leaves(hot, body)
+    paths = {leaf.path for leaf in collector.leaves if leaf.path.startswith("request.body")}
+    assert paths == {"request.body.json.imei", "request.body.json.contacts[0]",
+                     "request.body.json.contacts[1]"}
+    exchange = request(body=body, headers=[("content-type", "application/json")])
+    assert _exact(hot, exchange) == _exact(_walking_all(classifier), exchange)
+    assert {"request.body.json.imei", "request.body.json.contacts[1]"} <= {
+        field for field, *_ in _exact(hot, exchange)}
+
+
+def hot_leaves(classifier: Classifier, body: bytes):  # type: ignore[no-untyped-def]
+    from leakmap.core.decode import exchange_leaves
+
+    exchange = request(body=body, headers=[("content-type", "application/json")])
+    return exchange_leaves(exchange, classifier.limits, None, None, classifier._json_hot,
+                           classifier._form_hot)
+
 
 _FORM_VALUES = [*(value for value in _QUIET_VALUES if value),
                 "a%26b", "a%3Db", "%2541", "x+y", "%7B%22imei%22%3A1%7D", "98123%2045678",
@@ -354,12 +443,12 @@ def _forms():  # type: ignore[no-untyped-def]
     return st.lists(st.tuples(names, values), max_size=12)
 
 
-def test_a_form_found_quiet_holds_nothing_a_walk_would_find(classifier: Classifier) -> None:
+def test_a_form_is_walked_where_a_walk_of_all_of_it_finds_something(
+        classifier: Classifier) -> None:
     from hypothesis import HealthCheck, given, settings
 
-    classifier, walker = _unhurried(classifier), _unhurried(classifier)
-    walker._quiet_form = lambda body: False  # type: ignore[method-assign]
-    quiet_seen, walked_seen = [], []
+    classifier, walker = _unhurried(classifier), _walking_all(classifier)
+    seen = {"quiet": 0, "partly": 0, "whole": 0}
 
     @settings(max_examples=int(os.environ.get("LEAKMAP_FORM_EXAMPLES", "400")), deadline=None,
               suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -368,16 +457,19 @@ def test_a_form_found_quiet_holds_nothing_a_walk_would_find(classifier: Classifi
         body = "&".join(f"{name}={value}" for name, value in pairs).encode()
         exchange = request(body=body,
                            headers=[("content-type", "application/x-www-form-urlencoded")])
-        walked = found(walker, exchange)
-        if classifier._quiet_form(body):
-            quiet_seen.append(body)
+        walked = _exact(walker, exchange)
+        hot = classifier._form_hot(body)
+        if hot is None:
+            seen["whole"] += 1
+        elif not hot:
+            seen["quiet"] += 1
             assert walked == set(), body
         else:
-            walked_seen.append(body)
-        assert found(classifier, exchange) == walked
+            seen["partly"] += 1
+        assert _exact(classifier, exchange) == walked
 
     check()
-    assert quiet_seen and walked_seen  # the property was exercised both ways
+    assert seen["quiet"] and seen["partly"] and seen["whole"]  # every way was exercised
 
 
 @pytest.mark.parametrize("body", ["lat=12.971599&lon=77.594566", "ll=48.8584,2.2945",
@@ -385,6 +477,6 @@ def test_a_form_found_quiet_holds_nothing_a_walk_would_find(classifier: Classifi
 def test_coordinates_under_a_location_name_keep_a_form_from_being_quiet(classifier, body) -> None:
     exchange = request(body=body.encode(),
                        headers=[("content-type", "application/x-www-form-urlencoded")])
-    assert not classifier._quiet_form(body.encode())
+    assert classifier._form_hot(body.encode())
     assert "location" in {data_type for _, data_type, _, _ in found(_unhurried(classifier),
                                                                       exchange)}
