@@ -365,7 +365,7 @@ class Classifier:
         policy pattern's loosened form, of a key some data type is named by
         (location names included), of a string that might be base64 or hex
         and decodes, of a run shaped like a phone number that ends like a
-        known one; and every ``\\``, ``%`` and ``&`` (a value that decodes
+        known one (its national digits); and every ``\\``, ``%`` and ``&`` (a value that decodes
         into something else).  Only the parts holding one are walked
         (core/decode.py: walk_hot_json).
 
@@ -391,12 +391,10 @@ class Classifier:
         ends = [end - shift for _index, end in pattern_ends for shift in (0, 1)]
         ends += self.known.hot_ends(body)
         ends += [end for index, end in key_ends if index != BLOB or self._blob_at(body, end)]
+        ends += self.known.phone_ends(body)
         hot = [end - 1 for end in ends]  # the last byte of each match
         if len(text) != len(body):  # not ASCII: byte offsets to characters
             hot = [len(body[: at + 1].decode("utf-8", "ignore")) - 1 for at in hot]
-        if self.known.may_hold_phone(body):
-            hot += [span.end() - 1 for span in _PHONE_SPAN.finditer(text)
-                    if _may_be_known(span.group(), self._phone_tails)]
         hot += [mark.start() for mark in _DECODES_FURTHER.finditer(text)]
         hot.sort()
         return hot
@@ -436,10 +434,8 @@ class Classifier:
                    if self._named(name) or len(value) > self.limits.max_leaf_chars
                    or "%" in value or "{" in value or "[" in value)
         data = joined.data
-        hot.update(joined.index_at_byte(end - 1) for end in self.known.hot_ends(data))
-        if self.known.may_hold_phone(data):
-            hot.update(joined.indices(*span.span())[0] for span in _PHONE_SPAN.finditer(joined.text)
-                       if _may_be_known(span.group(), self._phone_tails))
+        hot.update(joined.index_at_byte(end - 1)
+                   for end in (*self.known.hot_ends(data), *self.known.phone_ends(data)))
         min_blob = self.limits.min_blob_length
         hot.update(joined.indices(*match.span())[0]
                    for match in _FORM_BLOB_VALUE.finditer(joined.text)

@@ -23,6 +23,7 @@ import base64
 import hashlib
 import json
 import re
+from bisect import bisect_right
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -353,6 +354,20 @@ class KnownMatcher:
         self._phone_gate.scan(data.translate(None, _PHONE_SEPARATORS), on_match)
         return bool(found)
 
+    def phone_ends(self, data: bytes) -> list[int]:
+        """End offsets in ``data`` of each known number's national digits, whatever its
+        layout: where :meth:`may_hold_phone` found one, back in ``data``."""
+        if self._phone_gate is None:
+            return []
+        squeezed = data.translate(None, _PHONE_SEPARATORS)
+        found: list[tuple[int, int]] = []
+        self._phone_gate.scan(squeezed, _collect, found)
+        if not found or len(squeezed) == len(data):
+            return [end for _word, end in found]
+        # the k-th separator, at p in data, would sit at p - k in the squeezed bytes
+        moved = [mark.start() - k for k, mark in enumerate(_PHONE_SEPARATOR.finditer(data))]
+        return [end + bisect_right(moved, end - 1) for _word, end in found]
+
     def search_joined(self, joined: Joined) -> Iterator[tuple[int, int, int, KnownHit]]:
         """(value index, start, end, hit) for each known value in the values of ``joined``.
 
@@ -401,6 +416,7 @@ class KnownMatcher:
 
 
 _PHONE_SEPARATORS = b" ()./-"
+_PHONE_SEPARATOR = re.compile(rb"[ ()./-]")
 _HYPERSCAN_VERSION = getattr(hyperscan, "__version__", "")
 
 
