@@ -35,7 +35,14 @@ from urllib.parse import unquote_plus
 
 import phonenumbers
 
-from leakmap.core.decode import FORM_PAIR, Collector, Leaf, Limits, exchange_leaves, unwraps
+from leakmap.core.decode import (
+    FORM_PAIR,
+    Collector,
+    Leaf,
+    Limits,
+    exchange_leaves,
+    unwrapping,
+)
 from leakmap.core.device import DeviceProfile
 from leakmap.core.exchange import Exchange
 from leakmap.core.joined import Joined
@@ -390,7 +397,8 @@ class Classifier:
         # a loosened pattern may end on the character after the value (its lookahead)
         ends = [end - shift for _index, end in pattern_ends for shift in (0, 1)]
         ends += self.known.hot_ends(body)
-        ends += [end for index, end in key_ends if index != BLOB or self._blob_at(body, end)]
+        ends += [end for index, end in key_ends if index != BLOB]
+        ends += self._decoding_blobs(body, [end for index, end in key_ends if index == BLOB])
         ends += self.known.phone_ends(body)
         hot = [end - 1 for end in ends]  # the last byte of each match
         if len(text) != len(body):  # not ASCII: byte offsets to characters
@@ -436,10 +444,10 @@ class Classifier:
         data = joined.data
         hot.update(joined.index_at_byte(end - 1)
                    for end in (*self.known.hot_ends(data), *self.known.phone_ends(data)))
-        min_blob = self.limits.min_blob_length
-        hot.update(joined.indices(*match.span())[0]
-                   for match in _FORM_BLOB_VALUE.finditer(joined.text)
-                   if len(match.group()) >= min_blob and unwraps(match.group(), min_blob))
+        blobs = list(_FORM_BLOB_VALUE.finditer(joined.text))
+        decoding = unwrapping([blob.group() for blob in blobs], self.limits.min_blob_length)
+        if decoding:
+            hot.update(joined.indices(*blob.span())[0] for blob in blobs if blob.group() in decoding)
         return hot
 
     def _named(self, name: str) -> bool:
@@ -448,10 +456,11 @@ class Classifier:
         return bool(name) and bool((cache[name] if name in cache else self._types_for_key(name))
                                    or self._location_key(name))
 
-    def _blob_at(self, data: bytes, end: int) -> bool:
-        """Whether the JSON string ending (with its quote) at ``end`` would be decoded."""
-        start = data.rfind(b'"', 0, end - 1) + 1
-        return unwraps(data[start : end - 1].decode("ascii"), self.limits.min_blob_length)
+    def _decoding_blobs(self, data: bytes, ends: list[int]) -> list[int]:
+        """Those of ``ends`` (each just past a JSON string's closing quote) whose string decodes."""
+        texts = [data[data.rfind(b'"', 0, end - 1) + 1 : end - 1].decode("ascii") for end in ends]
+        decoding = unwrapping(texts, self.limits.min_blob_length)
+        return [end for end, text in zip(ends, texts, strict=True) if text in decoding] if decoding else []
 
     # -- the whole flow ----------------------------------------------------
 

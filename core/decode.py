@@ -16,15 +16,15 @@ decompression stops at the next megabyte.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import itertools
 import json
 import re
+import string
 import time
 import zlib
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from email.feedparser import BytesFeedParser
 from email.policy import HTTP
@@ -402,14 +402,34 @@ def _mostly_text(text: str) -> bool:
 def base64_bytes(value: str) -> bytes | None:
     """The bytes of a base64 value: standard or URL-safe, padded or not."""
     stripped = value.rstrip("=")
-    if len(stripped) % 4 == 1:
+    if len(stripped) % 4 == 1 or not stripped.isascii():
         return None
-    altchars = b"-_" if ("-" in stripped or "_" in stripped) else None
-    try:
-        return base64.b64decode(stripped + "=" * (-len(stripped) % 4), altchars=altchars,
-                                validate=True)
-    except (binascii.Error, ValueError):
+    raw = (stripped + "=" * (-len(stripped) % 4)).encode("ascii")
+    if "-" in stripped or "_" in stripped:
+        raw = raw.translate(_URL_SAFE_TO_STANDARD)
+    try:  # what base64.b64decode(validate=True) calls, without its layers
+        return binascii.a2b_base64(raw, strict_mode=True)
+    except binascii.Error:
         return None
+
+
+_URL_SAFE_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
+_HEX_DIGITS = ("0123456789abcdef", "0123456789ABCDEF")
+_BASE64_ALPHABETS = (string.ascii_letters + string.digits + "+/",
+                     string.ascii_letters + string.digits + "-_")
+
+
+def _is_hex(text: str) -> bool:
+    """``_HEX.fullmatch(text)``, by ``str.strip`` (nothing left: every character was a digit)."""
+    return (len(text) % 2 == 0 and text != ""
+            and (not text.strip(_HEX_DIGITS[0]) or not text.strip(_HEX_DIGITS[1])))
+
+
+def _is_base64(text: str) -> bool:
+    """``_BASE64.fullmatch(text)``: one alphabet, then at most two ``=``."""
+    core = text.rstrip("=")
+    return (core != "" and len(text) - len(core) <= 2
+            and (not core.strip(_BASE64_ALPHABETS[0]) or not core.strip(_BASE64_ALPHABETS[1])))
 
 
 def decode_base64_text(value: str) -> str | None:
@@ -510,19 +530,19 @@ def _unwrap_once(
 
 def _decode_once(text: str, min_blob: int) -> tuple[str, str] | None:
     """(decoded text, the encoding undone) one encoding below ``text``, or None."""
-    if _PERCENT.search(text):
+    if "%" in text and _PERCENT.search(text):
         decoded = unquote(text)
         if decoded != text:
             return decoded, "url"
     if len(text) < min_blob:
         return None
-    if _HEX.fullmatch(text):
+    if _is_hex(text):
         decoded_hex = decode_hex_text(text)
         if decoded_hex is not None:
             return decoded_hex, "hex"
     # MIME-style base64 (Android's Base64.DEFAULT) breaks lines every 76 characters
     compact = text.replace("\r", "").replace("\n", "") if "\n" in text else text
-    if _BASE64.fullmatch(compact):
+    if _is_base64(compact):
         decoded_b64 = decode_base64_text(compact)
         if decoded_b64 is not None:
             return decoded_b64, "base64"
@@ -533,6 +553,62 @@ def unwraps(text: str, min_blob: int) -> bool:
     """Whether :func:`expand_text` would find an encoding to undo in ``text``."""
     found = _decode_short(text, min_blob) if len(text) <= 64 else _decode_once(text, min_blob)
     return found is not None
+
+
+# Each decoded byte as a letter: "p" printable ASCII (tab, LF and CR too), "c" another
+# control, "k" a UTF-8 continuation, "2"/"3"/"4" the lead of a sequence of that length,
+# "x" a byte UTF-8 never holds.
+_BYTE_KINDS = bytes(
+    ord("p") if 0x20 <= byte < 0x7F or byte in (9, 10, 13)
+    else ord("c") if byte < 0x80
+    else ord("k") if byte < 0xC0
+    else ord("2") if 0xC2 <= byte <= 0xDF
+    else ord("3") if 0xE0 <= byte <= 0xEF
+    else ord("4") if 0xF0 <= byte <= 0xF4
+    else ord("x")
+    for byte in range(256)
+)
+
+
+def unwrapping(texts: Sequence[str], min_blob: int) -> set[str]:
+    """Those of ``texts`` that :func:`unwraps`, for the ids and tokens of a body at once.
+
+    Each text must be made only of ``A-Za-z0-9+/=_-`` (no ``%``, no line
+    break).  Most are random, and random bytes are seldom UTF-8, let alone
+    text: the hex ones are decoded in one call, the base64 ones of whole
+    groups in another, and only those whose bytes have the shape of UTF-8
+    are asked :func:`unwraps`.  Base64 with padding is decoded one by one.
+    """
+    long_enough = [text for text in texts if len(text) >= min_blob]
+    hexes = [text for text in long_enough if _is_hex(text)]
+    maybe = _utf8_shaped(hexes, bytes.fromhex("".join(hexes)), [len(text) // 2 for text in hexes])
+    whole = [text for text in long_enough if len(text) % 4 == 0 and "=" not in text]
+    run = "".join(whole).encode("ascii").translate(_URL_SAFE_TO_STANDARD)
+    try:
+        decoded = binascii.a2b_base64(run, strict_mode=True)
+    except binascii.Error:  # a text of another alphabet: one by one
+        decoded, whole = b"", []
+    maybe.update(_utf8_shaped(whole, decoded, [len(text) // 4 * 3 for text in whole]))
+    for text in long_enough:
+        if (len(text) % 4 or "=" in text or not whole) and _is_base64(text):
+            raw = base64_bytes(text)
+            if raw is not None:
+                maybe.update(_utf8_shaped([text], raw, [len(raw)]))
+    return {text for text in maybe if unwraps(text, min_blob)}
+
+
+def _utf8_shaped(texts: list[str], decoded: bytes, sizes: list[int]) -> set[str]:
+    """Those of ``texts`` whose bytes (``decoded`` holds them in order, of ``sizes``) are
+    shaped like UTF-8: once the well-formed sequences are taken out, only single bytes
+    (printable or control) are left."""
+    if not texts:
+        return set()
+    kinds = decoded.translate(_BYTE_KINDS)
+    ends = list(itertools.accumulate(sizes))
+    parts = [kinds[end - size : end] for end, size in zip(ends, sizes, strict=True)]
+    left = b"|".join(parts).replace(b"2k", b"").replace(b"3kk", b"").replace(b"4kkk", b"")
+    return {text for text, part in zip(texts, left.split(b"|"), strict=True)
+            if not part.strip(b"pc")}
 
 
 # Short values repeat from flow to flow (event names, ids, tokens): their decoding is kept.

@@ -444,6 +444,62 @@ def test_form_pairs_are_parse_qsl_with_values(text: str) -> None:
     assert list(form_pairs(text)) == [p for p in parse_qsl(text, keep_blank_values=True) if p[1]]
 
 
+_BLOBBY = "0123456789abcdefABCDEF+/-_=xyZ\n %\u00e9"
+
+
+@HYPOTHESIS
+@given(st.text(alphabet=_BLOBBY, max_size=40) | st.text(max_size=40))
+def test_hex_and_base64_tests_are_the_regular_expressions(text: str) -> None:
+    from leakmap.core.decode import _BASE64, _HEX, _is_base64, _is_hex
+
+    assert _is_hex(text) == bool(_HEX.fullmatch(text))
+    assert _is_base64(text) == bool(_BASE64.fullmatch(text))
+
+
+@HYPOTHESIS
+@given(st.text(alphabet=_BLOBBY, max_size=40) | st.text(max_size=40))
+def test_base64_bytes_is_b64decode_with_validation(text: str) -> None:
+    import base64
+    import binascii
+
+    from leakmap.core.decode import base64_bytes
+
+    stripped = text.rstrip("=")
+    try:
+        expected = None if len(stripped) % 4 == 1 else base64.b64decode(
+            stripped + "=" * (-len(stripped) % 4), validate=True,
+            altchars=b"-_" if ("-" in stripped or "_" in stripped) else None)
+    except (binascii.Error, ValueError):
+        expected = None
+    assert base64_bytes(text) == expected
+
+
+def _blob_texts():  # type: ignore[no-untyped-def]
+    """Ids and tokens as a body holds them: hex and base64 of random bytes, of text, of
+    UTF-8 in several scripts, some with padding or of the URL-safe alphabet."""
+    import base64
+
+    raw = st.one_of(st.binary(min_size=4, max_size=40),
+                    st.text(min_size=2, max_size=30).map(lambda text: text.encode()),
+                    st.sampled_from(["caf\u00e9 \u540d\u5b57 \U0001f600", "hello there!\x01"])
+                    .map(lambda text: text.encode()))
+    encoders = st.sampled_from([bytes.hex, lambda b: b.hex().upper(),
+                                lambda b: base64.b64encode(b).decode(),
+                                lambda b: base64.urlsafe_b64encode(b).decode().rstrip("="),
+                                lambda b: base64.b64encode(b).decode().rstrip("=")])
+    encoded = st.builds(lambda encode, data: encode(data), encoders, raw)
+    return st.lists(encoded | st.text(alphabet="0123456789abcdefABXYZ+/=_-", max_size=30),
+                    max_size=30)
+
+
+@HYPOTHESIS
+@given(_blob_texts(), st.sampled_from([4, 12, 16]))
+def test_unwrapping_is_unwraps_of_each(texts: list[str], min_blob: int) -> None:
+    from leakmap.core.decode import unwrapping, unwraps
+
+    assert unwrapping(texts, min_blob) == {text for text in texts if unwraps(text, min_blob)}
+
+
 @HYPOTHESIS
 @given(st.binary(max_size=300) | protobuf_messages(), st.integers(0, 70))
 def test_protobuf_parse_never_raises(data: bytes, max_depth: int) -> None:
