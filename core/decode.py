@@ -23,7 +23,6 @@ import re
 import string
 import time
 import zlib
-from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from email.feedparser import BytesFeedParser
@@ -760,6 +759,7 @@ def _walk_scalar(collector: Collector, path: str, node: object, layers: tuple[st
 # A JSON document walked only where the classifier's raw scans found something.
 
 _JSON_SPACE = re.compile(r"[ \t\n\r]*")
+_JSON_SPACE_CHARACTERS = " \t\n\r"
 # json.loads' own scanner, one value at a time: (value, end offset) in C
 _scan_value: Callable[[str, int], tuple[object, int]] = json.JSONDecoder(
     parse_int=JsonNumber, parse_float=JsonNumber, parse_constant=JsonNumber,
@@ -781,19 +781,32 @@ class _HotSkim:
     unwalked.  A hot child is kept whole, unless it is a long container hot
     only inside: that one is read again the same way.  ``kept`` lists
     (path, node, key, parent path, depth) as :func:`walk_structure` would
-    walk them, in document order.
+    walk them, in document order.  Children are read in document order, so
+    the next hot offset is a pointer that only moves forward.
     """
 
     def __init__(self, text: str, hot: list[int]) -> None:
-        self.text, self.hot = text, hot
+        self.text, self.hot, self.next_hot = text, hot, 0
         self.kept: list[tuple[str, object, str | None, str, int]] = []
 
-    def _hot_between(self, start: int, end: int) -> bool:
-        index = bisect_left(self.hot, start)
-        return index < len(self.hot) and self.hot[index] < end
-
     def _space(self, at: int) -> int:
-        return _JSON_SPACE.match(self.text, at).end()  # type: ignore[union-attr]  # always matches
+        """The first offset from ``at`` that is not JSON whitespace."""
+        text = self.text
+        if at < len(text) and text[at] in _JSON_SPACE_CHARACTERS:
+            return _JSON_SPACE.match(text, at).end()  # type: ignore[union-attr]  # always matches
+        return at
+
+    def _hot_before(self, end: int) -> bool:
+        """Whether a hot offset not yet passed lies before ``end``."""
+        hot, index = self.hot, self.next_hot
+        return index < len(hot) and hot[index] < end
+
+    def _pass(self, end: int) -> None:
+        """Move the pointer past the hot offsets before ``end``."""
+        hot, index = self.hot, self.next_hot
+        while index < len(hot) and hot[index] < end:
+            index += 1
+        self.next_hot = index
 
     def container(self, at: int, path: str, key: str | None, depth: int) -> int:
         """Read the object or array at ``at``; its end offset."""
@@ -802,8 +815,8 @@ class _HotSkim:
         return self._array(at, path, key, depth)
 
     def _object(self, at: int, path: str, depth: int) -> int:
-        text, names = self.text, set()
-        at = self._space(at + 1)
+        text, names, space = self.text, set(), self._space
+        at = space(at + 1)
         if text[at] == "}":
             return at + 1
         while True:
@@ -813,43 +826,48 @@ class _HotSkim:
             if name in names:  # json.loads keeps the last value, in the first one's place
                 raise _Unskimmable("a name repeated")
             names.add(name)
-            colon = self._space(after)
+            colon = space(after)
             if text[colon] != ":":
                 raise _Unskimmable("a colon expected")
-            end = self._child(self._space(colon + 1), at, f"{path}.{name}", name, path, depth)
-            at = self._space(end)
+            end = self._child(space(colon + 1), at, path, name, name, depth)
+            at = space(end)
             if text[at] == "}":
                 return at + 1
             if text[at] != ",":
                 raise _Unskimmable("a comma expected")
-            at = self._space(at + 1)
+            at = space(at + 1)
 
     def _array(self, at: int, path: str, key: str | None, depth: int) -> int:
-        text = self.text
-        at = self._space(at + 1)
+        text, space = self.text, self._space
+        at = space(at + 1)
         if text[at] == "]":
             return at + 1
         for index in itertools.count():
-            end = self._child(at, at, f"{path}[{index}]", key, path, depth)
-            at = self._space(end)
+            end = self._child(at, at, path, index, key, depth)
+            at = space(end)
             if text[at] == "]":
                 return at + 1
             if text[at] != ",":
                 raise _Unskimmable("a comma expected")
-            at = self._space(at + 1)
+            at = space(at + 1)
         raise AssertionError  # pragma: no cover - itertools.count() does not end
 
-    def _child(self, at: int, start: int, path: str, key: str | None, parent: str,
+    def _child(self, at: int, start: int, parent: str, name: str | int, key: str | None,
                depth: int) -> int:
-        """Read the value at ``at`` (its span with its name from ``start``); its end."""
+        """Read the value at ``at`` (its span with its name from ``start``); its end.
+
+        ``name`` is the child's name in an object, or its index in an array.
+        """
         node, end = _scan_value(self.text, at)
-        if not self._hot_between(start, end):
+        if not self._hot_before(end):
             return end
+        path = f"{parent}[{name}]" if type(name) is int else f"{parent}.{name}"
         if (end - at > _SKIM_CONTAINER_CHARS and type(node) in (dict, list)
-                and not self._hot_between(start, at)):  # hot only inside: skim it too
+                and not self._hot_before(at)):  # hot only inside: skim it too
             self.container(at, path, key, depth + 1)
         else:  # hot by its name, or small: walked whole
             self.kept.append((path, node, key, parent, depth + 1))
+        self._pass(end)
         return end
 
 
@@ -860,6 +878,12 @@ def walk_hot_json(collector: Collector, path: str, body: bytes, hot: list[int]) 
     that this reading parses exactly as json.loads would: the caller then
     parses and walks it whole.  A valid document with nothing hot is not walked.
     """
+    if not hot:  # nothing to walk: whether it is JSON at all, in C
+        try:
+            json.loads(body)
+        except (ValueError, RecursionError):  # a number too long for int() too: walk it whole
+            return False
+        return True
     try:
         text = body.decode("utf-8")
         skim = _HotSkim(text, hot)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Callable
+from functools import lru_cache
 
 import phonenumbers
 
@@ -52,8 +53,13 @@ def _iccid(value: str, region: str | None = None) -> bool:
     )
 
 
+@lru_cache(maxsize=8192)
 def parse_phone(value: str, region: str | None) -> phonenumbers.PhoneNumber | None:
-    """A valid phone number in ``value``, reading national forms in ``region``."""
+    """A valid phone number in ``value``, reading national forms in ``region``.
+
+    Remembered (a parse takes about 100 us, and a phone's numbers come back
+    flow after flow): the number returned is shared, so it is only read.
+    """
     text = value.strip()
     if text.startswith("00"):
         text = "+" + text[2:]
