@@ -27,7 +27,8 @@ import itertools
 import math
 import re
 import time
-from collections.abc import Callable, Iterator
+from bisect import bisect_right
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from dataclasses import field as dataclass_field
 from functools import partial
@@ -70,6 +71,8 @@ _QUIET_MAX_BYTES = 16 * 1024
 # A joined form value made only of base64/hex characters: it might decode (core/decode.py:_plain)
 # Where a JSON value holds something that decodes into something else
 _DECODES_FURTHER = re.compile(r"[\\%&]")
+# The same in a form's values, decoded once already: percent-encoding again, a document
+_FORM_DECODES_FURTHER = re.compile(r"[%{\[]")
 _FORM_BLOB_VALUE = re.compile(r"(?<![^\x00])[A-Za-z0-9+/=_\r\n-]+(?![^\x00])")
 
 
@@ -433,14 +436,18 @@ class Classifier:
         pairs = FORM_PAIR.findall(text)
         if not pairs:
             return set()
-        joined = Joined([value for _, value in pairs])
+        names, values = zip(*pairs, strict=True)
+        joined = Joined(values)
         candidates = self._gate.candidates(joined)
         if candidates is None:
             return None
         hot = {index for values in candidates.values() for index in values}
-        hot.update(index for index, (name, value) in enumerate(pairs)
-                   if self._named(name) or len(value) > self.limits.max_leaf_chars
-                   or "%" in value or "{" in value or "[" in value)
+        hot.update(self._named_pairs(names))
+        hot.update(joined.indices(mark.start(), mark.end())[0]
+                   for mark in _FORM_DECODES_FURTHER.finditer(joined.text))
+        if max(map(len, values)) > self.limits.max_leaf_chars:
+            hot.update(index for index, value in enumerate(values)
+                       if len(value) > self.limits.max_leaf_chars)
         data = joined.data
         hot.update(joined.index_at_byte(end - 1)
                    for end in (*self.known.hot_ends(data), *self.known.phone_ends(data)))
@@ -449,6 +456,21 @@ class Classifier:
         if decoding:
             hot.update(joined.indices(*blob.span())[0] for blob in blobs if blob.group() in decoding)
         return hot
+
+    def _named_pairs(self, names: Sequence[str]) -> Iterable[int]:
+        """Indices of the ``names`` that some data type's keys, or a location type's, might name.
+
+        All at once through the key gate, as JSON names (``"name":``), where it
+        covers every key name and the names are plain ASCII; else one by one.
+        """
+        listed = '":"'.join(names)
+        if not self._key_gate.complete or '"' in listed or not listed.isascii():
+            return [index for index, name in enumerate(names) if self._named(name)]
+        matches = self._key_gate.matches(f'"{listed}":'.encode("ascii"))
+        if matches is None:
+            return [index for index, name in enumerate(names) if self._named(name)]
+        starts = list(itertools.accumulate((len(name) + 3 for name in names[:-1]), initial=0))
+        return {bisect_right(starts, end - 1) - 1 for index, end in matches if index != BLOB}
 
     def _named(self, name: str) -> bool:
         """Whether some data type's keys, or a location type's, name ``name``."""

@@ -554,6 +554,8 @@ def unwraps(text: str, min_blob: int) -> bool:
     return found is not None
 
 
+_BLOB_CHARACTERS = _BASE64_ALPHABETS[0] + "-_="
+_BLOB_BYTES = _BLOB_CHARACTERS.encode("ascii")
 # Each decoded byte as a letter: "p" printable ASCII (tab, LF and CR too), "c" another
 # control, "k" a UTF-8 continuation, "2"/"3"/"4" the lead of a sequence of that length,
 # "x" a byte UTF-8 never holds.
@@ -572,13 +574,16 @@ _BYTE_KINDS = bytes(
 def unwrapping(texts: Sequence[str], min_blob: int) -> set[str]:
     """Those of ``texts`` that :func:`unwraps`, for the ids and tokens of a body at once.
 
-    Each text must be made only of ``A-Za-z0-9+/=_-`` (no ``%``, no line
-    break).  Most are random, and random bytes are seldom UTF-8, let alone
+    Texts made of anything but ``A-Za-z0-9+/=_-`` (a ``%``, a line break)
+    are asked one by one.  Most are random, and random bytes are seldom UTF-8, let alone
     text: the hex ones are decoded in one call, the base64 ones of whole
     groups in another, and only those whose bytes have the shape of UTF-8
     are asked :func:`unwraps`.  Base64 with padding is decoded one by one.
     """
-    long_enough = [text for text in texts if len(text) >= min_blob]
+    odd: set[str] = set()  # a percent sign decodes at any length
+    if "".join(texts).encode("utf-8", "surrogatepass").translate(None, _BLOB_BYTES):
+        odd = {text for text in texts if text.strip(_BLOB_CHARACTERS)}
+    long_enough = [text for text in texts if len(text) >= min_blob and text not in odd]
     hexes = [text for text in long_enough if _is_hex(text)]
     maybe = _utf8_shaped(hexes, bytes.fromhex("".join(hexes)), [len(text) // 2 for text in hexes])
     whole = [text for text in long_enough if len(text) % 4 == 0 and "=" not in text]
@@ -593,7 +598,7 @@ def unwrapping(texts: Sequence[str], min_blob: int) -> set[str]:
             raw = base64_bytes(text)
             if raw is not None:
                 maybe.update(_utf8_shaped([text], raw, [len(raw)]))
-    return {text for text in maybe if unwraps(text, min_blob)}
+    return {text for text in maybe | odd if unwraps(text, min_blob)}
 
 
 def _utf8_shaped(texts: list[str], decoded: bytes, sizes: list[int]) -> set[str]:

@@ -430,13 +430,16 @@ def hot_leaves(classifier: Classifier, body: bytes):  # type: ignore[no-untyped-
 
 _FORM_VALUES = [*(value for value in _QUIET_VALUES if value),
                 "a%26b", "a%3Db", "%2541", "x+y", "%7B%22imei%22%3A1%7D", "98123%2045678",
-                "%2B91%2098123%2045678", "caf%C3%A9", "%FF", "app_open%3A3a2b1c0d9e8f"]
+                "%2B91%2098123%2045678", "caf%C3%A9", "%FF", "app_open%3A3a2b1c0d9e8f",
+                quote("\n".join(b64('{"carrier": "Vodafone!"}')[i : i + 8] for i in range(0, 32, 8)),
+                      safe="")]  # base64 with line breaks (no padding: an encoded "=" walks all)
 
 
 def _forms():  # type: ignore[no-untyped-def]
     from hypothesis import strategies as st
 
-    names = st.one_of(st.sampled_from([*_QUIET_KEYS, "k1", "q", "seq", "im%65i", "ph+one"]),
+    names = st.one_of(st.sampled_from([*_QUIET_KEYS, "k1", "q", "seq", "im%65i", "ph+one", "IMEI",
+                                       "Lat", "Carrier_Name", "a%22b", "%E5%90%8D", "x%3Ay"]),
                       st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789_%+", max_size=6))
     values = st.one_of(st.sampled_from(_FORM_VALUES),
                        st.text(alphabet="0123456789abcdefABCDEF:.%+-_=/", max_size=24))

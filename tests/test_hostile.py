@@ -488,8 +488,9 @@ def _blob_texts():  # type: ignore[no-untyped-def]
                                 lambda b: base64.urlsafe_b64encode(b).decode().rstrip("="),
                                 lambda b: base64.b64encode(b).decode().rstrip("=")])
     encoded = st.builds(lambda encode, data: encode(data), encoders, raw)
-    return st.lists(encoded | st.text(alphabet="0123456789abcdefABXYZ+/=_-", max_size=30),
-                    max_size=30)
+    wrapped = encoded.map(lambda text: "\n".join(text[i : i + 8] for i in range(0, len(text), 8)))
+    return st.lists(encoded | wrapped | st.text(alphabet="0123456789abcdefABXYZ+/=_-%\r\n",
+                                                max_size=30), max_size=30)
 
 
 @HYPOTHESIS
