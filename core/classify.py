@@ -463,10 +463,10 @@ class Classifier:
         All at once through the key gate, as JSON names (``"name":``), where it
         covers every key name and the names are plain ASCII; else one by one.
         """
-        listed = '":"'.join(names)
-        if not self._key_gate.complete or '"' in listed or not listed.isascii():
+        together = "".join(names)
+        if not self._key_gate.complete or '"' in together or not together.isascii():
             return [index for index, name in enumerate(names) if self._named(name)]
-        matches = self._key_gate.matches(f'"{listed}":'.encode("ascii"))
+        matches = self._key_gate.matches(('"' + '":"'.join(names) + '":').encode("ascii"))
         if matches is None:
             return [index for index, name in enumerate(names) if self._named(name)]
         starts = list(itertools.accumulate((len(name) + 3 for name in names[:-1]), initial=0))

@@ -483,3 +483,10 @@ def test_coordinates_under_a_location_name_keep_a_form_from_being_quiet(classifi
     assert classifier._form_hot(body.encode())
     assert "location" in {data_type for _, data_type, _, _ in found(_unhurried(classifier),
                                                                       exchange)}
+
+
+def test_form_names_a_data_type_is_named_by_are_found_at_once(classifier: Classifier) -> None:
+    names = ["k1", "IMEI", "seq", "lat", "Carrier_Name", "x", "msisdn", "q", "device_id", "ll", ""]
+    at_once = set(classifier._named_pairs(names))
+    assert at_once == {index for index, name in enumerate(names) if classifier._named(name)}
+    assert at_once == {1, 3, 4, 6, 8, 9}
