@@ -65,6 +65,8 @@ _PHONE_SPAN = re.compile(r"(?<![\w+])(?:\+|\(\+?)?\d[\d ()./-]{5,22}\d(?![\w])")
 # The other detectors take values in chunks of about this many characters: few calls
 # for a flow of small values, and a look at the clock between two chunks.
 _DETECT_CHUNK_CHARS = 4096
+# How many quiet URL paths and header values a classifier remembers (Classifier._remember_quiet)
+_QUIET_MEMORY = 4096
 # A JSON body up to this size may be found to hold nothing and not be walked: it
 # cannot reach the leaf budget, and its raw scans stay within a few microseconds.
 _QUIET_MAX_BYTES = 16 * 1024
@@ -146,6 +148,8 @@ class Classifier:
         self._key_cache: dict[str, list[DataType]] = {}
         self._location_key_cache: dict[tuple[str, str], bool] = {}
         self._validated: dict[tuple[str, str], bool] = {}
+        # (path, value) of URL paths and headers that held nothing (see _remember_quiet)
+        self._known_quiet: dict[tuple[str, str], None] = {}
 
     @staticmethod
     def _is_location(data_type: DataType) -> bool:
@@ -506,7 +510,7 @@ class Classifier:
             keep(self._known_batch(leaves, problems))
 
         collector = exchange_leaves(exchange, self.limits, deadline, search_known,
-                                    self._json_hot, self._form_hot)
+                                    self._json_hot, self._form_hot, self._known_quiet)
         collector.hand_over()  # also after the deadline: the surest finding, and fast
         analysis = Analysis(errors=collector.errors)
         analysis.errors.extend(problems)
@@ -517,7 +521,27 @@ class Classifier:
         analysis.truncated = collector.truncated
         findings = _explained(list(best.values()), self.device.region)
         analysis.findings = sorted(findings, key=lambda f: (f.field, f.data_type))
+        if not analysis.truncated and not analysis.errors:
+            self._remember_quiet(collector.single_leaves, {finding.field for finding in findings})
         return analysis
+
+    def _remember_quiet(self, leaves: list[Leaf], fields: set[str]) -> None:
+        """Remember the URL path and headers of a flow that held nothing, to skip them later.
+
+        A phone sends the same User-Agent, Host and paths flow after flow.
+        ``leaves`` are those that were one leaf as they came (nothing decoded
+        from them, not cut into windows: ``Collector.single_leaves``).  One is
+        remembered when it found nothing and cannot take part in a location
+        found across two values (it holds no coordinate-like number): what a
+        detector finds in such a leaf depends on that leaf alone.
+        """
+        memory = self._known_quiet
+        for leaf in leaves:
+            if leaf.path not in fields and not (self.location_types
+                                                and _COORDINATE.search(leaf.value)):
+                if len(memory) >= _QUIET_MEMORY:
+                    memory.clear()
+                memory[leaf.path, leaf.value] = None
 
     def _detect(self, collector: Collector, keep: Callable[[list[Finding]], None],
                 errors: list[str]) -> None:

@@ -23,7 +23,7 @@ import re
 import string
 import time
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from email.feedparser import BytesFeedParser
 from email.policy import HTTP
@@ -111,6 +111,13 @@ class Collector:
     # The same for a form body (application/x-www-form-urlencoded): the indices of
     # the pairs worth decoding.
     form_hot: Callable[[bytes], set[int] | None] | None = None
+    # (path, value) of the URL path and headers known to hold nothing (the classifier's
+    # memory of earlier flows): they are not read again.
+    known_quiet: Container[tuple[str, str]] = ()
+    # The URL path and headers read this time that became one leaf as they were
+    # (nothing decoded from them, not cut): what the classifier may remember.
+    single_leaves: list[Leaf] = field(default_factory=list)
+    remembered: int = 0  # places skipped as known_quiet: each still counts as its one leaf
     out_of_time: bool = False
     _asked: int = 0
     _handed: int = 0  # leaves before this index went to on_batch
@@ -174,7 +181,7 @@ class Collector:
         """True once the leaf or time budget is spent: whoever asks skips a value, so it is noted."""
         if (self.deadline is not None or self.out_of_time) and self.expired():
             return True
-        if len(self.leaves) < self.limits.max_leaves:
+        if len(self.leaves) + self.remembered < self.limits.max_leaves:
             return False
         self.truncated = True
         self.note_once(f"leaf budget of {self.limits.max_leaves} values exhausted")
@@ -1208,7 +1215,7 @@ def _request_leaves(collector: Collector, exchange: Exchange) -> None:
         expand_text(collector, "request.url", url)
         parts = None
     if parts is not None and parts.path:
-        expand_text(collector, "request.path", unquote(parts.path))
+        _read_place(collector, "request.path", unquote(parts.path), None)
     if parts is not None and parts.query:
         for name, value in form_pairs(parts.query):
             if collector.full:
@@ -1219,8 +1226,7 @@ def _request_leaves(collector: Collector, exchange: Exchange) -> None:
         if lower == "cookie":
             _cookie_leaves(collector, value)
         elif not lower.startswith(":"):
-            expand_text(collector, f"request.headers.{lower}", value, key=lower,
-                        parent="request.headers")
+            _read_place(collector, f"request.headers.{lower}", value, lower)
     decode_body(
         collector,
         "request.body",
@@ -1228,6 +1234,19 @@ def _request_leaves(collector: Collector, exchange: Exchange) -> None:
         exchange.header("content-type"),
         exchange.header("content-encoding"),
     )
+
+
+def _read_place(collector: Collector, path: str, value: str, key: str | None) -> None:
+    """The URL path or a header, unless known to hold nothing; noted if it is one leaf."""
+    if (path, value) in collector.known_quiet:
+        collector.remembered += 1  # the leaf budget is spent as if it were read
+        return
+    before = len(collector.leaves)
+    expand_text(collector, path, value, key=key, parent=None if key is None else "request.headers")
+    if len(collector.leaves) == before + 1:
+        leaf = collector.leaves[-1]
+        if leaf.path == path and leaf.value == value and not leaf.layers:
+            collector.single_leaves.append(leaf)
 
 
 _COOKIE = re.compile(r"[^;]+")
@@ -1275,6 +1294,7 @@ def exchange_leaves(
     on_batch: Callable[[list[Leaf]], None] | None = None,
     json_hot: Callable[[bytes], list[int] | None] | None = None,
     form_hot: Callable[[bytes], set[int] | None] | None = None,
+    known_quiet: Container[tuple[str, str]] = (),
 ) -> Collector:
     """Every value the client sent in ``exchange``, with the problems met.
 
@@ -1284,7 +1304,7 @@ def exchange_leaves(
     first: the URL, headers and cookies before the body.
     """
     collector = Collector(limits or Limits(), deadline=deadline, on_batch=on_batch,
-                          json_hot=json_hot, form_hot=form_hot)
+                          json_hot=json_hot, form_hot=form_hot, known_quiet=known_quiet)
     if exchange.request_body_truncated:
         collector.truncated = True
         collector.note("request body was not captured whole")

@@ -490,3 +490,76 @@ def test_form_names_a_data_type_is_named_by_are_found_at_once(classifier: Classi
     at_once = set(classifier._named_pairs(names))
     assert at_once == {index for index, name in enumerate(names) if classifier._named(name)}
     assert at_once == {1, 3, 4, 6, 8, 9}
+
+
+# -- URL paths and headers that held nothing are not read again -----------------
+# (Classifier._remember_quiet): a classifier that remembers must find what one that
+# forgets finds, flow after flow.
+
+_HEADER_VALUES = [*_QUIET_VALUES, "Dalvik/1.6.0 (Linux; U; Android 4.4.4; HM 1SW)",
+                  "application/json", "1918", "28.6140", "77.2095", "12.50", b64("28.6140,77.2095")]
+
+
+def _forgetful(classifier: Classifier) -> Classifier:
+    forgetful = _unhurried(classifier)
+    forgetful._known_quiet = {}  # type: ignore[assignment]  # emptied after every flow below
+    return forgetful
+
+
+@pytest.mark.parametrize("profile_text", [None, "location: {lat: 28.6139, lon: 77.2090}\n"])
+def test_a_classifier_that_remembers_quiet_headers_finds_what_one_that_forgets_finds(
+        tmp_path: Path, profile_text: str | None) -> None:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    device = SAMPLES / "redmi-1s.yaml"
+    if profile_text is not None:
+        device = tmp_path / "located.yaml"
+        device.write_text(profile_text)
+    remembering = _unhurried(Classifier(load_policy(), load_device(device)))
+    forgetful = _forgetful(remembering)
+    names = st.sampled_from(["User-Agent", "X-Imei", "X-Geo-Lat", "X-Geo-Lon", "Lat", "Lng", "X-Acc",
+                             "Authorization", "X-Carrier", "Content-Length"])
+    flows = st.lists(st.tuples(st.sampled_from(["/v2/stat", "/u/" + IMEI, "/p/28.6140"]),
+                               st.lists(st.tuples(names, st.sampled_from(_HEADER_VALUES)),
+                                        max_size=5)), min_size=2, max_size=6)
+
+    @settings(max_examples=int(os.environ.get("LEAKMAP_QUIET_EXAMPLES", "400")) // 4,
+              deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(flows)
+    def check(sequence: list[tuple[str, list[tuple[str, str]]]]) -> None:
+        for path, headers in sequence * 2:  # the second time round, much is remembered
+            exchange = request(url=f"https://h.cn{path}", headers=headers)
+            assert _exact(remembering, exchange) == _exact(forgetful, exchange), (path, headers)
+            forgetful._known_quiet.clear()  # type: ignore[attr-defined]
+
+    check()
+    assert remembering._known_quiet  # the memory was used
+
+
+def test_remembered_headers_are_not_read_again(classifier: Classifier) -> None:
+    from leakmap.core.decode import exchange_leaves
+
+    remembering = _unhurried(classifier)
+    agent = ("User-Agent", "Dalvik/1.6.0 (Linux; U; Android 4.4.4; HM 1SW)")
+    exchange = request(url="https://h.cn/v2/stat", headers=[agent, ("X-Imei", IMEI),
+                                                            ("X-Token", b64("hello there"))])
+    assert "request.headers.x-imei" in {field for field, *_ in _exact(remembering, exchange)}
+    again = exchange_leaves(exchange, remembering.limits, known_quiet=remembering._known_quiet)
+    # the IMEI (a finding) and the token (it decodes) are read again; the rest is not
+    assert {leaf.path for leaf in again.leaves} == {"request.headers.x-imei",
+                                                    "request.headers.x-token"}
+
+
+def test_a_remembered_header_still_spends_the_leaf_budget(classifier: Classifier) -> None:
+    limits = dataclasses.replace(classifier.limits, budget_ms=0, max_leaves=3)
+    remembering = Classifier(classifier.policy, classifier.device, limits, classifier.known)
+    fresh = Classifier(classifier.policy, classifier.device, limits, classifier.known)
+    headers = [("User-Agent", "Dalvik/1.6.0"), ("Accept", "*/*")]
+    remembering.classify(request(url="https://h.cn/v2/stat", headers=headers))
+    assert len(remembering._known_quiet) == 3  # the path and both headers
+    body = json.dumps({"a": "x", "imei": IMEI}).encode()
+    exchange = request(url="https://h.cn/v2/stat", body=body, headers=headers)
+    expected = fresh.classify(exchange)  # the 3 places fill the budget: the body is not read
+    assert expected.truncated and not expected.findings
+    assert remembering.classify(exchange) == expected
