@@ -23,6 +23,7 @@ import re
 import string
 import time
 import zlib
+from bisect import bisect_right
 from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from email.feedparser import BytesFeedParser
@@ -565,7 +566,7 @@ _BLOB_CHARACTERS = _BASE64_ALPHABETS[0] + "-_="
 _BLOB_BYTES = _BLOB_CHARACTERS.encode("ascii")
 # Each decoded byte as a letter: "p" printable ASCII (tab, LF and CR too), "c" another
 # control, "k" a UTF-8 continuation, "2"/"3"/"4" the lead of a sequence of that length,
-# "x" a byte UTF-8 never holds.
+# "x" a byte UTF-8 never holds, "|" 0xFF: never in UTF-8 either, and put between runs.
 _BYTE_KINDS = bytes(
     ord("p") if 0x20 <= byte < 0x7F or byte in (9, 10, 13)
     else ord("c") if byte < 0x80
@@ -573,53 +574,66 @@ _BYTE_KINDS = bytes(
     else ord("2") if 0xC2 <= byte <= 0xDF
     else ord("3") if 0xE0 <= byte <= 0xEF
     else ord("4") if 0xF0 <= byte <= 0xF4
+    else ord("|") if byte == 0xFF
     else ord("x")
     for byte in range(256)
 )
+# A run shaped like UTF-8 (overlong and surrogate forms aside) from separator to separator
+_UTF8_RUN = re.compile(rb"\|(?:[pc]|2k|3kk|4kkk)+(?=\|)")
 
 
 def unwrapping(texts: Sequence[str], min_blob: int) -> set[str]:
     """Those of ``texts`` that :func:`unwraps`, for the ids and tokens of a body at once.
 
     Texts made of anything but ``A-Za-z0-9+/=_-`` (a ``%``, a line break)
-    are asked one by one.  Most are random, and random bytes are seldom UTF-8, let alone
-    text: the hex ones are decoded in one call, the base64 ones of whole
-    groups in another, and only those whose bytes have the shape of UTF-8
-    are asked :func:`unwraps`.  Base64 with padding is decoded one by one.
+    are asked one by one.  Most others are random, and random bytes are
+    seldom UTF-8, let alone text: the hex ones are decoded in one call, the
+    base64 ones of whole groups in another, with 0xFF bytes (never in UTF-8)
+    between two, and one regular expression over the kinds of the decoded
+    bytes finds the runs shaped like UTF-8 from separator to separator.  Only
+    their texts are asked :func:`unwraps`.  Base64 with padding is decoded
+    one by one.
     """
     odd: set[str] = set()  # a percent sign decodes at any length
     if "".join(texts).encode("utf-8", "surrogatepass").translate(None, _BLOB_BYTES):
         odd = {text for text in texts if text.strip(_BLOB_CHARACTERS)}
-    long_enough = [text for text in texts if len(text) >= min_blob and text not in odd]
-    hexes = [text for text in long_enough if _is_hex(text)]
-    maybe = _utf8_shaped(hexes, bytes.fromhex("".join(hexes)), [len(text) // 2 for text in hexes])
-    whole = [text for text in long_enough if len(text) % 4 == 0 and "=" not in text]
-    run = "".join(whole).encode("ascii").translate(_URL_SAFE_TO_STANDARD)
+    if odd or min(map(len, texts), default=0) < min_blob:
+        texts = [text for text in texts if len(text) >= min_blob and text not in odd]
+    lower, upper = _HEX_DIGITS  # _is_hex, inline: these loops run for every id of a body
+    hexes = [text for text in texts
+             if not len(text) % 2 and (not text.strip(lower) or not text.strip(upper))]
+    maybe = _utf8_shaped(hexes, bytes.fromhex("ff" + "ff".join(hexes) + "ff"),
+                         [len(text) // 2 for text in hexes], 1)
+    whole = [text for text in texts if not len(text) % 4 and "=" not in text]
+    padded = [text for text in texts if len(text) % 4 or "=" in text]
+    run = ("////" + "////".join(whole) + "////").encode("ascii")
     try:
-        decoded = binascii.a2b_base64(run, strict_mode=True)
+        decoded = binascii.a2b_base64(run.translate(_URL_SAFE_TO_STANDARD), strict_mode=True)
+        maybe.update(_utf8_shaped(whole, decoded, [len(text) // 4 * 3 for text in whole], 3))
     except binascii.Error:  # a text of another alphabet: one by one
-        decoded, whole = b"", []
-    maybe.update(_utf8_shaped(whole, decoded, [len(text) // 4 * 3 for text in whole]))
-    for text in long_enough:
-        if (len(text) % 4 or "=" in text or not whole) and _is_base64(text):
+        padded = list(texts)
+    for text in padded:
+        if _is_base64(text):
             raw = base64_bytes(text)
             if raw is not None:
-                maybe.update(_utf8_shaped([text], raw, [len(raw)]))
+                maybe.update(_utf8_shaped([text], b"\xff" + raw + b"\xff", [len(raw)], 1))
     return {text for text in maybe | odd if unwraps(text, min_blob)}
 
 
-def _utf8_shaped(texts: list[str], decoded: bytes, sizes: list[int]) -> set[str]:
-    """Those of ``texts`` whose bytes (``decoded`` holds them in order, of ``sizes``) are
-    shaped like UTF-8: once the well-formed sequences are taken out, only single bytes
-    (printable or control) are left."""
+def _utf8_shaped(texts: list[str], decoded: bytes, sizes: list[int], gap: int) -> set[str]:
+    """Those of ``texts`` whose bytes are shaped like UTF-8: ``decoded`` holds them in
+    order, of ``sizes``, after, between and before ``gap`` 0xFF bytes.
+
+    A 0xFF inside a text's bytes cuts them in two: a part may look like UTF-8,
+    and the text is named anyway (asked again exactly), never the reverse.
+    """
     if not texts:
         return set()
-    kinds = decoded.translate(_BYTE_KINDS)
-    ends = list(itertools.accumulate(sizes))
-    parts = [kinds[end - size : end] for end, size in zip(ends, sizes, strict=True)]
-    left = b"|".join(parts).replace(b"2k", b"").replace(b"3kk", b"").replace(b"4kkk", b"")
-    return {text for text, part in zip(texts, left.split(b"|"), strict=True)
-            if not part.strip(b"pc")}
+    runs = [run.start() for run in _UTF8_RUN.finditer(decoded.translate(_BYTE_KINDS))]
+    if not runs:
+        return set()
+    starts = list(itertools.accumulate((size + gap for size in sizes[:-1]), initial=gap - 1))
+    return {texts[bisect_right(starts, start) - 1] for start in runs}
 
 
 # Short values repeat from flow to flow (event names, ids, tokens): their decoding is kept.
