@@ -591,8 +591,8 @@ def unwrapping(texts: Sequence[str], min_blob: int) -> set[str]:
     base64 ones of whole groups in another, with 0xFF bytes (never in UTF-8)
     between two, and one regular expression over the kinds of the decoded
     bytes finds the runs shaped like UTF-8 from separator to separator.  Only
-    their texts are asked :func:`unwraps`.  Base64 with padding is decoded
-    one by one.
+    their texts are asked :func:`unwraps`, and those not of whole groups of
+    four (as base64), which are mostly words that come back in every flow.
     """
     odd: set[str] = set()  # a percent sign decodes at any length
     if "".join(texts).encode("utf-8", "surrogatepass").translate(None, _BLOB_BYTES):
@@ -612,12 +612,9 @@ def unwrapping(texts: Sequence[str], min_blob: int) -> set[str]:
         maybe.update(_utf8_shaped(whole, decoded, [len(text) // 4 * 3 for text in whole], 3))
     except binascii.Error:  # a text of another alphabet: one by one
         padded = list(texts)
-    for text in padded:
-        if _is_base64(text):
-            raw = base64_bytes(text)
-            if raw is not None:
-                maybe.update(_utf8_shaped([text], b"\xff" + raw + b"\xff", [len(raw)], 1))
-    return {text for text in maybe | odd if unwraps(text, min_blob)}
+    # the rest one by one: most are words (event and screen names) that come back flow
+    # after flow, and unwraps remembers short ones
+    return {text for text in (*maybe, *odd, *padded) if unwraps(text, min_blob)}
 
 
 def _utf8_shaped(texts: list[str], decoded: bytes, sizes: list[int], gap: int) -> set[str]:
