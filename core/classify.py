@@ -31,7 +31,7 @@ from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from dataclasses import field as dataclass_field
-from functools import partial
+from functools import lru_cache, partial
 from urllib.parse import unquote_plus
 
 import phonenumbers
@@ -48,7 +48,7 @@ from leakmap.core.device import DeviceProfile
 from leakmap.core.exchange import Exchange
 from leakmap.core.joined import Joined
 from leakmap.core.known import KnownMatcher, whole_number
-from leakmap.core.pattern_gate import BLOB, MIN_BLOB, KeyGate, PatternGate
+from leakmap.core.pattern_gate import KeyGate, PatternGate
 from leakmap.core.safe_regex import FullmatchIndex, scans_joined
 from leakmap.core.validators import VALIDATORS, parse_phone
 from leakmap.policies.model import DataType, Policy
@@ -75,6 +75,12 @@ _QUIET_MAX_BYTES = 16 * 1024
 _DECODES_FURTHER = re.compile(r"[\\%&]")
 # The same in a form's values, decoded once already: percent-encoding again, a document
 _FORM_DECODES_FURTHER = re.compile(r"[%{\[]")
+@lru_cache(maxsize=4)
+def _blob_strings(min_blob: int) -> re.Pattern[str]:
+    """JSON strings that might be base64 or hex (core/decode.py: _decode_once), with their text."""
+    return re.compile(rf'"([A-Za-z0-9+/=_-]{{{min_blob},}})"')
+
+
 _FORM_BLOB_VALUE = re.compile(r"(?<![^\x00])[A-Za-z0-9+/=_\r\n-]+(?![^\x00])")
 
 
@@ -389,7 +395,7 @@ class Classifier:
         gates cannot cover, a flood of matches.
         """
         if (len(body) > _QUIET_MAX_BYTES or self.device.location is not None
-                or not self._key_gate.complete or self.limits.min_blob_length < MIN_BLOB
+                or not self._key_gate.complete
                 or len(self._gate.covered) < len(self.pattern_types)
                 or len(body) > self.limits.max_parsed_values
                 or body.count(b"{") + body.count(b"[") >= self.limits.max_structure_depth):
@@ -404,15 +410,26 @@ class Classifier:
         # a loosened pattern may end on the character after the value (its lookahead)
         ends = [end - shift for _index, end in pattern_ends for shift in (0, 1)]
         ends += self.known.hot_ends(body)
-        ends += [end for index, end in key_ends if index != BLOB]
-        ends += self._decoding_blobs(body, [end for index, end in key_ends if index == BLOB])
+        ends += key_ends
         ends += self.known.phone_ends(body)
         hot = [end - 1 for end in ends]  # the last byte of each match
         if len(text) != len(body):  # not ASCII: byte offsets to characters
             hot = [len(body[: at + 1].decode("utf-8", "ignore")) - 1 for at in hot]
-        hot += [mark.start() for mark in _DECODES_FURTHER.finditer(text)]
+        hot += self._decoding_strings(text)
+        if "\\" in text or "%" in text or "&" in text:
+            hot += [mark.start() for mark in _DECODES_FURTHER.finditer(text)]
         hot.sort()
         return hot
+
+    def _decoding_strings(self, text: str) -> list[int]:
+        """Offsets of the closing quotes of the JSON strings in ``text`` that are base64 or
+        hex of text (:func:`unwrapping`): the ids and tokens of a document, all at once."""
+        strings = _blob_strings(self.limits.min_blob_length)
+        decoding = unwrapping(strings.findall(text), self.limits.min_blob_length)
+        if not decoding:
+            return []
+        return [string.end() - 1 for string in strings.finditer(text)
+                if string.group(1) in decoding]
 
     def _form_hot(self, body: bytes) -> set[int] | None:
         """Indices of the pairs of the form body ``body`` where a detector might find something.
@@ -474,19 +491,13 @@ class Classifier:
         if matches is None:
             return [index for index, name in enumerate(names) if self._named(name)]
         starts = list(itertools.accumulate((len(name) + 3 for name in names[:-1]), initial=0))
-        return {bisect_right(starts, end - 1) - 1 for index, end in matches if index != BLOB}
+        return {bisect_right(starts, end - 1) - 1 for end in matches}
 
     def _named(self, name: str) -> bool:
         """Whether some data type's keys, or a location type's, name ``name``."""
         cache = self._key_cache
         return bool(name) and bool((cache[name] if name in cache else self._types_for_key(name))
                                    or self._location_key(name))
-
-    def _decoding_blobs(self, data: bytes, ends: list[int]) -> list[int]:
-        """Those of ``ends`` (each just past a JSON string's closing quote) whose string decodes."""
-        texts = [data[data.rfind(b'"', 0, end - 1) + 1 : end - 1].decode("ascii") for end in ends]
-        decoding = unwrapping(texts, self.limits.min_blob_length)
-        return [end for end, text in zip(ends, texts, strict=True) if text in decoding] if decoding else []
 
     # -- the whole flow ----------------------------------------------------
 

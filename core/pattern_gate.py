@@ -98,38 +98,30 @@ class PatternGate:
         return None if len(ends) >= MAX_MATCHES else ends
 
 
-# A JSON string that might be base64 or hex (core/decode.py: _decode_once), if the
-# decoder's min_blob_length is at least MIN_BLOB
-MIN_BLOB = 12
-_BLOB_STRING = b'"[A-Za-z0-9+/=_-]{%d,}"' % MIN_BLOB
-BLOB = 1_000_000  # the blob pattern's id; key names are 0, 1, ...
-
-
 class KeyGate:
-    """Which JSON documents have a key some data type is named by, or a string to decode.
+    """Where JSON names that some data type is named by might be.
 
     Each key name's loosened pattern, between quotes and before a colon, goes
-    into one hyperscan database with a pattern for strings that might be
-    base64 or hex.  A key name that cannot be loosened makes the gate open
-    everywhere (:attr:`complete` is False).
+    into one hyperscan database.  A key name that cannot be loosened makes
+    the gate open everywhere (:attr:`complete` is False).
     """
 
     def __init__(self, names: Sequence[PolicyRegex]) -> None:
         sources = [loose_source(name) for name in names]
         keys = {index: b'"(?:' + source.encode() + rb')"[ \t\r\n]*:'
                 for index, source in enumerate(sources) if source is not None}
-        scanner, accepted = _scanner({**keys, BLOB: _BLOB_STRING})
-        assert scanner is not None and BLOB in accepted  # the blob pattern always compiles
-        self._scanner = scanner
-        self.complete = len(accepted) - 1 == len(names)  # else a key could hide from the gate
+        self._scanner, accepted = _scanner(keys)
+        self.complete = len(accepted) == len(names)  # else a key could hide from the gate
 
-    def matches(self, data: bytes) -> list[tuple[int, int]] | None:
-        """(key name index or :data:`BLOB`, end offset) of every match in ``data``;
-        None for a flood.  A key name's match ends after its colon."""
-        found: list[tuple[int, int]] = []
+    def matches(self, data: bytes) -> list[int] | None:
+        """End offsets (each just past the colon) of every name in ``data`` that a key
+        name might match; None for a flood."""
+        if self._scanner is None:
+            return []
+        found: list[int] = []
 
-        def on_match(index: int, _start: int, end: int, _flags: int, _context: object) -> bool:
-            found.append((index, end))
+        def on_match(_index: int, _start: int, end: int, _flags: int, _context: object) -> bool:
+            found.append(end)
             return len(found) >= MAX_MATCHES
 
         self._scanner.scan(data, on_match)
