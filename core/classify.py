@@ -84,7 +84,9 @@ def _blob_strings(min_blob: int) -> re.Pattern[str]:
 _FORM_BLOB_VALUE = re.compile(r"(?<![^\x00])[A-Za-z0-9+/=_\r\n-]+(?![^\x00])")
 
 
-@dataclass(frozen=True)
+# Not frozen: a frozen dataclass is built through object.__setattr__, four times slower,
+# and a flow makes dozens of candidate findings.  Nothing changes one once made.
+@dataclass(slots=True, unsafe_hash=True)
 class Finding:
     field: str
     data_type: str
@@ -154,6 +156,7 @@ class Classifier:
         self._key_cache: dict[str, list[DataType]] = {}
         self._location_key_cache: dict[tuple[str, str], bool] = {}
         self._validated: dict[tuple[str, str], bool] = {}
+        self._passed: dict[tuple[str, str], bool] = {}  # (data type, value): its key value rule
         # (path, value) of URL paths and headers that held nothing (see _remember_quiet)
         self._known_quiet: dict[tuple[str, str], None] = {}
 
@@ -281,6 +284,21 @@ class Classifier:
         return types
 
     def _value_passes(self, data_type: DataType, value: str) -> bool:
+        """Whether ``value``, under a name of ``data_type``'s keys, passes its value rule.
+
+        Remembered, like validators: the values under such names (an IMEI, the
+        contacts) come back flow after flow, and a regex call through RE2 costs
+        microseconds.
+        """
+        slot = (data_type.name, value)
+        verdict = self._passed.get(slot)
+        if verdict is None:
+            if len(self._passed) > 20_000:
+                self._passed.clear()
+            verdict = self._passed[slot] = self._value_rule(data_type, value)
+        return verdict
+
+    def _value_rule(self, data_type: DataType, value: str) -> bool:
         assert data_type.keys is not None
         rule = data_type.keys.value
         regex = rule.regex if rule else None
