@@ -70,18 +70,22 @@ _QUIET_MEMORY = 4096
 # A JSON body up to this size may be found to hold nothing and not be walked: it
 # cannot reach the leaf budget, and its raw scans stay within a few microseconds.
 _QUIET_MAX_BYTES = 16 * 1024
-# A joined form value made only of base64/hex characters: it might decode (core/decode.py:_plain)
 # Where a JSON value holds something that decodes into something else
 _DECODES_FURTHER = re.compile(r"[\\%&]")
 # The same in a form's values, decoded once already: percent-encoding again, a document
 _FORM_DECODES_FURTHER = re.compile(r"[%{\[]")
+
+
 @lru_cache(maxsize=4)
 def _blob_strings(min_blob: int) -> re.Pattern[str]:
     """JSON strings that might be base64 or hex (core/decode.py: _decode_once), with their text."""
     return re.compile(rf'"([A-Za-z0-9+/=_-]{{{min_blob},}})"')
 
 
-_FORM_BLOB_VALUE = re.compile(r"(?<![^\x00])[A-Za-z0-9+/=_\r\n-]+(?![^\x00])")
+@lru_cache(maxsize=4)
+def _blob_values(min_blob: int) -> re.Pattern[str]:
+    """Form values (joined by NUL, with NUL before and after) that might be base64 or hex."""
+    return re.compile(rf"\x00([A-Za-z0-9+/=_\r\n-]{{{min_blob},}})(?=\x00)")
 
 
 # Not frozen: a frozen dataclass is built through object.__setattr__, four times slower,
@@ -482,18 +486,20 @@ class Classifier:
             return None
         hot = {index for values in candidates.values() for index in values}
         hot.update(self._named_pairs(names))
-        hot.update(joined.indices(mark.start(), mark.end())[0]
-                   for mark in _FORM_DECODES_FURTHER.finditer(joined.text))
+        text = joined.text
+        if "%" in text or "{" in text or "[" in text:
+            hot.update(joined.indices(mark.start(), mark.end())[0]
+                       for mark in _FORM_DECODES_FURTHER.finditer(text))
         if max(map(len, values)) > self.limits.max_leaf_chars:
             hot.update(index for index, value in enumerate(values)
                        if len(value) > self.limits.max_leaf_chars)
         data = joined.data
         hot.update(joined.index_at_byte(end - 1)
                    for end in (*self.known.hot_ends(data), *self.known.phone_ends(data)))
-        blobs = list(_FORM_BLOB_VALUE.finditer(joined.text))
-        decoding = unwrapping([blob.group() for blob in blobs], self.limits.min_blob_length)
+        blobs = _blob_values(self.limits.min_blob_length)
+        decoding = unwrapping(blobs.findall(f"\x00{text}\x00"), self.limits.min_blob_length)
         if decoding:
-            hot.update(joined.indices(*blob.span())[0] for blob in blobs if blob.group() in decoding)
+            hot.update(index for index, value in enumerate(values) if value in decoding)
         return hot
 
     def _named_pairs(self, names: Sequence[str]) -> Iterable[int]:

@@ -1143,9 +1143,14 @@ def _decode_form(collector: Collector, path: str, body: bytes) -> None:
     hot = collector.form_hot(body) if collector.form_hot is not None else None
     if hot is not None and not hot:
         return
-    for index, (name, value) in enumerate(form_pairs(body.decode("utf-8", "replace"))):
-        if hot is not None and index not in hot:
-            continue
+    text = body.decode("utf-8", "replace")
+    if hot is None:
+        pairs: Iterable[tuple[str, str]] = form_pairs(text)
+    else:  # only the hot pairs are percent-decoded
+        raw = FORM_PAIR.findall(text)
+        pairs = [(_unquote_form(raw[index][0]), _unquote_form(raw[index][1]))
+                 for index in sorted(hot) if index < len(raw)]
+    for name, value in pairs:
         if collector.full:
             return
         expand_text(collector, f"{path}.form.{name}", value, key=name, parent=f"{path}.form")
