@@ -219,9 +219,18 @@ def _analyze(captures: tuple[Path, ...], settings: dict[str, Any],
     from leakmap.addons.recorder import default_run_name
     from leakmap.cli.parallel import in_process
     from leakmap.store.db import finish_run, open_store, start_run
-    from leakmap.wiring import build_pipeline, geodb_summary, stale_warnings
+    from leakmap.wiring import (
+        Assembled,
+        build_pipeline,
+        geodb_summary,
+        load_settings,
+        stale_warnings,
+    )
 
-    assembled = build_pipeline(**pipeline_settings)  # a bad setting fails here, in one line
+    # a bad setting fails here, in one line; a worker builds its own classifier
+    assembled = (build_pipeline(**pipeline_settings) if classify is None
+                 else load_settings(**{k: v for k, v in pipeline_settings.items()
+                                       if k != "store_raw"}))
     for warning in stale_warnings(assembled.resolver, settings["geodb_max_age"]):
         click.echo(f"Warning: {warning}", err=True)
     engine = open_store(settings["db"] or None)
@@ -233,8 +242,10 @@ def _analyze(captures: tuple[Path, ...], settings: dict[str, Any],
         captures=[{"path": str(p), "sha256": file_sha256(p)} for p in captures],
         geodb=geodb_summary(assembled),
     )
-    stored, problems = _analyze_captures(classify or in_process(assembled.pipeline), engine,
-                                         run_id, captures)
+    if classify is None:
+        assert isinstance(assembled, Assembled)
+        classify = in_process(assembled.pipeline)
+    stored, problems = _analyze_captures(classify, engine, run_id, captures)
     finish_run(engine, run_id, ("incomplete" if stored.flows else "failed") if problems
                else "completed")
     if stored.flows or not problems:

@@ -16,6 +16,7 @@ import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from leakmap.core.classify import Classifier
 from leakmap.core.decode import Limits
@@ -31,13 +32,21 @@ from leakmap.store.db import default_db_url, hash_key_for, leakmap_home
 
 
 @dataclass
-class Assembled:
-    pipeline: Pipeline
+class Loaded:
+    """The settings read and checked: all a run records, without the classifier."""
+
     policy: Policy
     device: DeviceProfile
     resolver: GeoResolver
     entities: EntityIndex
     locator: Locator
+    key: bytes
+    limits: Limits
+
+
+@dataclass
+class Assembled(Loaded):
+    pipeline: Pipeline
 
 
 def build_locator(policy: Policy, geoip_dir: str = "",
@@ -54,18 +63,21 @@ def build_locator(policy: Policy, geoip_dir: str = "",
     return resolver, entities, Locator(resolver, entities, WatchRule.from_policy(policy.watch))
 
 
-def build_pipeline(
+def load_settings(
     policy: str = "",
     device: str = "",
     db: str = "",
     geoip_dir: str = "",
     networks: str = "",
     hash_key_file: str = "",
-    store_raw: bool = False,
     max_body: int = Limits.max_body_bytes,
     analysis_budget_ms: int = Limits.budget_ms,
-) -> Assembled:
-    """Load policy, device, geodb and key; raise ConfigError on any mistake."""
+) -> Loaded:
+    """Load policy, device, geodb and key; raise ConfigError on any mistake.
+
+    What :func:`build_pipeline` checks, in a fraction of its time: ``leakmap
+    analyze`` with a worker process needs no classifier of its own.
+    """
     loaded_policy = load_policy(policy or None)
     profile = load_device(device or None)
     resolver, entities, locator = build_locator(loaded_policy, geoip_dir, networks)
@@ -79,13 +91,20 @@ def build_pipeline(
         raise ConfigError(f"analysis_budget_ms: {analysis_budget_ms} is not a budget "
                           "(expected milliseconds, or 0 for no limit)")
     limits = Limits(max_body_bytes=max_body, budget_ms=analysis_budget_ms)
-    known = cached_matcher(loaded_policy, profile)
-    pipeline = Pipeline(Classifier(loaded_policy, profile, limits, known), locator, key, store_raw)
+    return Loaded(loaded_policy, profile, resolver, entities, locator, key, limits)
+
+
+def build_pipeline(store_raw: bool = False, **settings: Any) -> Assembled:
+    """The settings loaded (:func:`load_settings`, same keywords) and the pipeline built on them."""
+    loaded = load_settings(**settings)
+    known = cached_matcher(loaded.policy, loaded.device)
+    classifier = Classifier(loaded.policy, loaded.device, loaded.limits, known)
+    pipeline = Pipeline(classifier, loaded.locator, loaded.key, store_raw)
     # The matcher alone is some 300,000 objects for a 1,000-value profile; every full
     # collection would walk them again (a pause of 100 ms and more, every few hundred
     # flows). Frozen, they are left out: only what each flow makes is collected.
     gc.freeze()
-    return Assembled(pipeline, loaded_policy, profile, resolver, entities, locator)
+    return Assembled(**vars(loaded), pipeline=pipeline)
 
 
 def cached_matcher(policy: Policy, device: DeviceProfile,
@@ -143,7 +162,7 @@ def _modified(path: Path) -> float:
         return 0.0
 
 
-def geodb_summary(assembled: Assembled) -> dict[str, object]:
+def geodb_summary(assembled: Loaded) -> dict[str, object]:
     """What a run records about its destination data: databases and entity file."""
     return {
         "databases": [
