@@ -81,6 +81,9 @@ class _Reader:
 
 
 _SCALARS = yaml.constructor.SafeConstructor()
+# libyaml's parser when PyYAML has it (wheels do): a 1,000-contact profile in a tenth
+# of the time, with the same nodes and marks
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def load(path: str | Path, what: str) -> Sourced:
@@ -93,7 +96,7 @@ def load(path: str | Path, what: str) -> Sourced:
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{file_path}: {what} file cannot be read: {e}") from e
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=_LOADER)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         spot = f"{mark.line + 1}:{mark.column + 1}" if mark else "1:1"
