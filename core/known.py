@@ -158,11 +158,10 @@ def digest_variants(forms: list[str], transforms: tuple[str, ...]) -> Iterator[t
 
 
 _DIGEST_SIZES = (16, 20, 32)
-_B64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/_=-"
-# Every byte of the base64 alphabet (hex is a subset) becomes "a", any other a space:
-# a token is then a run of "a" found with bytes.find, in C, at memory speed.
-_RUN_TABLE = bytes(ord("a") if byte in _B64_ALPHABET else ord(" ") for byte in range(256))
 _MIN_RUN = 22
+_RUN_SCANNER = Scanner.compile([rb"[A-Za-z0-9+/_=\-]{%d}" % _MIN_RUN], [0],
+                               [hyperscan.HS_FLAG_SINGLEMATCH])  # the first run's 22nd byte
+_NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/_=\-]")
 _HEX_RUN = re.compile(r"[0-9A-Fa-f]{32,}")
 _HEX_SIZES = (32, 40, 64)
 # Base64 of a 16/20/32-byte digest, or of a 32/40/64-character hex digest, has this many
@@ -171,15 +170,27 @@ _B64_CORES = frozenset({22, 27, 43, 54, 86})
 
 
 def base64_runs(data: bytes) -> Iterator[tuple[int, int]]:
-    """(start, end) of each maximal run of at least 22 base64 characters in ``data``."""
-    marked = data.translate(_RUN_TABLE)
-    needle = b"a" * _MIN_RUN
-    start = marked.find(needle)
-    while start >= 0:
-        end = marked.find(b" ", start + _MIN_RUN)
-        end = len(marked) if end < 0 else end
-        yield start, end
-        start = marked.find(needle, end)
+    """(start, end) of each maximal run of at least 22 base64 characters in ``data``.
+
+    Hyperscan reports the first 22 characters of a run (one report per scan),
+    a regular expression finds where the run ends, and the scan goes on from
+    there: a few native calls a body, where marking every byte and searching
+    the marks cost twice as much.
+    """
+    offset, size = 0, len(data)
+    while offset < size:
+        found: list[int] = []
+        _RUN_SCANNER.scan(data[offset:] if offset else data, _first_end, found)
+        if not found:
+            return
+        start = offset + found[0] - _MIN_RUN
+        beyond = _NOT_BASE64.search(data, start + _MIN_RUN)
+        offset = size if beyond is None else beyond.start()
+        yield start, offset
+
+
+def _first_end(_id: int, _start: int, end: int, _flags: int, found: object) -> None:
+    found.append(end)  # type: ignore[attr-defined]  # the scan's context: a list
 
 
 def digest_spans(data: bytes) -> Iterator[tuple[int, int, bytes, str]]:
@@ -192,7 +203,7 @@ def digest_spans(data: bytes) -> Iterator[tuple[int, int, bytes, str]]:
     """
     for start, end in base64_runs(data):
         run = data[start:end].decode("ascii")
-        for hex_match in _HEX_RUN.finditer(run):
+        for hex_match in _HEX_RUN.finditer(run) if end - start >= 32 else ():
             if len(hex_match.group()) in _HEX_SIZES:
                 yield (start + hex_match.start(), start + hex_match.end(),
                        bytes.fromhex(hex_match.group()), "")

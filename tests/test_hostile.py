@@ -618,3 +618,16 @@ def test_har_writer_round_trips_bodies(tmp_path: Path) -> None:
     for (_, original), read in zip(cases, read_har(path), strict=True):
         assert read.request_body == original.request_body
         assert [m.content for m in read.messages] == [m.content for m in original.messages]
+
+
+@HYPOTHESIS
+@given(st.lists(st.sampled_from([b"a" * 21, b"Zz09+/_=-" * 3, b"-", b"\x00", b" ", b"\xff",
+                                 b"q" * 22, b'"', b"A" * 40]), max_size=12).map(b"".join)
+       | st.binary(max_size=200))
+def test_base64_runs_are_the_maximal_runs_of_22_or_more(data: bytes) -> None:
+    import re
+
+    from leakmap.core.known import base64_runs
+
+    expected = [m.span() for m in re.finditer(rb"[A-Za-z0-9+/_=-]{22,}", data)]
+    assert list(base64_runs(data)) == expected
