@@ -294,13 +294,8 @@ class Classifier:
         contacts) come back flow after flow, and a regex call through RE2 costs
         microseconds.
         """
-        slot = (data_type.name, value)
-        verdict = self._passed.get(slot)
-        if verdict is None:
-            if len(self._passed) > 20_000:
-                self._passed.clear()
-            verdict = self._passed[slot] = self._value_rule(data_type, value)
-        return verdict
+        return _remembered(self._passed, (data_type.name, value),
+                           lambda: self._value_rule(data_type, value))
 
     def _value_rule(self, data_type: DataType, value: str) -> bool:
         assert data_type.keys is not None
@@ -316,14 +311,11 @@ class Classifier:
     def _valid(self, validator: str, value: str) -> bool:
         """``VALIDATORS[validator]`` of ``value``, remembered: a phone number's parse takes
         about 100 us, and the same numbers come back flow after flow."""
-        slot = (validator, value)
-        verdict = self._validated.get(slot)
-        if verdict is None:
-            if len(self._validated) > 20_000:
-                self._validated.clear()
-            check = VALIDATORS.get(validator)
-            verdict = self._validated[slot] = check is None or check(value, self.device.region)
-        return verdict
+        check = VALIDATORS.get(validator)
+        if check is None:
+            return True
+        return _remembered(self._validated, (validator, value),
+                           lambda: check(value, self.device.region))
 
     # -- location: pairs of coordinates, matched by distance --------------
 
@@ -484,7 +476,7 @@ class Classifier:
         candidates = self._gate.candidates(joined)
         if candidates is None:
             return None
-        hot = {index for values in candidates.values() for index in values}
+        hot = {index for indices in candidates.values() for index in indices}
         hot.update(self._named_pairs(names))
         text = joined.text
         if "%" in text or "{" in text or "[" in text:
@@ -509,9 +501,9 @@ class Classifier:
         covers every key name and the names are plain ASCII; else one by one.
         """
         together = "".join(names)
-        if not self._key_gate.complete or '"' in together or not together.isascii():
-            return [index for index, name in enumerate(names) if self._named(name)]
-        matches = self._key_gate.matches(('"' + '":"'.join(names) + '":').encode("ascii"))
+        matches = (self._key_gate.matches(('"' + '":"'.join(names) + '":').encode("ascii"))
+                   if self._key_gate.complete and '"' not in together and together.isascii()
+                   else None)
         if matches is None:
             return [index for index, name in enumerate(names) if self._named(name)]
         starts = list(itertools.accumulate((len(name) + 3 for name in names[:-1]), initial=0))
@@ -619,6 +611,18 @@ class Classifier:
         except Exception as e:  # hostile values must not end the analysis
             errors.append(f"classifier error at {leaf.path}: {type(e).__name__}: {e}")
             return []
+
+
+def _remembered(table: dict[tuple[str, str], bool], slot: tuple[str, str],
+                verdict_of: Callable[[], bool]) -> bool:
+    """``table[slot]``, worked out by ``verdict_of`` the first time; the table is emptied
+    when it grows past 20,000 (a flood of distinct values must not fill memory)."""
+    verdict = table.get(slot)
+    if verdict is None:
+        if len(table) > 20_000:
+            table.clear()
+        verdict = table[slot] = verdict_of()
+    return verdict
 
 
 def _chunked(leaves: list[Leaf], size: int) -> Iterator[list[Leaf]]:

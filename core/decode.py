@@ -853,12 +853,9 @@ class _HotSkim:
             if text[colon] != ":":
                 raise _Unskimmable("a colon expected")
             end = self._child(space(colon + 1), at, path, name, name, depth)
-            at = space(end)
-            if text[at] == "}":
-                return at + 1
-            if text[at] != ",":
-                raise _Unskimmable("a comma expected")
-            at = space(at + 1)
+            at, closed = self._after(end, "}")
+            if closed:
+                return at
 
     def _array(self, at: int, path: str, key: str | None, depth: int) -> int:
         text, space = self.text, self._space
@@ -866,14 +863,20 @@ class _HotSkim:
         if text[at] == "]":
             return at + 1
         for index in itertools.count():
-            end = self._child(at, at, path, index, key, depth)
-            at = space(end)
-            if text[at] == "]":
-                return at + 1
-            if text[at] != ",":
-                raise _Unskimmable("a comma expected")
-            at = space(at + 1)
+            at, closed = self._after(self._child(at, at, path, index, key, depth), "]")
+            if closed:
+                return at
         raise AssertionError  # pragma: no cover - itertools.count() does not end
+
+    def _after(self, end: int, closer: str) -> tuple[int, bool]:
+        """After the child ending at ``end``: past the container's ``closer`` (True), or
+        at the next child (False)."""
+        at = self._space(end)
+        if self.text[at] == closer:
+            return at + 1, True
+        if self.text[at] != ",":
+            raise _Unskimmable("a comma expected")
+        return self._space(at + 1), False
 
     def _child(self, at: int, start: int, parent: str, name: str | int, key: str | None,
                depth: int) -> int:

@@ -86,16 +86,7 @@ class PatternGate:
     def ends(self, data: bytes) -> list[tuple[int, int]] | None:
         """(pattern index, end offset) of every place in ``data`` where a covered
         pattern might match; None when it cannot tell (no scanner, a flood)."""
-        if self._scanner is None:
-            return None
-        ends: list[tuple[int, int]] = []
-
-        def on_match(index: int, _start: int, end: int, _flags: int, _context: object) -> bool:
-            ends.append((index, end))
-            return len(ends) >= MAX_MATCHES  # True stops the scan
-
-        self._scanner.scan(data, on_match)
-        return None if len(ends) >= MAX_MATCHES else ends
+        return None if self._scanner is None else _matches(self._scanner, data)
 
 
 class KeyGate:
@@ -118,11 +109,18 @@ class KeyGate:
         name might match; None for a flood."""
         if self._scanner is None:
             return []
-        found: list[int] = []
+        found = _matches(self._scanner, data)
+        return None if found is None else [end for _index, end in found]
 
-        def on_match(_index: int, _start: int, end: int, _flags: int, _context: object) -> bool:
-            found.append(end)
-            return len(found) >= MAX_MATCHES
 
-        self._scanner.scan(data, on_match)
-        return None if len(found) >= MAX_MATCHES else found
+def _matches(scanner: Scanner, data: bytes) -> list[tuple[int, int]] | None:
+    """(pattern id, end offset) of every match of ``scanner`` in ``data``; None for a flood
+    of :data:`MAX_MATCHES` or more (the scan stops there)."""
+    found: list[tuple[int, int]] = []
+
+    def on_match(index: int, _start: int, end: int, _flags: int, _context: object) -> bool:
+        found.append((index, end))
+        return len(found) >= MAX_MATCHES  # True stops the scan
+
+    scanner.scan(data, on_match)
+    return None if len(found) >= MAX_MATCHES else found
