@@ -12,9 +12,9 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from mitmproxy import connection, dns, http, io, tcp, tls, udp
-from mitmproxy.exceptions import FlowReadException
+from mitmproxy import connection, dns, http, tcp, tls, udp
 from mitmproxy.flow import Flow
+from mitmproxy.io import compat, tnetstring
 
 from leakmap.core.exchange import Exchange, Message
 
@@ -174,8 +174,52 @@ STILL_OPEN = "connection still open when the proxy stopped"
 
 def read_flow_file(path: Path) -> Iterator[Flow]:
     """Flows in a file written by ``mitmdump -w``.  Raises ValueError if unreadable."""
+    for record in flow_records(path):
+        yield parse_flow_record(record, path)
+
+
+# A flow file is a series of tnetstrings, one per flow: ``<length>:<payload><type>``.
+_MAX_LENGTH_DIGITS = 12  # as mitmproxy's reader: a longer prefix is not a length
+_UNREADABLE = "Invalid data format."  # what mitmproxy's FlowReader says of a damaged file
+
+
+def _unreadable(path: Path, problem: str = _UNREADABLE) -> ValueError:
+    return ValueError(f"{path}: not a readable mitmproxy flow file ({problem})")
+
+
+def flow_records(path: Path) -> Iterator[bytes]:
+    """Each flow of a flow file as its stored bytes, unparsed: cutting a file into flows
+    is cheap, parsing them is not, so ``leakmap analyze`` parses them in its workers
+    (:func:`parse_flow_record`).  Raises ValueError where the file is cut short or damaged,
+    after the flows before that point."""
     with path.open("rb") as handle:
-        try:
-            yield from io.FlowReader(handle).stream()
-        except FlowReadException as e:
-            raise ValueError(f"{path}: not a readable mitmproxy flow file ({e})") from e
+        while prefix := handle.read(1):
+            while prefix[-1:].isdigit() and len(prefix) <= _MAX_LENGTH_DIGITS:
+                digit = handle.read(1)
+                if not digit:  # the file ends inside the prefix
+                    break
+                prefix += digit
+            if not prefix.endswith(b":") or len(prefix) < 2:
+                raise _unreadable(path)
+            size = int(prefix[:-1])
+            body = handle.read(size + 1)  # the payload and its type byte
+            if len(body) != size + 1:
+                raise _unreadable(path)
+            yield prefix + body
+
+
+def parse_flow_record(record: bytes, path: Path) -> Flow:
+    """The flow stored as ``record`` (one of :func:`flow_records`), as mitmproxy's own reader
+    makes it; ValueError naming ``path`` if it is not one."""
+    try:
+        state = tnetstring.loads(record)
+    except (ValueError, TypeError, IndexError) as e:
+        raise _unreadable(path) from e
+    if not isinstance(state, dict):
+        raise _unreadable(path, f"Invalid flow: loaded={state!r:.200}")
+    try:
+        return Flow.from_state(compat.migrate_flow(state))
+    except ValueError as e:
+        raise _unreadable(path, str(e)) from e
+    except Exception as e:  # a record that is tnetstring but no flow (KeyError, TypeError...)
+        raise _unreadable(path, f"{type(e).__name__}: {e}") from e

@@ -7,7 +7,7 @@ become one ``Error: ...`` line here, at the edge, never a traceback.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,12 +19,11 @@ import leakmap
 from leakmap.addons.options import SETTINGS, Setting
 from leakmap.cli import render
 from leakmap.core.digest import file_sha256
-from leakmap.core.exchange import Exchange
 from leakmap.core.yamlsource import ConfigError
 from leakmap.store.db import StoreError
 
 if TYPE_CHECKING:
-    from leakmap.cli.parallel import Classify
+    from leakmap.cli.parallel import Analyse, Pool
 
 ANALYSIS_SETTINGS = ("policy", "device", "db", "run_name", "geoip_dir", "geodb_max_age", "networks",
                      "store_raw", "hash_key_file", "max_body", "analysis_budget_ms")
@@ -163,25 +162,13 @@ def _check_settings(settings: dict[str, Any], build: Callable[..., Any],
 # analyze
 
 
-def _is_har(path: Path) -> bool:
-    """JSON (HAR) rather than a mitmproxy flow file, whose first byte is a digit."""
-    with path.open("rb") as handle:
-        return handle.read(64).lstrip()[:1] in (b"{", b"[")
+def _worker_choice(_ctx: Any, _param: Any, value: str) -> str:
+    if value != "auto" and not (value.isdigit() and int(value) <= MAX_WORKERS):
+        raise click.BadParameter(f"{value!r} is not auto or a number of workers from 0 to {MAX_WORKERS}")
+    return value
 
 
-def read_capture(path: Path) -> Iterator[Exchange]:
-    """Exchanges of a HAR file or a mitmproxy flow file."""
-    from leakmap.core.har import read_har
-
-    if _is_har(path):
-        yield from read_har(path)
-        return
-    from leakmap.addons.flows import exchange_from_flow, read_flow_file
-
-    for flow in read_flow_file(path):
-        exchange = exchange_from_flow(flow)
-        if exchange is not None:
-            yield exchange
+MAX_WORKERS = 16  # --workers: more than there are cores only costs memory
 
 
 @cli.command("analyze")
@@ -190,11 +177,11 @@ def read_capture(path: Path) -> Iterator[Exchange]:
 @settings_options(ANALYSIS_SETTINGS, defaults={"analysis_budget_ms": (
     0, "Milliseconds of analysis per flow; 0 (the default offline): no time limit, so that the "
        "same capture always gives the same result. The byte caps still apply.")})
-@click.option("--workers", type=click.Choice(["auto", "0", "1"]), default="auto", show_default=True,
-              help="0: classify in this process. 1: classify in one worker process while this "
-                   "one reads and writes (uses a second core; takes a few seconds to start). auto: 1 when "
-                   "the machine has 2 or more cores and the captures total 8 MB or more. "
-                   "The results are the same either way.")
+@click.option("--workers", default="auto", show_default=True, callback=_worker_choice,
+              help="0: read and classify in this process. N: parse and classify in N worker "
+                   "processes while this one writes (each uses a core and takes a few seconds to "
+                   "start). auto: one per core, at most 2, when the machine has 2 or more cores "
+                   "and the captures total 8 MB or more. The results are the same either way.")
 @fail_cleanly
 def analyze(captures: tuple[Path, ...], workers: str, **settings: Any) -> None:
     """Run the live pipeline over saved captures (mitmproxy flow files or HAR 1.2).
@@ -206,16 +193,17 @@ def analyze(captures: tuple[Path, ...], workers: str, **settings: Any) -> None:
     from leakmap.cli import parallel
 
     pipeline_settings = {k: v for k, v in settings.items() if k not in NOT_PIPELINE or k == "db"}
-    if not parallel.worker_count(workers, captures):
+    count = parallel.worker_count(workers, captures)
+    if not count:
         _analyze(captures, settings, pipeline_settings, None)
         return
-    with parallel.worker_process(pipeline_settings) as worker:  # starts building at once
-        _analyze(captures, settings, pipeline_settings, worker.classify)
+    with parallel.worker_pool(pipeline_settings, count) as pool:  # they start building at once
+        _analyze(captures, settings, pipeline_settings, pool)
 
 
 def _analyze(captures: tuple[Path, ...], settings: dict[str, Any],
-             pipeline_settings: dict[str, Any], classify: Classify | None) -> None:
-    """``analyze``, classifying with ``classify`` (a worker's) or else in this process."""
+             pipeline_settings: dict[str, Any], pool: Pool | None) -> None:
+    """``analyze``, in ``pool``'s workers or else in this process."""
     from leakmap.addons.recorder import default_run_name
     from leakmap.cli.parallel import in_process
     from leakmap.store.db import finish_run, open_store, start_run
@@ -228,7 +216,7 @@ def _analyze(captures: tuple[Path, ...], settings: dict[str, Any],
     )
 
     # a bad setting fails here, in one line; a worker builds its own classifier
-    assembled = (build_pipeline(**pipeline_settings) if classify is None
+    assembled = (build_pipeline(**pipeline_settings) if pool is None
                  else load_settings(**{k: v for k, v in pipeline_settings.items()
                                        if k != "store_raw"}))
     for warning in stale_warnings(assembled.resolver, settings["geodb_max_age"]):
@@ -242,10 +230,12 @@ def _analyze(captures: tuple[Path, ...], settings: dict[str, Any],
         captures=[{"path": str(p), "sha256": file_sha256(p)} for p in captures],
         geodb=geodb_summary(assembled),
     )
-    if classify is None:
+    if pool is None:
         assert isinstance(assembled, Assembled)
-        classify = in_process(assembled.pipeline)
-    stored, problems = _analyze_captures(classify, engine, run_id, captures)
+        analyse = in_process(assembled.pipeline)
+    else:
+        analyse = pool.analyser(assembled.locator)
+    stored, problems = _analyze_captures(analyse, engine, run_id, captures)
     finish_run(engine, run_id, ("incomplete" if stored.flows else "failed") if problems
                else "completed")
     if stored.flows or not problems:
@@ -261,12 +251,12 @@ class _Stored:
     findings: int = 0
 
 
-def _analyze_captures(classify: Classify, engine: Any, run_id: int,
+def _analyze_captures(analyse: Analyse, engine: Any, run_id: int,
                       captures: tuple[Path, ...]) -> tuple[_Stored, list[str]]:
     """Analyse and store every readable flow; the captures that broke off, named.
 
-    ``classify`` turns one capture's exchanges into records, in order, and
-    raises a reading error only after the records of the flows before it.
+    ``analyse`` turns one capture into records, in order, and raises a
+    reading error only after the records of the flows before it.
     """
     from leakmap.store.db import finish_run, write_records
 
@@ -275,7 +265,7 @@ def _analyze_captures(classify: Classify, engine: Any, run_id: int,
         for capture in captures:
             batch, read = [], 0
             try:
-                for record in classify(read_capture(capture)):
+                for record in analyse(capture):
                     batch.append(record)
                     read += 1
                     if len(batch) >= 500:

@@ -1,20 +1,25 @@
-"""``leakmap analyze --workers``: classify in a second process while this one reads.
+"""``leakmap analyze --workers N``: parse and classify in N processes while this one writes.
 
-Reading a flow file and classifying its flows both take the GIL, so threads
-cannot overlap them.  With one worker, this process reads the captures and
-writes the records, and a worker process runs :meth:`Pipeline.process` on
-every flow in capture order.  One worker, not a pool: the locator keeps
-per-capture state (DNS answers seen earlier locate later flows), so one
-process seeing every flow in order gives exactly the records of the
-sequential path.
+Reading a flow file is mostly parsing (mitmproxy's tnetstring reader and
+``Flow.from_state``), and classifying is pure Python too: both take the GIL,
+so threads cannot overlap them.  With workers, this process only cuts the
+captures into flows (:func:`~leakmap.cli.captures.capture_items`: a flow
+file's stored flows unparsed, a HAR file's exchanges), hands them out in
+batches of :data:`BATCH` to the workers in turn, and takes the records back
+in the same order.  Each worker parses, classifies and redacts
+(:meth:`Pipeline.inspect`), and sends back the record without the flow's
+payloads.  This process then places each record (:func:`place`: the locator
+learns DNS answers from earlier flows of the capture, so it must see every
+flow in capture order) and writes it: the database holds exactly what the
+sequential path (``--workers 0``) writes.
 
-The worker builds its own pipeline from the same settings (a built pipeline
-holds native handles and does not pickle).  Exchanges go out in batches of
-:data:`BATCH`; at most :data:`WINDOW` batches are in flight, so memory stays
-bounded and neither side can block the other for good.  The two pipes are
-plain one-way :class:`~multiprocessing.connection.Connection` objects held
-by one process each: when either process dies the other reads end-of-file,
-so a dead worker is a one-line error here and a dead parent ends the worker.
+Each worker builds its own pipeline from the same settings (a built pipeline
+holds native handles and does not pickle).  At most :data:`WINDOW` batches
+per worker are in flight, so memory stays bounded and no side can block the
+other for good.  The pipes are plain one-way
+:class:`~multiprocessing.connection.Connection` objects held by one process
+each: when either process dies the other reads end-of-file, so a dead worker
+is a one-line error here and a dead parent ends the worker.
 """
 
 from __future__ import annotations
@@ -26,58 +31,128 @@ import queue
 import signal
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import click
 
+from leakmap.cli.captures import capture_items, read_capture
+from leakmap.core.destination import Locator
 from leakmap.core.exchange import Exchange
-from leakmap.core.pipeline import FlowRecord, Pipeline
+from leakmap.core.pipeline import FlowRecord, Pipeline, place
 
-BATCH = 64  # exchanges per message: amortises pickling
-WINDOW = 4  # batches sent and not yet answered
-AUTO_MIN_BYTES = 8 * 2**20  # below this a worker's start-up (seconds) costs more than it saves
-NEW_CAPTURE = "new capture"  # message: forget the DNS answers of the previous capture
-STOP = object()  # to the sender thread: close the pipe, which tells the worker to finish
+BATCH = 64  # flows per message: amortises pickling
+WINDOW = 4  # batches per worker sent and not yet answered
+AUTO_MIN_BYTES = 8 * 2**20  # below this the workers' start-up (seconds) costs more than it saves
+AUTO_MAX_WORKERS = 2  # this process's share is small: one worker per core, up to two
+STOP = object()  # to a sender thread: close the pipe, which tells the worker to finish
 
-Classify = Callable[[Iterable[Exchange]], Iterator[FlowRecord]]
+type Item = Exchange | bytes  # a HAR file's exchange, or a flow file's stored flow (capture_items)
+# per item, from a worker: its record (payloads dropped, not yet placed), None for a flow
+# leakmap does not log, or why the capture cannot be read from there on
+type Answer = FlowRecord | str | None
+type Analyse = Callable[[Path], Iterator[FlowRecord]]  # a capture's records, placed, in order
 
 
 class WorkerFailed(click.ClickException):
-    """The worker process broke or died: one ``Error: ...`` line, no traceback."""
+    """A worker process broke or died: one ``Error: ...`` line, no traceback."""
 
 
-def worker_count(choice: str, captures: Iterable[Path]) -> int:
-    """Workers for ``--workers``: ``0``, ``1``, or ``auto`` (1 on 2+ cores for 8 MB and more)."""
+def worker_count(choice: str, captures: list[Path] | tuple[Path, ...]) -> int:
+    """Workers for ``--workers``: a number, or ``auto`` (one per core, at most
+    :data:`AUTO_MAX_WORKERS`, on 2+ cores for captures of 8 MB and more; else none)."""
     if choice != "auto":
         return int(choice)
+    cores = os.cpu_count() or 1
     size = sum(path.stat().st_size for path in captures)
-    return 1 if (os.cpu_count() or 1) >= 2 and size >= AUTO_MIN_BYTES else 0
+    return min(cores, AUTO_MAX_WORKERS) if cores >= 2 and size >= AUTO_MIN_BYTES else 0
 
 
-def in_process(pipeline: Pipeline) -> Classify:
-    """The sequential path: classify one capture's exchanges here, in order."""
+def in_process(pipeline: Pipeline) -> Analyse:
+    """The sequential path: read, classify and place one capture here, in order."""
 
-    def classify(exchanges: Iterable[Exchange]) -> Iterator[FlowRecord]:
+    def analyse(capture: Path) -> Iterator[FlowRecord]:
         pipeline.locator.start_capture()  # DNS answers of one capture locate only its own flows
-        for exchange in exchanges:
+        for exchange in read_capture(capture):
             yield pipeline.process(exchange)
 
-    return classify
+    return analyse
 
 
 @contextlib.contextmanager
-def worker_process(settings: dict[str, Any]) -> Iterator[Worker]:
-    """A started :class:`Worker` for ``build_pipeline(**settings)``; ended on the way out."""
-    worker = Worker(settings)
+def worker_pool(settings: dict[str, Any], count: int) -> Iterator[Pool]:
+    """A started :class:`Pool` of ``count`` workers for ``build_pipeline(**settings)``;
+    ended on the way out."""
+    pool = Pool(settings, count)
     try:
-        yield worker
+        yield pool
     except BaseException:
-        worker.close(wait=False)
+        pool.close(wait=False)
         raise
-    worker.close(wait=True)
+    pool.close(wait=True)
+
+
+class Pool:
+    """Worker processes that take batches in turn; records come back in capture order."""
+
+    def __init__(self, settings: dict[str, Any], count: int) -> None:
+        _create_hash_key(settings)
+        self.workers: list[Worker] = []
+        try:
+            for _ in range(max(1, count)):
+                self.workers.append(Worker(settings))
+        except BaseException:
+            self.close(wait=False)
+            raise
+
+    def analyser(self, locator: Locator) -> Analyse:
+        """Records of a capture, placed by ``locator`` (this process's) in capture order."""
+
+        def analyse(capture: Path) -> Iterator[FlowRecord]:
+            locator.start_capture()
+            for record in self._inspect(capture):
+                yield place(locator, record)
+
+        return analyse
+
+    def close(self, wait: bool) -> None:
+        for worker in self.workers:
+            worker.close(wait)
+
+    def _inspect(self, capture: Path) -> Iterator[FlowRecord]:
+        """Records of ``capture``, not yet placed; a reading error comes after the flows
+        before it."""
+        pending: deque[Worker] = deque()  # who answers next, in the order batches went out
+        reading, turn = capture_items(capture), 0
+        try:
+            while True:
+                batch, error = _read_batch(reading)
+                if batch:
+                    worker = self.workers[turn % len(self.workers)]
+                    worker.send((str(capture), batch))
+                    pending.append(worker)
+                    turn += 1
+                done = error is not None or len(batch) < BATCH
+                while pending and (done or len(pending) >= WINDOW * len(self.workers)):
+                    yield from _records(pending.popleft().receive())
+                if error is not None:
+                    raise error
+                if done:
+                    return
+        except ValueError:  # a damaged flow: the answers to later batches are not for the next capture
+            for worker in pending:
+                worker.receive()
+            raise
+
+
+def _records(answers: list[Answer]) -> Iterator[FlowRecord]:
+    for answer in answers:
+        if isinstance(answer, str):  # the capture is damaged here: the flows before it count
+            raise ValueError(answer)
+        if answer is not None:
+            yield answer
 
 
 # --------------------------------------------------------------------------
@@ -85,10 +160,9 @@ def worker_process(settings: dict[str, Any]) -> Iterator[Worker]:
 
 
 class Worker:
-    """One worker process running ``Pipeline.process``; records come back in order."""
+    """One worker process: batches in, one answer per batch out, in order."""
 
     def __init__(self, settings: dict[str, Any]) -> None:
-        _create_hash_key(settings)
         context = multiprocessing.get_context("spawn")  # not fork: this process may hold threads
         self._results, results_end = context.Pipe(duplex=False)
         requests_end, self._requests = context.Pipe(duplex=False)
@@ -103,23 +177,19 @@ class Worker:
         self._sender = threading.Thread(target=self._send_all, name="leakmap-send", daemon=True)
         self._sender.start()
 
-    def classify(self, exchanges: Iterable[Exchange]) -> Iterator[FlowRecord]:
-        """Records of one capture's exchanges, in order; a reading error comes after them."""
-        self._outgoing.put(NEW_CAPTURE)
-        pending: deque[list[Exchange]] = deque()
-        reading = iter(exchanges)
-        while True:
-            batch, error = _read_batch(reading)
-            if batch:
-                self._outgoing.put(batch)
-                pending.append(batch)
-            done = error is not None or len(batch) < BATCH
-            while pending and (done or len(pending) >= WINDOW):
-                yield from self._receive(pending.popleft())
-            if error is not None:
-                raise error
-            if done:
-                return
+    def send(self, message: tuple[str, list[Item]]) -> None:
+        """Hand over one batch (pickled and written by the sender thread)."""
+        self._outgoing.put(message)
+
+    def receive(self) -> list[Answer]:
+        """The answers to the oldest batch not yet answered."""
+        try:
+            answer = self._results.recv()
+        except (EOFError, OSError) as e:
+            raise WorkerFailed(self._death()) from e
+        if isinstance(answer, str):
+            raise WorkerFailed(answer)
+        return answer  # type: ignore[no-any-return]
 
     def close(self, wait: bool) -> None:
         """Stop the worker: let it finish (``wait``) or end it now."""
@@ -145,16 +215,6 @@ class Worker:
                 break
         self._requests.close()  # end-of-file: the worker stops, and its end of results closes
 
-    def _receive(self, sent: list[Exchange]) -> Iterator[FlowRecord]:
-        try:
-            answer = self._results.recv()
-        except (EOFError, OSError) as e:
-            raise WorkerFailed(self._death()) from e
-        if isinstance(answer, str):
-            raise WorkerFailed(answer)
-        for exchange, fields in zip(sent, answer, strict=True):
-            yield FlowRecord(exchange=exchange, **fields)
-
     def _death(self) -> str:
         self._process.join(timeout=5)
         code = self._process.exitcode
@@ -164,12 +224,12 @@ class Worker:
         return f"the classifier process stopped unexpectedly ({how}){reason}"
 
 
-def _read_batch(exchanges: Iterator[Exchange]) -> tuple[list[Exchange], Exception | None]:
-    """Up to BATCH exchanges, and the error that cut reading short if one did."""
-    batch: list[Exchange] = []
+def _read_batch(items: Iterator[Item]) -> tuple[list[Item], Exception | None]:
+    """Up to BATCH items, and the error that cut reading short if one did."""
+    batch: list[Item] = []
     try:
-        for exchange in exchanges:
-            batch.append(exchange)
+        for item in items:
+            batch.append(item)
             if len(batch) >= BATCH:
                 break
     except Exception as e:  # raised again once the flows read before it are through
@@ -233,15 +293,30 @@ def _serve(settings: dict[str, Any], requests: Connection, results: Connection) 
 def _answer(pipeline: Pipeline, requests: Connection, results: Connection) -> None:
     """Answer batches in order until the main process closes its end (EOFError)."""
     while True:
-        message = requests.recv()
-        if message == NEW_CAPTURE:
-            pipeline.locator.start_capture()
-        else:  # the main process still holds the exchanges: only the rest travels back
-            results.send([_without_exchange(pipeline.process(exchange)) for exchange in message])
+        capture, batch = requests.recv()
+        answers: list[Answer] = []
+        for item in batch:
+            answers.append(_inspected(pipeline, item, Path(capture)))
+            if isinstance(answers[-1], str):  # nothing after a damaged flow is read
+                break
+        results.send(answers)
 
 
-def _without_exchange(record: FlowRecord) -> dict[str, Any]:
-    return {name: value for name, value in vars(record).items() if name != "exchange"}
+def _inspected(pipeline: Pipeline, item: Item, capture: Path) -> Answer:
+    from leakmap.addons.flows import exchange_from_flow, parse_flow_record
+
+    if isinstance(item, Exchange):
+        exchange: Exchange | None = item
+    else:
+        try:
+            exchange = exchange_from_flow(parse_flow_record(item, capture))
+        except ValueError as e:
+            return str(e)
+    if exchange is None:
+        return None
+    record = pipeline.inspect(exchange)
+    record.exchange = exchange.without_payloads()  # all the main process stores of it
+    return record
 
 
 def _tell(results: Connection, text: str) -> None:

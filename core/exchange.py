@@ -6,7 +6,7 @@ into an :class:`Exchange`, so that every path runs the same analysis.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 
@@ -51,11 +51,20 @@ class Exchange:
     dns_question: str | None = None
     dns_answers: list[str] = field(default_factory=list)  # A/AAAA addresses, in answer order
     error: str | None = None
+    # request_size of the flow a copy without payloads was made from (without_payloads)
+    sent_size: int | None = None
 
     @property
     def request_size(self) -> int:
         """Bytes the client sent: the request body and its WebSocket/TCP/UDP messages."""
+        if self.sent_size is not None:
+            return self.sent_size
         return len(self.request_body) + sum(len(m.content) for m in self.messages if m.from_client)
+
+    def without_payloads(self) -> Exchange:
+        """A copy without the bodies and messages, which keeps their size: all that is
+        stored of a flow once it has been classified, cheap to hand between processes."""
+        return replace(self, request_body=b"", messages=[], sent_size=self.request_size)
 
     def header(self, name: str) -> str | None:
         """The first request header called ``name`` (case-insensitive)."""

@@ -71,18 +71,20 @@ class Pipeline:
 
     def process(self, exchange: Exchange) -> FlowRecord:
         """Classify, locate and redact one flow.  Never raises on flow content."""
+        return place(self.locator, self.inspect(exchange))
+
+    def inspect(self, exchange: Exchange) -> FlowRecord:
+        """Classify and redact one flow, without its destination (see :func:`place`).
+
+        What does not depend on other flows: ``leakmap analyze`` runs it in
+        several processes at once and places the records in capture order.
+        """
         try:
             analysis = self.classifier.classify(exchange)
         except Exception as e:  # the record must exist even if analysis breaks
             analysis = Analysis(errors=[f"analysis failed: {type(e).__name__}: {e}"])
-        try:
-            place = self.locator.locate(exchange)
-        except Exception as e:  # never lose the flow over a lookup
-            place = Destination()
-            analysis.errors.append(f"destination lookup failed: {type(e).__name__}: {e}")
         return FlowRecord(
             exchange=exchange,
-            **scalar_fields(place),
             findings=[self._redact(finding) for finding in analysis.findings],
             analysis_error="; ".join(analysis.errors) or None,
             truncated=analysis.truncated,
@@ -100,6 +102,19 @@ class Pipeline:
             value_hash=keyed_hash(self.hash_key, finding.value),
             raw_value=finding.value if self.store_raw else None,
         )
+
+
+def place(locator: Locating, record: FlowRecord) -> FlowRecord:
+    """``record`` with its destination filled in.  Flows must be placed in capture order:
+    the locator learns DNS answers from earlier flows.  Never raises on flow content."""
+    try:
+        destination = locator.locate(record.exchange)
+    except Exception as e:  # never lose the flow over a lookup
+        destination = Destination()
+        problem = f"destination lookup failed: {type(e).__name__}: {e}"
+        record.analysis_error = f"{record.analysis_error}; {problem}" if record.analysis_error else problem
+    vars(record).update(vars(destination))
+    return record
 
 
 def scalar_fields(instance: Any) -> dict[str, Any]:

@@ -1,9 +1,10 @@
-"""``leakmap analyze --workers 1`` stores exactly what ``--workers 0`` stores.
+"""``leakmap analyze --workers N`` stores exactly what ``--workers 0`` stores.
 
-The worker process classifies while the main process reads and writes; the
-database (flows, findings, the run row), the summary line and the error of a
-capture cut short must not depend on where classification ran.  A worker
-that dies, fails or is interrupted ends the command cleanly.
+Worker processes parse and classify while the main process cuts the
+captures into flows, places and writes them; the database (flows, findings,
+the run row), the summary line and the error of a damaged capture must not
+depend on where parsing and classification ran.  A worker that dies, fails or
+is interrupted ends the command cleanly.
 """
 
 from __future__ import annotations
@@ -99,16 +100,18 @@ def _other_har(tmp_path: Path) -> Path:
     return path
 
 
-def test_a_worker_stores_exactly_what_this_process_stores(tmp_path: Path) -> None:
+def test_workers_store_exactly_what_this_process_stores(tmp_path: Path) -> None:
     captures = (_write_capture(tmp_path / "a.flow", 600), _other_har(tmp_path),
                 SAMPLES / "redmi-2014.har")
-    (here, here_run), (worker, worker_run) = (_analyze(tmp_path, w, *captures) for w in ("0", "1"))
-    assert here_run.returncode == worker_run.returncode == 0, worker_run.stderr
-    assert here_run.stderr == worker_run.stderr
-    expected, got = _contents(here), _contents(worker)
+    (here, here_run), *others = (_analyze(tmp_path, w, *captures) for w in ("0", "1", "2"))
+    expected = _contents(here)
+    for worker, worker_run in others:
+        assert here_run.returncode == worker_run.returncode == 0, worker_run.stderr
+        assert here_run.stderr == worker_run.stderr
+        assert _contents(worker) == expected
     assert len(expected["flows"]) == 1 + 600 + 1 + 6  # the flow saved twice is stored once
     assert len(expected["findings"]) > 200
-    assert got == expected
+    assert {row["request_size"] for row in expected["flows"]} != {0}  # sizes survive the hand-back
     geo_ips = {row["geo_ip"] for row in expected["flows"] if re.search(r"/r\d+", str(row["url"]))}
     assert geo_ips == {"13.228.0.1"}  # located by the capture's DNS answer
     other = next(row for row in expected["flows"] if "/x?imei" in str(row["url"]))
@@ -120,15 +123,75 @@ def test_a_worker_stores_exactly_what_this_process_stores(tmp_path: Path) -> Non
 def test_a_capture_cut_short_gives_the_same_message_and_store(tmp_path: Path) -> None:
     cut = _write_capture(tmp_path / "cut.flow", 150, cut=20)
     captures = (cut, SAMPLES / "redmi-2014.har")
-    (here, here_run), (worker, worker_run) = (_analyze(tmp_path, w, *captures) for w in ("0", "1"))
-    assert here_run.returncode == worker_run.returncode == 1
-    assert "Traceback" not in worker_run.stderr
-    assert worker_run.stderr == here_run.stderr
-    assert worker_run.stderr.splitlines()[-1].endswith(
-        "(the 150 flows before the damage are stored)")  # the DNS flow and 149 web flows
+    (here, here_run), *others = (_analyze(tmp_path, w, *captures) for w in ("0", "1", "2"))
     expected = _contents(here)
-    assert _contents(worker) == expected
+    for worker, worker_run in others:
+        assert here_run.returncode == worker_run.returncode == 1
+        assert "Traceback" not in worker_run.stderr
+        assert worker_run.stderr == here_run.stderr
+        assert _contents(worker) == expected
+    assert here_run.stderr.splitlines()[-1].endswith(
+        "(the 150 flows before the damage are stored)")  # the DNS flow and 149 web flows
     assert len(expected["flows"]) == 150 + 6 and expected["runs"][0]["status"] == "incomplete"
+
+
+def _damage_inside(path: Path, flow_number: int) -> Path:
+    """Replace the ``flow_number``-th stored flow by a tnetstring that is no flow."""
+    from leakmap.addons.flows import flow_records
+
+    records = list(flow_records(path))
+    records[flow_number] = b"5:hello,"  # a string, where a flow's state (a dict) belongs
+    path.write_bytes(b"".join(records))
+    return path
+
+
+def test_a_flow_damaged_inside_a_capture_stops_it_there_with_or_without_workers(
+        tmp_path: Path) -> None:
+    """The workers parse the flows: the error of flow 200 of 600 comes after flows 0-199,
+    the batches already handed out after it are dropped, and the next capture is whole."""
+    damaged = _damage_inside(_write_capture(tmp_path / "bad.flow", 600), 200)
+    captures = (damaged, SAMPLES / "redmi-2014.har")
+    (here, here_run), *others = (_analyze(tmp_path, w, *captures) for w in ("0", "1", "2"))
+    expected = _contents(here)
+    assert here_run.returncode == 1
+    assert here_run.stderr.splitlines()[-1].endswith(
+        "bad.flow: not a readable mitmproxy flow file (Invalid flow: loaded=b'hello') "
+        "(the 200 flows before the damage are stored)"), here_run.stderr
+    assert len(expected["flows"]) == 200 + 6
+    for worker, worker_run in others:
+        assert worker_run.returncode == 1 and worker_run.stderr == here_run.stderr
+        assert _contents(worker) == expected
+
+
+@pytest.mark.parametrize("kept", [0.0, 0.0005, 0.002, 0.2, 0.5, 0.9, 0.99, 0.999, 1.0])
+def test_flow_records_read_what_mitmproxys_reader_reads(tmp_path: Path, kept: float) -> None:
+    """Cut a two-flow file anywhere: the flows before the cut are mitmproxy's, and a cut
+    inside a flow is an error where mitmproxy's reader has one too."""
+    from mitmproxy.exceptions import FlowReadException
+
+    from leakmap.addons.flows import read_flow_file
+
+    path = tmp_path / "two.flow"
+    with path.open("wb") as handle:
+        for flow in (_dns_flow(), _web_flow(3)):
+            io.FlowWriter(handle).add(flow)
+    data = path.read_bytes()
+    path.write_bytes(data[: round(len(data) * kept)])
+    theirs: list[object] = []
+    with path.open("rb") as handle:
+        try:
+            theirs.extend(io.FlowReader(handle).stream())
+            their_error = False
+        except FlowReadException:
+            their_error = True
+    ours: list[object] = []
+    try:
+        ours.extend(read_flow_file(path))
+        our_error = False
+    except ValueError:
+        our_error = True
+    assert our_error == their_error
+    assert [f.get_state() for f in ours] == [f.get_state() for f in theirs]  # type: ignore[attr-defined]
 
 
 # --------------------------------------------------------------------------
@@ -139,25 +202,29 @@ def _settings(tmp_path: Path, **changes: object) -> dict[str, object]:
     return {"device": str(DEVICE), "db": f"sqlite:///{tmp_path / 'w.db'}", **changes}
 
 
+def _locator(tmp_path: Path) -> object:
+    from leakmap.wiring import load_settings
+
+    return load_settings(device=str(DEVICE), db=f"sqlite:///{tmp_path / 'w.db'}").locator
+
+
 def test_a_worker_that_dies_is_one_clean_error(tmp_path: Path) -> None:
-    from leakmap.cli.main import read_capture
-    from leakmap.cli.parallel import WorkerFailed, worker_process
+    from leakmap.cli.parallel import WorkerFailed, worker_pool
 
     capture = _write_capture(tmp_path / "a.flow", 300)
-    with pytest.raises(WorkerFailed) as failed, worker_process(_settings(tmp_path)) as worker:
-        worker._process.kill()
-        list(worker.classify(read_capture(capture)))
+    with pytest.raises(WorkerFailed) as failed, worker_pool(_settings(tmp_path), 2) as pool:
+        pool.workers[1]._process.kill()
+        list(pool.analyser(_locator(tmp_path))(capture))  # type: ignore[arg-type]
     assert "the classifier process stopped unexpectedly (killed by signal 9)" in str(failed.value)
-    assert not worker._process.is_alive()
+    assert not any(worker._process.is_alive() for worker in pool.workers)
 
 
 def test_a_worker_that_cannot_start_says_why(tmp_path: Path) -> None:
-    from leakmap.cli.main import read_capture
-    from leakmap.cli.parallel import WorkerFailed, worker_process
+    from leakmap.cli.parallel import WorkerFailed, worker_pool
 
     settings = _settings(tmp_path, device=str(tmp_path / "missing.yaml"))
-    with pytest.raises(WorkerFailed) as failed, worker_process(settings) as worker:
-        list(worker.classify(read_capture(SAMPLES / "redmi-2014.har")))
+    with pytest.raises(WorkerFailed) as failed, worker_pool(settings, 1) as pool:
+        list(pool.analyser(_locator(tmp_path))(SAMPLES / "redmi-2014.har"))  # type: ignore[arg-type]
     assert str(failed.value).startswith("the classifier process could not start: ")
     assert "missing.yaml" in str(failed.value) and "\n" not in str(failed.value)
 

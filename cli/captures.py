@@ -1,0 +1,42 @@
+"""Saved captures as ``leakmap analyze`` reads them: HAR 1.2 files and mitmproxy flow files."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from leakmap.core.exchange import Exchange
+
+_BOM = b"\xef\xbb\xbf"
+
+
+def is_har(path: Path) -> bool:
+    """JSON (HAR) rather than a mitmproxy flow file, whose first byte is a digit."""
+    with path.open("rb") as handle:
+        return handle.read(64).removeprefix(_BOM).lstrip()[:1] in (b"{", b"[")
+
+
+def read_capture(path: Path) -> Iterator[Exchange]:
+    """Exchanges of a HAR file or a mitmproxy flow file; ValueError where it is damaged."""
+    from leakmap.core.har import read_har
+
+    if is_har(path):
+        yield from read_har(path)
+        return
+    from leakmap.addons.flows import exchange_from_flow, read_flow_file
+
+    for flow in read_flow_file(path):
+        exchange = exchange_from_flow(flow)
+        if exchange is not None:
+            yield exchange
+
+
+def capture_items(path: Path) -> Iterator[Exchange | bytes]:
+    """What a worker process needs for each flow of a capture: a HAR file's exchanges, a
+    flow file's stored flows unparsed (the worker parses them: most of the reading time)."""
+    if is_har(path):
+        yield from read_capture(path)
+        return
+    from leakmap.addons.flows import flow_records
+
+    yield from flow_records(path)
