@@ -23,12 +23,9 @@ def read_capture(path: Path) -> Iterator[Exchange]:
     if is_har(path):
         yield from read_har(path)
         return
-    from leakmap.addons.flows import exchange_from_flow, read_flow_file
+    from leakmap.addons.flows import read_flow_file
 
-    for flow in read_flow_file(path):
-        exchange = exchange_from_flow(flow)
-        if exchange is not None:
-            yield exchange
+    yield from read_flow_file(path)
 
 
 def capture_items(path: Path) -> Iterator[Exchange | bytes]:

@@ -303,13 +303,13 @@ def _answer(pipeline: Pipeline, requests: Connection, results: Connection) -> No
 
 
 def _inspected(pipeline: Pipeline, item: Item, capture: Path) -> Answer:
-    from leakmap.addons.flows import exchange_from_flow, parse_flow_record
+    from leakmap.addons.flows import exchange_from_record
 
     if isinstance(item, Exchange):
         exchange: Exchange | None = item
     else:
         try:
-            exchange = exchange_from_flow(parse_flow_record(item, capture))
+            exchange = exchange_from_record(item, capture)
         except ValueError as e:
             return str(e)
     if exchange is None:

@@ -21,6 +21,7 @@ Pure: no mitmproxy, no database, no network.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import threading
@@ -204,6 +205,7 @@ def _host_name(exchange: Exchange) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=4096)  # a capture names a few hosts, thousands of times
 def _normalised(text: str) -> str | None:
     """A host name as DNS spells it (lower case, xn-- labels), or None for an address or junk."""
     name = _without_port(text.strip()).translate(_IDNA_DOTS).rstrip(".").lower()

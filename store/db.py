@@ -25,6 +25,8 @@ from sqlalchemy import (
     BigInteger,
     Connection,
     Engine,
+    Integer,
+    String,
     Table,
     create_engine,
     delete,
@@ -304,23 +306,26 @@ def _clean_text(value: str, length: int | None) -> str:
 
 
 @functools.cache
-def _limits(table: Table) -> tuple[tuple[str, int | None, int], ...]:
-    """(column, text length or None, integer bound) for each column of ``table``."""
-    return tuple(
-        (column.name, getattr(column.type, "length", None),
-         _INT64 if isinstance(column.type, BigInteger) else _INT32)
-        for column in table.columns
-    )
+def _limits(table: Table) -> tuple[tuple[tuple[str, int | None], ...], tuple[tuple[str, int], ...]]:
+    """((text column, length or None), ...), ((integer column, bound), ...) of ``table``."""
+    texts = tuple((column.name, column.type.length) for column in table.columns
+                  if isinstance(column.type, String))
+    integers = tuple((column.name, _INT64 if isinstance(column.type, BigInteger) else _INT32)
+                     for column in table.columns if isinstance(column.type, Integer))
+    return texts, integers
 
 
 def _fit(table: Table, values: dict[str, Any]) -> dict[str, Any]:
     """``values`` made storable in ``table``: captured traffic sets no limits."""
-    for name, length, bound in _limits(table):
+    texts, integers = _limits(table)
+    for name, length in texts:
         value = values.get(name)
-        if isinstance(value, str):
-            if (length is not None and len(value) > length) or "\x00" in value or not value.isascii():
-                values[name] = _clean_text(value, length)
-        elif isinstance(value, int) and not isinstance(value, bool) and not -bound <= value <= bound:
+        if isinstance(value, str) and (
+                (length is not None and len(value) > length) or "\x00" in value or not value.isascii()):
+            values[name] = _clean_text(value, length)
+    for name, bound in integers:
+        value = values.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and not -bound <= value <= bound:
             values[name] = None
     return values
 
