@@ -31,6 +31,8 @@ def test_the_cache_is_private_and_gives_the_same_matcher(tmp_path: Path) -> None
     loaded = cached_matcher(policy, device, tmp_path / "cache")
     assert loaded is not built and loaded.words == built.words
     assert loaded.digests == built.digests
+    assert loaded._digest_hit_lists == built._digest_hit_lists
+    assert loaded._word_hits == built._word_hits
     assert _found(loaded) == _found(built) == {"imei"}
 
 
