@@ -7,6 +7,7 @@ streaming decompressor and a cap, which mitmproxy's ``.content`` would not.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import uuid
 from collections.abc import Iterator
@@ -237,14 +238,12 @@ def _tnetstring(data: bytes, start: int, limit: int) -> tuple[object, int]:
     end = begin + int(prefix)
     if end >= limit:
         raise ValueError(f"not a tnetstring: invalid length prefix: {prefix!r}")
-    tag, payload = data[end], data[begin:end]
+    tag = data[end]
     if tag == 0x2C:  # ,
-        value: object = payload
+        value: object = data[begin:end]
     elif tag == 0x3B:  # ;
-        value = payload.decode("utf8")
-    elif tag == 0x23:  # #
-        value = int(payload)
-    elif tag == 0x7D:  # }
+        value = data[begin:end].decode("utf8")
+    elif tag == 0x7D:  # } (a container's bytes are not copied: its body may be 100 MB)
         items: dict[object, object] = {}
         while begin < end:
             key, begin = _tnetstring(data, begin, end)
@@ -257,11 +256,13 @@ def _tnetstring(data: bytes, start: int, limit: int) -> tuple[object, int]:
             entries.append(entry)
         value = entries
     else:
-        value = _scalar(tag, payload)
+        value = _scalar(tag, data[begin:end])
     return value, end + 1
 
 
 def _scalar(tag: int, payload: bytes) -> object:
+    if tag == 0x23:  # #
+        return int(payload)
     if tag == 0x5E:  # ^
         return float(payload)
     if tag == 0x21 and payload in (b"true", b"false"):  # !
@@ -278,8 +279,15 @@ def _stored_state(record: bytes, path: Path) -> dict:
         raise _unreadable(path) from e
     if not isinstance(state, dict):
         raise _unreadable(path, f"Invalid flow: loaded={state!r:.200}")
-    try:
+    with _flow_errors(path):
         return compat.migrate_flow(state)
+
+
+@contextlib.contextmanager
+def _flow_errors(path: Path) -> Iterator[None]:
+    """mitmproxy's complaints about a stored flow as one ValueError naming ``path``."""
+    try:
+        yield
     except ValueError as e:
         raise _unreadable(path, str(e)) from e
     except Exception as e:  # a record that is tnetstring but no flow (KeyError, TypeError...)
@@ -304,12 +312,8 @@ def exchange_from_record(record: bytes, path: Path) -> Exchange | None:
             return _http(_http_view(state))  # type: ignore[arg-type]
         except Exception:  # a damaged state: mitmproxy's reader says what is wrong with it
             state = _stored_state(record, path)  # the view consumed part of it
-    try:
+    with _flow_errors(path):
         flow = Flow.from_state(state)
-    except ValueError as e:
-        raise _unreadable(path, str(e)) from e
-    except Exception as e:
-        raise _unreadable(path, f"{type(e).__name__}: {e}") from e
     return exchange_from_flow(flow)
 
 

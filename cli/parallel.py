@@ -1,12 +1,12 @@
 """``leakmap analyze --workers N``: parse and classify in N processes while this one writes.
 
-Reading a flow file is mostly parsing (mitmproxy's tnetstring reader and
-``Flow.from_state``), and classifying is pure Python too: both take the GIL,
-so threads cannot overlap them.  With workers, this process only cuts the
-captures into flows (:func:`~leakmap.cli.captures.capture_items`: a flow
-file's stored flows unparsed, a HAR file's exchanges), hands them out in
-batches of :data:`BATCH` to the workers in turn, and takes the records back
-in the same order.  Each worker parses, classifies and redacts
+Reading a flow file is mostly parsing (``addons/flows.py``), and classifying
+is pure Python too: both take the GIL, so threads cannot overlap them.  With
+workers, this process only cuts the captures into flows
+(:func:`~leakmap.cli.captures.capture_items`: a flow file's stored flows
+unparsed, a HAR file's exchanges), hands them out in batches of
+:data:`BATCH` to the workers in turn, and takes the records back in the same
+order.  Each worker parses, classifies and redacts
 (:meth:`Pipeline.inspect`), and sends back the record without the flow's
 payloads.  This process then places each record (:func:`place`: the locator
 learns DNS answers from earlier flows of the capture, so it must see every
