@@ -32,7 +32,9 @@ def capture_items(path: Path) -> Iterator[Exchange | bytes]:
     """What a worker process needs for each flow of a capture: a HAR file's exchanges, a
     flow file's stored flows unparsed (the worker parses them: most of the reading time)."""
     if is_har(path):
-        yield from read_capture(path)
+        from leakmap.core.har import read_har
+
+        yield from read_har(path)
         return
     from leakmap.addons.flows import flow_records
 

@@ -31,7 +31,7 @@ import queue
 import signal
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -60,7 +60,7 @@ class WorkerFailed(click.ClickException):
     """A worker process broke or died: one ``Error: ...`` line, no traceback."""
 
 
-def worker_count(choice: str, captures: list[Path] | tuple[Path, ...]) -> int:
+def worker_count(choice: str, captures: Iterable[Path]) -> int:
     """Workers for ``--workers``: a number, or ``auto`` (one per core, at most
     :data:`AUTO_MAX_WORKERS`, on 2+ cores for captures of 8 MB and more; else none)."""
     if choice != "auto":
