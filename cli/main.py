@@ -234,7 +234,7 @@ def _analyze(captures: tuple[Path, ...], settings: dict[str, Any],
         assert isinstance(assembled, Assembled)
         analyse = in_process(assembled.pipeline)
     else:
-        analyse = pool.analyser(assembled.locator)
+        analyse = pool.analyser(assembled.locator, assembled.policy.actions)
     stored, problems = _analyze_captures(analyse, engine, run_id, captures)
     finish_run(engine, run_id, ("incomplete" if stored.flows else "failed") if problems
                else "completed")

@@ -31,7 +31,7 @@ import queue
 import signal
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ from leakmap.cli.captures import capture_items, read_capture
 from leakmap.core.destination import Locator
 from leakmap.core.exchange import Exchange
 from leakmap.core.pipeline import FlowRecord, Pipeline, place
+from leakmap.policies.model import ActionRule
 
 BATCH = 64  # flows per message: amortises pickling
 WINDOW = 4  # batches per worker sent and not yet answered
@@ -107,13 +108,14 @@ class Pool:
             self.close(wait=False)
             raise
 
-    def analyser(self, locator: Locator) -> Analyse:
-        """Records of a capture, placed by ``locator`` (this process's) in capture order."""
+    def analyser(self, locator: Locator, rules: Sequence[ActionRule] = ()) -> Analyse:
+        """Records of a capture, placed by ``locator`` (this process's) in capture order and
+        judged by the policy's action ``rules``."""
 
         def analyse(capture: Path) -> Iterator[FlowRecord]:
             locator.start_capture()
             for record in self._inspect(capture):
-                yield place(locator, record)
+                yield place(locator, record, rules)
 
         return analyse
 

@@ -6,13 +6,16 @@ analyze``.  Its output, :class:`FlowRecord`, is what the store writes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Protocol
 
+from leakmap.core.actions import Place, decide
 from leakmap.core.classify import Analysis, Classifier, Finding
 from leakmap.core.destination import Destination
 from leakmap.core.exchange import Exchange
 from leakmap.core.redact import keyed_hash, mask
+from leakmap.policies.model import ActionRule
 
 DESTINATION_FIELDS = tuple(f.name for f in fields(Destination))
 
@@ -34,6 +37,7 @@ class FindingRecord:
     preview: str
     value_hash: str
     raw_value: str | None = None
+    action: str = "log"  # what the policy's actions say for this finding (core/actions.py)
 
 
 @dataclass
@@ -57,6 +61,10 @@ class FlowRecord:
     findings: list[FindingRecord] = field(default_factory=list)
     analysis_error: str | None = None
     truncated: bool = False
+    policy_sha256: str | None = None  # the policy that judged the flow (hot reload changes it)
+    action: str = "log"  # log | alert | block | redact: what the policy says (core/actions.py)
+    action_rule: str | None = None  # the rule that said it
+    enforced: bool = False  # the live proxy acted on it (offline: what it would have done)
 
     def destination(self) -> Destination:
         return Destination(**{name: getattr(self, name) for name in DESTINATION_FIELDS})
@@ -71,7 +79,7 @@ class Pipeline:
 
     def process(self, exchange: Exchange) -> FlowRecord:
         """Classify, locate and redact one flow.  Never raises on flow content."""
-        return place(self.locator, self.inspect(exchange))
+        return place(self.locator, self.inspect(exchange), self.classifier.policy.actions)
 
     def inspect(self, exchange: Exchange) -> FlowRecord:
         """Classify and redact one flow, without its destination (see :func:`place`).
@@ -88,6 +96,7 @@ class Pipeline:
             findings=[self._redact(finding) for finding in analysis.findings],
             analysis_error="; ".join(analysis.errors) or None,
             truncated=analysis.truncated,
+            policy_sha256=self.classifier.policy.sha256,
         )
 
     def _redact(self, finding: Finding) -> FindingRecord:
@@ -104,9 +113,10 @@ class Pipeline:
         )
 
 
-def place(locator: Locating, record: FlowRecord) -> FlowRecord:
-    """``record`` with its destination filled in.  Flows must be placed in capture order:
-    the locator learns DNS answers from earlier flows.  Never raises on flow content."""
+def place(locator: Locating, record: FlowRecord, rules: Sequence[ActionRule] = ()) -> FlowRecord:
+    """``record`` with its destination, and the action ``rules`` give it, filled in.  Flows
+    must be placed in capture order: the locator learns DNS answers from earlier flows.
+    Never raises on flow content."""
     try:
         destination = locator.locate(record.exchange)
     except Exception as e:  # never lose the flow over a lookup
@@ -114,7 +124,20 @@ def place(locator: Locating, record: FlowRecord) -> FlowRecord:
         problem = f"destination lookup failed: {type(e).__name__}: {e}"
         record.analysis_error = f"{record.analysis_error}; {problem}" if record.analysis_error else problem
     vars(record).update(vars(destination))
+    judge(record, rules)
     return record
+
+
+def judge(record: FlowRecord, rules: Sequence[ActionRule]) -> None:
+    """Set the action ``rules`` give ``record`` (placed) and each of its findings."""
+    where = Place(record.exchange.host or record.exchange.sni, record.country,
+                  record.operator_country, record.watched)
+    decision = decide(rules, record.findings, where)
+    record.action, record.action_rule = decision.action, decision.rule_label
+    if decision.action != "log":  # records are frozen; most flows keep theirs as they are
+        record.findings = [replace(finding, action=action) if action != finding.action else finding
+                           for finding, action in zip(record.findings, decision.per_finding,
+                                                      strict=True)]
 
 
 def scalar_fields(instance: Any) -> dict[str, Any]:
@@ -132,6 +155,10 @@ def record_summary(record: FlowRecord) -> dict[str, Any]:
         **scalar_fields(record.destination()),
         "analysis_error": record.analysis_error,
         "truncated": record.truncated,
+        "policy_sha256": record.policy_sha256,
+        "action": record.action,
+        "action_rule": record.action_rule,
+        "enforced": record.enforced,
         "findings": [scalar_fields(finding) for finding in record.findings],
     }
 
@@ -146,4 +173,8 @@ def record_from_summary(exchange: Exchange, summary: dict[str, Any]) -> FlowReco
         findings=[FindingRecord(**finding) for finding in summary.get("findings", [])],
         analysis_error=summary.get("analysis_error"),
         truncated=bool(summary.get("truncated")),
+        policy_sha256=summary.get("policy_sha256"),
+        action=summary.get("action") or "log",
+        action_rule=summary.get("action_rule"),
+        enforced=bool(summary.get("enforced")),
     )

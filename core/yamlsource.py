@@ -29,6 +29,7 @@ class Sourced:
     marks: dict[NodePath, tuple[int, int]]  # where each value starts
     key_marks: dict[NodePath, tuple[int, int]] = field(default_factory=dict)  # its key
     scalars: dict[NodePath, str] = field(default_factory=dict)  # each scalar as written
+    raw: bytes = b""  # the file's bytes as parsed (what a recorded hash covers)
 
     def as_written(self, node_path: NodePath) -> str | None:
         """A scalar exactly as the file spells it: ``0412345670`` is not octal 69847992."""
@@ -58,13 +59,30 @@ class _Reader:
     """Plain data from a node tree, with marks, scalars as written, duplicate keys."""
 
     def __init__(self) -> None:
+        self.nodes = 0
+        self.open: set[int] = set()  # the nodes being converted: an alias to one is a loop
         self.marks: Marks = {}
         self.key_marks: Marks = {}
         self.scalars: dict[NodePath, str] = {}
         self.duplicates: list[NodePath] = []
 
     def convert(self, node: yaml.Node, here: NodePath = ()) -> Any:
+        self.nodes += 1
+        if self.nodes > _MAX_NODES or len(here) > _MAX_DEPTH or id(node) in self.open:
+            line, column = _position(node)
+            raise _TooBig(line, column, "an alias that contains itself" if id(node) in self.open
+                          else f"more than {_MAX_NODES} values or {_MAX_DEPTH} levels")
         self.marks[here] = _position(node)
+        if isinstance(node, yaml.CollectionNode):
+            self.open.add(id(node))
+            try:
+                return self._collection(node, here)
+            finally:
+                self.open.discard(id(node))
+        self.scalars[here] = str(node.value)
+        return _SCALARS.construct_object(node, deep=True)
+
+    def _collection(self, node: yaml.CollectionNode, here: NodePath) -> Any:
         if isinstance(node, yaml.MappingNode):
             result: dict[str, Any] = {}
             for key_node, value_node in node.value:
@@ -74,10 +92,18 @@ class _Reader:
                 self.key_marks[(*here, key)] = _position(key_node)
                 result[key] = self.convert(value_node, (*here, key))
             return result
-        if isinstance(node, yaml.SequenceNode):
-            return [self.convert(item, (*here, index)) for index, item in enumerate(node.value)]
-        self.scalars[here] = str(node.value)
-        return _SCALARS.construct_object(node, deep=True)
+        return [self.convert(item, (*here, index)) for index, item in enumerate(node.value)]
+
+
+# Configuration files are small; aliases can make a small file huge ("billion laughs")
+_MAX_NODES = 2_000_000
+_MAX_DEPTH = 200
+
+
+class _TooBig(Exception):
+    def __init__(self, line: int, column: int, what: str) -> None:
+        super().__init__(what)
+        self.spot = f"{line}:{column}"
 
 
 _SCALARS = yaml.constructor.SafeConstructor()
@@ -90,9 +116,10 @@ def load(path: str | Path, what: str) -> Sourced:
     """Parse ``path``; every failure is a :class:`ConfigError` naming the spot."""
     file_path = Path(path)
     try:
-        text = file_path.read_text(encoding="utf-8")
+        raw = file_path.read_bytes()
+        text = raw.decode("utf-8")
     except FileNotFoundError as e:
-        raise ConfigError(f"{file_path}: {what} file not found") from e
+        raise ConfigError(f"{file_path}:1:1: {what} file not found") from e
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{file_path}: {what} file cannot be read: {e}") from e
     try:
@@ -104,8 +131,14 @@ def load(path: str | Path, what: str) -> Sourced:
     except yaml.YAMLError as e:
         raise ConfigError(f"{file_path}:1:1: YAML error: {e}") from e
     reader = _Reader()
-    data = reader.convert(root) if root is not None else None
-    source = Sourced(file_path, data, reader.marks, reader.key_marks, reader.scalars)
+    try:
+        data = reader.convert(root) if root is not None else None
+    except _TooBig as e:
+        raise ConfigError(f"{file_path}:{e.spot}: too large: {e} (expected a configuration "
+                          "file without self-referencing or exploding aliases)") from e
+    except (yaml.YAMLError, ValueError, OverflowError) as e:  # e.g. a timestamp like 2024-99-99
+        raise ConfigError(f"{file_path}:1:1: YAML value cannot be read: {e}") from e
+    source = Sourced(file_path, data, reader.marks, reader.key_marks, reader.scalars, raw)
     if reader.duplicates:
         duplicate = reader.duplicates[0]
         raise source.error(duplicate, f"{duplicate[-1]!r} given twice (expected each key once)",

@@ -362,6 +362,10 @@ def _flow_values(run_id: int, record: FlowRecord) -> dict[str, Any]:
         "truncated": record.truncated,
         "flow_error": exchange.error,
         "analysis_error": record.analysis_error,
+        "policy_sha256": record.policy_sha256,
+        "action": record.action,
+        "action_rule": record.action_rule,
+        "enforced": record.enforced,
     }
 
 

@@ -65,6 +65,7 @@ class Flow(Base):
         Index("ix_flows_country", "country"),
         Index("ix_flows_operator_country", "operator_country"),
         Index("ix_flows_watched", "watched"),
+        Index("ix_flows_action", "action"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -104,6 +105,12 @@ class Flow(Base):
     truncated: Mapped[bool] = mapped_column(Boolean, default=False)
     flow_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     analysis_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # the policy that judged this flow (a live run reloads it when its file changes)
+    policy_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # log | alert | block | redact, and the rule that said so (core/actions.py)
+    action: Mapped[str] = mapped_column(String(16), default="log")
+    action_rule: Mapped[str | None] = mapped_column(Text, nullable=True)
+    enforced: Mapped[bool] = mapped_column(Boolean, default=False)  # False offline: what it would do
 
     run: Mapped[Run] = relationship(back_populates="flows")
     findings: Mapped[list[Finding]] = relationship(back_populates="flow")
@@ -129,5 +136,6 @@ class Finding(Base):
     preview: Mapped[str] = mapped_column(Text)
     value_hash: Mapped[str] = mapped_column(String(64))
     raw_value: Mapped[str | None] = mapped_column(Text, nullable=True)
+    action: Mapped[str] = mapped_column(String(16), default="log")  # this finding's own action
 
     flow: Mapped[Flow] = relationship(back_populates="findings")

@@ -61,7 +61,7 @@ data_types:
         ("data_types:\n  x: {category: device, severity: low}\n",
          "unknown category 'device' (did you mean 'device_id'?)"),
         ("data_types:\n  x: {category: custom, severity: low, keys: {names: 3}}\n",
-         "wrong type (expected a list of strings)"),
+         "wrong type: a number (expected a list of strings)"),
         ("data_types:\n  x:\n    category: custom\n    severity: low\n  y: [\n",
          "YAML syntax error"),
         ("datatypes: {}\n", ":1:1: unknown key 'datatypes' (did you mean 'data_types'?)"),
