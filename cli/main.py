@@ -20,6 +20,7 @@ from leakmap.addons.options import SETTINGS, Setting
 from leakmap.cli import render
 from leakmap.core.digest import file_sha256
 from leakmap.core.yamlsource import ConfigError
+from leakmap.policies.model import PolicyErrors
 from leakmap.store.db import StoreError
 
 if TYPE_CHECKING:
@@ -58,12 +59,26 @@ def settings_options(names: tuple[str, ...] | None = None,
     return decorate
 
 
+class ManyErrors(click.ClickException):
+    """Several problems, each printed as ``Error: FILE:LINE:COL: ...``."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+    def show(self, file: Any = None) -> None:
+        for problem in self.problems:
+            click.echo(f"Error: {problem}", err=True)
+
+
 def fail_cleanly(function: Callable[..., Any]) -> Callable[..., Any]:
     """Turn leakmap's own errors into one ``Error: ...`` line and exit status 1."""
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return function(*args, **kwargs)
+        except PolicyErrors as e:  # every problem, each on its own "Error: " line
+            raise ManyErrors(e.problems) from e
         except (ConfigError, StoreError, ValueError, OSError) as e:
             raise click.ClickException(str(e)) from e
         except SQLAlchemyError as e:
@@ -348,4 +363,4 @@ def main() -> None:
 
 
 # commands defined in their own modules register themselves on ``cli``
-from leakmap.cli import geo  # noqa: E402, F401
+from leakmap.cli import geo, policy  # noqa: E402, F401

@@ -119,17 +119,21 @@ def load(path: str | Path, what: str) -> Sourced:
         raw = file_path.read_bytes()
         text = raw.decode("utf-8")
     except FileNotFoundError as e:
-        raise ConfigError(f"{file_path}:1:1: {what} file not found") from e
+        raise ConfigError(f"{file_path}:1:1: {what} file not found (expected an existing file)") from e
     except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{file_path}: {what} file cannot be read: {e}") from e
+        raise ConfigError(f"{file_path}:1:1: {what} file cannot be read: {e} (expected a readable "
+                          "UTF-8 text file)") from e
     try:
         root = yaml.compose(text, Loader=_LOADER)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         spot = f"{mark.line + 1}:{mark.column + 1}" if mark else "1:1"
-        raise ConfigError(f"{file_path}:{spot}: YAML syntax error: {e.problem}") from e
+        context = f", {e.context} at line {e.context_mark.line + 1}" if e.context and e.context_mark \
+            else ""
+        raise ConfigError(f"{file_path}:{spot}: YAML syntax error: {e.problem} (expected valid "
+                          f"YAML{context})") from e
     except yaml.YAMLError as e:
-        raise ConfigError(f"{file_path}:1:1: YAML error: {e}") from e
+        raise ConfigError(f"{file_path}:1:1: YAML error: {e} (expected valid YAML)") from e
     reader = _Reader()
     try:
         data = reader.convert(root) if root is not None else None
@@ -137,7 +141,8 @@ def load(path: str | Path, what: str) -> Sourced:
         raise ConfigError(f"{file_path}:{e.spot}: too large: {e} (expected a configuration "
                           "file without self-referencing or exploding aliases)") from e
     except (yaml.YAMLError, ValueError, OverflowError) as e:  # e.g. a timestamp like 2024-99-99
-        raise ConfigError(f"{file_path}:1:1: YAML value cannot be read: {e}") from e
+        raise ConfigError(f"{file_path}:1:1: YAML value cannot be read: {e} (expected plain "
+                          "strings, numbers, lists and mappings)") from e
     source = Sourced(file_path, data, reader.marks, reader.key_marks, reader.scalars, raw)
     if reader.duplicates:
         duplicate = reader.duplicates[0]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from importlib import resources
@@ -95,7 +95,6 @@ class ActionRule:
     countries: tuple[str, ...] | None = None
     operator_countries: tuple[str, ...] | None = None
     hosts: tuple[str, ...] | None = None  # globs such as *.xiaomi.com
-    placeholder: str | None = None  # redact: the character that replaces letters and digits
 
     @property
     def label(self) -> str:
@@ -218,11 +217,14 @@ class _Checker:
 
     def value_rule(self, value: Any, where: NodePath) -> ValueRule:
         rule = self.mapping(value, where, _RULE_KEYS)
-        regex = self.regex(rule["regex"], (*where, "regex")) if "regex" in rule else None
+        before = len(self.problems)
         validator = None
         if rule.get("validator") is not None:
-            validator = self.choice(rule["validator"], (*where, "validator"),
-                                    tuple(validators.VALIDATORS), "validator")
+            validator = self.section(partial(self.choice, rule["validator"], (*where, "validator"),
+                                             tuple(validators.VALIDATORS), "validator"))
+        regex = self.regex(rule["regex"], (*where, "regex")) if "regex" in rule else None
+        if len(self.problems) > before:
+            raise PolicyErrors([])
         return ValueRule(regex, validator)
 
     def data_type(self, name: str, value: Any) -> DataType:
@@ -232,23 +234,32 @@ class _Checker:
             if spec.get(required) is None:
                 raise self.fail(where, f"data type {name!r} has no {required} (expected "
                                        f"{required}: one of {', '.join(_CHOICES[required])})")
-        category = self.choice(spec["category"], (*where, "category"), CATEGORIES, "category")
-        severity = self.choice(spec["severity"], (*where, "severity"), SEVERITIES, "severity")
-        pattern = keys = known = None
-        if spec.get("pattern") is not None:
-            pattern = self.value_rule(spec["pattern"], (*where, "pattern"))
-            if pattern.regex is None:
-                raise self.fail((*where, "pattern"), "pattern has no regex (expected regex: '...')")
-        if spec.get("keys") is not None:
-            keys = self.key_rule(spec["keys"], (*where, "keys"))
-        if spec.get("known") is not None:
-            known = self.known_rule(spec["known"], (*where, "known"))
+        before = len(self.problems)  # each part is checked, whatever the others hold
+        category = self.section(partial(self.choice, spec["category"], (*where, "category"),
+                                        CATEGORIES, "category"))
+        severity = self.section(partial(self.choice, spec["severity"], (*where, "severity"),
+                                        SEVERITIES, "severity"))
+        pattern = self.section(partial(self.pattern_rule, spec.get("pattern"), (*where, "pattern")))
+        keys = self.section(partial(self.key_rule, spec.get("keys"), (*where, "keys")))
+        known = self.section(partial(self.known_rule, spec.get("known"), (*where, "known")))
+        if len(self.problems) > before or category is None or severity is None:
+            raise PolicyErrors([])  # its problems are kept; the data type is left out
         description = spec.get("description")
         return DataType(name=name, category=category, severity=severity,
                         description="" if description is None else str(description),
                         pattern=pattern, keys=keys, known=known)
 
-    def key_rule(self, value: Any, where: NodePath) -> KeyRule:
+    def pattern_rule(self, value: Any, where: NodePath) -> ValueRule | None:
+        if value is None:
+            return None
+        pattern = self.value_rule(value, where)
+        if pattern.regex is None:
+            raise self.fail(where, "pattern has no regex (expected regex: '...')")
+        return pattern
+
+    def key_rule(self, value: Any, where: NodePath) -> KeyRule | None:
+        if value is None:
+            return None
         spec = self.mapping(value, where, _KEYS_KEYS)
         names = self.strings(spec.get("names") or [], (*where, "names"))
         if not names:
@@ -260,7 +271,9 @@ class _Checker:
         rule = self.value_rule(spec["value"], (*where, "value")) if spec.get("value") else None
         return KeyRule(compiled, rule)
 
-    def known_rule(self, value: Any, where: NodePath) -> KnownRule:
+    def known_rule(self, value: Any, where: NodePath) -> KnownRule | None:
+        if value is None:
+            return None
         spec = self.mapping(value, where, _KNOWN_KEYS)
         fields = self.strings(spec.get("fields") or [], (*where, "fields"))
         if not fields:
@@ -285,6 +298,12 @@ class _Checker:
             self.choice(step, where, TRANSFORMS, "transform")
 
 
+def _line_and_column(problem: str) -> tuple[int, int]:
+    """Where a ``FILE:LINE:COL: ...`` problem of one file is, for sorting."""
+    spot = re.search(r":(\d+):(\d+): ", problem)
+    return (int(spot.group(1)), int(spot.group(2))) if spot else (0, 0)
+
+
 _CHOICES = {"category": CATEGORIES, "severity": SEVERITIES}
 
 
@@ -297,7 +316,7 @@ def _kind(value: Any) -> str:
 
 _WATCH_KEYS = ("countries", "operator_countries", "allow")
 _ACTION_KEYS = ("action", "name", "data_types", "categories", "watched", "countries",
-                "operator_countries", "hosts", "placeholder")
+                "operator_countries", "hosts")
 
 
 @dataclass
@@ -324,6 +343,7 @@ def _load_tree(path: Path, chain: tuple[Path, ...]) -> _Level:
         checker.problems.append(str(checker.fail(("data_types",), f"wrong type: {_kind(declared)} "
                                                  "(expected a mapping of data type names)")))
         declared = None
+    names = {*level.types, *map(str, declared or {})}  # a broken type still has its name
     for name, spec in (declared or {}).items():
         data_type = checker.section(partial(checker.data_type, str(name), spec))
         if data_type is not None:
@@ -334,7 +354,7 @@ def _load_tree(path: Path, chain: tuple[Path, ...]) -> _Level:
     if own.get("watch") is not None:
         level.data["watch"] = checker.section(lambda: _check_watch(checker, own["watch"])) or {}
     if "actions" in own:
-        level.data["actions"] = _check_actions(checker, own["actions"], level.types)
+        level.data["actions"] = _check_actions(checker, own["actions"], names)
     # entities and networks add up along the extends chain; this file's come last and win
     entities = checker.section(lambda: parse_entities(source, ("entities",), own.get("entities"),
                                                       from_policy=True))
@@ -342,7 +362,7 @@ def _load_tree(path: Path, chain: tuple[Path, ...]) -> _Level:
                                                       label="policy"))
     level.data["entities"] = (*level.data.get("entities", ()), *(entities or ()))
     level.data["networks"] = (*level.data.get("networks", ()), *(networks or ()))
-    level.problems += checker.problems
+    level.problems += sorted(checker.problems, key=_line_and_column)
     level.digest_input = (level.digest_input + b"\0" if level.digest_input else b"") + source.raw
     return level
 
@@ -405,7 +425,7 @@ def _check_codes(checker: _Checker, value: Any, where: NodePath) -> list[str]:
     return codes
 
 
-def _check_actions(checker: _Checker, value: Any, types: dict[str, DataType]) -> tuple[ActionRule, ...]:
+def _check_actions(checker: _Checker, value: Any, types: Iterable[str]) -> tuple[ActionRule, ...]:
     if value is None:
         return ()
     if not isinstance(value, list):
@@ -417,8 +437,7 @@ def _check_actions(checker: _Checker, value: Any, types: dict[str, DataType]) ->
     return tuple(rule for rule in rules if rule is not None)
 
 
-def _check_action(checker: _Checker, index: int, value: Any,
-                  types: dict[str, DataType]) -> ActionRule:
+def _check_action(checker: _Checker, index: int, value: Any, types: Iterable[str]) -> ActionRule:
     where: NodePath = ("actions", index)
     spec = checker.mapping(value, where, _ACTION_KEYS)
     if spec.get("action") is None:
@@ -428,7 +447,7 @@ def _check_action(checker: _Checker, index: int, value: Any,
     if spec.get("data_types") is not None:
         data_types = checker.strings(spec["data_types"], (*where, "data_types"))
         _spots(spec["data_types"], (*where, "data_types"), data_types,
-               lambda name, spot: checker.choice(name, spot, tuple(types), "data type"))
+               lambda name, spot: checker.choice(name, spot, tuple(sorted(types)), "data type"))
     if spec.get("categories") is not None:
         categories = checker.strings(spec["categories"], (*where, "categories"))
         _spots(spec["categories"], (*where, "categories"), categories,
@@ -444,18 +463,10 @@ def _check_action(checker: _Checker, index: int, value: Any,
                                        (*where, "operator_countries")))
     if spec.get("hosts") is not None:
         hosts = tuple(h.lower() for h in checker.strings(spec["hosts"], (*where, "hosts")))
-    placeholder = spec.get("placeholder")
-    if placeholder is not None and (not isinstance(placeholder, str) or action != "redact"):
-        raise checker.fail((*where, "placeholder"), "placeholder is for redact rules, and must be "
-                                                    "one character (expected e.g. placeholder: 'x')")
-    if placeholder is not None and len(placeholder) != 1:
-        raise checker.fail((*where, "placeholder"), f"placeholder {placeholder!r} is not one character "
-                                                    "(expected e.g. placeholder: 'x')")
     name = spec.get("name")
     return ActionRule(action=action, number=index + 1, name=None if name is None else str(name),
                       data_types=data_types, categories=categories, watched=watched,
-                      countries=countries, operator_countries=operators, hosts=hosts,
-                      placeholder=placeholder)
+                      countries=countries, operator_countries=operators, hosts=hosts)
 
 
 def _spots(value: Any, where: NodePath, items: tuple[str, ...],
