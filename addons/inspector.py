@@ -20,6 +20,8 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from mitmproxy import ctx, dns, exceptions, http, tcp, tls, udp
@@ -41,6 +43,8 @@ from leakmap.wiring import Assembled, build_pipeline, stale_warnings
 log = logging.getLogger(__name__)
 
 METADATA_KEY = "leakmap"
+ENFORCED_KEY = "leakmap_enforced"  # what the Enforcer did to the request: {action, rule, policy_sha256}
+ORIGINAL_ATTRIBUTE = "_leakmap_as_sent"  # the request's Exchange before the Enforcer redacted it
 PIPELINE_SETTINGS = ("policy", "device", "geoip_dir", "geodb_max_age", "networks", "store_raw",
                      "hash_key_file", "max_body", "analysis_budget_ms")
 
@@ -63,6 +67,9 @@ class Inspector:
         self.in_flight: set[asyncio.Future[Analysed]] = set()
         self.worker: AnalysisWorker | None = None
         self.worker_announced = False
+        self.settings: dict[str, Any] = {}  # what the pipeline was built from
+        self.stamps: list[tuple[int, int, int] | None] = []  # of the watched files, when built
+        self.watcher: asyncio.Task[None] | None = None  # hot reload (_watch_files)
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
         options.declare(loader, (*PIPELINE_SETTINGS, "workers"))
@@ -88,12 +95,53 @@ class Inspector:
         except ConfigError as e:
             refuse(str(e), starting=self.pipeline is None)
             return
-        if self.assembled is not None:
-            self.assembled.resolver.close()  # analyses under way keep the scope-only answers
-        self.assembled, self.pipeline = assembled, assembled.pipeline
-        self._start_worker(settings if wanted(opts.leakmap_workers) else None)
+        self._use(assembled, settings)
         for warning in stale_warnings(assembled.resolver, opts.leakmap_geodb_max_age):
             log.warning("leakmap: %s", warning)
+
+    def _use(self, assembled: Assembled, settings: dict[str, Any]) -> None:
+        """Analyse with ``assembled`` from now on; flows under way finish with the old one."""
+        if self.assembled is not None:
+            self.assembled.resolver.close()  # analyses under way keep the scope-only answers
+        self.assembled, self.pipeline, self.settings = assembled, assembled.pipeline, settings
+        self.stamps = file_stamps(self._watched_files())
+        self._start_worker(settings if wanted(ctx.options.leakmap_workers) else None)
+
+    def _watched_files(self) -> list[Path]:
+        """The policy and what it extends, the device profile, the networks file."""
+        files = list(self.assembled.policy.files) if self.assembled is not None else []
+        files += [Path(self.settings[name]) for name in ("device", "networks") if self.settings.get(name)]
+        return files
+
+    async def _watch_files(self) -> None:
+        """Hot reload: a changed policy, profile or networks file is loaded again within a
+        second; an invalid one is reported and the running policy kept."""
+        while True:
+            await asyncio.sleep(RELOAD_POLL_SECONDS)
+            if self.assembled is None:
+                continue
+            stamps = file_stamps(self._watched_files())
+            if stamps != self.stamps:
+                self.stamps = stamps  # tried once per change, whatever comes of it
+                await self._reload(dict(self.settings))
+
+    async def _reload(self, settings: dict[str, Any]) -> None:
+        try:
+            assembled = await asyncio.to_thread(build_pipeline, **settings)
+        except ConfigError as e:
+            problems = str(e).splitlines()
+            log.error("leakmap: the edited configuration is not valid; still running policy %s "
+                      "(sha256 %s):\n%s", self.assembled.policy.name if self.assembled else "?",
+                      self.assembled.policy.sha256[:12] if self.assembled else "?",
+                      "\n".join(f"  {line}" for line in problems))
+            return
+        except Exception as e:  # e.g. the file vanished between two looks: keep what runs
+            log.error("leakmap: could not reload (%s: %s); the running policy stays",
+                      type(e).__name__, e)
+            return
+        self._use(assembled, settings)
+        log.warning("leakmap: reloaded policy %s (sha256 %s) and device profile; the next flows "
+                    "are judged by it", assembled.policy.name, assembled.policy.sha256[:12])
 
     def _start_worker(self, settings: dict[str, object] | None) -> None:
         """A fresh analysis process for ``settings`` (None: analyse on threads)."""
@@ -111,6 +159,11 @@ class Inspector:
     def _keep(self, flow: Flow, record: FlowRecord, summary: dict[str, Any] | None = None) -> None:
         """``record`` on ``flow``; ``summary`` is its plain data if already made (by the
         analysis process), which then goes to the metadata as it is."""
+        enforced = flow.metadata.get(ENFORCED_KEY)
+        if enforced:  # the proxy acted: the flow is recorded as blocked or redacted, by that rule
+            record.action, record.action_rule, record.enforced = enforced["action"], enforced["rule"], True
+            if summary is not None:
+                summary.update(action=record.action, action_rule=record.action_rule, enforced=True)
         summary = record_summary(record) if summary is None else summary
         summary["session"] = self.session
         flow.metadata[METADATA_KEY] = summary
@@ -118,6 +171,8 @@ class Inspector:
         flow._leakmap_record = (summary, record)  # type: ignore[attr-defined]
 
     def running(self) -> None:
+        if self.watcher is None:
+            self.watcher = asyncio.get_running_loop().create_task(self._watch_files())
         # Start-up leaves a large heap (mitmproxy, SQLAlchemy, the automaton) that
         # every full collection would walk again, pausing all traffic for ~100 ms
         # (docs/benchmarks.md). Freeze it: only objects made per flow get collected.
@@ -127,6 +182,7 @@ class Inspector:
         exchange = exchange_from_flow(flow) if self._pending(flow) else None
         if exchange is None or self.pipeline is None:
             return
+        exchange = as_sent(flow, exchange)
         job = asyncio.ensure_future(self._analyse(exchange, self.pipeline))
         self.in_flight.add(job)
         job.add_done_callback(lambda done: self._finish(flow, done))
@@ -186,6 +242,8 @@ class Inspector:
     async def done(self) -> None:
         """Finish analyses under way and analyse the flows still open, so that a
         clean stop records them too."""
+        if self.watcher is not None:
+            self.watcher.cancel()
         await self.settle()
         if self.worker is not None:
             self.worker.close()
@@ -228,6 +286,31 @@ class Inspector:
         if self.pipeline is not None:
             record = self.pipeline.process(exchange_from_tls_failure(data, time.time()))
             tls_records(data).append(record)
+
+
+RELOAD_POLL_SECONDS = 0.25
+
+
+def file_stamps(paths: list[Path]) -> list[tuple[int, int, int] | None]:
+    """What tells that a file changed: modification time, size, inode (None: missing)."""
+    stamps: list[tuple[int, int, int] | None] = []
+    for path in paths:
+        try:
+            info = path.stat()
+        except OSError:
+            stamps.append(None)
+            continue
+        stamps.append((info.st_mtime_ns, info.st_size, info.st_ino))
+    return stamps
+
+
+def as_sent(flow: Flow, exchange: Exchange) -> Exchange:
+    """``exchange`` with the request as the phone sent it, where the Enforcer redacted it."""
+    sent: Exchange | None = getattr(flow, ORIGINAL_ATTRIBUTE, None)
+    if sent is None:
+        return exchange
+    return replace(exchange, url=sent.url, path=sent.path, request_headers=sent.request_headers,
+                   request_body=sent.request_body, request_body_truncated=sent.request_body_truncated)
 
 
 def refuse(problem: str, starting: bool) -> None:

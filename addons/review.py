@@ -23,6 +23,8 @@ log = logging.getLogger("leakmap")
 
 MARKER = ":warning:"
 WATCHED_MARKER = ":rotating_light:"  # findings that went to a watched destination
+# a policy's actions (core/actions.py): what it said to do with the flow
+ACTION_MARKERS = {"alert": ":bell:", "block": ":no_entry:", "redact": ":scissors:"}
 
 
 def destination(record: FlowRecord) -> str:
@@ -39,7 +41,19 @@ def destination(record: FlowRecord) -> str:
 
 def comment(record: FlowRecord) -> str:
     types = ", ".join(dict.fromkeys(f.data_type for f in record.findings))
-    return f"leakmap: {types} -> {destination(record)}"
+    acted = f" [{record.action} by {record.action_rule}]" if record.action != "log" else ""
+    return f"leakmap: {types} -> {destination(record)}{acted}"
+
+
+def action_line(record: FlowRecord) -> str:
+    """The prominent line of a flow a rule alerts on, blocked or redacted."""
+    host = record.exchange.host or record.exchange.server_ip or "?"
+    types = ", ".join(dict.fromkeys(f.data_type for f in record.findings if f.action != "log"))
+    done = {"alert": "ALERT", "block": "BLOCKED", "redact": "REDACTED"}[record.action]
+    if not record.enforced and record.action in ("block", "redact"):
+        done = f"WOULD BE {done} (not enforced)"
+    return (f"leakmap {'!' * 3} {done}: {types} -> {host} [{record.exchange.server_ip or '-'}, "
+            f"{destination(record)}] by {record.action_rule}")
 
 
 def finding_lines(record: FlowRecord) -> list[str]:
@@ -78,13 +92,16 @@ class Review:
             return
         flow.metadata["leakmap_reviewed"] = session
         if record.findings:
-            flow.marked = WATCHED_MARKER if record.watched else MARKER
+            flow.marked = ACTION_MARKERS.get(record.action) or (
+                WATCHED_MARKER if record.watched else MARKER)
             flow.comment = (flow.comment + "\n" if flow.comment else "") + comment(record)
             if self.flows_on_screen:  # it may be shown already: its response went out first
                 ctx.master.addons.trigger(hooks.UpdateHook([flow]))
         self._log(record)
 
     def _log(self, record: FlowRecord) -> None:
+        if record.action != "log" and self.read_from <= logging.ERROR:
+            log.error(action_line(record))  # above the findings: an alert must not scroll by
         lines = finding_lines(record) if self.read_from <= logging.WARNING else []
         if lines:  # one log record per flow: mitmproxy hands each record to every addon
             log.warning("\n".join(lines))

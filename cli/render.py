@@ -67,6 +67,11 @@ def _summary(findings: Rows, flows: Rows) -> list[str]:
     lines = [f"{len(flows)} flows logged, {flagged} with findings, {len(findings)} findings; "
              f"{len(watched)} flows to watched destinations "
              f"({sum(1 for f in findings if f.get('watched'))} findings)"]
+    acted = Counter(f.get("action") for f in flows if f.get("action") not in (None, "log"))
+    if acted:
+        enforced = sum(1 for f in flows if f.get("enforced"))
+        lines.append("actions:      " + ", ".join(f"{a} {n}" for a, n in acted.most_common()) +
+                     f" ({enforced} enforced by the proxy)")
     lines += _watched_lines(findings, flows)
     if findings:
         lines.append("by country:   " + ", ".join(f"{c} {n}" for c, n in countries.most_common()))

@@ -348,9 +348,8 @@ def _load_tree(path: Path, chain: tuple[Path, ...]) -> _Level:
         data_type = checker.section(partial(checker.data_type, str(name), spec))
         if data_type is not None:
             level.types[str(name)] = data_type
-    for key in ("name", "description", "version"):
-        if key in own:
-            level.data[key] = own[key]
+    for key in ("name", "description", "version"):  # this file's own, not its parent's
+        level.data[key] = own.get(key)
     if own.get("watch") is not None:
         level.data["watch"] = checker.section(lambda: _check_watch(checker, own["watch"])) or {}
     if "actions" in own:

@@ -20,11 +20,14 @@ FINDING_KEYS = (
     "flow_id", "run", "timestamp", "host", "url", "server_ip", "server_port",
     *DESTINATION_KEYS, "data_type", "category", "field", "encoding", "match",
     "severity", "preview", "value_hash",
+    # the finding's own action; the flow's is flow_action (with action_rule and enforced)
+    "action", "flow_action", "action_rule", "enforced", "policy_sha256",
 )
 FLOW_KEYS = (
     "flow_id", "run", "timestamp", "kind", "client_ip", "host", "sni", "method", "url", "http_version",
     "status_code", "server_ip", "server_port", *DESTINATION_KEYS,
     "geo_scope", "request_size", "response_size", "finding_count", "flow_error", "analysis_error",
+    "action", "action_rule", "enforced", "policy_sha256",
 )
 
 
@@ -68,6 +71,8 @@ def _flow_fields(flow: Flow, run_name: str) -> dict[str, Any]:
     values["run"] = run_name
     values["timestamp"] = iso(flow.timestamp)
     values["watched"] = bool(flow.watched)
+    values["enforced"] = bool(flow.enforced)
+    values["flow_action"] = flow.action
     values["destination"] = describe_destination(values)
     return values
 
@@ -93,6 +98,7 @@ def findings(engine: Engine, run: str | None = None, countries: Sequence[str] = 
                 severity=finding.severity,
                 preview=finding.preview,
                 value_hash=finding.value_hash,
+                action=finding.action,
             )
             if finding.raw_value is not None:
                 row["raw_value"] = finding.raw_value

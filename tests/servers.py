@@ -61,6 +61,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         length = int(self.headers.get("content-length") or 0)
         body = self.rfile.read(length) if length else b""
         self.server.received.append((self.command, self.path, body))  # type: ignore[attr-defined]
+        self.server.headers_received.append(dict(self.headers))  # type: ignore[attr-defined]
         payload = b'{"ok": true}'
         self.send_response(200)
         self.send_header("content-type", "application/json")
@@ -75,12 +76,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 class TLSServer:
-    """An HTTPS server on 127.0.0.1 in a background thread."""
+    """An HTTPS server on 127.0.0.1 (or another loopback address) in a background thread."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, host: str = "127.0.0.1") -> None:
         cert, key = self_signed(folder)
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self.httpd = http.server.ThreadingHTTPServer((host, 0), _Handler)
         self.httpd.received = []  # type: ignore[attr-defined]
+        self.httpd.headers_received = []  # type: ignore[attr-defined]
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(cert, key)
         self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
@@ -90,6 +92,10 @@ class TLSServer:
     @property
     def received(self) -> list[tuple[str, str, bytes]]:
         return self.httpd.received  # type: ignore[attr-defined, no-any-return]
+
+    @property
+    def headers_received(self) -> list[dict[str, str]]:
+        return self.httpd.headers_received  # type: ignore[attr-defined, no-any-return]
 
     def __enter__(self) -> TLSServer:
         self.thread.start()

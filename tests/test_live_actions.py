@@ -1,0 +1,155 @@
+"""A policy that acts, live: block, redact, alert through the real proxy, and hot reload."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import json
+import ssl
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from leakmap.policies.model import default_policy_path
+
+from conftest import leakmap_cli
+from servers import TLSServer
+
+IMEI = "865312345678901"  # samples/redmi-1s.yaml
+IMEI_SHA256 = hashlib.sha256(IMEI.encode()).hexdigest()
+BLOCKED_BY = "actions[1] advisory identifiers to China"
+
+
+@pytest.fixture
+def watched_and_not(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Two local servers: 127.0.0.1 placed in Beijing (watched), 127.0.0.2 in Mumbai."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    networks = tmp_path / "networks.yaml"
+    networks.write_text("- {cidr: 127.0.0.1/32, country: CN, asn: 4808, as_org: China Unicom}\n"
+                        "- {cidr: 127.0.0.2/32, country: IN, asn: 55836, as_org: Reliance Jio}\n")
+    with TLSServer(tmp_path / "a") as china, TLSServer(tmp_path / "b", host="127.0.0.2") as india:
+        yield china, india, networks
+
+
+def _client(proxy) -> httpx.Client:  # type: ignore[no-untyped-def]
+    return httpx.Client(proxy=proxy.url, verify=ssl.create_default_context(cafile=str(proxy.ca)),
+                        timeout=20)
+
+
+def _flows(db: str, run: str) -> list[dict]:
+    return json.loads(leakmap_cli("report", "--db", db, "--run", run, "--format", "json").stdout)["flows"]
+
+
+def _wait_for(proxy, text: str, count: int = 1, timeout: float = 20) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while proxy.output.count(text) < count:
+        assert time.monotonic() < deadline, f"no {text!r} in:\n{proxy.output}"
+        time.sleep(0.05)
+
+
+def test_strict_defence_blocks_the_imei_to_china_and_lets_it_go_elsewhere(
+        start_proxy, watched_and_not, tmp_path: Path, device_file: Path) -> None:
+    china, india, networks = watched_and_not
+    db = f"sqlite:///{tmp_path / 'strict.db'}"
+    policy = default_policy_path().parent / "strict-defence.yaml"
+    proxy = start_proxy("--policy", str(policy), "--device", str(device_file), "--db", db,
+                        "--run-name", "strict", "--networks", str(networks), "--flush-ms", "200")
+    with _client(proxy) as client:
+        blocked = client.post(f"https://127.0.0.1:{china.port}/pass/register", json={"imei": IMEI})
+        quiet = client.get(f"https://127.0.0.1:{china.port}/generate_204")
+        elsewhere = client.post(f"https://127.0.0.2:{india.port}/pass/register", json={"imei": IMEI})
+    assert blocked.status_code == 403 and BLOCKED_BY in blocked.text
+    assert blocked.headers["x-leakmap-action"] == "block"
+    assert quiet.status_code == 200 and elsewhere.status_code == 200
+    assert [path for _, path, _ in china.received] == ["/generate_204"]  # the IMEI never arrived
+    assert [json.loads(body) for _, _, body in india.received] == [{"imei": IMEI}]
+    assert proxy.stop() == 0, proxy.output
+    alert = "leakmap !!! BLOCKED: imei -> 127.0.0.1 [127.0.0.1, CN [watched: server_country=CN]] by "
+    assert alert + BLOCKED_BY in proxy.output
+    flows = {(f["server_ip"], f["url"].rsplit("/", 1)[-1]): f for f in _flows(db, "strict")}
+    stopped = flows[("127.0.0.1", "register")]
+    assert (stopped["action"], stopped["action_rule"], stopped["enforced"]) == ("block", BLOCKED_BY, True)
+    assert stopped["status_code"] == 403 and stopped["finding_count"] >= 1
+    assert flows[("127.0.0.2", "register")]["action"] == "log"
+    assert flows[("127.0.0.1", "generate_204")]["action"] == "log"
+    assert len({f["policy_sha256"] for f in flows.values()}) == 1
+
+
+REDACT = ("extends: default.yaml\n"
+          "actions:\n"
+          "  - {name: no-imei-to-china, data_types: [imei], watched: true, action: redact}\n")
+
+
+def test_redact_replaces_every_written_form_and_blocks_what_it_cannot_reach(
+        start_proxy, watched_and_not, tmp_path: Path, device_file: Path) -> None:
+    china, _, networks = watched_and_not
+    policy = tmp_path / "redact.yaml"
+    policy.write_text(REDACT)
+    db = f"sqlite:///{tmp_path / 'redact.db'}"
+    proxy = start_proxy("--policy", str(policy), "--device", str(device_file), "--db", db,
+                        "--run-name", "redact", "--networks", str(networks), "--flush-ms", "200")
+    hidden = base64.b64encode(json.dumps({"imei": IMEI}).encode()).decode()  # base64 of JSON
+    with _client(proxy) as client:
+        sent = client.post(f"https://127.0.0.1:{china.port}/r?imei={IMEI}&n=1",
+                           content=gzip.compress(json.dumps({"imei": IMEI, "note": "hi"}).encode()),
+                           headers={"x-device": IMEI_SHA256, "content-encoding": "gzip",
+                                    "content-type": "application/json"})
+        wrapped = client.post(f"https://127.0.0.1:{china.port}/w", json={"blob": hidden})
+    assert sent.status_code == 200
+    assert wrapped.status_code == 403 and "redaction could not remove imei" in wrapped.text
+    [(_, path, body)] = china.received  # the wrapped one never left
+    assert path == "/r?imei=000000000000000&n=1"
+    assert json.loads(gzip.decompress(body)) == {"imei": "000000000000000", "note": "hi"}
+    assert china.headers_received[0]["x-device"] == "".join(
+        "0" if ch.isdigit() else "x" for ch in IMEI_SHA256)
+    assert proxy.stop() == 0, proxy.output
+    flows = {f["url"].split("?")[0].rsplit("/", 1)[-1]: f for f in _flows(db, "redact")}
+    assert (flows["r"]["action"], flows["r"]["enforced"]) == ("redact", True)
+    assert flows["r"]["action_rule"] == "actions[1] no-imei-to-china"
+    assert flows["w"]["action"] == "block" and "redaction could not remove" in flows["w"]["action_rule"]
+    # the flow is recorded with what the phone tried to send, not with the placeholders
+    report = json.loads(leakmap_cli("report", "--db", db, "--run", "redact", "--format", "json").stdout)
+    fields = {(f["field"], f["encoding"], f["action"]) for f in report["findings"] if f["flow_id"] ==
+              flows["r"]["flow_id"]}
+    assert {("request.query.imei", "plain", "redact"), ("request.headers.x-device", "sha256", "redact"),
+            ("request.body.json.imei", "plain", "redact")} <= fields
+
+
+def test_offline_analysis_says_what_the_proxy_would_have_done(tmp_path: Path, device_file: Path) -> None:
+    policy = default_policy_path().parent / "strict-defence.yaml"
+    db = f"sqlite:///{tmp_path / 'offline.db'}"
+    har = Path(__file__).parent.parent / "samples" / "redmi-2014.har"
+    leakmap_cli("analyze", str(har), "--policy", str(policy), "--device", str(device_file),
+                "--db", db, "--run-name", "offline")
+    flows = [f for f in _flows(db, "offline") if f["host"] == "api.account.xiaomi.com"]
+    assert flows and all(f["action"] == "block" and not f["enforced"] for f in flows)
+    table = leakmap_cli("report", "--db", db, "--run", "offline").stdout
+    assert "actions:      block" in table and "(0 enforced by the proxy)" in table
+
+
+def test_a_policy_edit_takes_effect_on_the_next_flow_and_a_bad_edit_keeps_the_old_one(
+        start_proxy, watched_and_not, tmp_path: Path, device_file: Path) -> None:
+    china, _, networks = watched_and_not
+    policy = tmp_path / "live.yaml"
+    policy.write_text("extends: default.yaml\n")
+    db = f"sqlite:///{tmp_path / 'reload.db'}"
+    proxy = start_proxy("--policy", str(policy), "--device", str(device_file), "--db", db,
+                        "--run-name", "reload", "--networks", str(networks), "--flush-ms", "200")
+    url = f"https://127.0.0.1:{china.port}/up"
+    with _client(proxy) as client:
+        assert client.post(url, json={"imei": IMEI}).status_code == 200
+        policy.write_text("extends: default.yaml\nactions:\n  - {data_types: [imei], action: block}\n")
+        _wait_for(proxy, "leakmap: reloaded policy")
+        assert client.post(url, json={"imei": IMEI}).status_code == 403  # the very next flow
+        policy.write_text("extends: default.yaml\nactions:\n  - {data_types: [imei], action: blok}\n")
+        _wait_for(proxy, "the edited configuration is not valid")
+        assert client.post(url, json={"imei": IMEI}).status_code == 403  # the old policy still runs
+    assert proxy.stop() == 0, proxy.output
+    assert f"{policy.resolve()}:3:34: unknown action 'blok' (did you mean 'block'?)" in proxy.output
+    assert len(china.received) == 1
+    hashes = [f["policy_sha256"] for f in _flows(db, "reload")]
+    assert len(hashes) == 3 and hashes[0] != hashes[1] == hashes[2]
