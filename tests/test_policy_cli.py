@@ -212,3 +212,17 @@ def test_policy_test_fails_in_one_line(tmp_path: Path, args: list[str]) -> None:
                          check=False)
     assert result.returncode == 1 and result.stderr.startswith("Error: ")
     assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_the_full_example_in_the_docs_is_a_valid_policy(tmp_path: Path) -> None:
+    import jsonschema
+    import yaml
+
+    docs = (Path(__file__).parent.parent / "docs" / "policy.md").read_text()
+    start = docs.index("# lab-policy.yaml")
+    example = _write(tmp_path, "lab-policy.yaml", docs[start:docs.index("```", start)])
+    result = leakmap_cli("policy", "check", str(example), check=False)
+    assert result.returncode == 0, result.stdout
+    assert "7 data types, 3 action rule(s) (alert, block, redact)" in result.stderr
+    schema = json.loads((default_policy_path().parent / "policy.schema.json").read_text())
+    jsonschema.validate(yaml.safe_load(example.read_text()), schema)
