@@ -84,19 +84,42 @@ class _Reader:
 
     def _collection(self, node: yaml.CollectionNode, here: NodePath) -> Any:
         if isinstance(node, yaml.MappingNode):
-            result: dict[str, Any] = {}
+            result: dict[str, Any] = self._merged(node, here)
+            explicit: set[str] = set()
             for key_node, value_node in node.value:
+                if key_node.tag == _MERGE:
+                    continue
                 key = str(key_node.value)
-                if key in result:
+                if key in explicit:
                     self.duplicates.append((*here, key))
+                explicit.add(key)
                 self.key_marks[(*here, key)] = _position(key_node)
                 result[key] = self.convert(value_node, (*here, key))
             return result
         return [self.convert(item, (*here, index)) for index, item in enumerate(node.value)]
 
+    def _merged(self, node: yaml.MappingNode, here: NodePath) -> dict[str, Any]:
+        """What ``<<: *base`` (or ``<<: [*a, *b]``) brings in; the mapping's own keys win,
+        and the first of several merged mappings wins over the later ones."""
+        merged: dict[str, Any] = {}
+        own_mark = self.marks[here]
+        for key_node, value_node in node.value:
+            if key_node.tag != _MERGE:
+                continue
+            sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+            for source in sources:
+                if not isinstance(source, yaml.MappingNode):
+                    line, column = _position(source)
+                    raise _TooBig(line, column, "a merge key (<<) needs a mapping")
+                for key, value in self.convert(source, here).items():
+                    merged.setdefault(key, value)
+        self.marks[here] = own_mark
+        return merged
 
+
+_MERGE = "tag:yaml.org,2002:merge"
 # Configuration files are small; aliases can make a small file huge ("billion laughs")
-_MAX_NODES = 2_000_000
+_MAX_NODES = 500_000
 _MAX_DEPTH = 200
 
 
@@ -138,7 +161,7 @@ def load(path: str | Path, what: str) -> Sourced:
     try:
         data = reader.convert(root) if root is not None else None
     except _TooBig as e:
-        raise ConfigError(f"{file_path}:{e.spot}: too large: {e} (expected a configuration "
+        raise ConfigError(f"{file_path}:{e.spot}: cannot be read: {e} (expected a configuration "
                           "file without self-referencing or exploding aliases)") from e
     except (yaml.YAMLError, ValueError, OverflowError) as e:  # e.g. a timestamp like 2024-99-99
         raise ConfigError(f"{file_path}:1:1: YAML value cannot be read: {e} (expected plain "

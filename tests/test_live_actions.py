@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from mitmproxy import io
 
 from leakmap.policies.model import default_policy_path
 
@@ -19,6 +20,7 @@ from conftest import leakmap_cli
 from servers import TLSServer
 
 IMEI = "865312345678901"  # samples/redmi-1s.yaml
+OTHER_IMEI = "490154203237518"  # Luhn-valid too
 IMEI_SHA256 = hashlib.sha256(IMEI.encode()).hexdigest()
 BLOCKED_BY = "actions[1] advisory identifiers to China"
 
@@ -56,26 +58,42 @@ def test_strict_defence_blocks_the_imei_to_china_and_lets_it_go_elsewhere(
     china, india, networks = watched_and_not
     db = f"sqlite:///{tmp_path / 'strict.db'}"
     policy = default_policy_path().parent / "strict-defence.yaml"
+    saved = tmp_path / "strict.flow"
     proxy = start_proxy("--policy", str(policy), "--device", str(device_file), "--db", db,
-                        "--run-name", "strict", "--networks", str(networks), "--flush-ms", "200")
+                        "--run-name", "strict", "--networks", str(networks), "--flush-ms", "200",
+                        "-w", str(saved), "--workers", "1")  # the analysis process path, too
     with _client(proxy) as client:
         blocked = client.post(f"https://127.0.0.1:{china.port}/pass/register", json={"imei": IMEI})
         quiet = client.get(f"https://127.0.0.1:{china.port}/generate_204")
+        alerted = client.post(f"https://127.0.0.1:{china.port}/status", json={"carrier": "Airtel"})
         elsewhere = client.post(f"https://127.0.0.2:{india.port}/pass/register", json={"imei": IMEI})
     assert blocked.status_code == 403 and BLOCKED_BY in blocked.text
     assert blocked.headers["x-leakmap-action"] == "block"
-    assert quiet.status_code == 200 and elsewhere.status_code == 200
-    assert [path for _, path, _ in china.received] == ["/generate_204"]  # the IMEI never arrived
+    assert quiet.status_code == 200 and elsewhere.status_code == 200 and alerted.status_code == 200
+    # the IMEI never arrived
+    assert [path for _, path, _ in china.received] == ["/generate_204", "/status"]
     assert [json.loads(body) for _, _, body in india.received] == [{"imei": IMEI}]
     assert proxy.stop() == 0, proxy.output
     alert = "leakmap !!! BLOCKED: imei -> 127.0.0.1 [127.0.0.1, CN [watched: server_country=CN]] by "
     assert alert + BLOCKED_BY in proxy.output
+    assert "leakmap !!! ALERT: carrier -> 127.0.0.1 [127.0.0.1, CN [watched: server_country=CN]] by " \
+           "actions[2]" in proxy.output
+    with saved.open("rb") as handle:  # what mitmweb shows: the marks and comments
+        marks = {(flow.request.host, flow.request.path): (flow.marked, flow.comment)
+                 for flow in io.FlowReader(handle).stream()}
+    china_marks = {path: mark for (host, path), mark in marks.items() if host == "127.0.0.1"}
+    assert china_marks["/pass/register"][0] == ":no_entry:"
+    assert "[block by actions[1]" in china_marks["/pass/register"][1]
+    assert china_marks["/status"][0] == ":bell:" and "[alert by actions[2]" in china_marks["/status"][1]
+    assert china_marks["/generate_204"][0] == ""
+    assert marks[("127.0.0.2", "/pass/register")][0] == ":warning:"  # a finding, no action
     flows = {(f["server_ip"], f["url"].rsplit("/", 1)[-1]): f for f in _flows(db, "strict")}
     stopped = flows[("127.0.0.1", "register")]
     assert (stopped["action"], stopped["action_rule"], stopped["enforced"]) == ("block", BLOCKED_BY, True)
     assert stopped["status_code"] == 403 and stopped["finding_count"] >= 1
     assert flows[("127.0.0.2", "register")]["action"] == "log"
     assert flows[("127.0.0.1", "generate_204")]["action"] == "log"
+    assert flows[("127.0.0.1", "status")]["action"] == "alert"
     assert len({f["policy_sha256"] for f in flows.values()}) == 1
 
 
@@ -140,16 +158,32 @@ def test_a_policy_edit_takes_effect_on_the_next_flow_and_a_bad_edit_keeps_the_ol
     proxy = start_proxy("--policy", str(policy), "--device", str(device_file), "--db", db,
                         "--run-name", "reload", "--networks", str(networks), "--flush-ms", "200")
     url = f"https://127.0.0.1:{china.port}/up"
+    valid = ("extends: default.yaml\n"
+             "data_types:\n"
+             "  lab_token: {category: custom, severity: low, keys: {names: [lab_token]}}\n"
+             "actions:\n"
+             "  - {data_types: [imei], action: block}\n")
     with _client(proxy) as client:
         assert client.post(url, json={"imei": IMEI}).status_code == 200
-        policy.write_text("extends: default.yaml\nactions:\n  - {data_types: [imei], action: block}\n")
+        policy.write_text(valid)
         _wait_for(proxy, "leakmap: reloaded policy")
         assert client.post(url, json={"imei": IMEI}).status_code == 403  # the very next flow
         policy.write_text("extends: default.yaml\nactions:\n  - {data_types: [imei], action: blok}\n")
         _wait_for(proxy, "the edited configuration is not valid")
         assert client.post(url, json={"imei": IMEI}).status_code == 403  # the old policy still runs
+        policy.write_text(valid + "# fixed\n")
+        _wait_for(proxy, "leakmap: reloaded policy", count=2)
+        device_file.write_text(device_file.read_text().replace(IMEI, OTHER_IMEI))
+        _wait_for(proxy, "leakmap: reloaded policy", count=3)
+        assert client.post(url, json={"x": OTHER_IMEI, "lab_token": "t-778"}).status_code == 403
     assert proxy.stop() == 0, proxy.output
     assert f"{policy.resolve()}:3:34: unknown action 'blok' (did you mean 'block'?)" in proxy.output
     assert len(china.received) == 1
     hashes = [f["policy_sha256"] for f in _flows(db, "reload")]
-    assert len(hashes) == 3 and hashes[0] != hashes[1] == hashes[2]
+    assert len(hashes) == 4 and len({hashes[0], hashes[1], hashes[3]}) == 3 and hashes[1] == hashes[2]
+    report = json.loads(leakmap_cli("report", "--db", db, "--run", "reload", "--format", "json").stdout)
+    last = {(f["field"], f["data_type"], f["match"]) for f in report["findings"]
+            if f["flow_id"] == report["flows"][-1]["flow_id"]}
+    # the new profile's IMEI is a known value now; the custom type works live and in the report
+    assert last == {("request.body.json.x", "imei", "known"),
+                    ("request.body.json.lab_token", "lab_token", "key")}

@@ -144,6 +144,10 @@ def test_analyze_refuses_an_invalid_policy_with_the_same_lines(tmp_path: Path) -
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.splitlines() == [f"Error: {line}" for line in check.stdout.splitlines()]
     assert not (tmp_path / "x.db").exists()  # refused before anything was touched
+    live = leakmap_cli("run", "--policy", str(path), "--listen-port", "0",
+                       "--db", f"sqlite:///{tmp_path / 'y.db'}", check=False)
+    assert live.returncode == 1 and live.stderr.splitlines() == result.stderr.splitlines()
+    assert not (tmp_path / "y.db").exists()
 
 
 # --------------------------------------------------------------------------
