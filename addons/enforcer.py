@@ -51,7 +51,9 @@ class Enforcer:
 
     async def request(self, flow: http.HTTPFlow) -> None:
         pipeline = self.inspector.pipeline
-        if (pipeline is None or flow.response is not None or flow.is_replay
+        # a replayed request leaves too, so it is judged like any other; a response already
+        # there (server replay, another addon) means nothing leaves
+        if (pipeline is None or flow.response is not None
                 or not enforces(pipeline.classifier.policy.actions)):
             return
         exchange = exchange_from_flow(flow)

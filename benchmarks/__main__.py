@@ -75,6 +75,8 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
     config = results["config"]
     line.update(
         live_every_flow_logged=results.get("live", {}).get("every_flow_logged"),
+        enforcing_rps_ratio=_round(results.get("live", {}).get("enforcing_rps_ratio")),
+        enforcing_added_p50_ms=_round(results.get("live", {}).get("enforcing_added_p50_ms")),
         analyze_flows_timed=analyze.get("leakmap_flows_timed"),
         analyze_capped=analyze.get("analyze_capped"),
         classify_mb_covered=round(results.get("speed", {}).get("classify_mb_covered", 0), 1),

@@ -2,7 +2,10 @@
 
 Both proxies are started once, side by side, with the same flags
 (``run.proxy_command``): leakmap with the full default policy, the generated
-1,000-value device profile and SQLite in the temporary folder.  Each gets a
+1,000-value device profile and SQLite in the temporary folder; and leakmap
+with ``strict-defence.yaml``, whose block rules make every request wait for
+its judgement before it leaves (the origin is not watched, so none is
+blocked): the cost of enforcement.  Each gets a
 warm-up.  Then, round after round, each proxy in turn (the order alternates)
 gets ``rps_requests`` POSTs on 16 keep-alive connections and ``p50_requests``
 POSTs on one connection, one after another.  Only one proxy carries traffic
@@ -31,7 +34,7 @@ import run
 from servers import descendants, free_port, wait_for_port
 
 CONNECTIONS = 16
-VARIANTS = ("bare", "leakmap")
+VARIANTS = ("bare", "leakmap", "enforcing")  # enforcing: a policy with block rules
 
 
 @dataclass
@@ -138,6 +141,18 @@ def summarize(bare: Proxy, leak: Proxy) -> dict[str, Any]:
     }
 
 
+def enforcing(bare: Proxy, judged: Proxy) -> dict[str, Any]:
+    """The same two figures with every request judged before it leaves (block rules)."""
+    many = CONNECTIONS
+    return {
+        "enforcing_rps_ratio": _median(judged, many, "rps") / _median(bare, many, "rps"),
+        "enforcing_added_p50_ms": _median(judged, 1, "p50_ms") - _median(bare, 1, "p50_ms"),
+        **{f"enforcing_{key}": _median(judged, conns, key)
+           for key, conns in (("rps", many), ("p50_ms", 1), ("p99_ms", 1))},
+        "enforcing_startup_s": judged.startup_s,
+    }
+
+
 def check_db(leak: Proxy) -> dict[str, Any]:
     """leakmap's ``flows`` rows and run status, once the proxy has stopped."""
     flows, findings = run.count_flows(leak.db_file)
@@ -152,12 +167,13 @@ def check_db(leak: Proxy) -> dict[str, Any]:
 def _rounds(proxies: dict[str, Proxy], loads: dict[int, list[bytes]], server: run.Origin,
             ca: str, rounds: int) -> None:
     for round_no in range(rounds):
-        order = VARIANTS if round_no % 2 == 0 else VARIANTS[::-1]
+        shift = round_no % len(VARIANTS)  # each variant takes each place in turn
+        order = VARIANTS[shift:] + VARIANTS[:shift]
         for variant in order:
             print(f"  live round {round_no + 1}/{rounds}: {variant} ...", flush=True)
             for conns, wires in loads.items():
                 one_load(proxies[variant], wires, conns, server, ca, round_no)
-                if variant == "leakmap":
+                if variant != "bare":
                     proxies[variant].loads[-1]["settled_s"] = round(settle(proxies[variant]), 3)
 
 
@@ -174,18 +190,23 @@ def measure(config: dict[str, Any], workdir: Path, env: dict[str, str],
     proxies = {"bare": start("bare", workdir, env, device)}
     try:
         ready(proxies["bare"])
-        proxies["leakmap"] = start("leakmap", workdir, env, device)
-        ready(proxies["leakmap"])
+        for variant in VARIANTS[1:]:
+            proxies[variant] = start(variant, workdir, env, device)
+            ready(proxies[variant])
         for proxy in proxies.values():
             proxy.answered += loadgen.run_load(warm, CONNECTIONS, server.port, ca, proxy.port).ok
         warm_settled_s = settle(proxies["leakmap"])  # the warm-up analysed, the process built
+        settle(proxies["enforcing"])
         _rounds(proxies, loads, server, ca, config["rounds"])
         result = summarize(proxies["bare"], proxies["leakmap"])
+        result.update(enforcing(proxies["bare"], proxies["enforcing"]))
         result["warm_settled_s"] = warm_settled_s
     finally:
         codes = {variant: stop(proxy) for variant, proxy in proxies.items()}
         origin = server.stop()
-    result.update(check_db(proxies["leakmap"]), exit_codes=codes, origin=origin,
+    enforcing_db = check_db(proxies["enforcing"])
+    result.update(check_db(proxies["leakmap"]), exit_codes=codes,
+                  enforcing_every_flow_logged=enforcing_db["every_flow_logged"], origin=origin,
                   loads={v: p.loads for v, p in proxies.items()}, workload={
                       "connections": CONNECTIONS, "rps_requests": config["rps_requests"],
                       "p50_requests": config["p50_requests"], "warmup": config["warmup"],

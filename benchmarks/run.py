@@ -180,6 +180,9 @@ class Origin:
         return json.loads(out.strip().splitlines()[-1])
 
 
+STRICT_POLICY = Path(__file__).resolve().parent.parent / "policies" / "strict-defence.yaml"
+
+
 def proxy_command(variant: str, port: int, confdir: Path, db_file: Path,
                   run_name: str, device: Path = DEVICE) -> list[str]:
     """``bare``: mitmdump alone; ``leakmap``: ``leakmap run``; same proxy flags for both."""
@@ -188,9 +191,12 @@ def proxy_command(variant: str, port: int, confdir: Path, db_file: Path,
               "--set", "flow_detail=0"]
     if variant == "bare":
         return [str(BIN / "mitmdump"), *common]
-    if variant == "leakmap":
+    if variant in ("leakmap", "enforcing"):
+        # enforcing: a policy with block rules, so every request is judged before it leaves
+        # (the origin is not watched: nothing is blocked, all of it is forwarded)
+        policy = ["--policy", str(STRICT_POLICY)] if variant == "enforcing" else []
         return [str(BIN / "leakmap"), "run", "--device", str(device), "--db",
-                f"sqlite:///{db_file}", "--run-name", run_name, *common]
+                f"sqlite:///{db_file}", "--run-name", run_name, *policy, *common]
     # breakdown variants: mitmdump with the loop-lag probe and a subset of leakmap's addons
     addons = BREAKDOWN[variant]
     command = [str(BIN / "mitmdump"), "-s", str(HERE / "ablation" / "looplag.py")]
