@@ -344,18 +344,24 @@ def report(db: str, run_name: str | None, countries: tuple[str, ...], watched: b
 
 @cli.command("runs")
 @click.option("--db", default="", help="Database URL (default: $LEAKMAP_HOME/leakmap.db).")
+@click.option("--format", "output_format", type=click.Choice(["table", "json"]), default="table",
+              show_default=True)
 @fail_cleanly
-def runs(db: str) -> None:
-    """List the runs in a database.
+def runs(db: str, output_format: str) -> None:
+    """List the runs in a database, with their flows, findings, watched, blocked and
+    redacted flows.
 
     Example: leakmap runs --db sqlite:///lab.db
     """
+    import json
+
     from leakmap.store import queries
     from leakmap.store.db import mark_abandoned_runs, open_store
 
     engine = open_store(db or None)
     mark_abandoned_runs(engine)
-    click.echo(render.runs_table(queries.runs(engine)))
+    found = queries.runs(engine)
+    click.echo(json.dumps(found, indent=2) if output_format == "json" else render.runs_table(found))
 
 
 def main() -> None:

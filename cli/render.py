@@ -121,7 +121,9 @@ def as_table(findings: Rows, flows: Rows) -> str:
 def runs_table(runs: Rows) -> str:
     columns = (("run", "run", 40), ("command", "command", 8), ("status", "status", 10),
                ("started_at", "started", 27), ("ended_at", "ended", 27),
-               ("policy", "policy", 20))
+               ("policy", "policy", 20), ("flows", "flows", 7), ("flagged", "flagged", 7),
+               ("findings", "findings", 8), ("watched", "watched", 7), ("blocked", "blocked", 7),
+               ("redacted", "redacted", 8))
     return "\n".join(table_lines(runs, columns)) if runs else "no runs"
 
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, Select, select
+from sqlalchemy import Engine, Select, case, func, select
 from sqlalchemy.orm import Session
 
 from leakmap.store.schema import Finding, Flow, Run
@@ -124,6 +124,19 @@ def flows(engine: Engine, run: str | None = None, countries: Sequence[str] = (),
 
 
 def runs(engine: Engine) -> list[dict]:
+    """Every run with what it holds: flows, flows with findings, findings, watched flows,
+    and the flows its policy blocked or redacted."""
+    flow_counts = (
+        select(Flow.run_id,
+               func.count(Flow.id).label("flows"),
+               func.sum(case((Flow.finding_count > 0, 1), else_=0)).label("flagged"),
+               func.sum(Flow.finding_count).label("findings"),
+               func.sum(case((Flow.watched, 1), else_=0)).label("watched"),
+               func.sum(case((Flow.action == "block", 1), else_=0)).label("blocked"),
+               func.sum(case((Flow.action == "redact", 1), else_=0)).label("redacted"))
+        .group_by(Flow.run_id).subquery()
+    )
+    query = select(Run, flow_counts).outerjoin(flow_counts, flow_counts.c.run_id == Run.id).order_by(Run.id)
     with Session(engine) as session:
         return [
             {
@@ -133,13 +146,21 @@ def runs(engine: Engine) -> list[dict]:
                 "started_at": iso(run.started_at),
                 "ended_at": iso(run.ended_at),
                 "tool_version": run.tool_version,
+                "mode": run.mode,
                 "policy": run.policy_name,
                 "policy_sha256": run.policy_sha256,
                 "device_sha256": run.device_sha256,
+                "captures": json.loads(run.captures) if run.captures else [],
+                "store_raw": bool(run.store_raw),
                 "geodb": json.loads(run.geodb) if run.geodb else None,
+                **{key: int(getattr(row, key) or 0) for key in _RUN_COUNTS},
             }
-            for run in session.scalars(select(Run).order_by(Run.id))
+            for row in session.execute(query)
+            for run in (row.Run,)
         ]
+
+
+_RUN_COUNTS = ("flows", "flagged", "findings", "watched", "blocked", "redacted")
 
 
 def run_exists(engine: Engine, name: str) -> bool:
