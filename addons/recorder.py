@@ -83,6 +83,7 @@ class Recorder:
                 policy_name=policy.name,
                 policy_sha256=policy.sha256,
                 device_sha256=device.sha256,
+                device=device.label,
                 mode=",".join(opts.mode),
                 geodb=geodb,
                 store_raw=bool(getattr(opts, "leakmap_store_raw", False)),

@@ -241,7 +241,7 @@ def _analyze(captures: tuple[Path, ...], settings: dict[str, Any],
     run_id = start_run(
         engine, name, "analyze", leakmap.__version__,
         policy_name=assembled.policy.name, policy_sha256=assembled.policy.sha256,
-        device_sha256=assembled.device.sha256, mode="offline",
+        device_sha256=assembled.device.sha256, device=assembled.device.label, mode="offline",
         captures=[{"path": str(p), "sha256": file_sha256(p)} for p in captures],
         geodb=geodb_summary(assembled),
     )
@@ -316,8 +316,10 @@ def _country_codes(_ctx: Any, _param: Any, values: tuple[str, ...]) -> tuple[str
               help="Only flows to this country (ISO alpha-2; repeatable).")
 @click.option("--watched", is_flag=True, default=False,
               help="Only flows to watched destinations (the policy's watch: list).")
-@click.option("--format", "output_format", type=click.Choice(["table", "json", "csv"]),
-              default="table", show_default=True)
+@click.option("--format", "output_format", type=click.Choice(["table", "json", "csv", "html"]),
+              default="table", show_default=True,
+              help="html: one self-contained evidence report (charts, sortable evidence table) "
+                   "that opens offline.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write to this file instead of standard output.")
 @fail_cleanly
@@ -326,6 +328,8 @@ def report(db: str, run_name: str | None, countries: tuple[str, ...], watched: b
     """Findings and flows for review.
 
     Example: leakmap report --run replay-1 --watched --format json
+
+    Example: leakmap report --run replay-1 --format html -o report.html
     """
     from leakmap.store import queries
     from leakmap.store.db import open_store
@@ -335,7 +339,14 @@ def report(db: str, run_name: str | None, countries: tuple[str, ...], watched: b
         raise click.ClickException(f"no run named {run_name!r} in {db or 'the default database'}")
     found = queries.findings(engine, run_name, countries, watched)
     logged = queries.flows(engine, run_name, countries, watched)
-    text = render.FORMATS[output_format](found, logged)
+    if output_format == "html":
+        from leakmap.reports import html
+
+        covered = [r for r in queries.runs(engine) if run_name is None or r["run"] == run_name]
+        title = f"leakmap evidence report: {run_name or 'all runs'}"
+        text = html.render(found, logged, covered, leakmap.__version__, title)
+    else:
+        text = render.FORMATS[output_format](found, logged)
     if output is None:
         click.echo(text, nl=not text.endswith("\n"))
     else:

@@ -37,6 +37,7 @@ class DeviceProfile:
     location: tuple[float, float] | None = None
     sha256: str | None = None
     path: str | None = None
+    label: str | None = None  # "name (model)" as the profile gives them, for reports
 
     def known(self, field_name: str) -> tuple[str, ...]:
         """The known values behind a policy's ``known.fields`` entry."""
@@ -148,9 +149,18 @@ def load_device(path: str | Path | None) -> DeviceProfile:
         sms_senders=senders,
         sms_bodies=bodies,
         location=_location(source, data),
-        sha256=hashlib.sha256(Path(path).read_bytes()).hexdigest(),
+        sha256=hashlib.sha256(source.raw).hexdigest(),
         path=str(path),
+        label=_label(data),
     )
+
+
+def _label(data: dict[str, Any]) -> str | None:
+    """``Redmi 1S (HM 1SW)``: the profile's name and model, where it gives them."""
+    name, model = (str(data[key]).strip() if data.get(key) is not None else "" for key in ("name", "model"))
+    if name and model and model not in name:
+        return f"{name} ({model})"
+    return name or model or None
 
 
 __all__ = ["ConfigError", "DeviceProfile", "load_device"]

@@ -192,6 +192,7 @@ def start_run(
     captures: Sequence[dict[str, Any]] = (),
     geodb: dict[str, Any] | None = None,
     store_raw: bool = False,
+    device: str | None = None,
 ) -> int:
     """A new run row; its id.  Runs whose process died first get marked "aborted"."""
     mark_abandoned_runs(engine)
@@ -204,6 +205,7 @@ def start_run(
         policy_name=policy_name,
         policy_sha256=policy_sha256,
         device_sha256=device_sha256,
+        device=device[:200] if device else None,
         mode=mode,
         captures=json.dumps(list(captures)) if captures else None,
         geodb=json.dumps(geodb) if geodb else None,

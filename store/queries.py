@@ -150,6 +150,7 @@ def runs(engine: Engine) -> list[dict]:
                 "policy": run.policy_name,
                 "policy_sha256": run.policy_sha256,
                 "device_sha256": run.device_sha256,
+                "device": run.device,
                 "captures": json.loads(run.captures) if run.captures else [],
                 "store_raw": bool(run.store_raw),
                 "geodb": json.loads(run.geodb) if run.geodb else None,

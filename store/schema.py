@@ -41,6 +41,7 @@ class Run(Base):
     policy_name: Mapped[str | None] = mapped_column(String(200), nullable=True)
     policy_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     device_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    device: Mapped[str | None] = mapped_column(String(200), nullable=True)  # the profile's name (model)
     mode: Mapped[str | None] = mapped_column(String(100), nullable=True)
     captures: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON list
     # JSON: the geolocation databases (path, type, build date) and entity file version used
