@@ -380,4 +380,4 @@ def main() -> None:
 
 
 # commands defined in their own modules register themselves on ``cli``
-from leakmap.cli import export, geo, policy  # noqa: E402, F401
+from leakmap.cli import diff, export, geo, policy  # noqa: E402, F401
