@@ -35,17 +35,20 @@ import bigprofile  # noqa: E402
 import live  # noqa: E402
 import offline  # noqa: E402
 import payloads  # noqa: E402
+import report_bench  # noqa: E402
 import run  # noqa: E402
 
 FULL: dict[str, Any] = {
     "rounds": 3, "rps_requests": 800, "p50_requests": 300, "warmup": 100,
     "flows": 20_000, "analyze_budget_s": 100.0, "text_bytes": 50_000_000,
     "classify_budget_s": 12.0, "corpus_big": True, "corpus_files": ("har", "flow"),
+    "report_flows": 10_000,
 }
 QUICK: dict[str, Any] = {
     "rounds": 1, "rps_requests": 300, "p50_requests": 150, "warmup": 50,
     "flows": 1_000, "analyze_budget_s": 15.0, "text_bytes": 5_000_000,
     "classify_budget_s": 3.0, "corpus_big": False, "corpus_files": ("flow",),
+    "report_flows": 500,
 }
 # key -> (target, comparison the value must pass, unit)
 TARGETS: dict[str, tuple[float, Callable[[float, float], bool], str]] = {
@@ -75,6 +78,8 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
     config = results["config"]
     line.update(
         live_every_flow_logged=results.get("live", {}).get("every_flow_logged"),
+        report_html_open_s=_round(results.get("report", {}).get("report_html_open_s")),
+        report_mb=_round(results.get("report", {}).get("report_mb")),
         enforcing_rps_ratio=_round(results.get("live", {}).get("enforcing_rps_ratio")),
         enforcing_added_p50_ms=_round(results.get("live", {}).get("enforcing_added_p50_ms")),
         analyze_flows_timed=analyze.get("leakmap_flows_timed"),
@@ -154,7 +159,11 @@ def measure_all(config: dict[str, Any], workdir: Path, env: dict[str, str],
     print(f"3. leakmap analyze vs bare FlowReader, {config['flows']:,} flows ...", flush=True)
     results["analyze"] = offline.analyze_ratio(data["flow_file"], config["flows"], data["device"],
                                                workdir, env, config["analyze_budget_s"])
-    timings["analyze"] = time.perf_counter() - mark
+    timings["analyze"], mark = time.perf_counter() - mark, time.perf_counter()
+    print(f"4. HTML report of {config['report_flows']:,} flows, opened in headless Chromium ...",
+          flush=True)
+    results["report"] = report_bench.measure(config["report_flows"], data["device"], workdir, env)
+    timings["report"] = time.perf_counter() - mark
 
 
 def main() -> int:

@@ -273,28 +273,39 @@ def _analyze_captures(analyse: Analyse, engine: Any, run_id: int,
     ``analyse`` turns one capture into records, in order, and raises a
     reading error only after the records of the flows before it.
     """
+    from leakmap.cli.progress import Progress
     from leakmap.store.db import finish_run, write_records
 
     stored, problems = _Stored(), []
+    progress = Progress(len(captures))  # on a terminal only
+
+    def write(batch: list[Any]) -> None:
+        found = sum(len(r.findings) for r in batch)
+        stored.flows += write_records(engine, run_id, batch)
+        stored.findings += found
+        progress.add(len(batch), found)
+        batch.clear()
+
     try:
         for capture in captures:
-            batch, read = [], 0
+            batch: list[Any] = []
+            read = 0
             try:
                 for record in analyse(capture):
                     batch.append(record)
                     read += 1
                     if len(batch) >= 500:
-                        stored.flows += write_records(engine, run_id, batch)
-                        stored.findings += sum(len(r.findings) for r in batch)
-                        batch.clear()
+                        write(batch)
             except ValueError as e:  # a capture cut short: keep the flows before the cut
                 problems.append(f"{e} (the {read} flows before the damage are stored)"
                                 if read else str(e))
-            stored.flows += write_records(engine, run_id, batch)
-            stored.findings += sum(len(r.findings) for r in batch)
+            write(batch)
+            progress.capture_done()
     except BaseException:
         finish_run(engine, run_id, "failed")
         raise
+    finally:
+        progress.close()
     return stored, problems
 
 
