@@ -342,14 +342,19 @@ def report(db: str, run_name: str | None, countries: tuple[str, ...], watched: b
 
     Example: leakmap report --run replay-1 --format html -o report.html
     """
+    from leakmap.cli.progress import Stages
     from leakmap.store import queries
     from leakmap.store.db import open_store
 
     engine = open_store(db or None)
     if run_name is not None and not queries.run_exists(engine, run_name):
         raise click.ClickException(f"no run named {run_name!r} in {db or 'the default database'}")
+    stage = Stages()  # on a terminal only: a big database takes a while
+    stage.show("reading findings")
     found = queries.findings(engine, run_name, countries, watched)
+    stage.show(f"reading flows ({len(found):,} findings read)")
     logged = queries.flows(engine, run_name, countries, watched)
+    stage.show(f"writing the {output_format} report ({len(found):,} findings, {len(logged):,} flows)")
     if output_format == "html":
         from leakmap.reports import html
 
@@ -358,6 +363,7 @@ def report(db: str, run_name: str | None, countries: tuple[str, ...], watched: b
         text = html.render(found, logged, covered, leakmap.__version__, title)
     else:
         text = render.FORMATS[output_format](found, logged)
+    stage.close()
     if output is None:
         click.echo(text, nl=not text.endswith("\n"))
     else:

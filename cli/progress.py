@@ -45,3 +45,22 @@ class Progress:
                           f"captures  {self.flows:,} flows  {self.findings:,} findings  "
                           f"{rate:,.0f} flows/s\x1b[K")
         self.stream.flush()
+
+
+class Stages:
+    """``report: reading findings ... 12.3 s``: the step a command is at, redrawn in place."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = self.stream.isatty()
+        self.started = time.monotonic()
+
+    def show(self, step: str) -> None:
+        if self.enabled:
+            self.stream.write(f"\r{step} ... {time.monotonic() - self.started:.1f} s\x1b[K")
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()

@@ -28,26 +28,44 @@ EVIDENCE_COLUMNS = (
     ("severity", "severity"), ("flow_action", "action"),
 )
 
+PAGE_ROWS = 200  # evidence rows laid out at once: a 13,000-row table would take seconds to open
+
 _SCRIPT = """
 (function () {
+  var PAGE = __PAGE__;
   var table = document.getElementById('evidence-table');
   var body = table.tBodies[0];
   var rows = Array.prototype.slice.call(body.rows);
+  var texts = rows.map(function (row) { return row.textContent.toLowerCase(); });
   var filter = document.getElementById('filter');
   var watchedOnly = document.getElementById('watched-only');
   var shown = document.getElementById('shown');
+  var where = document.getElementById('page');
+  var matches = [], page = 0;
+  function draw() {
+    var first = page * PAGE, last = Math.min(matches.length, first + PAGE);
+    rows.forEach(function (row) { row.hidden = true; });
+    for (var i = first; i < last; i += 1) { matches[i].hidden = false; }
+    shown.textContent = String(matches.length);
+    where.textContent = matches.length ? 'rows ' + (first + 1) + '\u2013' + last : 'no rows';
+  }
   function apply() {
     var words = filter.value.toLowerCase().split(/\\s+/).filter(Boolean);
-    var count = 0;
-    rows.forEach(function (row) {
-      var text = row.textContent.toLowerCase();
-      var ok = words.every(function (w) { return text.indexOf(w) >= 0; }) &&
-               (!watchedOnly.checked || row.getAttribute('data-watched') === '1');
-      row.hidden = !ok;
-      if (ok) { count += 1; }
+    matches = rows.filter(function (row) {
+      var text = texts[row.rowIndexInData];
+      return words.every(function (w) { return text.indexOf(w) >= 0; }) &&
+             (!watchedOnly.checked || row.getAttribute('data-watched') === '1');
     });
-    shown.textContent = String(count);
+    page = 0;
+    draw();
   }
+  rows.forEach(function (row, index) { row.rowIndexInData = index; });
+  document.getElementById('prev').addEventListener('click', function () {
+    if (page > 0) { page -= 1; draw(); }
+  });
+  document.getElementById('next').addEventListener('click', function () {
+    if ((page + 1) * PAGE < matches.length) { page += 1; draw(); }
+  });
   filter.addEventListener('input', apply);
   watchedOnly.addEventListener('change', apply);
   Array.prototype.forEach.call(table.tHead.rows[0].cells, function (cell, index) {
@@ -58,17 +76,23 @@ _SCRIPT = """
       });
       cell.setAttribute('aria-sort', up ? 'ascending' : 'descending');
       var numeric = cell.getAttribute('data-numeric') === '1';
-      rows.sort(function (a, b) {
-        var x = a.cells[index].textContent, y = b.cells[index].textContent;
-        var order = numeric ? (Number(x) || 0) - (Number(y) || 0) : x.localeCompare(y);
-        return up ? order : -order;
+      var keys = rows.map(function (row) { return row.cells[index].textContent; });
+      var order = rows.map(function (row, i) { return i; });
+      order.sort(function (a, b) {
+        var x = keys[a], y = keys[b];
+        var c = numeric ? (Number(x) || 0) - (Number(y) || 0) : (x < y ? -1 : x > y ? 1 : 0);
+        return up ? c : -c;
       });
-      rows.forEach(function (row) { body.appendChild(row); });
+      var fragment = document.createDocumentFragment();
+      rows = order.map(function (i) { return rows[i]; });
+      rows.forEach(function (row) { fragment.appendChild(row); });
+      body.appendChild(fragment);
+      apply();
     });
   });
   apply();
 })();
-"""
+""".replace("__PAGE__", str(PAGE_ROWS))
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1400px}
@@ -240,15 +264,18 @@ def _evidence(rows: Rows) -> str:
     heads = "".join(f'<th scope="col" data-numeric="{int(key == "asn")}">{esc(title)}</th>'
                     for key, title in EVIDENCE_COLUMNS)
     body = "".join(
-        f'<tr data-watched="{int(bool(row.get("watched")))}">' +
-        "".join(f"<td>{esc(row.get(key))}</td>" for key, _ in EVIDENCE_COLUMNS) + "</tr>"
-        for row in rows)
+        f'<tr data-watched="{int(bool(row.get("watched")))}"{" hidden" if index >= PAGE_ROWS else ""}>'
+        + "".join(f"<td>{esc(row.get(key))}</td>" for key, _ in EVIDENCE_COLUMNS) + "</tr>"
+        for index, row in enumerate(rows))
     return ('<section id="evidence"><h2>Evidence</h2>'
             '<p class="note">One row per finding: a (flow, field, data type). Values are masked; '
             'click a column to sort.</p><div class="controls">'
             '<input id="filter" type="search" placeholder="Filter: words that must all appear" size="40"> '
             '<label><input id="watched-only" type="checkbox"> watched destinations only</label> '
-            f'<span id="shown">{len(rows)}</span> of {len(rows)} rows</div>'
+            f'<span id="shown">{len(rows)}</span> of {len(rows)} rows match; '
+            f'<button id="prev" type="button">&larr;</button> <span id="page">rows 1&ndash;'
+            f'{min(len(rows), PAGE_ROWS)}</span> <button id="next" type="button">&rarr;</button> '
+            f"(pages of {PAGE_ROWS})</div>"
             f'<table id="evidence-table"><thead><tr>{heads}</tr></thead><tbody>{body}</tbody></table>'
             "</section>")
 
