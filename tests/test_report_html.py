@@ -130,3 +130,35 @@ def test_the_evidence_table_filters_and_sorts_in_the_page(browser, report: tuple
     again = [r.find_elements(By.TAG_NAME, "td")[7].get_attribute("textContent")
              for r in browser.find_elements(By.CSS_SELECTOR, "#evidence-table tbody tr")]
     assert again == list(reversed(types))
+
+
+def test_a_long_evidence_table_is_paged(browser, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from selenium.webdriver.common.by import By
+
+    entries = [{"startedDateTime": "2014-08-04T09:15:02.000Z",
+                "request": {"method": "POST", "url": f"https://api.account.xiaomi.com/r{index}",
+                            "headers": [], "postData": {"mimeType": "application/json",
+                                                        "text": json.dumps({"imei": IMEI, "n": index})}},
+                "response": {"status": 200}, "serverIPAddress": "123.125.114.144"}
+               for index in range(450)]
+    capture = tmp_path / "long.har"
+    capture.write_text(json.dumps({"log": {"version": "1.2", "entries": entries}}))
+    db = f"sqlite:///{tmp_path / 'long.db'}"
+    leakmap_cli("analyze", str(capture), "--device", str(SAMPLES / "redmi-1s.yaml"), "--db", db)
+    out = tmp_path / "long.html"
+    leakmap_cli("report", "--db", db, "--format", "html", "-o", str(out))
+    browser.get(out.as_uri())
+
+    def visible() -> list[str]:
+        return [r.find_elements(By.TAG_NAME, "td")[1].text
+                for r in browser.find_elements(By.CSS_SELECTOR, "#evidence-table tbody tr")
+                if r.is_displayed()]
+
+    assert len(visible()) == 200 and browser.find_element(By.ID, "page").text == "rows 1–200"
+    browser.find_element(By.ID, "next").click()
+    browser.find_element(By.ID, "next").click()
+    assert len(visible()) == 50 and browser.find_element(By.ID, "page").text == "rows 401–450"
+    browser.find_element(By.ID, "next").click()  # past the end: stays
+    assert browser.find_element(By.ID, "page").text == "rows 401–450"
+    browser.find_element(By.ID, "filter").send_keys("nothing-like-this")
+    assert visible() == [] and browser.find_element(By.ID, "shown").text == "0"
