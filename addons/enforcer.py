@@ -25,7 +25,7 @@ import socket
 from mitmproxy import http
 
 from leakmap.addons.flows import exchange_from_flow
-from leakmap.addons.inspector import ENFORCED_KEY, ORIGINAL_ATTRIBUTE, Inspector
+from leakmap.addons.inspector import AS_SENT_REQUEST, ENFORCED_KEY, ORIGINAL_ATTRIBUTE, Inspector
 from leakmap.core.actions import enforces
 from leakmap.core.decode import decompress
 from leakmap.core.enforce import (
@@ -106,6 +106,7 @@ class Enforcer:
             self._block(flow, pipeline, judgement, f" (redaction could not remove {kinds})")
             return
         setattr(flow, ORIGINAL_ATTRIBUTE, exchange)  # the Inspector judges what the phone sent
+        setattr(flow, AS_SENT_REQUEST, as_sent)  # and the capture keeps it
         self._remember(flow, "redact", judgement.decision.rule_label or "?", pipeline)
 
     def _remember(self, flow: http.HTTPFlow, action: str, rule: str, pipeline: Pipeline) -> None:

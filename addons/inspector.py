@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 METADATA_KEY = "leakmap"
 ENFORCED_KEY = "leakmap_enforced"  # what the Enforcer did to the request: {action, rule, policy_sha256}
 ORIGINAL_ATTRIBUTE = "_leakmap_as_sent"  # the request's Exchange before the Enforcer redacted it
+AS_SENT_REQUEST = "_leakmap_request_as_sent"  # and the mitmproxy Request (addons/capture.py saves it)
 PIPELINE_SETTINGS = ("policy", "device", "geoip_dir", "geodb_max_age", "networks", "store_raw",
                      "hash_key_file", "max_body", "analysis_budget_ms")
 

@@ -52,6 +52,9 @@ SETTINGS = (
     Setting("workers", str, "auto", "Analysis in a separate process (1), on threads of the proxy "
             "(0), or auto: a process when there are two or more cores (addons/analysis_worker.py).",
             ("auto", "0", "1")),
+    Setting("capture_dir", str, "", "Folder for the run's raw capture (a mitmproxy flow file, mode "
+            "0600). Empty: a captures/ folder beside the SQLite database (a PostgreSQL database "
+            "needs this set); 'none': no capture."),
     Setting("flush_ms", int, 500, "Milliseconds between database commits (a crash loses at most "
             "this much)."),
 )

@@ -26,7 +26,7 @@ from leakmap.core.yamlsource import ConfigError
 from leakmap.policies.model import load_policy
 from leakmap.store.db import StoreError, default_db_url, finish_run, open_store, start_run
 from leakmap.store.writer import FlowWriter, replay_leftovers
-from leakmap.wiring import geodb_summary
+from leakmap.wiring import geodb_summary, judged_with
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,7 @@ class Recorder:
         self.engine: Engine | None = None
         self.writer: FlowWriter | None = None
         self.run_id: int | None = None
+        self.run_name: str | None = None
         # records analysed before the run started (the port listens a moment before
         # ``running`` reaches this addon); written as soon as it has
         self.before_run: list[FlowRecord] = []
@@ -69,15 +70,18 @@ class Recorder:
         opts = ctx.options
         try:
             assembled = self.inspector.assembled if self.inspector is not None else None
+            settings = None
             if assembled is not None:
                 policy, device, geodb = assembled.policy, assembled.device, geodb_summary(assembled)
+                settings = judged_with(assembled, opts.leakmap_geoip_dir, opts.leakmap_networks)
             else:
                 policy = load_policy(opts.leakmap_policy or None)
                 device = load_device(opts.leakmap_device or None)
                 geodb = None
+            self.run_name = opts.leakmap_run_name or default_run_name("live")
             self.run_id = start_run(
                 self.engine,
-                name=opts.leakmap_run_name or default_run_name("live"),
+                name=self.run_name,
                 command_name="run",
                 tool_version=leakmap.__version__,
                 policy_name=policy.name,
@@ -87,6 +91,7 @@ class Recorder:
                 mode=",".join(opts.mode),
                 geodb=geodb,
                 store_raw=bool(getattr(opts, "leakmap_store_raw", False)),
+                settings=settings,
             )
             replay_leftovers(self.engine, opts.leakmap_db or default_db_url())
         except (ConfigError, StoreError, SQLAlchemyError, OSError) as e:  # OSError: a spill

@@ -154,11 +154,13 @@ def run(mode: tuple[str, ...], listen_port: int | None, mitmproxy_args: tuple[st
     """
     from mitmproxy.tools.main import mitmdump
 
+    from leakmap.addons.capture import capture_folder
     from leakmap.addons.recorder import default_run_name
     from leakmap.store.db import open_store
     from leakmap.wiring import build_pipeline
 
     settings["run_name"] = settings["run_name"] or default_run_name("run")
+    capture_folder(settings["capture_dir"], settings["db"])  # a PostgreSQL URL needs a folder
     _check_settings(settings, build_pipeline, open_store)
     arguments = mitmdump_arguments(settings, mode, listen_port, mitmproxy_args)
     sys.exit(mitmdump(arguments) or 0)
@@ -205,19 +207,26 @@ def analyze(captures: tuple[Path, ...], workers: str, **settings: Any) -> None:
 
     Example: leakmap analyze capture.flow --device phone.yaml --run-name replay-1
     """
+    analyze_captures(captures, workers, settings)
+
+
+def analyze_captures(captures: tuple[Path, ...], workers: str, settings: dict[str, Any],
+                     mode: str = "offline") -> None:
+    """A new run from ``captures`` with ``settings`` (the ``analyze`` flags), in worker
+    processes when ``workers`` says so."""
     from leakmap.cli import parallel
 
     pipeline_settings = {k: v for k, v in settings.items() if k not in NOT_PIPELINE or k == "db"}
     count = parallel.worker_count(workers, captures)
     if not count:
-        _analyze(captures, settings, pipeline_settings, None)
+        _analyze(captures, settings, pipeline_settings, None, mode)
         return
     with parallel.worker_pool(pipeline_settings, count) as pool:  # they start building at once
-        _analyze(captures, settings, pipeline_settings, pool)
+        _analyze(captures, settings, pipeline_settings, pool, mode)
 
 
 def _analyze(captures: tuple[Path, ...], settings: dict[str, Any],
-             pipeline_settings: dict[str, Any], pool: Pool | None) -> None:
+             pipeline_settings: dict[str, Any], pool: Pool | None, mode: str) -> None:
     """``analyze``, in ``pool``'s workers or else in this process."""
     from leakmap.addons.recorder import default_run_name
     from leakmap.cli.parallel import in_process
@@ -226,6 +235,7 @@ def _analyze(captures: tuple[Path, ...], settings: dict[str, Any],
         Assembled,
         build_pipeline,
         geodb_summary,
+        judged_with,
         load_settings,
         stale_warnings,
     )
@@ -241,9 +251,10 @@ def _analyze(captures: tuple[Path, ...], settings: dict[str, Any],
     run_id = start_run(
         engine, name, "analyze", leakmap.__version__,
         policy_name=assembled.policy.name, policy_sha256=assembled.policy.sha256,
-        device_sha256=assembled.device.sha256, device=assembled.device.label, mode="offline",
+        device_sha256=assembled.device.sha256, device=assembled.device.label, mode=mode,
         captures=[{"path": str(p), "sha256": file_sha256(p)} for p in captures],
         geodb=geodb_summary(assembled),
+        settings=judged_with(assembled, settings["geoip_dir"], settings["networks"]),
     )
     if pool is None:
         assert isinstance(assembled, Assembled)
@@ -397,4 +408,4 @@ def main() -> None:
 
 
 # commands defined in their own modules register themselves on ``cli``
-from leakmap.cli import diff, export, geo, policy  # noqa: E402, F401
+from leakmap.cli import diff, export, geo, policy, reanalyze  # noqa: E402, F401

@@ -162,6 +162,17 @@ def _modified(path: Path) -> float:
         return 0.0
 
 
+def judged_with(loaded: Loaded, geoip_dir: str = "", networks: str = "") -> dict[str, object]:
+    """The files and limits a run is judged with, as its row keeps them (``reanalyze`` reads
+    them back): absolute paths, so that they mean the same from any folder."""
+    def absolute(path: str | None) -> str | None:
+        return str(Path(path).expanduser().resolve()) if path else None
+
+    return {"policy": absolute(loaded.policy.path), "device": absolute(loaded.device.path),
+            "networks": absolute(networks), "geoip_dir": absolute(geoip_dir),
+            "max_body": loaded.limits.max_body_bytes, "analysis_budget_ms": loaded.limits.budget_ms}
+
+
 def geodb_summary(assembled: Loaded) -> dict[str, object]:
     """What a run records about its destination data: databases and entity file."""
     return {

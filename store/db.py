@@ -193,6 +193,7 @@ def start_run(
     geodb: dict[str, Any] | None = None,
     store_raw: bool = False,
     device: str | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> int:
     """A new run row; its id.  Runs whose process died first get marked "aborted"."""
     mark_abandoned_runs(engine)
@@ -206,6 +207,7 @@ def start_run(
         policy_sha256=policy_sha256,
         device_sha256=device_sha256,
         device=device[:200] if device else None,
+        settings=json.dumps(settings) if settings else None,
         mode=mode,
         captures=json.dumps(list(captures)) if captures else None,
         geodb=json.dumps(geodb) if geodb else None,
@@ -229,6 +231,12 @@ def finish_run(engine: Engine, run_id: int, status: str = "completed") -> None:
         session.execute(
             update(Run).where(Run.id == run_id).values(status=status, ended_at=utcnow())
         )
+
+
+def set_run_captures(engine: Engine, run_id: int, captures: Sequence[dict[str, Any]]) -> None:
+    """Record the run's capture files (``{path, sha256}``; the hash once the file is closed)."""
+    with Session(engine) as session, session.begin():
+        session.execute(update(Run).where(Run.id == run_id).values(captures=json.dumps(list(captures))))
 
 
 def heartbeat(engine: Engine, run_id: int) -> None:

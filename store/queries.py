@@ -152,6 +152,7 @@ def runs(engine: Engine) -> list[dict]:
                 "device_sha256": run.device_sha256,
                 "device": run.device,
                 "captures": json.loads(run.captures) if run.captures else [],
+                "settings": json.loads(run.settings) if run.settings else {},
                 "store_raw": bool(run.store_raw),
                 "geodb": json.loads(run.geodb) if run.geodb else None,
                 **{key: int(getattr(row, key) or 0) for key in _RUN_COUNTS},

@@ -42,6 +42,8 @@ class Run(Base):
     policy_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     device_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     device: Mapped[str | None] = mapped_column(String(200), nullable=True)  # the profile's name (model)
+    # JSON: the files and limits it was judged with (policy, device, networks, geoip_dir...)
+    settings: Mapped[str | None] = mapped_column(Text, nullable=True)
     mode: Mapped[str | None] = mapped_column(String(100), nullable=True)
     captures: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON list
     # JSON: the geolocation databases (path, type, build date) and entity file version used

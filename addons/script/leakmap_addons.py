@@ -6,6 +6,7 @@ Works the same in mitmweb and mitmproxy.  Imports are absolute, from the
 installed ``leakmap`` package.
 """
 
+from leakmap.addons.capture import Capture
 from leakmap.addons.enforcer import Enforcer
 from leakmap.addons.inspector import Inspector
 from leakmap.addons.recorder import Recorder
@@ -14,4 +15,4 @@ from leakmap.addons.review import Review
 inspector = Inspector()
 review, recorder = Review(), Recorder(inspector)
 inspector.listeners += [review.show, recorder.record]  # each analysed flow: marked, then stored
-addons = [inspector, Enforcer(inspector), review, recorder]
+addons = [inspector, Enforcer(inspector), review, recorder, Capture(recorder)]

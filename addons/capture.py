@@ -1,0 +1,175 @@
+"""Capture: every live run keeps its raw traffic as a mitmproxy flow file.
+
+The file goes to ``--capture-dir`` (default: a ``captures/`` folder beside an
+SQLite database; a PostgreSQL database needs the option), named after the
+run, created mode 0600: it holds the raw traffic, personal data included.
+The run's row records its path at once and its SHA-256 when the proxy stops,
+so ``leakmap reanalyze``, ``export`` and ``diff`` can read it and check that
+it is unchanged.
+
+Flows are written as they finish, independently of their analysis: the
+event loop only takes each flow's state; a thread serialises and writes it,
+and flushes at most every half second.  A request that the Enforcer redacted
+is saved as the phone sent it (what left is in the database's findings'
+actions), so that judging the run again sees the original.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from mitmproxy import ctx, dns, http, tcp, udp
+from mitmproxy.flow import Flow
+from mitmproxy.io import tnetstring
+from sqlalchemy.engine import make_url
+
+from leakmap.addons import options
+from leakmap.addons.inspector import AS_SENT_REQUEST, refuse
+from leakmap.addons.recorder import Recorder
+from leakmap.core.digest import file_sha256
+from leakmap.store.db import default_db_url, leakmap_home, set_run_captures
+
+log = logging.getLogger(__name__)
+
+_FLUSH_S = 0.5
+_STOP = None
+
+
+def capture_folder(setting: str, db_url: str) -> Path | None:
+    """Where a run's capture goes: the setting, else beside an SQLite file; None: no capture.
+    Raises ValueError for a database with no folder of its own."""
+    if setting.strip().lower() == "none":
+        return None
+    if setting:
+        return Path(setting).expanduser()
+    url = make_url(db_url or default_db_url())
+    if url.get_backend_name() != "sqlite":
+        raise ValueError(f"a {url.get_backend_name()} database has no folder for the run's capture: "
+                         "give --capture-dir (or --capture-dir none to keep no capture)")
+    database = url.database
+    if not database or database == ":memory:":
+        return leakmap_home() / "captures"
+    return Path(database).expanduser().resolve().parent / "captures"
+
+
+def capture_file(folder: Path, run_name: str) -> Path:
+    """A new file for ``run_name`` in ``folder`` (0700), never one that exists."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", run_name).strip("._") or "run"
+    for number in range(1000):
+        path = folder / (f"{stem}.flow" if number == 0 else f"{stem}-{number}.flow")
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        except FileExistsError:
+            continue
+        return path
+    raise OSError(f"no free capture file name for {run_name!r} in {folder}")
+
+
+class Capture:
+    def __init__(self, recorder: Recorder) -> None:
+        self.recorder = recorder
+        self.path: Path | None = None
+        self.states: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+        self.thread: threading.Thread | None = None
+        self.saved = 0
+
+    def load(self, loader) -> None:  # type: ignore[no-untyped-def]
+        options.declare(loader, ("capture_dir",))
+
+    def configure(self, updated: set[str]) -> None:
+        if "leakmap_capture_dir" in updated or "leakmap_db" in updated:
+            try:
+                capture_folder(ctx.options.leakmap_capture_dir, ctx.options.leakmap_db)
+            except ValueError as e:
+                refuse(f"leakmap_capture_dir: {e}", starting=self.thread is None)
+
+    def running(self) -> None:
+        recorder = self.recorder
+        if self.thread is not None or recorder.engine is None or recorder.run_id is None:
+            return
+        try:
+            folder = capture_folder(ctx.options.leakmap_capture_dir, ctx.options.leakmap_db)
+            if folder is None:
+                return
+            self.path = capture_file(folder, recorder.run_name or "run")
+            set_run_captures(recorder.engine, recorder.run_id, [{"path": str(self.path), "sha256": None}])
+        except (OSError, ValueError) as e:
+            log.error("leakmap: cannot keep the run's capture: %s", e)
+            ctx.master.shutdown()
+            return
+        self.thread = threading.Thread(target=self._write, args=(self.path,), name="leakmap-capture",
+                                       daemon=True)
+        self.thread.start()
+        log.info("leakmap: capturing the run's traffic to %s", self.path)
+
+    def _save(self, flow: Flow) -> None:
+        if self.thread is None or flow.metadata.get("leakmap_captured"):
+            return
+        flow.metadata["leakmap_captured"] = True
+        sent = getattr(flow, AS_SENT_REQUEST, None)
+        if sent is not None:  # redacted on its way out: keep what the phone sent
+            original, flow = flow, flow.copy()
+            flow.id = original.id  # the same flow: reanalysis matches it to the stored one
+            flow.request = sent  # type: ignore[attr-defined]
+            flow.metadata["leakmap_redacted_before_sending"] = True
+        self.states.put(flow.get_state())
+        self.saved += 1
+
+    def _write(self, path: Path) -> None:
+        with path.open("ab") as handle:
+            flushed = time.monotonic()
+            while (state := self.states.get()) is not _STOP:
+                tnetstring.dump(state, handle)
+                if time.monotonic() - flushed >= _FLUSH_S or self.states.empty():
+                    handle.flush()
+                    flushed = time.monotonic()
+
+    async def response(self, flow: http.HTTPFlow) -> None:
+        if flow.websocket is None:
+            self._save(flow)
+
+    async def error(self, flow: http.HTTPFlow) -> None:
+        if flow.websocket is None:
+            self._save(flow)
+
+    async def http_connect_error(self, flow: http.HTTPFlow) -> None:
+        self._save(flow)
+
+    async def websocket_end(self, flow: http.HTTPFlow) -> None:
+        self._save(flow)
+
+    async def tcp_end(self, flow: tcp.TCPFlow) -> None:
+        self._save(flow)
+
+    async def udp_end(self, flow: udp.UDPFlow) -> None:
+        self._save(flow)
+
+    async def dns_response(self, flow: dns.DNSFlow) -> None:
+        self._save(flow)
+
+    async def dns_error(self, flow: dns.DNSFlow) -> None:
+        self._save(flow)
+
+    def done(self) -> None:
+        if self.thread is None or self.path is None:
+            return
+        self.states.put(_STOP)
+        self.thread.join()
+        self.thread = None
+        digest = file_sha256(self.path)
+        recorder = self.recorder
+        if recorder.engine is not None and recorder.run_id is not None:
+            try:
+                set_run_captures(recorder.engine, recorder.run_id,
+                                 [{"path": str(self.path), "sha256": digest}])
+            except Exception as e:  # the capture is on disk; its hash is logged instead
+                log.error("leakmap: capture %s (sha256 %s) not recorded: %s", self.path, digest, e)
+        log.info("leakmap: capture %s: %d flows, sha256 %s", self.path, self.saved, digest)

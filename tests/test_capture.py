@@ -1,0 +1,81 @@
+"""Every live run keeps its raw capture; any run can be judged again from it."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import stat
+from pathlib import Path
+
+import httpx
+from mitmproxy import io
+
+from leakmap.core.digest import file_sha256
+
+from conftest import leakmap_cli
+from servers import TLSServer
+
+IMEI = "865312345678901"  # samples/redmi-1s.yaml
+REDACT = ("extends: default.yaml\n"
+          "actions:\n"
+          "  - {name: no-imei-to-china, data_types: [imei], watched: true, action: redact}\n")
+
+
+def _runs(db: str) -> dict[str, dict]:
+    return {r["run"]: r for r in json.loads(leakmap_cli("runs", "--db", db, "--format", "json").stdout)}
+
+
+def _findings(db: str, run: str) -> set[tuple[str, str, str, str]]:
+    report = json.loads(leakmap_cli("report", "--db", db, "--run", run, "--format", "json").stdout)
+    return {(f["flow_id"], f["field"], f["data_type"], f["action"]) for f in report["findings"]}
+
+
+def test_a_live_run_keeps_its_capture_and_can_be_judged_again(
+        start_proxy, tmp_path: Path, device_file: Path, networks_file: Path) -> None:
+    policy = tmp_path / "redact.yaml"
+    policy.write_text(REDACT)
+    db = f"sqlite:///{tmp_path / 'lab.db'}"
+    with TLSServer(tmp_path) as server:
+        proxy = start_proxy("--policy", str(policy), "--device", str(device_file), "--db", db,
+                            "--run-name", "bench/unit 3", "--networks", str(networks_file))
+        context = ssl.create_default_context(cafile=str(proxy.ca))
+        with httpx.Client(proxy=proxy.url, verify=context, timeout=20) as client:
+            assert client.post(f"https://127.0.0.1:{server.port}/r", json={"imei": IMEI}).status_code == 200
+            assert client.get(f"https://127.0.0.1:{server.port}/ok").status_code == 200
+        assert proxy.stop() == 0, proxy.output
+    assert json.loads(server.received[0][2]) == {"imei": "000000000000000"}  # redacted on the wire
+
+    capture = tmp_path / "captures" / "bench_unit_3.flow"  # beside the database, named after the run
+    assert stat.S_IMODE(capture.stat().st_mode) == 0o600
+    live = _runs(db)["bench/unit 3"]
+    assert live["captures"] == [{"path": str(capture), "sha256": file_sha256(capture)}]
+    assert live["settings"]["policy"] == str(policy.resolve())
+    with capture.open("rb") as handle:
+        flows = list(io.FlowReader(handle).stream())
+    assert [f.request.path for f in flows] == ["/r", "/ok"]
+    assert json.loads(flows[0].request.content) == {"imei": IMEI}  # what the phone sent
+    assert flows[0].metadata["leakmap_redacted_before_sending"] is True
+
+    before = _findings(db, "bench/unit 3")
+    assert any(action == "redact" for *_, action in before)
+    leakmap_cli("reanalyze", "bench/unit 3", "--db", db, "--run-name", "same-policy")
+    assert _findings(db, "same-policy") == before  # the same capture, policy and profile
+    default = str(tmp_path / "plain.yaml")
+    Path(default).write_text("extends: default.yaml\n")
+    leakmap_cli("reanalyze", "bench/unit 3", "--db", db, "--policy", default, "--run-name", "no-actions")
+    again = _findings(db, "no-actions")
+    assert {f[:3] for f in again} == {f[:3] for f in before} and {f[3] for f in again} == {"log"}
+    assert _findings(db, "bench/unit 3") == before  # the old run stays as it was
+    assert _runs(db)["no-actions"]["mode"] == "reanalysis of bench/unit 3"
+
+    device_file.write_text(device_file.read_text() + "# edited\n")
+    changed = leakmap_cli("reanalyze", "bench/unit 3", "--db", db, check=False)
+    assert changed.returncode == 1 and "give --device FILE" in changed.stderr
+    leakmap_cli("reanalyze", "bench/unit 3", "--db", db, "--device", str(device_file), "--run-name", "d")
+
+
+def test_a_postgresql_store_needs_a_capture_folder(tmp_path: Path) -> None:
+    result = leakmap_cli("run", "--db", "postgresql+psycopg://nobody@127.0.0.1:1/none", "--listen-port",
+                         "0", check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "give --capture-dir" in result.stderr
