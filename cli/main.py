@@ -408,4 +408,4 @@ def main() -> None:
 
 
 # commands defined in their own modules register themselves on ``cli``
-from leakmap.cli import diff, export, geo, policy, reanalyze  # noqa: E402, F401
+from leakmap.cli import device, diff, export, geo, policy, reanalyze  # noqa: E402, F401

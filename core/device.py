@@ -24,7 +24,7 @@ from leakmap.core.yamlsource import ConfigError, Sourced, load
 
 STRING_FIELDS = ("imei", "imsi", "iccid", "phone_number", "email", "android_id",
                  "advertising_id", "mac_address", "carrier")
-ALL_FIELDS = (*STRING_FIELDS, "region", "contacts", "sms", "location", "name", "model")
+ALL_FIELDS = (*STRING_FIELDS, "region", "contacts", "sms", "location", "name", "model", "android_version")
 
 
 @dataclass(frozen=True)
