@@ -143,6 +143,12 @@ def start_proxy(tmp_path: Path) -> Iterator:
         port = free_port()
         confdir = tmp_path / f"mitm-{port}"
         common = ["--set", f"confdir={confdir}", "--set", "ssl_insecure=true"]
+        if any("postgresql" in arg for arg in leakmap_args) and not any(
+                "capture" in arg for arg in leakmap_args):
+            # a PostgreSQL store has no folder for the run's capture: the test's own folder
+            folder = tmp_path / "captures"
+            common += (["--capture-dir", str(folder)] if via == "leakmap"
+                       else ["--set", f"leakmap_capture_dir={folder}"])
         if not any("workers" in arg for arg in leakmap_args):
             # Analysis on threads unless a test asks for the process: starting one per
             # proxy costs seconds of CPU. test_live.py runs the process path end to end.
