@@ -55,6 +55,9 @@ SETTINGS = (
     Setting("capture_dir", str, "", "Folder for the run's raw capture (a mitmproxy flow file, mode "
             "0600). Empty: a captures/ folder beside the SQLite database (a PostgreSQL database "
             "needs this set); 'none': no capture."),
+    Setting("scenario", str, "", "Scenario YAML: the steps the tester performs, walked through on "
+            "the console; each flow is tied to its step. Its policy and device are used unless "
+            "--policy or --device say otherwise."),
     Setting("flush_ms", int, 500, "Milliseconds between database commits (a crash loses at most "
             "this much)."),
 )

@@ -159,6 +159,14 @@ def run(mode: tuple[str, ...], listen_port: int | None, mitmproxy_args: tuple[st
     from leakmap.store.db import open_store
     from leakmap.wiring import build_pipeline
 
+    if settings["scenario"]:  # its policy and device, unless the flags name others
+        from leakmap.core.scenario import load_scenario
+
+        scenario = load_scenario(settings["scenario"])
+        settings["scenario"] = str(scenario.path)
+        settings["policy"] = settings["policy"] or scenario.policy
+        settings["device"] = settings["device"] or scenario.device
+        settings["run_name"] = settings["run_name"] or default_run_name(scenario.name)
     settings["run_name"] = settings["run_name"] or default_run_name("run")
     capture_folder(settings["capture_dir"], settings["db"])  # a PostgreSQL URL needs a folder
     _check_settings(settings, build_pipeline, open_store)
@@ -408,4 +416,4 @@ def main() -> None:
 
 
 # commands defined in their own modules register themselves on ``cli``
-from leakmap.cli import device, diff, export, geo, policy, reanalyze  # noqa: E402, F401
+from leakmap.cli import device, diff, export, geo, policy, reanalyze, steps  # noqa: E402, F401

@@ -50,6 +50,11 @@ def reanalyze(run: str, db: str, policy: str | None, device: str | None, run_nam
         "max_body": recorded.get("max_body") or 16 * 2**20, "analysis_budget_ms": 0,
     }
     analyze_captures(captures, workers, settings, mode=f"reanalysis of {run}")
+    from leakmap.store.db import copy_steps
+
+    old_id, new_id = queries.run_id(engine, run), queries.run_id(engine, settings["run_name"])
+    if old_id is not None and new_id is not None:  # the flows keep their times, so their steps
+        copy_steps(engine, old_id, new_id)
 
 
 def _captures(run: dict[str, Any]) -> tuple[Path, ...]:

@@ -114,7 +114,8 @@ def as_table(findings: Rows, flows: Rows) -> str:
               "watch_mark": "!" if f.get("watched") else "",
               "operator_label": _operator_label(f)} for f in findings]
     lines = [*_summary(findings, flows), ""]
-    lines += table_lines(shown, TABLE_COLUMNS) if findings else ["no findings"]
+    columns = TABLE_COLUMNS + ((("step", "step", 20),) if any(f.get("step") for f in findings) else ())
+    lines += table_lines(shown, columns) if findings else ["no findings"]
     return "\n".join(lines) + "\n"
 
 

@@ -25,7 +25,7 @@ EVIDENCE_COLUMNS = (
     ("timestamp", "time"), ("host", "host"), ("server_ip", "server IP"), ("country", "country"),
     ("city", "city"), ("asn", "ASN"), ("operator_label", "operator"), ("data_type", "data type"),
     ("field", "field path"), ("encoding", "encoding"), ("preview", "masked value"),
-    ("severity", "severity"), ("flow_action", "action"),
+    ("severity", "severity"), ("flow_action", "action"), ("step", "step"),
 )
 
 PAGE_ROWS = 200  # evidence rows laid out at once: a 13,000-row table would take seconds to open
@@ -124,6 +124,7 @@ def render(findings: Rows, flows: Rows, runs: Rows, tool_version: str, title: st
         f"<h1>{esc(title)}</h1>",
         _header(flows, runs, tool_version),
         _summary(findings, flows),
+        _by_step(findings, flows),
         _charts(findings, flows),
         _evidence(shown),
         f"<script>{_SCRIPT}</script></body></html>\n",
@@ -236,6 +237,28 @@ def _summary_item(place: dict[str, Any]) -> str:
 def _acted(action: str, enforced: bool) -> str:
     done = {"block": "blocked", "redact": "redacted", "alert": "alerted on"}.get(action, action)
     return done if enforced or action == "alert" else f"would have been {done} (offline)"
+
+
+def _by_step(findings: Rows, flows: Rows) -> str:
+    """For a scenario's run: what each step of the protocol sent, in step order."""
+    if not any(f.get("step") for f in flows):
+        return ""
+    order = sorted({f["step"] for f in flows if f.get("step")}, key=lambda s: int(s.split(" ", 1)[0]))
+    items = []
+    for step in [*order, None]:
+        mine = [f for f in findings if f.get("step") == step]
+        count = sum(1 for f in flows if f.get("step") == step)
+        if step is None and not count:
+            continue
+        kinds = Counter(f["data_type"] for f in mine)
+        places = sorted({f"{f.get('host')} ({f.get('country') or '??'})" for f in mine})
+        watched = sum(1 for f in mine if f.get("watched"))
+        what = (", ".join(f"{k} ({n}\u00d7)" for k, n in kinds.most_common()) + " to " + ", ".join(places)
+                if mine else "no personal data")
+        label = f"step {step}" if step else "outside the steps"
+        items.append(f'<li data-step="{esc(step or "")}"><b>{esc(label)}</b>: {count} flows; '
+                     f"{esc(what)}{f' ({watched} to watched destinations)' if watched else ''}</li>")
+    return f'<section id="steps"><h2>By step</h2><ol class="steps">{"".join(items)}</ol></section>'
 
 
 # --------------------------------------------------------------------------

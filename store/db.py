@@ -40,7 +40,7 @@ from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from leakmap.core.pipeline import FlowRecord, scalar_fields
-from leakmap.store.schema import Finding, Flow, Run
+from leakmap.store.schema import Finding, Flow, Run, Step
 
 log = logging.getLogger(__name__)
 
@@ -237,6 +237,67 @@ def set_run_captures(engine: Engine, run_id: int, captures: Sequence[dict[str, A
     """Record the run's capture files (``{path, sha256}``; the hash once the file is closed)."""
     with Session(engine) as session, session.begin():
         session.execute(update(Run).where(Run.id == run_id).values(captures=json.dumps(list(captures))))
+
+
+# --------------------------------------------------------------------------
+# Scenario steps: started and ended by the tester (Enter in the proxy's console, or
+# ``leakmap step next`` from anywhere that reaches the database)
+
+
+def create_steps(engine: Engine, run_id: int, steps: Iterable[tuple[int, str, str]],
+                 start_first: bool = True) -> None:
+    """The run's steps ``(number, name, instruction)``; the first starts now."""
+    now = utcnow()
+    with Session(engine) as session, session.begin():
+        for number, name, instruction in steps:
+            session.add(Step(run_id=run_id, number=number, name=name[:200], instruction=instruction,
+                             started_at=now if start_first and number == 1 else None))
+
+
+def advance_step(engine: Engine, run_id: int) -> tuple[str | None, str | None]:
+    """End the current step and start the next: (ended, started) as ``N name``, None where
+    there was none.  Safe when two testers press at once: the rows are locked."""
+    now = utcnow()
+    with Session(engine) as session, session.begin():
+        steps = list(session.scalars(select(Step).where(Step.run_id == run_id)
+                                     .order_by(Step.number).with_for_update()))
+        current = next((s for s in steps if s.started_at is not None and s.ended_at is None), None)
+        waiting = next((s for s in steps if s.started_at is None), None)
+        if current is not None:
+            current.ended_at = now
+        if waiting is not None:
+            waiting.started_at = now
+        return (_step_label(current), _step_label(waiting))
+
+
+def current_step(engine: Engine, run_id: int) -> dict[str, Any] | None:
+    """The step under way (``number``, ``name``, ``instruction``), or None."""
+    with Session(engine) as session:
+        step = session.scalars(select(Step).where(Step.run_id == run_id, Step.started_at.is_not(None),
+                                                  Step.ended_at.is_(None))).first()
+        if step is None:
+            return None
+        return {"number": step.number, "name": step.name, "instruction": step.instruction}
+
+
+def end_open_steps(engine: Engine, run_id: int) -> None:
+    """The run stops: the step under way ends with it."""
+    with Session(engine) as session, session.begin():
+        session.execute(update(Step).where(Step.run_id == run_id, Step.started_at.is_not(None),
+                                           Step.ended_at.is_(None)).values(ended_at=utcnow()))
+
+
+def copy_steps(engine: Engine, from_run: int, to_run: int) -> None:
+    """A reanalysis keeps the steps of the run it judges again (its flows keep their times)."""
+    with Session(engine) as session, session.begin():
+        for step in session.scalars(select(Step).where(Step.run_id == from_run)).all():
+            session.add(Step(run_id=to_run, number=step.number, name=step.name,
+                             instruction=step.instruction, started_at=step.started_at,
+                             ended_at=step.ended_at))
+
+
+def _step_label(step: Step | None) -> str | None:
+    return f"{step.number} {step.name}" if step is not None else None
 
 
 def heartbeat(engine: Engine, run_id: int) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Engine, Select, case, func, select
 from sqlalchemy.orm import Session
 
-from leakmap.store.schema import Finding, Flow, Run
+from leakmap.store.schema import Finding, Flow, Run, Step
 
 DESTINATION_KEYS = (
     "country", "city", "asn", "as_org", "operator", "operator_country", "attribution",
@@ -22,12 +22,13 @@ FINDING_KEYS = (
     "severity", "preview", "value_hash",
     # the finding's own action; the flow's is flow_action (with action_rule and enforced)
     "action", "flow_action", "action_rule", "enforced", "policy_sha256",
+    "step",  # the scenario step during which the flow happened (leakmap run --scenario)
 )
 FLOW_KEYS = (
     "flow_id", "run", "timestamp", "kind", "client_ip", "host", "sni", "method", "url", "http_version",
     "status_code", "server_ip", "server_port", *DESTINATION_KEYS,
     "geo_scope", "request_size", "response_size", "finding_count", "flow_error", "analysis_error",
-    "action", "action_rule", "enforced", "policy_sha256",
+    "action", "action_rule", "enforced", "policy_sha256", "step",
 )
 
 
@@ -66,8 +67,47 @@ def describe_destination(values: dict[str, Any]) -> str:
     return f"server in {place}{network}, {who}"
 
 
-def _flow_fields(flow: Flow, run_name: str) -> dict[str, Any]:
+StepTimes = dict[int, list[tuple[datetime, datetime | None, str]]]  # run id -> (start, end, label)
+
+
+def _steps(session: Session) -> StepTimes:
+    """Every run's started steps, in order, for placing flows in them."""
+    found: StepTimes = {}
+    query = select(Step).where(Step.started_at.is_not(None)).order_by(Step.run_id, Step.number)
+    for step in session.scalars(query):
+        assert step.started_at is not None
+        found.setdefault(step.run_id, []).append((step.started_at, step.ended_at,
+                                                  f"{step.number} {step.name}"))
+    return found
+
+
+def step_at(steps: list[tuple[datetime, datetime | None, str]], moment: datetime | None) -> str | None:
+    """The step during which ``moment`` fell: started at or before it, not yet ended."""
+    if moment is None:
+        return None
+    for started, ended, label in steps:
+        if started <= moment and (ended is None or moment < ended):
+            return label
+    return None
+
+
+def steps(engine: Engine, run: str) -> list[dict[str, Any]]:
+    """A run's scenario steps, in order, with their times (None: not reached)."""
+    with Session(engine) as session:
+        query = select(Step).join(Run, Step.run_id == Run.id).where(Run.name == run).order_by(Step.number)
+        return [{"number": s.number, "name": s.name, "instruction": s.instruction,
+                 "started_at": iso(s.started_at), "ended_at": iso(s.ended_at)}
+                for s in session.scalars(query)]
+
+
+def run_id(engine: Engine, name: str) -> int | None:
+    with Session(engine) as session:
+        return session.scalar(select(Run.id).where(Run.name == name))
+
+
+def _flow_fields(flow: Flow, run_name: str, steps: StepTimes | None = None) -> dict[str, Any]:
     values = {key: getattr(flow, key, None) for key in FLOW_KEYS if hasattr(flow, key)}
+    values["step"] = step_at((steps or {}).get(flow.run_id, []), flow.timestamp)
     values["run"] = run_name
     values["timestamp"] = iso(flow.timestamp)
     values["watched"] = bool(flow.watched)
@@ -87,8 +127,9 @@ def findings(engine: Engine, run: str | None = None, countries: Sequence[str] = 
     )
     rows = []
     with Session(engine) as session:
+        steps = _steps(session)
         for finding, flow, run_name in session.execute(_filtered(query, run, countries, watched)):
-            row = _flow_fields(flow, run_name)
+            row = _flow_fields(flow, run_name, steps)
             row.update(
                 data_type=finding.data_type,
                 category=finding.category,
@@ -114,10 +155,11 @@ def flows(engine: Engine, run: str | None = None, countries: Sequence[str] = (),
         .order_by(Flow.timestamp, Flow.flow_id)
     )
     with Session(engine) as session:
+        steps = _steps(session)
         return [
             {key: row[key] for key in FLOW_KEYS}
             for row in (
-                _flow_fields(flow, run_name)
+                _flow_fields(flow, run_name, steps)
                 for flow, run_name in session.execute(_filtered(query, run, countries, watched))
             )
         ]

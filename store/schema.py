@@ -142,3 +142,21 @@ class Finding(Base):
     action: Mapped[str] = mapped_column(String(16), default="log")  # this finding's own action
 
     flow: Mapped[Flow] = relationship(back_populates="findings")
+
+
+class Step(Base):
+    """One step of a run's scenario (``leakmap run --scenario``): what the tester did, and when.
+
+    A flow belongs to the step whose [started_at, ended_at) holds its timestamp.
+    """
+
+    __tablename__ = "steps"
+    __table_args__ = (UniqueConstraint("run_id", "number", name="uq_steps_run_number"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    number: Mapped[int] = mapped_column(Integer)  # from 1
+    name: Mapped[str] = mapped_column(String(200))
+    instruction: Mapped[str | None] = mapped_column(Text, nullable=True)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)

@@ -11,8 +11,9 @@ from leakmap.addons.enforcer import Enforcer
 from leakmap.addons.inspector import Inspector
 from leakmap.addons.recorder import Recorder
 from leakmap.addons.review import Review
+from leakmap.addons.scenario import ScenarioWalk
 
 inspector = Inspector()
 review, recorder = Review(), Recorder(inspector)
 inspector.listeners += [review.show, recorder.record]  # each analysed flow: marked, then stored
-addons = [inspector, Enforcer(inspector), review, recorder, Capture(recorder)]
+addons = [inspector, Enforcer(inspector), review, recorder, ScenarioWalk(recorder), Capture(recorder)]
