@@ -215,7 +215,38 @@ def analyze(captures: tuple[Path, ...], workers: str, **settings: Any) -> None:
 
     Example: leakmap analyze capture.flow --device phone.yaml --run-name replay-1
     """
+    bundles = [path for path in captures if path.suffix.lower() == ".zip"]
+    if bundles:
+        _analyze_bundle(captures, bundles, workers, settings)
+        return
     analyze_captures(captures, workers, settings)
+
+
+def _analyze_bundle(captures: tuple[Path, ...], bundles: list[Path], workers: str,
+                    settings: dict[str, Any]) -> None:
+    """A bundle (``leakmap bundle``) analysed again: its capture with its policy, profile and
+    networks unless the flags name others; its steps copied to the new run."""
+    from leakmap.addons.recorder import default_run_name
+    from leakmap.cli import bundle as bundles_module
+    from leakmap.store import queries
+    from leakmap.store.db import insert_steps, open_store
+
+    if len(captures) != 1:
+        raise click.ClickException("analyse a bundle on its own (one .zip, no other captures)")
+    with bundles_module.temporary_folder() as folder:
+        manifest = bundles_module.open_bundle(bundles[0], Path(folder))
+        for key, value in bundles_module.bundle_settings(manifest, Path(folder)).items():
+            settings[key] = settings[key] or value
+        if not manifest["device"].get("raw_values") and settings["device"].startswith(folder):
+            click.echo("Note: the bundle's device profile is masked: known-value matching was not "
+                       "possible; pattern and key findings only (bundle with --include-raw)", err=True)
+        settings["run_name"] = settings["run_name"] or default_run_name(f"bundle-{manifest['run']}")
+        files = tuple(Path(folder) / c["file"] for c in manifest["captures"])
+        analyze_captures(files, workers, settings, mode=f"analysis of bundle {manifest['run']}")
+        engine = open_store(settings["db"] or None)
+        new_id = queries.run_id(engine, settings["run_name"])
+        if new_id is not None and manifest.get("steps"):
+            insert_steps(engine, new_id, manifest["steps"])
 
 
 def analyze_captures(captures: tuple[Path, ...], workers: str, settings: dict[str, Any],
@@ -416,4 +447,4 @@ def main() -> None:
 
 
 # commands defined in their own modules register themselves on ``cli``
-from leakmap.cli import device, diff, export, geo, policy, reanalyze, steps  # noqa: E402, F401
+from leakmap.cli import bundle, device, diff, export, geo, policy, reanalyze, steps  # noqa: E402, F401

@@ -287,6 +287,18 @@ def end_open_steps(engine: Engine, run_id: int) -> None:
                                            Step.ended_at.is_(None)).values(ended_at=utcnow()))
 
 
+def insert_steps(engine: Engine, run_id: int, steps: Iterable[dict[str, Any]]) -> None:
+    """Steps with their times as a report or bundle gives them (ISO 8601 UTC, ``Z``)."""
+    def moment(text: str | None) -> datetime | None:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).replace(tzinfo=None) if text else None
+
+    with Session(engine) as session, session.begin():
+        for step in steps:
+            session.add(Step(run_id=run_id, number=step["number"], name=step["name"],
+                             instruction=step.get("instruction"), started_at=moment(step.get("started_at")),
+                             ended_at=moment(step.get("ended_at"))))
+
+
 def copy_steps(engine: Engine, from_run: int, to_run: int) -> None:
     """A reanalysis keeps the steps of the run it judges again (its flows keep their times)."""
     with Session(engine) as session, session.begin():
