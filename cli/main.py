@@ -447,4 +447,4 @@ def main() -> None:
 
 
 # commands defined in their own modules register themselves on ``cli``
-from leakmap.cli import bundle, device, diff, export, geo, policy, reanalyze, steps  # noqa: E402, F401
+from leakmap.cli import bundle, device, diff, export, geo, policy, reanalyze, setup, steps  # noqa: E402, F401

@@ -139,8 +139,9 @@ class Proxy:
 def start_proxy(tmp_path: Path) -> Iterator:
     started: list[Proxy] = []
 
-    def start(*leakmap_args: str, via: str = "leakmap", wait_port: bool = True) -> Proxy:
-        port = free_port()
+    def start(*leakmap_args: str, via: str = "leakmap", wait_port: bool = True,
+              listen_port: int | None = None) -> Proxy:
+        port = listen_port or free_port()
         confdir = tmp_path / f"mitm-{port}"
         common = ["--set", f"confdir={confdir}", "--set", "ssl_insecure=true"]
         if any("postgresql" in arg for arg in leakmap_args) and not any(

@@ -13,9 +13,9 @@ import zipfile
 from pathlib import Path
 
 import httpx
-from test_device_pull import FAKE_ADB, PHONES
 
 from conftest import BIN, leakmap_cli
+from test_device_pull import FAKE_ADB, PHONES
 
 IMEI = "865312345678901"  # the fake Android 9 phone's
 KEYS = ("flow_id", "field", "data_type", "encoding", "match", "preview", "country", "operator", "step")
