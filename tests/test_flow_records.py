@@ -23,6 +23,7 @@ from leakmap.addons.flows import (
     exchange_from_flow,
     exchange_from_record,
     flow_records,
+    tnetstring_dumps,
     tnetstring_loads,
 )
 
@@ -129,6 +130,22 @@ VALUES = st.recursive(SCALARS, lambda inner: st.one_of(
 def test_tnetstrings_read_as_mitmproxy_reads_them(value: object) -> None:
     data = tnetstring.dumps(value)  # type: ignore[arg-type]
     assert tnetstring_loads(data) == tnetstring.loads(data) == value
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(VALUES, st.tuples(SCALARS, SCALARS)))
+def test_tnetstrings_written_as_mitmproxy_writes_them(value: object) -> None:
+    assert tnetstring_dumps(value) == tnetstring.dumps(value)  # type: ignore[arg-type]
+
+
+def test_flow_states_written_as_mitmproxy_writes_them() -> None:
+    from mitmproxy.test import tflow
+
+    made = [tflow.tflow(resp=True), tflow.tflow(err=True), tflow.twebsocketflow(), tflow.ttcpflow(),
+            tflow.tudpflow(), tflow.tdnsflow(resp=True), tflow.tflow(resp=True, ws=True)]
+    for flow in made:
+        state = flow.get_state()
+        assert tnetstring_dumps(state) == tnetstring.dumps(state), type(flow)
 
 
 def _verdict(loads: object, data: bytes) -> object:
