@@ -135,30 +135,30 @@ class Capture:
                     parts.append(more)
                 handle.write(b"".join(parts))
 
-    async def response(self, flow: http.HTTPFlow) -> None:
+    def response(self, flow: http.HTTPFlow) -> None:
         if flow.websocket is None:
             self._save(flow)
 
-    async def error(self, flow: http.HTTPFlow) -> None:
+    def error(self, flow: http.HTTPFlow) -> None:
         if flow.websocket is None:
             self._save(flow)
 
-    async def http_connect_error(self, flow: http.HTTPFlow) -> None:
+    def http_connect_error(self, flow: http.HTTPFlow) -> None:
         self._save(flow)
 
-    async def websocket_end(self, flow: http.HTTPFlow) -> None:
+    def websocket_end(self, flow: http.HTTPFlow) -> None:
         self._save(flow)
 
-    async def tcp_end(self, flow: tcp.TCPFlow) -> None:
+    def tcp_end(self, flow: tcp.TCPFlow) -> None:
         self._save(flow)
 
-    async def udp_end(self, flow: udp.UDPFlow) -> None:
+    def udp_end(self, flow: udp.UDPFlow) -> None:
         self._save(flow)
 
-    async def dns_response(self, flow: dns.DNSFlow) -> None:
+    def dns_response(self, flow: dns.DNSFlow) -> None:
         self._save(flow)
 
-    async def dns_error(self, flow: dns.DNSFlow) -> None:
+    def dns_error(self, flow: dns.DNSFlow) -> None:
         self._save(flow)
 
     def done(self) -> None:

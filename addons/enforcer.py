@@ -48,14 +48,29 @@ _MAX_REDACTED_BODY = 32 * 2**20  # a body that inflates beyond this is blocked, 
 class Enforcer:
     def __init__(self, inspector: Inspector) -> None:
         self.inspector = inspector
+        self.pending: set[asyncio.Future[None]] = set()  # judgements under way (kept referenced)
 
-    async def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> None:
+        """A sync hook: without block or redact rules (most runs) a request costs one test.
+        With them, the flow is held (``intercept``) until its judgement is done."""
         pipeline = self.inspector.pipeline
         # a replayed request leaves too, so it is judged like any other; a response already
         # there (server replay, another addon) means nothing leaves
         if (pipeline is None or flow.response is not None
                 or not enforces(pipeline.classifier.policy.actions)):
             return
+        flow.intercept()
+        job = asyncio.ensure_future(self._enforce(flow, pipeline))
+        self.pending.add(job)
+        job.add_done_callback(self.pending.discard)
+
+    async def _enforce(self, flow: http.HTTPFlow, pipeline: Pipeline) -> None:
+        try:
+            await self._judge(flow, pipeline)
+        finally:
+            flow.resume()
+
+    async def _judge(self, flow: http.HTTPFlow, pipeline: Pipeline) -> None:
         exchange = exchange_from_flow(flow)
         if exchange is None:
             return
