@@ -79,3 +79,22 @@ def test_a_postgresql_store_needs_a_capture_folder(tmp_path: Path) -> None:
                          "0", check=False)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "give --capture-dir" in result.stderr
+
+
+def test_flow_states_are_mitmproxy_s_own_even_as_connections_change() -> None:
+    from mitmproxy.test import tflow
+
+    from leakmap.addons.capture import FlowStates
+
+    states = FlowStates()
+    first, second = tflow.tflow(resp=True), tflow.tflow(resp=True)
+    second.client_conn, second.server_conn = first.client_conn, first.server_conn  # keep-alive
+    second.metadata["x"] = {"y": [1]}
+    for flow in (first, second, tflow.tflow(err=True), tflow.twebsocketflow()):
+        assert states.of_http(flow) == flow.get_state()
+    first.server_conn.timestamp_end = 1234.5  # the connection closes: its state is read again
+    first.server_conn.alpn_offers.append(b"h2")  # a list changed in place
+    assert states.of_http(first) == first.get_state()
+    first.backup()
+    first.request.path = "/changed"
+    assert states.of_http(first) == first.get_state()
