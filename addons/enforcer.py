@@ -10,6 +10,8 @@ Only when the policy has such a rule does a request wait for its analysis
   letters ``x``), in every written form leakmap knows (``core/enforce.py``).
   The redacted request is classified again; if anything covered is still
   there, the request is blocked instead.
+* If applying the policy fails (a leakmap bug), the request is not sent either:
+  a 502 says so. A policy that blocks or redacts fails closed.
 
 The decision goes to ``flow.metadata["leakmap_enforced"]``; the Inspector
 records the flow as blocked or redacted with the rule, and analyses the
@@ -67,6 +69,17 @@ class Enforcer:
     async def _enforce(self, flow: http.HTTPFlow, pipeline: Pipeline) -> None:
         try:
             await self._judge(flow, pipeline)
+        except Exception as e:  # a policy that blocks or redacts fails closed, never open
+            log.error("leakmap: could not apply the policy to %s (%s: %s); not sent",
+                      flow.request.pretty_url[:200], type(e).__name__, e)
+            if flow.response is None:
+                body = (f"leakmap did not send this request: applying policy "
+                        f"{pipeline.classifier.policy.name!r} failed ({type(e).__name__}).\n")
+                flow.response = http.Response.make(502, body.encode(), {
+                    "Content-Type": "text/plain; charset=utf-8", "X-Leakmap-Action": "block"})
+                flow.metadata[ENFORCED_KEY] = {
+                    "action": "block", "rule": f"policy failed: {type(e).__name__}",
+                    "policy_sha256": pipeline.classifier.policy.sha256}
         finally:
             flow.resume()
 
@@ -78,10 +91,8 @@ class Enforcer:
             exchange.server_ip = await _address(exchange.host, exchange.server_port)
         try:
             judgement = await asyncio.to_thread(judge_request, pipeline, exchange)
-        except Exception as e:  # never let the flow through unjudged silently
-            log.error("leakmap: could not judge %s before sending (%s: %s); sent as it was",
-                      exchange.url, type(e).__name__, e)
-            return
+        except Exception as e:  # a leakmap bug, not the payload (decoders never raise on it)
+            raise RuntimeError(f"judging the request failed: {type(e).__name__}: {e}") from e
         action = judgement.decision.action
         if action == "block":
             self._block(flow, pipeline, judgement)

@@ -187,3 +187,39 @@ def test_a_policy_edit_takes_effect_on_the_next_flow_and_a_bad_edit_keeps_the_ol
     # the new profile's IMEI is a known value now; the custom type works live and in the report
     assert last == {("request.body.json.x", "imei", "known"),
                     ("request.body.json.lab_token", "lab_token", "key")}
+
+
+def test_a_policy_that_cannot_be_applied_fails_closed(tmp_path: Path) -> None:
+    """A leakmap bug while judging a request (here: a classifier that raises) must not let
+    the request leave: it gets a 502 and is recorded as blocked."""
+    import asyncio
+
+    from mitmproxy.test import taddons, tflow
+
+    from leakmap.addons.enforcer import Enforcer
+    from leakmap.addons.inspector import ENFORCED_KEY, Inspector
+    from leakmap.wiring import build_pipeline
+
+    policy = tmp_path / "block.yaml"
+    policy.write_text("extends: default.yaml\nactions:\n  - {data_types: [imei], action: block}\n")
+    inspector = Inspector()
+    inspector.pipeline = build_pipeline(policy=str(policy), db=f"sqlite:///{tmp_path / 'k.db'}").pipeline
+
+    def broken(_exchange: object) -> None:
+        raise KeyError("a bug")
+
+    inspector.pipeline.classifier.classify = broken  # type: ignore[method-assign, assignment]
+    enforcer = Enforcer(inspector)
+    flow = tflow.tflow()
+    flow.request.content = json.dumps({"imei": IMEI}).encode()
+
+    async def judged() -> None:
+        with taddons.context():
+            enforcer.request(flow)
+            assert flow.intercepted
+            await asyncio.gather(*enforcer.pending)
+
+    asyncio.run(judged())
+    assert not flow.intercepted and flow.response is not None and flow.response.status_code == 502
+    assert b"did not send this request" in flow.response.content
+    assert flow.metadata[ENFORCED_KEY]["action"] == "block"
