@@ -23,12 +23,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections.abc import Awaitable
 
 from mitmproxy import http
 
 from leakmap.addons.flows import exchange_from_flow
 from leakmap.addons.inspector import AS_SENT_REQUEST, ENFORCED_KEY, ORIGINAL_ATTRIBUTE, Inspector
-from leakmap.core.actions import enforces
+from leakmap.core.actions import could_act, enforces
 from leakmap.core.decode import decompress
 from leakmap.core.enforce import (
     Judgement,
@@ -50,21 +51,18 @@ _MAX_REDACTED_BODY = 32 * 2**20  # a body that inflates beyond this is blocked, 
 class Enforcer:
     def __init__(self, inspector: Inspector) -> None:
         self.inspector = inspector
-        self.pending: set[asyncio.Future[None]] = set()  # judgements under way (kept referenced)
 
-    def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         """A sync hook: without block or redact rules (most runs) a request costs one test.
-        With them, the flow is held (``intercept``) until its judgement is done."""
+        With them it returns the judgement, which mitmproxy awaits before the request goes on
+        (an awaitable a sync hook returns is awaited, addonmanager.invoke_addon)."""
         pipeline = self.inspector.pipeline
         # a replayed request leaves too, so it is judged like any other; a response already
         # there (server replay, another addon) means nothing leaves
         if (pipeline is None or flow.response is not None
                 or not enforces(pipeline.classifier.policy.actions)):
-            return
-        flow.intercept()
-        job = asyncio.ensure_future(self._enforce(flow, pipeline))
-        self.pending.add(job)
-        job.add_done_callback(self.pending.discard)
+            return None
+        return self._enforce(flow, pipeline)
 
     async def _enforce(self, flow: http.HTTPFlow, pipeline: Pipeline) -> None:
         try:
@@ -73,15 +71,16 @@ class Enforcer:
             log.error("leakmap: could not apply the policy to %s (%s: %s); not sent",
                       flow.request.pretty_url[:200], type(e).__name__, e)
             if flow.response is None:
-                body = (f"leakmap did not send this request: applying policy "
-                        f"{pipeline.classifier.policy.name!r} failed ({type(e).__name__}).\n")
-                flow.response = http.Response.make(502, body.encode(), {
-                    "Content-Type": "text/plain; charset=utf-8", "X-Leakmap-Action": "block"})
-                flow.metadata[ENFORCED_KEY] = {
-                    "action": "block", "rule": f"policy failed: {type(e).__name__}",
-                    "policy_sha256": pipeline.classifier.policy.sha256}
-        finally:
-            flow.resume()
+                self._refuse(flow, pipeline, f"applying policy {pipeline.classifier.policy.name!r} "
+                             f"failed ({type(e).__name__})", f"policy failed: {type(e).__name__}")
+
+    def _refuse(self, flow: http.HTTPFlow, pipeline: Pipeline, why: str, rule: str) -> None:
+        """Not sent, for a reason that is not a rule's verdict: a 502 that says why."""
+        flow.response = http.Response.make(
+            502, f"leakmap did not send this request: {why}.\n".encode(),
+            {"Content-Type": "text/plain; charset=utf-8", "X-Leakmap-Action": "block"})
+        flow.metadata[ENFORCED_KEY] = {"action": "block", "rule": rule,
+                                       "policy_sha256": pipeline.classifier.policy.sha256}
 
     async def _judge(self, flow: http.HTTPFlow, pipeline: Pipeline) -> None:
         exchange = exchange_from_flow(flow)
@@ -94,6 +93,16 @@ class Enforcer:
         except Exception as e:  # a leakmap bug, not the payload (decoders never raise on it)
             raise RuntimeError(f"judging the request failed: {type(e).__name__}: {e}") from e
         action = judgement.decision.action
+        if flow.request.stream:  # mitmproxy has sent the body already: nothing left to stop
+            log.error("leakmap: %s was streamed (stream_large_bodies): a policy cannot block or "
+                      "redact it", flow.request.pretty_url[:200])
+            return
+        if action not in ("block", "redact") and judgement.analysis.truncated and could_act(
+                pipeline.classifier.policy.actions, judgement.place):
+            self._refuse(flow, pipeline, "it could not be analysed whole within the limits "
+                         "(time budget or body size), and the policy blocks or redacts data sent "
+                         "there", "not analysed whole")
+            return
         if action == "block":
             self._block(flow, pipeline, judgement)
         elif action == "redact":

@@ -64,6 +64,11 @@ def covers(rule: ActionRule, finding: Judged, place: Place) -> bool:
     if any(kinds) and not ((rule.data_types and finding.data_type in rule.data_types)
                            or (rule.categories and finding.category in rule.categories)):
         return False
+    return goes_to(rule, place)
+
+
+def goes_to(rule: ActionRule, place: Place) -> bool:
+    """Whether the destination conditions ``rule`` sets hold for ``place``."""
     if rule.watched is not None and rule.watched != place.watched:
         return False
     if rule.countries is not None and place.country not in rule.countries:
@@ -87,6 +92,12 @@ def decide(rules: Sequence[ActionRule], findings: Sequence[Judged], place: Place
         return Decision(per_finding=actions)
     rule = next(rule for rule in chosen if rule is not None and rule.action == strongest)
     return Decision(strongest, rule, actions)
+
+
+def could_act(rules: Sequence[ActionRule], place: Place) -> bool:
+    """Whether a block or redact rule covers ``place`` for some data type: a request there
+    that could not be analysed whole must not leave."""
+    return any(STRENGTH[rule.action] >= STRENGTH["redact"] and goes_to(rule, place) for rule in rules)
 
 
 def enforces(rules: Sequence[ActionRule]) -> bool:

@@ -37,6 +37,7 @@ class Judgement:
     decision: Decision
     analysis: Analysis
     destination: Destination
+    place: Place
 
     def covered(self, action: str) -> list[Finding]:
         """The findings whose own action is ``action``."""
@@ -51,7 +52,7 @@ def judge_request(pipeline: Pipeline, exchange: Exchange) -> Judgement:
     place = Place(exchange.host or exchange.sni, destination.country, destination.operator_country,
                   destination.watched)
     decision = decide(pipeline.classifier.policy.actions, analysis.findings, place)
-    return Judgement(decision, analysis, destination)
+    return Judgement(decision, analysis, destination, place)
 
 
 def placeholder(text: str) -> str:
@@ -123,6 +124,9 @@ def still_there(pipeline: Pipeline, redacted: Exchange) -> list[Finding]:
     """What a redacted request still carries that the rules would redact or block:
     empty when redaction worked.  Placeholders found as values do not count."""
     judgement = judge_request(pipeline, redacted)
-    return [finding for finding, own in zip(judgement.analysis.findings,
+    left = [finding for finding, own in zip(judgement.analysis.findings,
                                             judgement.decision.per_finding, strict=True)
             if STRENGTH[own] >= STRENGTH["redact"] and not is_placeholder(finding.value)]
+    if judgement.analysis.truncated and not left:  # not checked whole: not known to be clean
+        left = [Finding("request", "unchecked", "", "", "not analysed whole", "", "")]
+    return left

@@ -215,11 +215,44 @@ def test_a_policy_that_cannot_be_applied_fails_closed(tmp_path: Path) -> None:
 
     async def judged() -> None:
         with taddons.context():
-            enforcer.request(flow)
-            assert flow.intercepted
-            await asyncio.gather(*enforcer.pending)
+            judging = enforcer.request(flow)  # mitmproxy awaits what a sync hook returns
+            assert judging is not None
+            await judging
 
     asyncio.run(judged())
-    assert not flow.intercepted and flow.response is not None and flow.response.status_code == 502
+    assert flow.response is not None and flow.response.status_code == 502
     assert b"did not send this request" in flow.response.content
     assert flow.metadata[ENFORCED_KEY]["action"] == "block"
+
+
+def test_a_request_not_analysed_whole_does_not_leave_under_a_blocking_policy(tmp_path: Path) -> None:
+    import asyncio
+
+    from mitmproxy.test import taddons, tflow
+
+    from leakmap.addons.enforcer import Enforcer
+    from leakmap.addons.inspector import ENFORCED_KEY, Inspector
+    from leakmap.wiring import build_pipeline
+
+    policy = tmp_path / "block.yaml"
+    policy.write_text("extends: default.yaml\nactions:\n  - {data_types: [imei], action: block}\n")
+    inspector = Inspector()
+    inspector.pipeline = build_pipeline(policy=str(policy), max_body=1000,
+                                        db=f"sqlite:///{tmp_path / 'k.db'}").pipeline
+    enforcer = Enforcer(inspector)
+    past_the_cap = tflow.tflow()  # the IMEI sits beyond the 1,000 bytes scanned
+    past_the_cap.request.content = json.dumps({"pad": "x" * 2000, "imei": IMEI}).encode()
+    small = tflow.tflow()
+    small.request.content = b'{"note": "nothing"}'
+
+    async def judged() -> None:
+        with taddons.context():
+            for flow in (past_the_cap, small):
+                judging = enforcer.request(flow)
+                assert judging is not None
+                await judging
+
+    asyncio.run(judged())
+    assert past_the_cap.response is not None and past_the_cap.response.status_code == 502
+    assert past_the_cap.metadata[ENFORCED_KEY]["rule"] == "not analysed whole"
+    assert small.response is None  # analysed whole, nothing covered: it goes on
