@@ -15,6 +15,7 @@ known values (and says so).  ``--include-raw`` keeps the profile whole:
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import zipfile
 from pathlib import Path
@@ -63,6 +64,8 @@ def bundle(run: str, db: str, output: Path, include_raw: bool) -> None:
         findings = [{k: v for k, v in f.items() if k != "raw_value"} for f in findings]
     report = html.render(findings, flows, [row], leakmap.__version__, f"leakmap evidence report: {run}")
     manifest = _manifest(row, steps, files, include_raw)
+    os.close(os.open(output, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600))
+    output.chmod(0o600)  # an existing file keeps its mode through O_CREAT: set it before writing
     with zipfile.ZipFile(output, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         archive.writestr(MANIFEST, json.dumps(manifest, indent=2))
         archive.writestr("rows.json", json.dumps({"run": row, "steps": steps, "flows": flows,
@@ -73,7 +76,6 @@ def bundle(run: str, db: str, output: Path, include_raw: bool) -> None:
                 archive.writestr(name, masked_profile(path))
             else:
                 archive.write(path, name)
-    output.chmod(0o600)
     click.echo(f"wrote {output}: {len(flows)} flows, {len(findings)} findings, "
                f"{'raw profile' if include_raw else 'masked profile'}", err=True)
 
@@ -164,19 +166,37 @@ def is_bundle(path: Path) -> bool:
     return zipfile.is_zipfile(path)
 
 
+_MAX_UNPACKED = 8 * 2**30  # a bundle that inflates beyond this is refused, not unpacked
+
+
 def open_bundle(path: Path, folder: Path) -> dict[str, Any]:
-    """Unpack ``path`` into ``folder``; its manifest with the files' paths there, checked."""
-    with zipfile.ZipFile(path) as archive:
-        if MANIFEST not in archive.namelist():
-            raise click.ClickException(f"{path}: a zip file, but not a leakmap bundle (no {MANIFEST})")
-        for member in archive.infolist():
-            target = (folder / member.filename).resolve()
-            if not target.is_relative_to(folder.resolve()):
-                raise click.ClickException(f"{path}: unsafe path {member.filename!r} in the bundle")
-        archive.extractall(folder)
-    manifest: dict[str, Any] = json.loads((folder / MANIFEST).read_text())
+    """Unpack ``path`` into ``folder``; its manifest, every file it names checked to be in the
+    bundle (never a path outside it) and the captures against their SHA-256."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            if MANIFEST not in names:
+                raise click.ClickException(f"{path}: a zip file, but not a leakmap bundle (no {MANIFEST})")
+            if sum(member.file_size for member in archive.infolist()) > _MAX_UNPACKED:
+                raise click.ClickException(f"{path}: unpacks to more than {_MAX_UNPACKED >> 30} GB")
+            for member in archive.infolist():
+                if not (folder / member.filename).resolve().is_relative_to(folder.resolve()):
+                    raise click.ClickException(f"{path}: unsafe path {member.filename!r} in the bundle")
+            archive.extractall(folder)
+        manifest = json.loads((folder / MANIFEST).read_text())
+        named = [c["file"] for c in manifest["captures"]] + list(manifest["policy"]["files"])
+        named += [n for n in (manifest["device"].get("file"), manifest.get("networks")) if n]
+    except zipfile.BadZipFile as e:
+        raise click.ClickException(f"{path}: not a zip file ({e})") from e
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise click.ClickException(f"{path}: its {MANIFEST} is not a leakmap bundle's ({e!r})") from e
+    for name in named:
+        if not isinstance(name, str) or name not in names or name == MANIFEST:
+            raise click.ClickException(f"{path}: its manifest names {name!r}, which is not in the bundle")
+    if not manifest["captures"]:
+        raise click.ClickException(f"{path}: the bundle holds no capture")
     for capture in manifest["captures"]:
-        if file_sha256(folder / capture["file"]) != capture["sha256"]:
+        if file_sha256(folder / capture["file"]) != capture.get("sha256"):
             raise click.ClickException(f"{path}: {capture['file']} does not match its SHA-256")
     return manifest
 

@@ -82,7 +82,8 @@ def choose_device(adb: str, serial: str | None) -> str:
                                 check=False).stdout
     except subprocess.TimeoutExpired as e:
         raise AdbError(f"adb devices did not answer within {_TIMEOUT_S} s") from e
-    states = dict(line.split(None, 1) for line in listed.splitlines()[1:] if len(line.split()) >= 2)
+    states = dict(line.split(None, 1) for line in listed.splitlines()
+                  if len(line.split()) >= 2 and not line.startswith(("*", "List of devices")))
     states = {name: state.strip() for name, state in states.items()}
     if serial is not None and serial not in states:
         raise AdbError(f"no device {serial!r} attached (adb sees: {', '.join(states) or 'none'})")
@@ -235,6 +236,7 @@ def pull_command(serial: str | None, contacts: bool, adb_path: str | None, outpu
     found = pull(Adb(adb, chosen), contacts)
     text = profile_text(found, chosen)
     handle = os.open(output, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+    os.fchmod(handle, 0o600)  # an existing file keeps its mode through O_CREAT
     with os.fdopen(handle, "w", encoding="utf-8") as out:
         out.write(text)
     profile = load_device(output)  # what was written must load as a profile

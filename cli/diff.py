@@ -34,6 +34,8 @@ def diff(run_a: str, run_b: str, db: str, output_format: str, output: Path | Non
     from leakmap.store import queries
     from leakmap.store.db import open_store
 
+    if run_a == run_b:
+        raise click.ClickException("give two different runs to compare")
     engine = open_store(db or None)
     runs = {run["run"]: run for run in queries.runs(engine)}
     for name in (run_a, run_b):

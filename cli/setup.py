@@ -36,7 +36,8 @@ def setup_group() -> None:
 
 
 def table_name(interface: str) -> str:
-    return "leakmap_" + re.sub(r"[^A-Za-z0-9_]", "_", interface)
+    """``leakmap_wlan0``; other characters spelled out, so ``wlan.0`` and ``wlan_0`` differ."""
+    return "leakmap_" + "".join(ch if ch.isalnum() else f"_{ord(ch):02x}" for ch in interface)
 
 
 def nft_ruleset(interface: str, port: int, ports: tuple[int, ...], block_quic: bool) -> str:
@@ -99,7 +100,7 @@ def transparent(interface: str, port: int, ports: str, allow_quic: bool, apply_n
     """
     if not re.fullmatch(r"[A-Za-z0-9_.@-]{1,15}", interface):
         raise click.BadParameter(f"{interface!r} is not an interface name", param_hint="--interface")
-    wanted = tuple(int(p) for p in ports.split(",") if p.strip().isdigit())
+    wanted = _ports(ports)
     if undo:
         _undo(interface, apply_now)
         return
@@ -125,6 +126,13 @@ def transparent(interface: str, port: int, ports: str, allow_quic: bool, apply_n
                f"to :{port}{'' if allow_quic else ', QUIC refused'}", err=True)
 
 
+def _ports(text: str) -> tuple[int, ...]:
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items or not all(item.isdigit() and 1 <= int(item) <= 65535 for item in items):
+        raise click.BadParameter(f"{text!r} is not a list of TCP ports such as 80,443", param_hint="--ports")
+    return tuple(int(item) for item in items)
+
+
 def _has_table(interface: str) -> bool:
     done = subprocess.run(["nft", "list", "table", "inet", table_name(interface)], capture_output=True,
                           text=True, check=False)
@@ -134,7 +142,9 @@ def _has_table(interface: str) -> bool:
 def _undo(interface: str, apply_now: bool) -> None:
     state = _state_file(interface)
     saved = json.loads(state.read_text()) if state.exists() else {}
-    restore = {name: value for name, value in saved.items() if value is not None}
+    # only the settings this command changes, to plain numbers: the file is not trusted further
+    restore = {name: str(value) for name, value in saved.items()
+               if name in SYSCTLS and isinstance(value, str) and value.isdigit()}
     if not apply_now:
         click.echo(f"nft delete table inet {table_name(interface)}")
         for name, value in restore.items():
@@ -214,6 +224,7 @@ def wireguard(confdir: str, key_file: str | None, endpoint: str | None, port: in
     click.echo(conf)
     if output is not None:
         handle = os.open(output, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+        os.fchmod(handle, 0o600)  # an existing file keeps its mode through O_CREAT
         with os.fdopen(handle, "w") as out:
             out.write(conf)
     if qr:

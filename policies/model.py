@@ -439,6 +439,10 @@ def _check_actions(checker: _Checker, value: Any, types: Iterable[str]) -> tuple
 def _check_action(checker: _Checker, index: int, value: Any, types: Iterable[str]) -> ActionRule:
     where: NodePath = ("actions", index)
     spec = checker.mapping(value, where, _ACTION_KEYS)
+    for key in ("data_types", "categories", "countries", "operator_countries", "hosts"):
+        if spec.get(key) == []:
+            raise checker.fail((*where, key), f"{key} is empty (expected at least one entry, or "
+                                              "leave the key out to cover every one)")
     if spec.get("action") is None:
         raise checker.fail(where, f"rule has no action (expected action: one of {', '.join(ACTIONS)})")
     action = checker.choice(spec["action"], (*where, "action"), ACTIONS, "action")

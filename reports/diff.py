@@ -88,7 +88,11 @@ def identifier_like(value: str) -> bool:
 
 
 def _followed(a: RunSide, b: RunSide) -> list[dict[str, Any]]:
-    """Fields whose one value in run A differs from their one value in run B."""
+    """Fields whose one value in run A differs from their one value in run B.  Values read
+    from captures on one side and keyed hashes on the other do not compare: then both sides
+    use their findings."""
+    if (a.values is None) != (b.values is None):
+        a, b = (RunSide(side.name, side.device_sha256, side.findings, side.flows) for side in (a, b))
     left, right = _stable(a), _stable(b)
     found = {(f.get("host") or "?", f["field"]): f["data_type"] for f in (*a.findings, *b.findings)}
     changed = []

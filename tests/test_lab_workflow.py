@@ -97,3 +97,21 @@ def test_from_the_bench_to_a_bundle_another_lab_reproduces(
     # the fields a masked profile still flags were flagged live too (there, maybe as known values
     # of another data type: a contact's number rather than a phone number)
     assert {r[:2] for r in without} <= {r[:2] for r in live}
+
+
+def test_a_bundle_that_lies_is_refused_in_one_line(tmp_path: Path) -> None:
+    not_zip = tmp_path / "not.zip"
+    not_zip.write_bytes(b"PK not really")
+    outside = tmp_path / "outside.zip"
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for a bundle to read")
+    from leakmap.core.digest import file_sha256
+
+    with zipfile.ZipFile(outside, "w") as archive:
+        archive.writestr("manifest.json", json.dumps({
+            "captures": [{"file": str(secret), "sha256": file_sha256(secret)}],
+            "policy": {"files": []}, "device": {}, "networks": None}))
+    for bundle, message in ((not_zip, "not a zip file"), (outside, "which is not in the bundle")):
+        result = leakmap_cli("analyze", str(bundle), "--db", f"sqlite:///{tmp_path / 'x.db'}", check=False)
+        assert result.returncode == 1 and message in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr

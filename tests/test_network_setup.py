@@ -29,6 +29,20 @@ def test_setup_transparent_prints_by_default(tmp_path: Path) -> None:
     assert "table inet leakmap_wlan0" not in _tables()  # printing changes nothing
     bad = leakmap_cli("setup", "transparent", "--interface", "wlan0; rm -rf /", check=False)
     assert bad.returncode == 2 and "is not an interface name" in bad.stderr
+    ports = leakmap_cli("setup", "transparent", "--interface", "wlan0", "--ports", "80,443x", check=False)
+    assert ports.returncode == 2 and "is not a list of TCP ports" in ports.stderr
+    dotted = leakmap_cli("setup", "transparent", "--interface", "wlan.0").stdout
+    assert "table inet leakmap_wlan_2e0" in dotted  # not wlan_0's table
+
+
+def test_undo_restores_only_the_sysctls_it_set(tmp_path: Path, leakmap_home: Path) -> None:
+    state = leakmap_home / "setup" / "transparent-leakmap_wlan9.json"
+    state.parent.mkdir(parents=True)
+    state.write_text(json.dumps({"net.ipv4.ip_forward": "0", "kernel.core_pattern": "|/tmp/x",
+                                 "net.ipv6.conf.all.forwarding": "1; reboot"}))
+    printed = leakmap_cli("setup", "transparent", "--interface", "wlan9", "--undo").stdout
+    assert "sysctl -w net.ipv4.ip_forward=0" in printed
+    assert "core_pattern" not in printed and "reboot" not in printed
 
 
 def test_a_phone_behind_transparent_mode(start_proxy, tmp_path: Path, device_file: Path) -> None:

@@ -51,6 +51,8 @@ BROKEN = [
     ("extends: default.yaml\nactions:\n  - {data_types: [imei]}\n", "3:5", "rule has no action"),
     ("extends: nothere.yaml\n", "1:10", "extended policy"),
     ("data_types:\n  x: {category: custom}\n", "2:6", "data type 'x' has no severity"),
+    ("extends: default.yaml\nactions:\n  - {data_types: [], action: block}\n", "3:18",
+     "data_types is empty"),
 ]
 
 
