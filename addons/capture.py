@@ -26,7 +26,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from mitmproxy import connection, ctx, dns, http, tcp, udp, version
+from mitmproxy import connection, ctx, http, version
 from mitmproxy.flow import Flow
 from sqlalchemy.engine import make_url
 
@@ -210,31 +210,12 @@ class Capture:
                     parts.append(more)
                 handle.write(b"".join(parts))
 
-    def response(self, flow: http.HTTPFlow) -> None:
-        if flow.websocket is None:
+    def _http_done(self, flow: http.HTTPFlow) -> None:
+        if flow.websocket is None:  # a WebSocket's flow is saved when it ends
             self._save(flow)
 
-    def error(self, flow: http.HTTPFlow) -> None:
-        if flow.websocket is None:
-            self._save(flow)
-
-    def http_connect_error(self, flow: http.HTTPFlow) -> None:
-        self._save(flow)
-
-    def websocket_end(self, flow: http.HTTPFlow) -> None:
-        self._save(flow)
-
-    def tcp_end(self, flow: tcp.TCPFlow) -> None:
-        self._save(flow)
-
-    def udp_end(self, flow: udp.UDPFlow) -> None:
-        self._save(flow)
-
-    def dns_response(self, flow: dns.DNSFlow) -> None:
-        self._save(flow)
-
-    def dns_error(self, flow: dns.DNSFlow) -> None:
-        self._save(flow)
+    response = error = _http_done
+    http_connect_error = websocket_end = tcp_end = udp_end = dns_response = dns_error = _save
 
     def done(self) -> None:
         if self.thread is None or self.path is None:

@@ -15,7 +15,6 @@ known values (and says so).  ``--include-raw`` keeps the profile whole:
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import zipfile
 from pathlib import Path
@@ -26,6 +25,7 @@ import yaml
 
 import leakmap
 from leakmap.cli.main import cli, fail_cleanly
+from leakmap.cli.private import private_empty
 from leakmap.core.digest import file_sha256
 from leakmap.core.redact import mask
 
@@ -64,8 +64,7 @@ def bundle(run: str, db: str, output: Path, include_raw: bool) -> None:
         findings = [{k: v for k, v in f.items() if k != "raw_value"} for f in findings]
     report = html.render(findings, flows, [row], leakmap.__version__, f"leakmap evidence report: {run}")
     manifest = _manifest(row, steps, files, include_raw)
-    os.close(os.open(output, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600))
-    output.chmod(0o600)  # an existing file keeps its mode through O_CREAT: set it before writing
+    private_empty(output)  # 0600 before anything is written into it
     with zipfile.ZipFile(output, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         archive.writestr(MANIFEST, json.dumps(manifest, indent=2))
         archive.writestr("rows.json", json.dumps({"run": row, "steps": steps, "flows": flows,
@@ -82,14 +81,14 @@ def bundle(run: str, db: str, output: Path, include_raw: bool) -> None:
 
 def _files(row: dict[str, Any]) -> dict[str, Path]:
     """The run's files by their name in the bundle; each checked against what the run read."""
+    from leakmap.cli.captures import run_captures
     from leakmap.policies.model import load_policy
 
     settings = row.get("settings") or {}
     files: dict[str, Path] = {}
-    for index, capture in enumerate(row.get("captures") or []):
-        path = Path(capture.get("path") or "")
-        if not path.is_file() or (capture.get("sha256") and file_sha256(path) != capture["sha256"]):
-            raise click.ClickException(f"the capture {path} is gone or has changed since the run")
+    for index, (path, problem) in enumerate(run_captures(row)):
+        if problem is not None:
+            raise click.ClickException(problem)
         files[f"captures/{index}-{path.name}"] = path
     if not any(name.startswith("captures/") for name in files):
         raise click.ClickException(f"run {row['run']!r} kept no capture: nothing to re-analyse")

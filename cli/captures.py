@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+from leakmap.core.digest import file_sha256
 from leakmap.core.exchange import Exchange
 
 _BOM = b"\xef\xbb\xbf"
@@ -39,3 +41,20 @@ def capture_items(path: Path) -> Iterator[Exchange | bytes]:
     from leakmap.addons.flows import flow_records
 
     yield from flow_records(path)
+
+
+def run_captures(run: dict[str, Any]) -> list[tuple[Path, str | None]]:
+    """Each capture a run recorded (``runs.captures``), and why it can no longer be read as
+    the run read it (None: it can).  A capture without a hash (its run did not end cleanly)
+    can: it is read as far as it is whole."""
+    checked = []
+    for capture in run.get("captures") or []:
+        path = Path(capture.get("path") or "")
+        problem = None
+        if not path.is_file():
+            problem = f"the capture {path} of run {run['run']!r} is gone"
+        elif capture.get("sha256") and file_sha256(path) != capture["sha256"]:
+            problem = (f"the capture {path} changed since run {run['run']!r} recorded it "
+                       "(its SHA-256 differs)")
+        checked.append((path, problem))
+    return checked

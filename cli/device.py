@@ -22,6 +22,7 @@ import click
 import yaml
 
 from leakmap.cli.main import cli, fail_cleanly
+from leakmap.cli.private import write_private
 
 _TIMEOUT_S = 20
 # ITelephony/IPhoneSubInfo transaction codes that answer over `service call` on Android 5-9
@@ -235,10 +236,7 @@ def pull_command(serial: str | None, contacts: bool, adb_path: str | None, outpu
     chosen = choose_device(adb, serial)
     found = pull(Adb(adb, chosen), contacts)
     text = profile_text(found, chosen)
-    handle = os.open(output, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
-    os.fchmod(handle, 0o600)  # an existing file keeps its mode through O_CREAT
-    with os.fdopen(handle, "w", encoding="utf-8") as out:
-        out.write(text)
+    write_private(output, text)
     profile = load_device(output)  # what was written must load as a profile
     known = [k for k in ("imei", "imsi", "iccid", "phone_number", "android_id", "mac_address", "carrier")
              if profile.values.get(k)]

@@ -10,7 +10,6 @@ from typing import Any
 import click
 
 from leakmap.cli.main import cli, fail_cleanly
-from leakmap.core.digest import file_sha256
 
 
 @cli.command("diff")
@@ -57,17 +56,14 @@ def diff(run_a: str, run_b: str, db: str, output_format: str, output: Path | Non
 def _captured_values(run: dict[str, Any]) -> dict[tuple[str, str], set[str]] | None:
     """Every identifier-like value the run's flows sent, per (host, field), from its captures;
     None when a capture is missing or no longer what the run read."""
+    from leakmap.cli.captures import run_captures
     from leakmap.reports.diff import collect_values
 
-    captures = run.get("captures") or []
-    if not captures:
+    captures = run_captures(run)
+    if not captures or any(problem for _, problem in captures):
         return None
-    for capture in captures:
-        path = Path(capture.get("path") or "")
-        if not path.is_file() or file_sha256(path) != capture.get("sha256"):
-            return None
     try:
-        return collect_values(_leaves(Path(c["path"]) for c in captures))
+        return collect_values(_leaves(path for path, _ in captures))
     except ValueError:  # damaged since: compare findings only
         return None
 

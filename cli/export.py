@@ -11,7 +11,6 @@ import click
 
 import leakmap
 from leakmap.cli.main import cli, fail_cleanly
-from leakmap.core.digest import file_sha256
 from leakmap.core.exchange import Exchange
 
 
@@ -75,7 +74,7 @@ Sent = dict[tuple[str, str], Exchange]  # (run, flow id) -> the flow as captured
 
 def _from_captures(runs: list[dict[str, Any]], flows: list[dict[str, Any]]) -> Sent:
     """The wanted flows as their runs' captures hold them, where a capture is unchanged."""
-    from leakmap.cli.captures import read_capture
+    from leakmap.cli.captures import read_capture, run_captures
 
     wanted: dict[str, set[str]] = defaultdict(set)
     for flow in flows:
@@ -83,9 +82,8 @@ def _from_captures(runs: list[dict[str, Any]], flows: list[dict[str, Any]]) -> S
     found: dict[tuple[str, str], Exchange] = {}
     for run in runs:
         ids = wanted.get(run["run"], set())
-        for capture in run.get("captures") or [] if ids else []:
-            path = Path(capture.get("path") or "")
-            if not path.is_file() or file_sha256(path) != capture.get("sha256"):
+        for path, problem in run_captures(run) if ids else []:
+            if problem is not None:
                 continue
             try:
                 for exchange in read_capture(path):

@@ -58,23 +58,19 @@ def reanalyze(run: str, db: str, policy: str | None, device: str | None, run_nam
 
 
 def _captures(run: dict[str, Any]) -> tuple[Path, ...]:
-    listed = run.get("captures") or []
-    if not listed:
+    from leakmap.cli.captures import run_captures
+
+    checked = run_captures(run)
+    if not checked:
         raise click.ClickException(f"run {run['run']!r} kept no capture (started with --capture-dir "
                                    "none, or by a leakmap before captures were kept)")
-    paths = []
-    for capture in listed:
-        path = Path(capture.get("path") or "")
-        if not path.is_file():
-            raise click.ClickException(f"the capture of run {run['run']!r} is gone: {path}")
-        if capture.get("sha256") and file_sha256(path) != capture["sha256"]:
-            raise click.ClickException(f"the capture {path} changed since run {run['run']!r} "
-                                       "recorded it (its SHA-256 differs)")
-        if not capture.get("sha256"):
-            click.echo(f"Warning: run {run['run']!r} did not end cleanly; its capture {path} is "
-                       "read as far as it is whole", err=True)
-        paths.append(path)
-    return tuple(paths)
+    for _path, problem in checked:
+        if problem is not None:
+            raise click.ClickException(problem)
+    if any(not capture.get("sha256") for capture in run["captures"]):
+        click.echo(f"Warning: run {run['run']!r} did not end cleanly; its capture is read as far "
+                   "as it is whole", err=True)
+    return tuple(path for path, _ in checked)
 
 
 def _unchanged(path: str | None, sha256: str | None, what: str, digest: Any) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from leakmap.addons.review import destination
 from leakmap.core.classify import Classifier
 from leakmap.core.decode import Limits
 from leakmap.core.device import load_device
@@ -134,17 +135,6 @@ def rule_fired(data_type: str, match: str) -> str:
     return f"data_types.{data_type}.{DETECTORS.get(match, match)}"
 
 
-def where_to(record: FlowRecord) -> str:
-    place = record.country or record.geo_scope or "country unknown"
-    if record.city:
-        place = f"{record.city}, {place}"
-    if record.operator:
-        place += f", operated by {record.operator} ({record.operator_country or '?'})"
-    if record.watched:
-        place += f" [watched: {record.watch_reason}]"
-    return place
-
-
 def as_data(record: FlowRecord, show_values: bool) -> dict[str, Any]:
     exchange = record.exchange
     return {
@@ -169,7 +159,7 @@ def as_text(records: Iterable[FlowRecord], show_values: bool) -> str:
         exchange = record.exchange
         target = exchange.url or exchange.host or exchange.sni or "?"
         lines.append(f"flow {number}: {exchange.method or exchange.kind} {target}")
-        lines.append(f"  to {exchange.server_ip or '-'}: {where_to(record)}")
+        lines.append(f"  to {exchange.server_ip or '-'}: {destination(record)}")
         if record.action != "log":
             lines.append(f"  action: {record.action.upper()} by {record.action_rule}")
         if record.analysis_error:

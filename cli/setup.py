@@ -25,6 +25,7 @@ from pathlib import Path
 import click
 
 from leakmap.cli.main import cli, fail_cleanly
+from leakmap.cli.private import write_private
 
 SYSCTLS = {"net.ipv4.ip_forward": "1", "net.ipv6.conf.all.forwarding": "1",
            "net.ipv4.conf.all.send_redirects": "0"}
@@ -223,10 +224,7 @@ def wireguard(confdir: str, key_file: str | None, endpoint: str | None, port: in
     conf = client_conf(server_key, client_key, host, port)
     click.echo(conf)
     if output is not None:
-        handle = os.open(output, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
-        os.fchmod(handle, 0o600)  # an existing file keeps its mode through O_CREAT
-        with os.fdopen(handle, "w") as out:
-            out.write(conf)
+        write_private(output, conf)
     if qr:
         import segno
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -40,9 +40,16 @@ def _run_id(db: str, run: str | None) -> tuple[Engine, int, str]:
     return engine, found[0], found[1]
 
 
+def _which_run(function: Any) -> Any:
+    """``--run`` and ``--db``: the run whose steps a command works on."""
+    function = click.option("--db", default="", help="Database URL (default: "
+                            "$LEAKMAP_HOME/leakmap.db).")(function)
+    return click.option("--run", "run", default=None,
+                        help="The run (default: the newest running one with steps).")(function)
+
+
 @step_group.command("next")
-@click.option("--run", "run", default=None, help="The run (default: the newest running one with steps).")
-@click.option("--db", default="", help="Database URL (default: $LEAKMAP_HOME/leakmap.db).")
+@_which_run
 @fail_cleanly
 def next_step(run: str | None, db: str) -> None:
     """End the current step and start the next.
@@ -61,8 +68,7 @@ def next_step(run: str | None, db: str) -> None:
 
 
 @step_group.command("show")
-@click.option("--run", "run", default=None, help="The run (default: the newest running one with steps).")
-@click.option("--db", default="", help="Database URL (default: $LEAKMAP_HOME/leakmap.db).")
+@_which_run
 @fail_cleanly
 def show_steps(run: str | None, db: str) -> None:
     """List a run's steps with their start and end.

@@ -108,9 +108,10 @@ class Proxy:
         else:
             self.wait_for_output("listening at")
 
-    def wait_for_output(self, text: str, timeout: float = 30) -> None:
+    def wait_for_output(self, text: str, timeout: float = 30, count: int = 1) -> None:
+        """Until ``text`` has appeared ``count`` times in the proxy's output."""
         deadline = time.monotonic() + timeout
-        while text not in self.output:
+        while self.output.count(text) < count:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"proxy not ready:\n{self.output}")
             time.sleep(0.1)

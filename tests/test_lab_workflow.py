@@ -8,7 +8,6 @@ import json
 import os
 import ssl
 import subprocess
-import time
 import zipfile
 from pathlib import Path
 
@@ -24,13 +23,6 @@ KEYS = ("flow_id", "field", "data_type", "encoding", "match", "preview", "countr
 def _rows(db: str, run: str) -> list[tuple]:
     report = json.loads(leakmap_cli("report", "--db", db, "--run", run, "--format", "json").stdout)
     return sorted(tuple(f[k] for k in KEYS) for f in report["findings"])
-
-
-def _wait_for(proxy, text: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + 20
-    while text not in proxy.output:
-        assert time.monotonic() < deadline, proxy.output
-        time.sleep(0.05)
 
 
 def test_from_the_bench_to_a_bundle_another_lab_reproduces(
@@ -50,13 +42,13 @@ def test_from_the_bench_to_a_bundle_another_lab_reproduces(
     db = f"sqlite:///{lab / 'lab.db'}"
     proxy = start_proxy("--scenario", str(lab / "test.yaml"), "--db", db, "--run-name", "bench",
                         "--networks", str(networks_file))
-    _wait_for(proxy, "step 1/2: boot")
+    proxy.wait_for_output("step 1/2: boot")
     context = ssl.create_default_context(cafile=str(proxy.ca))
     with httpx.Client(proxy=proxy.url, verify=context, timeout=20) as client:
         url = f"https://127.0.0.1:{tls_server.port}"
         assert client.post(f"{url}/boot", json={"imei": IMEI, "email": "ravi@example.in"}).status_code == 200
         leakmap_cli("step", "next", "--db", db)
-        _wait_for(proxy, "step 2/2: contact")
+        proxy.wait_for_output("step 2/2: contact")
         assert client.post(f"{url}/sync", data={"tel": "+91 99887 76655", "sn": IMEI}).status_code == 200
     assert proxy.stop() == 0, proxy.output
     live = _rows(db, "bench")

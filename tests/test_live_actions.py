@@ -7,7 +7,6 @@ import gzip
 import hashlib
 import json
 import ssl
-import time
 from pathlib import Path
 
 import httpx
@@ -44,13 +43,6 @@ def _client(proxy) -> httpx.Client:  # type: ignore[no-untyped-def]
 
 def _flows(db: str, run: str) -> list[dict]:
     return json.loads(leakmap_cli("report", "--db", db, "--run", run, "--format", "json").stdout)["flows"]
-
-
-def _wait_for(proxy, text: str, count: int = 1, timeout: float = 20) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while proxy.output.count(text) < count:
-        assert time.monotonic() < deadline, f"no {text!r} in:\n{proxy.output}"
-        time.sleep(0.05)
 
 
 def test_strict_defence_blocks_the_imei_to_china_and_lets_it_go_elsewhere(
@@ -166,15 +158,15 @@ def test_a_policy_edit_takes_effect_on_the_next_flow_and_a_bad_edit_keeps_the_ol
     with _client(proxy) as client:
         assert client.post(url, json={"imei": IMEI}).status_code == 200
         policy.write_text(valid)
-        _wait_for(proxy, "leakmap: reloaded policy")
+        proxy.wait_for_output("leakmap: reloaded policy")
         assert client.post(url, json={"imei": IMEI}).status_code == 403  # the very next flow
         policy.write_text("extends: default.yaml\nactions:\n  - {data_types: [imei], action: blok}\n")
-        _wait_for(proxy, "the edited configuration is not valid")
+        proxy.wait_for_output("the edited configuration is not valid")
         assert client.post(url, json={"imei": IMEI}).status_code == 403  # the old policy still runs
         policy.write_text(valid + "# fixed\n")
-        _wait_for(proxy, "leakmap: reloaded policy", count=2)
+        proxy.wait_for_output("leakmap: reloaded policy", count=2)
         device_file.write_text(device_file.read_text().replace(IMEI, OTHER_IMEI))
-        _wait_for(proxy, "leakmap: reloaded policy", count=3)
+        proxy.wait_for_output("leakmap: reloaded policy", count=3)
         assert client.post(url, json={"x": OTHER_IMEI, "lab_token": "t-778"}).status_code == 403
     assert proxy.stop() == 0, proxy.output
     assert f"{policy.resolve()}:3:34: unknown action 'blok' (did you mean 'block'?)" in proxy.output

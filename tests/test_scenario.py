@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import ssl
-import time
 from pathlib import Path
 
 import httpx
@@ -14,13 +13,6 @@ from leakmap.core.scenario import load_scenario
 from conftest import SAMPLES, leakmap_cli
 
 IMEI = "865312345678901"
-
-
-def _wait_for(proxy, text: str, timeout: float = 20) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while text not in proxy.output:
-        assert time.monotonic() < deadline, f"no {text!r} in:\n{proxy.output}"
-        time.sleep(0.05)
 
 
 def test_steps_advanced_from_another_terminal_tie_each_finding_to_its_step(
@@ -35,7 +27,7 @@ def test_steps_advanced_from_another_terminal_tie_each_finding_to_its_step(
     db = f"sqlite:///{tmp_path / 's.db'}"
     proxy = start_proxy("--scenario", str(scenario), "--db", db, "--run-name", "walk",
                         "--networks", str(networks_file))
-    _wait_for(proxy, "step 1/3: boot")
+    proxy.wait_for_output("step 1/3: boot")
     context = ssl.create_default_context(cafile=str(proxy.ca))
     with httpx.Client(proxy=proxy.url, verify=context, timeout=20) as client:
         def send(path: str, body: dict) -> None:
@@ -44,15 +36,15 @@ def test_steps_advanced_from_another_terminal_tie_each_finding_to_its_step(
         send("boot", {"imei": IMEI})
         moved = leakmap_cli("step", "next", "--db", db)  # the newest running run with steps
         assert moved.stdout.strip() == "run walk; ended step 1 boot; started step 2 contact"
-        _wait_for(proxy, "step 2/3: contact")
+        proxy.wait_for_output("step 2/3: contact")
         assert "(expect: its number sent)" in proxy.output
         send("contact", {"tel": "+91 99887 76655"})
         leakmap_cli("step", "next", "--db", db, "--run", "walk")
-        _wait_for(proxy, "step 3/3: sms")
+        proxy.wait_for_output("step 3/3: sms")
         send("sms", {"imei": IMEI, "text": "hello"})
         last = leakmap_cli("step", "next", "--db", db, "--run", "walk").stdout
         assert "no step left: the scenario is complete" in last
-        _wait_for(proxy, "scenario mini complete")
+        proxy.wait_for_output("scenario mini complete")
     assert proxy.stop() == 0, proxy.output
     report = json.loads(leakmap_cli("report", "--db", db, "--run", "walk", "--format", "json").stdout)
     steps = {f["url"].rsplit("/", 1)[-1]: f["step"] for f in report["flows"]}
