@@ -327,6 +327,7 @@ class _Level:
     types: dict[str, DataType]
     digest_input: bytes
     problems: list[str]
+    files: list[Path] = field(default_factory=list)  # this file, then those it extends
 
 
 def _load_tree(path: Path, chain: tuple[Path, ...]) -> _Level:
@@ -363,6 +364,7 @@ def _load_tree(path: Path, chain: tuple[Path, ...]) -> _Level:
     level.data["networks"] = (*level.data.get("networks", ()), *(networks or ()))
     level.problems += sorted(checker.problems, key=_line_and_column)
     level.digest_input = (level.digest_input + b"\0" if level.digest_input else b"") + source.raw
+    level.files = [path, *level.files]
     return level
 
 
@@ -520,26 +522,9 @@ def check_policy(path: str | Path | None = None) -> Checked:
         actions=data.get("actions", ()),
         entities=data.get("entities", ()),
         networks=data.get("networks", ()),
-        files=tuple(_chain_files(resolved)),
+        files=tuple(level.files),
     )
     return Checked(policy, [], warnings)
-
-
-def _chain_files(path: Path) -> list[Path]:
-    """``path`` and the files it extends, nearest first (what a reload watches)."""
-    files = [path]
-    while True:
-        try:
-            data = load(files[-1], "policy").data
-        except ConfigError:
-            return files
-        name = data.get("extends") if isinstance(data, dict) else None
-        if not isinstance(name, str):
-            return files
-        parent = _extended_path(files[-1], name)
-        if parent in files:
-            return files
-        files.append(parent)
 
 
 def load_policy(path: str | Path | None = None) -> Policy:
