@@ -8,12 +8,22 @@ interpreter's 5 ms switch interval at a time) and all of it shares one core.
 instead, and the proxy's side of it runs on the event loop alone, with no
 thread of its own to take the GIL:
 
-* the exchanges handed over during one turn of the loop go out together, as
-  one pickled frame, written to a non-blocking pipe (``loop.add_writer``
-  finishes a frame the pipe could not take at once);
+* the exchanges handed over during a hundredth of a second go out together,
+  as one pickled frame, written to a non-blocking pipe (``loop.add_writer``
+  finishes a frame the pipe could not take at once): every frame costs both
+  processes system calls and a wake-up, so not one per flow;
 * the child answers each frame with one frame of records, read by
   ``loop.add_reader``; the records come back in order, so each one settles
   the oldest waiting future.
+
+Once the proxy's run has started, the child also stores what it analysed
+(:meth:`AnalysisWorker.store`): it keeps its own
+:class:`~leakmap.store.writer.FlowWriter`, so the rows are made and written
+outside the proxy's process, whose writer thread would otherwise take the
+GIL from the event loop for every batch.  The child reports when its store
+fails and recovers (the proxy refuses requests meanwhile in ``stop`` mode),
+and on end-of-file writes what is pending, or spills it, before it exits,
+also when the proxy was killed.
 
 One process, so flows are analysed in the order they finished, as on a
 thread: the locator's state (DNS answers seen so far) follows the traffic.
@@ -27,27 +37,34 @@ them).  If the child dies, the Inspector notes it and goes back to threads.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import pickle
 import signal
 import struct
 import threading
-import time
 from collections import deque
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
 from leakmap.core.exchange import Exchange
-from leakmap.core.pipeline import FlowRecord, record_from_summary, record_summary
+from leakmap.core.pipeline import FlowRecord, mark_enforced, record_from_summary, record_summary
 
 _HEADER = struct.Struct("!Q")  # the length of the pickled frame that follows
 _MAX_BATCH = 64  # exchanges per frame: the child answers a frame once all of it is done
+HAND_OVER_S = 0.05  # exchanges wait at most this long to go out together
 _READ_SIZE = 1 << 20
 
 
 class WorkerBroken(RuntimeError):
     """The analysis process is gone or refused an exchange."""
+
+
+# what goes to the child: the exchange, what the proxy did to its request, whether to store it
+Handed = tuple[Exchange, dict[str, Any] | None, bool]
+Answer = tuple[dict[str, Any], bool]  # the record's summary, and whether the child stored it
 
 
 # --------------------------------------------------------------------------
@@ -58,39 +75,111 @@ def _serve(settings: dict[str, Any], parent: int, requests: Connection,
            results: Connection) -> None:
     """The child's whole life: build the pipeline, then answer frames until end-of-file."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the proxy's; it closes the pipe
-    _follow_parent(parent)
+    yield_to_the_proxy()
+    serving = threading.Event()
+    _follow_parent(parent, serving)
+    child = _Child(settings, results.fileno())
     try:
-        _answer(settings, requests.fileno(), results.fileno())
+        child.answer(requests.fileno(), serving)
     except OSError:  # the proxy closed its ends (a new configuration) or is gone
-        return
+        pass
+    finally:
+        child.close_store()
 
 
-def _answer(settings: dict[str, Any], requests_fd: int, results_fd: int) -> None:
-    try:
-        from leakmap.wiring import build_pipeline
+class _Child:
+    """The analysis process: its pipeline, and its writer once the run's store is given."""
 
-        pipeline = build_pipeline(**settings).pipeline
-    except BaseException as e:  # reported to the proxy, which goes on with threads
-        _write_frame(results_fd, ("failed", f"{type(e).__name__}: {e}"))
-        return
-    _write_frame(results_fd, ("ready",))
-    while (frame := _read_frame(requests_fd)) is not None:
-        answers: list[tuple[bool, Any]] = []
-        for exchange in pickle.loads(frame):  # our own parent's frames
-            try:
-                answers.append((True, record_summary(pipeline.process(exchange))))
-            except Exception as e:  # the proxy analyses this one on a thread instead
-                answers.append((False, f"{type(e).__name__}: {e}"))
-        _write_frame(results_fd, ("results", answers))
+    def __init__(self, settings: dict[str, Any], results_fd: int) -> None:
+        self.settings = settings
+        self.results_fd = results_fd
+        self.sending = threading.Lock()  # the writer thread reports on the same pipe
+        self.writer: Any = None  # a FlowWriter, once the proxy's run has started
+
+    def send(self, message: object) -> None:
+        with self.sending:
+            _write_frame(self.results_fd, message)
+
+    def answer(self, requests_fd: int, serving: threading.Event) -> None:
+        try:
+            from leakmap.wiring import build_pipeline
+
+            pipeline = build_pipeline(**self.settings).pipeline
+        except BaseException as e:  # reported to the proxy, which goes on with threads
+            self.send(("failed", f"{type(e).__name__}: {e}"))
+            return
+        serving.set()
+        self.send(("ready",))
+        while (frame := _read_frame(requests_fd)) is not None:
+            message = pickle.loads(frame)  # our own parent's frames
+            if message[0] == "store":
+                self.open_store(message[1])
+                continue
+            answers: list[tuple[bool, Any, bool]] = []
+            for exchange, enforced, store in message[1]:
+                try:
+                    record = pipeline.process(exchange)
+                    mark_enforced(record, enforced)
+                    summary = record_summary(record)
+                except Exception as e:  # the proxy analyses this one on a thread instead
+                    answers.append((False, f"{type(e).__name__}: {e}", False))
+                    continue
+                stored = store and self.writer is not None
+                if stored:
+                    self.writer.submit(record)
+                answers.append((True, summary, stored))
+            self.send(("results", answers))
+
+    def open_store(self, store: dict[str, Any]) -> None:
+        """Write what is analysed from now on to the run ``store`` names (see
+        :meth:`AnalysisWorker.store`); if that fails, the proxy goes on writing."""
+        try:
+            from leakmap.store.db import open_store
+            from leakmap.store.writer import FlowWriter
+
+            engine = open_store(store["db"])
+            self.writer = FlowWriter(engine, store["run_id"], interval=store["interval"],
+                                     on_state=self._store_state, on_batch=self._committed)
+        except Exception as e:
+            self.send(("store_failed", f"{type(e).__name__}: {e}"))
+
+    def _store_state(self, failing: bool, reason: str | None) -> None:
+        with contextlib.suppress(OSError):  # the proxy is gone: nobody to tell
+            self.send(("store_state", failing, reason, str(self.writer.spill.path)))
+
+    def _committed(self, count: int) -> None:
+        with contextlib.suppress(OSError):
+            self.send(("committed", count))
+
+    def close_store(self) -> None:
+        """Write or spill what is pending (the proxy stopped, or died), then say so."""
+        if self.writer is None:
+            return
+        spilled = self.writer.close()
+        with contextlib.suppress(OSError):
+            self.send(("closed", self.writer.written, spilled))
 
 
-def _follow_parent(parent: int) -> None:
-    """End this process when the proxy is gone (``kill -9`` leaves no one to close the pipe
-    while the pipeline is still being built)."""
+BACKGROUND_NICENESS = 10
+
+
+def yield_to_the_proxy() -> None:
+    """Run this process at a lower priority: forwarding traffic comes before analysing
+    it (the analysis is not waited for), so where the cores are busy the scheduler gives
+    them to the proxy, the phone's connections and the servers first."""
+    with contextlib.suppress(OSError):
+        os.nice(BACKGROUND_NICENESS)
+
+
+def _follow_parent(parent: int, serving: threading.Event) -> None:
+    """End this process when the proxy is gone while the pipeline is still being built
+    (``kill -9`` leaves no one to close the pipe).  Once it serves, the pipe's end-of-file
+    ends it, after its writer has stored what it was given."""
 
     def watch() -> None:
         while os.getppid() == parent:
-            time.sleep(1.0)
+            if serving.wait(1.0):
+                return
         os._exit(0)
 
     threading.Thread(target=watch, name="leakmap-parent-watch", daemon=True).start()
@@ -148,13 +237,24 @@ class AnalysisWorker:
         os.set_blocking(self._requests_fd, False)
         os.set_blocking(self._results_fd, False)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._queued: list[tuple[Exchange, asyncio.Future[dict[str, Any]]]] = []
-        self._waiting: deque[asyncio.Future[dict[str, Any]]] = deque()
+        self._queued: list[tuple[Handed, asyncio.Future[Answer]]] = []
+        self._timer: asyncio.Handle | None = None
+        self._waiting: deque[asyncio.Future[Answer]] = deque()
         self._outgoing = bytearray()
         self._incoming = bytearray()
         self._started = False
         self._error: str | None = None
         self._closing = False
+        self._storing = False  # the child writes what it analyses from now on
+        self.store_problem: str | None = None  # why its store could not be opened
+        # while the child's store cannot be written: why, and where its rows go meanwhile
+        self.store_failing: tuple[str, str] | None = None
+        self._store_closed: asyncio.Future[tuple[int, int] | None] | None = None
+        # records the child stored, in its order, until it says they are committed or spilled;
+        # if it dies first they go to ``orphaned`` (the proxy's own writer)
+        self._unconfirmed: deque[FlowRecord] = deque()
+        self._confirmed_ahead = 0  # confirmed by the child before their answers arrived here
+        self._orphaned: Callable[[list[FlowRecord]], None] | None = None
 
     @property
     def ready(self) -> bool:
@@ -168,22 +268,81 @@ class AnalysisWorker:
         self._attach()
         return WorkerBroken(self._error) if self._error is not None else None
 
-    async def process(self, exchange: Exchange) -> tuple[FlowRecord, dict[str, Any]]:
-        """The record of ``exchange`` and its summary as the child sent it; raises
-        :class:`WorkerBroken` if the child died, or could not take this exchange (then the
-        others still go there)."""
+    async def process(self, exchange: Exchange, enforced: dict[str, Any] | None = None,
+                      urgent: bool = False) -> tuple[FlowRecord, dict[str, Any], bool]:
+        """The record of ``exchange``, its summary as the child sent it, and whether the child
+        stored it (see :meth:`store`); ``enforced`` is what the proxy did to the request.
+        ``urgent``: someone waits for it, so it goes out at the end of this turn of the loop.
+        Raises :class:`WorkerBroken` if the child died, or could not take this exchange (then
+        the others still go there)."""
         loop = self._attach()
         if self._error is not None or self._closing or loop is None:
             raise WorkerBroken(self._error or ("closed" if self._closing else "no event loop"))
-        answer: asyncio.Future[dict[str, Any]] = loop.create_future()
-        self._queued.append((exchange, answer))
-        if len(self._queued) == 1:
-            loop.call_soon(self._send_queued)  # the rest of this turn's flows join the frame
-        summary = await answer
-        return record_from_summary(exchange, summary), summary
+        answer: asyncio.Future[Answer] = loop.create_future()
+        self._queued.append(((exchange, enforced, self._storing), answer))
+        if urgent or len(self._queued) >= _MAX_BATCH:
+            self._send_soon(0.0)
+        elif self._timer is None:
+            self._send_soon(HAND_OVER_S)  # the next flows join the frame
+        summary, stored = await answer
+        record = record_from_summary(exchange, summary)
+        if stored:
+            self._unconfirmed.append(record)
+            self._confirm(0)
+        return record, summary, stored
+
+    @property
+    def storing(self) -> bool:
+        """Whether the child was given a store (:meth:`store`)."""
+        return self._storing
+
+    def store(self, store: dict[str, Any], orphaned: Callable[[list[FlowRecord]], None]) -> None:
+        """Have the child write the flows handed over from now on: ``{db, run_id, interval}``
+        (seconds between commits).  If its store cannot be opened, ``store_problem`` says why
+        and the flows come back unstored.  Records it stored but had not committed or spilled
+        when it died go to ``orphaned``."""
+        loop = self._attach()
+        if self._error is not None or self._closing or loop is None:
+            return
+        self._orphaned = orphaned
+        self._send_queued()  # those go unstored
+        self._frame(("store", store))
+        self._storing = True
+        self._store_closed = loop.create_future()
+        self._write()
+
+    async def stored(self, timeout: float) -> tuple[int, int] | None:
+        """Once closed: (rows written, rows left in its spill file) of the child's writer;
+        None if it stored nothing or ended without saying (then its spill, if any, is
+        replayed by the next run)."""
+        if self._store_closed is None:
+            return None
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._store_closed), timeout)
+        except TimeoutError:  # still at it: what it has not confirmed is written here too
+            self._orphan()
+            return None
+
+    def _confirm(self, count: int) -> None:
+        """``count`` more records are committed or spilled by the child (its writer thread may
+        say so before the answer that carries them reaches this process)."""
+        self._confirmed_ahead += count
+        while self._confirmed_ahead and self._unconfirmed:
+            self._unconfirmed.popleft()
+            self._confirmed_ahead -= 1
+
+    def _orphan(self) -> None:
+        """Hand the records the child has not confirmed to the proxy's writer (a record
+        written twice replaces itself: nothing is stored twice)."""
+        if self._unconfirmed and self._orphaned is not None:
+            self._orphaned(list(self._unconfirmed))
+        self._unconfirmed.clear()
 
     def close(self) -> None:
-        """Let the child finish what it was given, then end (without waiting here)."""
+        """Let the child finish (and store) what it was given, then end (without waiting
+        here; :meth:`stored` waits for its writer)."""
+        if self._queued and self._loop is not None:
+            self._send_queued()
         self._closing = True
         if not self._queued and not self._outgoing:
             self._close_requests()
@@ -201,7 +360,17 @@ class AnalysisWorker:
             self._receive()
         return self._loop
 
+    def _send_soon(self, delay: float) -> None:
+        assert self._loop is not None
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = (self._loop.call_soon(self._send_queued) if delay <= 0
+                       else self._loop.call_later(delay, self._send_queued))
+
     def _send_queued(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         queued, self._queued = self._queued, []
         if self._error is not None:
             _fail([answer for _, answer in queued], self._error)
@@ -214,6 +383,11 @@ class AnalysisWorker:
                 self._outgoing += data
                 self._waiting.extend(answer for _, answer in batch)
         self._write()
+
+    def _frame(self, message: object) -> None:
+        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        self._outgoing += _HEADER.pack(len(data))
+        self._outgoing += data
 
     def _write(self) -> None:
         if self._error is not None or self._requests.closed:
@@ -264,17 +438,27 @@ class AnalysisWorker:
             self._handle(message)
 
     def _handle(self, message: tuple[Any, ...]) -> None:
-        if message[0] == "ready":
+        kind = message[0]
+        if kind == "ready":
             self._started = True
-        elif message[0] == "failed":
+        elif kind == "failed":
             self._broken(message[1])
+        elif kind == "store_failed":
+            self.store_problem = message[1]
+        elif kind == "store_state":
+            self.store_failing = (message[2], message[3]) if message[1] else None
+        elif kind == "committed":
+            self._confirm(message[1])
+        elif kind == "closed":
+            if self._store_closed is not None and not self._store_closed.done():
+                self._store_closed.set_result((message[1], message[2]))
         else:
-            for ok, value in message[1]:
+            for ok, value, stored in message[1]:
                 answer = self._waiting.popleft()
                 if answer.done():
                     continue
                 if ok:
-                    answer.set_result(value)
+                    answer.set_result((value, stored))
                 else:
                     answer.set_exception(WorkerBroken(value))
 
@@ -283,6 +467,9 @@ class AnalysisWorker:
         if self._error is None:
             self._error = why
         _fail([*self._waiting, *(answer for _, answer in self._queued)], self._error)
+        if self._store_closed is not None and not self._store_closed.done():
+            self._store_closed.set_result(None)  # its writer's spill is replayed by the next run
+        self._orphan()
         self._waiting.clear()
         self._queued.clear()
         self._outgoing.clear()
@@ -309,25 +496,29 @@ class AnalysisWorker:
         return f"the analysis process stopped ({how})"
 
 
-def _pickled(batch: list[tuple[Exchange, asyncio.Future[dict[str, Any]]]],
-             ) -> tuple[bytes, list[tuple[Exchange, asyncio.Future[dict[str, Any]]]]]:
+def _pickled(batch: list[tuple[Handed, asyncio.Future[Answer]]],
+             ) -> tuple[bytes, list[tuple[Handed, asyncio.Future[Answer]]]]:
     """The frame of ``batch``, and what went into it: an exchange that will not pickle
     fails alone (the Inspector analyses it on a thread), the rest still go."""
     try:
-        return pickle.dumps([e for e, _ in batch], protocol=pickle.HIGHEST_PROTOCOL), batch
+        return _analyse_frame([handed for handed, _ in batch]), batch
     except Exception:  # find which: pickling each is rare and cheap next to analysing
         kept = []
-        for exchange, answer in batch:
+        for handed, answer in batch:
             try:
-                pickle.dumps(exchange, protocol=pickle.HIGHEST_PROTOCOL)
+                pickle.dumps(handed, protocol=pickle.HIGHEST_PROTOCOL)
             except Exception as e:
                 _fail([answer], f"cannot hand over: {type(e).__name__}: {e}")
             else:
-                kept.append((exchange, answer))
-        return pickle.dumps([e for e, _ in kept], protocol=pickle.HIGHEST_PROTOCOL), kept
+                kept.append((handed, answer))
+        return _analyse_frame([handed for handed, _ in kept]), kept
 
 
-def _fail(answers: list[asyncio.Future[dict[str, Any]]], why: str) -> None:
+def _analyse_frame(handed: list[Handed]) -> bytes:
+    return pickle.dumps(("analyse", handed), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _fail(answers: list[asyncio.Future[Any]], why: str) -> None:
     for answer in answers:
         if not answer.done():
             answer.set_exception(WorkerBroken(why))

@@ -8,8 +8,11 @@ so ``leakmap reanalyze``, ``export`` and ``diff`` can read it and check that
 it is unchanged.
 
 Flows are written as they finish, independently of their analysis: the
-event loop serialises each flow; a thread writes the bytes,
-a tenth of a second of flows at a time.  A request that the Enforcer redacted
+event loop takes each flow's state (plain data) and hands it to a process of
+its own (``addons/capture_writer.py``), which turns it into the file's bytes
+and writes them, a twentieth of a second of flows at a time.  If that
+process cannot start or dies, the event loop serialises each flow and a
+thread writes the bytes, as before it existed.  A request that the Enforcer redacted
 is saved as the phone sent it (what left is in the database's findings'
 actions), so that judging the run again sees the original.
 """
@@ -31,6 +34,7 @@ from mitmproxy.flow import Flow
 from sqlalchemy.engine import make_url
 
 from leakmap.addons import options
+from leakmap.addons.capture_writer import CaptureWriter, complete_length
 from leakmap.addons.flows import tnetstring_dumps
 from leakmap.addons.inspector import AS_SENT_REQUEST, refuse
 from leakmap.addons.recorder import Recorder
@@ -118,6 +122,15 @@ class FlowStates:
         return state
 
 
+def _body_size(state: dict[str, Any]) -> int:
+    """About how many bytes a flow's state holds: its bodies (the rest is small)."""
+    size = 0
+    for part in (state.get("request"), state.get("response")):
+        if isinstance(part, dict) and isinstance(part.get("content"), bytes):
+            size += len(part["content"])
+    return size
+
+
 _HAND_OVER_S = 0.1  # a crash loses at most this much of the capture (the store: flush_ms)
 _HAND_OVER_BYTES = 1 << 20
 _KNOWN_CONNECTIONS = 4096  # remembered connection states; a long run forgets the oldest at once
@@ -129,6 +142,7 @@ class Capture:
         self.path: Path | None = None
         self.states: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self.thread: threading.Thread | None = None
+        self.process: CaptureWriter | None = None  # writes the file while it lives
         self.saved = 0
         self.states_of = FlowStates()
         self.pending: list[bytes] = []  # serialised flows not yet handed to the writer
@@ -147,7 +161,7 @@ class Capture:
 
     def running(self) -> None:
         recorder = self.recorder
-        if self.thread is not None or recorder.engine is None or recorder.run_id is None:
+        if self.path is not None or recorder.engine is None or recorder.run_id is None:
             return
         try:
             folder = capture_folder(ctx.options.leakmap_capture_dir, ctx.options.leakmap_db)
@@ -159,13 +173,33 @@ class Capture:
             log.error("leakmap: cannot keep the run's capture: %s", e)
             ctx.master.shutdown()
             return
+        try:
+            self.process = CaptureWriter(self.path)
+        except OSError as e:  # no process to be had: this one writes it
+            log.warning("leakmap: capture process not started (%s); writing it here", e)
+            self._start_thread()
+        log.info("leakmap: capturing the run's traffic to %s", self.path)
+
+    def _start_thread(self) -> None:
+        assert self.path is not None
         self.thread = threading.Thread(target=self._write, args=(self.path,), name="leakmap-capture",
                                        daemon=True)
         self.thread.start()
-        log.info("leakmap: capturing the run's traffic to %s", self.path)
+
+    def _take_back(self, process: CaptureWriter) -> None:
+        """The capture process died: write the file here, from its last whole flow."""
+        assert self.path is not None
+        self.process = None
+        length = complete_length(self.path)
+        with self.path.open("r+b") as handle:
+            handle.truncate(length)
+        log.error("leakmap: the capture process failed (%s); the capture goes on from this "
+                  "process, and may miss the flows of the last moments before it failed",
+                  process.failure)
+        self._start_thread()
 
     def _save(self, flow: Flow) -> None:
-        if self.thread is None or flow.metadata.get("leakmap_captured"):
+        if (self.thread is None and self.process is None) or flow.metadata.get("leakmap_captured"):
             return
         flow.metadata["leakmap_captured"] = True
         sent = getattr(flow, AS_SENT_REQUEST, None)
@@ -174,14 +208,19 @@ class Capture:
             flow.id = original.id  # the same flow: reanalysis matches it to the stored one
             flow.request = sent  # type: ignore[attr-defined]
             flow.metadata["leakmap_redacted_before_sending"] = True
+        state = self.states_of.of_http(flow) if isinstance(flow, http.HTTPFlow) else flow.get_state()
+        self.saved += 1
+        process = self.process
+        if process is not None:
+            if process.save(state, _body_size(state)):
+                return
+            self._take_back(process)
         # Serialised here, on the event loop: ~0.1 ms of Python for a small flow. On the writer
         # thread it took the GIL from the loop for up to the 5 ms switch interval at a time,
         # which cost more; the thread only writes the bytes (a system call, without the GIL).
-        state = self.states_of.of_http(flow) if isinstance(flow, http.HTTPFlow) else flow.get_state()
         data = tnetstring_dumps(state)
         self.pending.append(data)
         self.pending_bytes += len(data)
-        self.saved += 1
         # one hand-over to the writer per tenth of a second (or megabyte), not one per flow:
         # each wakes the thread, which then wants the GIL back from the loop
         if self.pending_bytes >= _HAND_OVER_BYTES:
@@ -218,12 +257,19 @@ class Capture:
     http_connect_error = websocket_end = tcp_end = udp_end = dns_response = dns_error = _save
 
     def done(self) -> None:
-        if self.thread is None or self.path is None:
+        if self.path is None:
             return
-        self._hand_over()
-        self.states.put(_STOP)
-        self.thread.join()
-        self.thread = None
+        if self.process is not None:
+            self.process.close()
+            if self.process.failure is not None:
+                log.error("leakmap: the capture process failed (%s); the capture %s may miss "
+                          "the flows of its last moments", self.process.failure, self.path)
+            self.process = None
+        if self.thread is not None:
+            self._hand_over()
+            self.states.put(_STOP)
+            self.thread.join()
+            self.thread = None
         digest = file_sha256(self.path)
         recorder = self.recorder
         if recorder.engine is not None and recorder.run_id is not None:

@@ -36,7 +36,13 @@ from leakmap.addons.flows import (
     exchange_from_tls_failure,
 )
 from leakmap.core.exchange import Exchange
-from leakmap.core.pipeline import FlowRecord, Pipeline, record_from_summary, record_summary
+from leakmap.core.pipeline import (
+    FlowRecord,
+    Pipeline,
+    mark_enforced,
+    record_from_summary,
+    record_summary,
+)
 from leakmap.core.yamlsource import ConfigError
 from leakmap.wiring import Assembled, build_pipeline, stale_warnings
 
@@ -51,8 +57,10 @@ PIPELINE_SETTINGS = ("policy", "device", "geoip_dir", "geodb_max_age", "networks
 
 
 Listener = Callable[[Flow], None]
-# a record, and its summary where the analysis process already made it
-Analysed = tuple[FlowRecord, dict[str, Any] | None]
+# a record, its summary where the analysis process already made it, and whether that
+# process also stored it (AnalysisWorker.store)
+Analysed = tuple[FlowRecord, dict[str, Any] | None, bool]
+STORED_KEY = "stored"  # in a summary: the analysis process wrote the record to the run's store
 
 
 class Inspector:
@@ -67,6 +75,9 @@ class Inspector:
         self.open_flows = OpenFlows()
         self.in_flight: set[asyncio.Future[Analysed]] = set()
         self.worker: AnalysisWorker | None = None
+        self.retired: list[AnalysisWorker] = []  # closed workers, until their writers are done
+        self.store: dict[str, Any] | None = None  # where workers store flows (Recorder's run)
+        self.orphaned: Callable[[list[FlowRecord]], None] | None = None  # what they could not
         self.worker_announced = False
         self.settings: dict[str, Any] = {}  # what the pipeline was built from
         self.stamps: list[tuple[int, int, int] | None] = []  # of the watched files, when built
@@ -147,8 +158,47 @@ class Inspector:
     def _start_worker(self, settings: dict[str, object] | None) -> None:
         """A fresh analysis process for ``settings`` (None: analyse on threads)."""
         if self.worker is not None:
-            self.worker.close()  # it finishes the flows it was given
+            self._retire(self.worker)  # it finishes the flows it was given
         self.worker = AnalysisWorker(settings) if settings is not None else None
+        if self.worker is not None and self.store is not None and self.orphaned is not None:
+            self.worker.store(self.store, self.orphaned)
+
+    def store_in_worker(self, store: dict[str, Any],
+                        orphaned: Callable[[list[FlowRecord]], None]) -> None:
+        """Have the analysis process also write what it analyses, to the run ``store`` names
+        (``{db, run_id, interval}``): the Recorder's run, once it has started.  The proxy's
+        process then neither builds nor writes those rows (summaries say ``stored``).
+        Records a process stored but had not committed when it died go to ``orphaned``."""
+        self.store, self.orphaned = store, orphaned
+        if self.worker is not None:
+            self.worker.store(store, orphaned)
+
+    def store_failing(self) -> tuple[str, str] | None:
+        """While an analysis process cannot write the store: why, and its spill file."""
+        for worker in (self.worker, *self.retired):
+            if worker is not None and worker.store_failing is not None:
+                return worker.store_failing
+        return None
+
+    def _retire(self, worker: AnalysisWorker) -> None:
+        worker.close()
+        if worker not in self.retired:
+            self.retired.append(worker)
+
+    async def close_workers(self, timeout: float = 60.0) -> int | None:
+        """Close the analysis processes and wait for their writers: the records left in
+        their spill files, None if one ended without saying (its spill is replayed later)."""
+        if self.worker is not None:
+            self._retire(self.worker)
+            self.worker = None
+        left: int | None = 0
+        for worker in self.retired:
+            counts = await worker.stored(timeout)
+            if worker.store_problem is not None or not worker.storing:
+                continue
+            left = None if counts is None or left is None else left + counts[1]
+        self.retired.clear()
+        return left
 
     def _pending(self, flow: Flow) -> bool:
         previous = flow.metadata.get(METADATA_KEY)
@@ -157,16 +207,16 @@ class Inspector:
             previous and previous.get("session") == self.session
         )
 
-    def _keep(self, flow: Flow, record: FlowRecord, summary: dict[str, Any] | None = None) -> None:
+    def _keep(self, flow: Flow, record: FlowRecord, summary: dict[str, Any] | None = None,
+              stored: bool = False) -> None:
         """``record`` on ``flow``; ``summary`` is its plain data if already made (by the
-        analysis process), which then goes to the metadata as it is."""
-        enforced = flow.metadata.get(ENFORCED_KEY)
-        if enforced:  # the proxy acted: the flow is recorded as blocked or redacted, by that rule
-            record.action, record.action_rule, record.enforced = enforced["action"], enforced["rule"], True
-            if summary is not None:
-                summary.update(action=record.action, action_rule=record.action_rule, enforced=True)
-        summary = record_summary(record) if summary is None else summary
+        analysis process, which also marked what the Enforcer did), which then goes to the
+        metadata as it is; ``stored``: that process also wrote it to the run's store."""
+        if summary is None:
+            mark_enforced(record, flow.metadata.get(ENFORCED_KEY))
+            summary = record_summary(record)
         summary["session"] = self.session
+        summary[STORED_KEY] = stored
         flow.metadata[METADATA_KEY] = summary
         # the live object for Review and Recorder; flow files keep only the summary
         flow._leakmap_record = (summary, record)  # type: ignore[attr-defined]
@@ -184,15 +234,19 @@ class Inspector:
         if exchange is None or self.pipeline is None:
             return
         exchange = as_sent(flow, exchange)
-        job = asyncio.ensure_future(self._analyse(exchange, self.pipeline))
+        saving = bool(ctx.options.save_stream_file)  # the hook waits: the saved flow has it all
+        job = asyncio.ensure_future(self._analyse(exchange, self.pipeline,
+                                                  flow.metadata.get(ENFORCED_KEY), saving))
         self.in_flight.add(job)
         job.add_done_callback(lambda done: self._finish(flow, done))
-        if ctx.options.save_stream_file:
+        if saving:
             # shielded: a stop that cancels this hook must not lose the analysis
             await asyncio.shield(job)
 
-    async def _analyse(self, exchange: Exchange, pipeline: Pipeline) -> Analysed:
-        """The record of ``exchange``: from the analysis process once it is up, else a thread."""
+    async def _analyse(self, exchange: Exchange, pipeline: Pipeline,
+                       enforced: dict[str, Any] | None, urgent: bool) -> Analysed:
+        """The record of ``exchange``: from the analysis process once it is up, else a thread.
+        ``enforced``: what the Enforcer did to the request; ``urgent``: a hook waits for it."""
         worker = self.worker
         if worker is not None and worker.failure is not None:
             self._drop_worker(worker, worker.failure)
@@ -201,16 +255,16 @@ class Inspector:
                 self.worker_announced = True
                 log.info("leakmap: analysis process ready; flows are analysed there from now on")
             try:
-                return await worker.process(exchange)
+                return await worker.process(exchange, enforced, urgent)
             except WorkerBroken:  # the process died (then drop it), or took not this flow
                 if worker.failure is not None:
                     self._drop_worker(worker, worker.failure)
             except Exception as e:  # unexpected: threads from now on
                 self._drop_worker(worker, e)
-        return await asyncio.to_thread(pipeline.process, exchange), None
+        return await asyncio.to_thread(pipeline.process, exchange), None, False
 
     def _drop_worker(self, worker: AnalysisWorker, problem: BaseException) -> None:
-        worker.close()
+        self._retire(worker)
         if self.worker is worker:  # not already replaced (a new configuration) or dropped
             log.error("leakmap: analysis process failed (%s: %s); analysing on threads from now on",
                       type(problem).__name__, problem)
@@ -247,7 +301,7 @@ class Inspector:
             self.watcher.cancel()
         await self.settle()
         if self.worker is not None:
-            self.worker.close()
+            self._retire(self.worker)  # the Recorder waits for its writer (close_workers)
             self.worker = None
         for flow in self.open_flows.drain():
             exchange = exchange_from_flow(flow) if self._pending(flow) else None

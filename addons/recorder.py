@@ -19,7 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 import leakmap
 from leakmap.addons import options
-from leakmap.addons.inspector import Inspector, flow_record, refuse, tls_records
+from leakmap.addons.inspector import STORED_KEY, Inspector, flow_record, refuse, tls_records
 from leakmap.core.device import load_device
 from leakmap.core.pipeline import FlowRecord
 from leakmap.core.yamlsource import ConfigError
@@ -100,8 +100,12 @@ class Recorder:
             self.before_run.clear()
             ctx.master.shutdown()
             return
-        self.writer = FlowWriter(self.engine, self.run_id,
-                                 interval=max(opts.leakmap_flush_ms, 10) / 1000)
+        interval = max(opts.leakmap_flush_ms, 10) / 1000
+        self.writer = FlowWriter(self.engine, self.run_id, interval=interval)
+        if self.inspector is not None:  # its analysis process writes what it analyses
+            self.inspector.store_in_worker(
+                {"db": opts.leakmap_db or default_db_url(), "run_id": self.run_id,
+                 "interval": interval}, self._orphaned)
         for record in self.before_run:
             self.writer.submit(record)
         self.before_run.clear()
@@ -110,9 +114,15 @@ class Recorder:
         """Store a flow the Inspector has analysed (each flow once per session)."""
         if self.engine is None:
             return
+        summary = flow.metadata.get("leakmap") or {}
+        session = summary.get("session")
+        if flow.metadata.get("leakmap_recorded") == session:
+            return
+        if summary.get(STORED_KEY):  # the analysis process wrote it
+            flow.metadata["leakmap_recorded"] = session
+            return
         record = flow_record(flow)
-        session = (flow.metadata.get("leakmap") or {}).get("session")
-        if record is None or flow.metadata.get("leakmap_recorded") == session:
+        if record is None:
             return
         flow.metadata["leakmap_recorded"] = session
         if self.writer is not None:
@@ -120,10 +130,28 @@ class Recorder:
         elif self.run_id is None:  # not started yet: kept until it is
             self.before_run.append(record)
 
-    def request(self, flow: http.HTTPFlow) -> None:
+    def _orphaned(self, records: list[FlowRecord]) -> None:
+        """Records the analysis process stored but had not committed when it died or was
+        given up on: written here (a record written twice replaces itself)."""
+        if self.writer is not None:
+            for record in records:
+                self.writer.submit(record)
+
+    def store_failing(self) -> tuple[str, str] | None:
+        """While flows cannot be written to the database: why, and the spill file they go to."""
         writer = self.writer
-        if writer is not None and writer.failing and ctx.options.leakmap_on_store_failure == "stop":
-            flow.response = http.Response.make(502, refusal(writer), {"content-type": "text/plain"})
+        if writer is None:
+            return None
+        if writer.failing:
+            return writer.last_error or "?", str(writer.spill.path)
+        return self.inspector.store_failing() if self.inspector is not None else None
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if ctx.options.leakmap_on_store_failure != "stop":
+            return
+        failing = self.store_failing()
+        if failing is not None:
+            flow.response = http.Response.make(502, refusal(*failing), {"content-type": "text/plain"})
 
     def tls_failed_client(self, data: tls.TlsData) -> None:
         if self.writer is not None:
@@ -135,12 +163,15 @@ class Recorder:
     async def done(self) -> None:
         # The Inspector's done() (it comes first) has handed over the flows still open;
         # an analysis that a late hook started since is waited for too.
+        left_by_workers: int | None = 0
         if self.inspector is not None:
             await self.inspector.settle()
+            left_by_workers = await self.inspector.close_workers()  # their orphans come here
         if self.writer is not None and self.engine is not None and self.run_id is not None:
             spilled = self.writer.close()
+            complete = not spilled and left_by_workers == 0
             try:
-                finish_run(self.engine, self.run_id, "incomplete" if spilled else "completed")
+                finish_run(self.engine, self.run_id, "completed" if complete else "incomplete")
             except SQLAlchemyError as e:  # the next run marks it aborted and replays the spill
                 log.error("leakmap: run not closed in the database: %s", e)
             log.info("leakmap: run closed, %d flows written", self.writer.written)
@@ -150,11 +181,11 @@ class Recorder:
 STORE_FAILURE_MODES = options.BY_NAME["on_store_failure"].choices
 
 
-def refusal(writer: FlowWriter) -> bytes:
+def refusal(why: str, spill: str) -> bytes:
     """The body of the 502 a request gets while the store is away (stop mode)."""
     return (
         "leakmap: the request was not forwarded because the flow database cannot be written "
-        f"({writer.last_error}). Flows already seen are kept in {writer.spill.path} and are "
+        f"({why}). Flows already seen are kept in {spill} and are "
         "written when the database answers again; forwarding then resumes by itself. "
         "Run with --on-store-failure=continue to let traffic through meanwhile.\n"
     ).encode()

@@ -149,6 +149,13 @@ def scalar_fields(instance: Any) -> dict[str, Any]:
     return dict(vars(instance))
 
 
+def mark_enforced(record: FlowRecord, enforced: dict[str, Any] | None) -> None:
+    """What the live proxy did to the request (``{action, rule, ...}``), on its record: the
+    flow is recorded as blocked or redacted, by that rule."""
+    if enforced:
+        record.action, record.action_rule, record.enforced = enforced["action"], enforced["rule"], True
+
+
 def record_summary(record: FlowRecord) -> dict[str, Any]:
     """``record`` without its exchange, as plain data (mitmproxy flow metadata)."""
     return {

@@ -152,14 +152,16 @@ class FlowWriter:
 
     def __init__(self, engine: Engine, run_id: int, interval: float = 0.5, batch_size: int = 500,
                  spill: Spill | None = None,
-                 on_state: Callable[[bool, str | None], None] | None = None) -> None:
+                 on_state: Callable[[bool, str | None], None] | None = None,
+                 on_batch: Callable[[int], None] | None = None) -> None:
         self.engine = engine
         self.run_id = run_id
         self.interval = interval
         self.batch_size = batch_size
         self.spill = spill or Spill(spill_path(engine.url.render_as_string(hide_password=False),
                                                run_id))
-        self.on_state = on_state
+        self.on_state = on_state  # called with (failing, why) when the database goes or returns
+        self.on_batch = on_batch  # called with the records of each batch once written or spilled
         self.written = 0
         self.spilled = 0
         self.failing = False
@@ -193,6 +195,8 @@ class FlowWriter:
                 self._to_spill(rows)
             elif rows:
                 self._write(rows)
+            if pending and self.on_batch is not None:
+                self.on_batch(len(pending))
             self._beat()
         if self.failing:
             self._recover()

@@ -1,0 +1,164 @@
+"""The run's capture written by a process of its own, so that the proxy keeps its core.
+
+A flow file is a series of tnetstrings (``addons/flows.py``): turning a
+flow's state into one is pure Python, about 50 µs for a small HTTP flow, on
+the event loop that every request needs.  :class:`CaptureWriter` hands the
+states instead (plain dicts, pickled in C) to one child process, which
+serialises them and appends them to the file, in the order they came:
+
+* the states handed over during a twentieth of a second go out together, as
+  one frame on a non-blocking pipe (each frame costs both processes system
+  calls and a wake-up, which on a virtual machine cost more than the bytes);
+* the child writes each frame's flows with one system call and answers
+  nothing: the proxy's side only writes;
+* on end-of-file (the proxy stopped, or was killed) the child writes what
+  the pipe still holds, then exits.
+
+If the child cannot start or dies, ``failure`` says why and the Capture
+addon writes the file itself again, from the last whole flow in it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import multiprocessing
+import os
+import pickle
+import signal
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from leakmap.addons.analysis_worker import _HEADER, _read_frame, yield_to_the_proxy
+from leakmap.addons.flows import tnetstring_dumps
+
+HAND_OVER_S = 0.05  # states wait at most this long to go out together
+_HAND_OVER_BYTES = 1 << 20  # or until this many bytes of bodies wait
+_PIPE_SIZE = 1 << 20  # asked of the kernel, so that a burst does not wait on the child
+
+
+def _write_states(path: str, requests: Connection) -> None:
+    """The child's whole life: append each frame's flows to ``path`` until end-of-file."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the proxy's; it closes the pipe
+    yield_to_the_proxy()
+    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        while (frame := _read_frame(requests.fileno())) is not None:
+            data = memoryview(b"".join(tnetstring_dumps(state) for state in pickle.loads(frame)))
+            while data:
+                data = data[os.write(descriptor, data):]
+    finally:
+        os.close(descriptor)
+
+
+class CaptureWriter:
+    """One child process appending the flow states handed to it to one flow file."""
+
+    def __init__(self, path: Path) -> None:
+        context = multiprocessing.get_context("spawn")  # not fork: the proxy holds threads
+        requests_in, self._requests = context.Pipe(duplex=False)
+        self._process = context.Process(target=_write_states, name="leakmap-capture",
+                                        daemon=True, args=(str(path), requests_in))
+        self._process.start()
+        requests_in.close()
+        self._fd = self._requests.fileno()
+        os.set_blocking(self._fd, False)
+        with contextlib.suppress(OSError):  # a smaller pipe only means more waiting here
+            fcntl.fcntl(self._fd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+        self._queued: list[dict[str, Any]] = []
+        self._queued_bytes = 0
+        self._outgoing = bytearray()
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.failure: str | None = None
+
+    def save(self, state: dict[str, Any], size: int) -> bool:
+        """Queue ``state`` (about ``size`` bytes of bodies); False if the child is gone (then
+        nothing more is taken)."""
+        if self.failure is not None:
+            return False
+        self._queued.append(state)
+        self._queued_bytes += size
+        if self._queued_bytes >= _HAND_OVER_BYTES:
+            self._send()
+        elif self._timer is None:
+            self._loop = asyncio.get_running_loop()
+            self._timer = self._loop.call_later(HAND_OVER_S, self._send)
+        return self.failure is None
+
+    def _send(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._queued and self.failure is None:
+            data = pickle.dumps(self._queued, protocol=pickle.HIGHEST_PROTOCOL)
+            self._outgoing += _HEADER.pack(len(data))
+            self._outgoing += data
+        self._queued, self._queued_bytes = [], 0
+        self._write()
+
+    def _write(self) -> None:
+        if self.failure is not None:
+            return
+        try:
+            written = os.write(self._fd, self._outgoing) if self._outgoing else 0
+        except BlockingIOError:
+            written = 0
+        except OSError as e:  # the child is gone
+            self._broken(f"writing to it failed: {e}")
+            return
+        del self._outgoing[:written]
+        loop = self._loop or asyncio.get_running_loop()
+        if self._outgoing:
+            loop.add_writer(self._fd, self._write)
+        else:
+            loop.remove_writer(self._fd)
+
+    def _broken(self, why: str) -> None:
+        code = self._process.exitcode
+        self.failure = why if code is None else f"{why} (exit code {code})"
+        self._outgoing.clear()
+        self._queued.clear()
+        if self._loop is not None:
+            self._loop.remove_writer(self._fd)
+
+    def close(self) -> None:
+        """Hand over what is queued, wait until the child has written it all, and end it."""
+        if self.failure is None:
+            self._send()
+            if self._outgoing:  # the loop is stopping: finish the frame here, blocking
+                if self._loop is not None:
+                    self._loop.remove_writer(self._fd)
+                os.set_blocking(self._fd, True)
+                try:
+                    os.write(self._fd, self._outgoing)  # a blocking write takes it all
+                except OSError as e:
+                    self._broken(f"writing to it failed: {e}")
+        if self._loop is not None:
+            self._loop.remove_writer(self._fd)
+        self._requests.close()
+        self._process.join(60)
+        if self._process.exitcode not in (0, None) and self.failure is None:
+            self.failure = f"the capture process stopped (exit code {self._process.exitcode})"
+
+    def alive(self) -> bool:
+        return self.failure is None and self._process.exitcode is None
+
+
+def complete_length(path: Path) -> int:
+    """The length of ``path`` up to its last whole flow (a process that died while writing
+    may have left part of one)."""
+    end, size = 0, path.stat().st_size
+    with path.open("rb") as handle:
+        while True:
+            handle.seek(end)
+            prefix = handle.read(13)
+            colon = prefix.find(b":")
+            if colon < 1 or not prefix[:colon].isdigit():
+                return end
+            record_end = end + colon + 1 + int(prefix[:colon]) + 1
+            if record_end > size:
+                return end
+            end = record_end
