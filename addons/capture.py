@@ -10,9 +10,9 @@ it is unchanged.
 Flows are written as they finish, independently of their analysis: the
 event loop takes each flow's state (plain data) and hands it to a process of
 its own (``addons/capture_writer.py``), which turns it into the file's bytes
-and writes them, a twentieth of a second of flows at a time.  If that
-process cannot start or dies, the event loop serialises each flow and a
-thread writes the bytes, as before it existed.  A request that the Enforcer redacted
+and writes them, a twentieth of a second of flows at a time.  With
+``--workers 0``, or if that process cannot start or dies, the event loop
+serialises each flow and a thread writes the bytes.  A request that the Enforcer redacted
 is saved as the phone sent it (what left is in the database's findings'
 actions), so that judging the run again sees the original.
 """
@@ -34,6 +34,7 @@ from mitmproxy.flow import Flow
 from sqlalchemy.engine import make_url
 
 from leakmap.addons import options
+from leakmap.addons.analysis_worker import wanted
 from leakmap.addons.capture_writer import CaptureWriter, complete_length
 from leakmap.addons.flows import tnetstring_dumps
 from leakmap.addons.inspector import AS_SENT_REQUEST, refuse
@@ -150,7 +151,7 @@ class Capture:
         self.timer: asyncio.TimerHandle | None = None
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
-        options.declare(loader, ("capture_dir",))
+        options.declare(loader, ("capture_dir",))  # and reads "workers" (the Inspector's)
 
     def configure(self, updated: set[str]) -> None:
         if "leakmap_capture_dir" in updated or "leakmap_db" in updated:
@@ -173,11 +174,14 @@ class Capture:
             log.error("leakmap: cannot keep the run's capture: %s", e)
             ctx.master.shutdown()
             return
-        try:
-            self.process = CaptureWriter(self.path)
-        except OSError as e:  # no process to be had: this one writes it
-            log.warning("leakmap: capture process not started (%s); writing it here", e)
+        if not wanted(ctx.options.leakmap_workers):  # no processes of leakmap's own: threads
             self._start_thread()
+        else:
+            try:
+                self.process = CaptureWriter(self.path)
+            except OSError as e:  # no process to be had: this one writes it
+                log.warning("leakmap: capture process not started (%s); writing it here", e)
+                self._start_thread()
         log.info("leakmap: capturing the run's traffic to %s", self.path)
 
     def _start_thread(self) -> None:
@@ -194,9 +198,11 @@ class Capture:
         with self.path.open("r+b") as handle:
             handle.truncate(length)
         log.error("leakmap: the capture process failed (%s); the capture goes on from this "
-                  "process, and may miss the flows of the last moments before it failed",
+                  "process, and may miss the flows handed to it in its last moments",
                   process.failure)
         self._start_thread()
+        for state in process.leftover:
+            self._queue_bytes(tnetstring_dumps(state))
 
     def _save(self, flow: Flow) -> None:
         if (self.thread is None and self.process is None) or flow.metadata.get("leakmap_captured"):
@@ -212,13 +218,18 @@ class Capture:
         self.saved += 1
         process = self.process
         if process is not None:
-            if process.save(state, _body_size(state)):
+            taken = process.save(state, _body_size(state))
+            if process.failure is None:
                 return
-            self._take_back(process)
+            self._take_back(process)  # its leftover holds this flow if it was taken
+            if taken:
+                return
         # Serialised here, on the event loop: ~0.1 ms of Python for a small flow. On the writer
         # thread it took the GIL from the loop for up to the 5 ms switch interval at a time,
         # which cost more; the thread only writes the bytes (a system call, without the GIL).
-        data = tnetstring_dumps(state)
+        self._queue_bytes(tnetstring_dumps(state))
+
+    def _queue_bytes(self, data: bytes) -> None:
         self.pending.append(data)
         self.pending_bytes += len(data)
         # one hand-over to the writer per tenth of a second (or megabyte), not one per flow:
@@ -259,11 +270,11 @@ class Capture:
     def done(self) -> None:
         if self.path is None:
             return
-        if self.process is not None:
-            self.process.close()
-            if self.process.failure is not None:
-                log.error("leakmap: the capture process failed (%s); the capture %s may miss "
-                          "the flows of its last moments", self.process.failure, self.path)
+        process = self.process
+        if process is not None:
+            process.close()
+            if process.failure is not None:
+                self._take_back(process)
             self.process = None
         if self.thread is not None:
             self._hand_over()

@@ -15,7 +15,9 @@ serialises them and appends them to the file, in the order they came:
   the pipe still holds, then exits.
 
 If the child cannot start or dies, ``failure`` says why and the Capture
-addon writes the file itself again, from the last whole flow in it.
+addon writes the file itself again, from the last whole flow in it, starting
+with the flows that had not reached the pipe (``leftover``); those the child
+had taken but not written when it died are missing from the capture.
 """
 
 from __future__ import annotations
@@ -70,13 +72,16 @@ class CaptureWriter:
         self._queued: list[dict[str, Any]] = []
         self._queued_bytes = 0
         self._outgoing = bytearray()
+        self._unwritten: list[dict[str, Any]] = []  # the states of the frames in _outgoing
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.failure: str | None = None
+        self.leftover: list[dict[str, Any]] = []  # once failed: states it did not take
 
     def save(self, state: dict[str, Any], size: int) -> bool:
-        """Queue ``state`` (about ``size`` bytes of bodies); False if the child is gone (then
-        nothing more is taken)."""
+        """Queue ``state`` (about ``size`` bytes of bodies); False if it was not taken, the
+        child being known gone (``failure``; what it took but did not write is in
+        ``leftover``)."""
         if self.failure is not None:
             return False
         self._queued.append(state)
@@ -86,7 +91,7 @@ class CaptureWriter:
         elif self._timer is None:
             self._loop = asyncio.get_running_loop()
             self._timer = self._loop.call_later(HAND_OVER_S, self._send)
-        return self.failure is None
+        return True
 
     def _send(self) -> None:
         if self._timer is not None:
@@ -96,6 +101,7 @@ class CaptureWriter:
             data = pickle.dumps(self._queued, protocol=pickle.HIGHEST_PROTOCOL)
             self._outgoing += _HEADER.pack(len(data))
             self._outgoing += data
+            self._unwritten += self._queued
         self._queued, self._queued_bytes = [], 0
         self._write()
 
@@ -114,13 +120,15 @@ class CaptureWriter:
         if self._outgoing:
             loop.add_writer(self._fd, self._write)
         else:
+            self._unwritten.clear()  # all in the pipe: the child writes them, even if we die
             loop.remove_writer(self._fd)
 
     def _broken(self, why: str) -> None:
         code = self._process.exitcode
         self.failure = why if code is None else f"{why} (exit code {code})"
+        self.leftover = self._unwritten + self._queued  # never reached the pipe whole
         self._outgoing.clear()
-        self._queued.clear()
+        self._unwritten, self._queued = [], []
         if self._loop is not None:
             self._loop.remove_writer(self._fd)
 

@@ -49,8 +49,9 @@ SETTINGS = (
     Setting("on_store_failure", str, "stop", "When the database cannot be written: 'stop' answers "
             "new requests with 502 until it is back, 'continue' lets traffic flow; both keep the "
             "records in a spill file and replay it when the store returns.", ("stop", "continue")),
-    Setting("workers", str, "auto", "Analysis in a separate process (1), on threads of the proxy "
-            "(0), or auto: a process when there are two or more cores (addons/analysis_worker.py).",
+    Setting("workers", str, "auto", "Analysis, storing and the capture's writing in processes of "
+            "their own (1), or on threads of the proxy (0), or auto: processes when there are two "
+            "or more cores (addons/analysis_worker.py, addons/capture_writer.py).",
             ("auto", "0", "1")),
     Setting("capture_dir", str, "", "Folder for the run's raw capture (a mitmproxy flow file, mode "
             "0600). Empty: a captures/ folder beside the SQLite database (a PostgreSQL database "

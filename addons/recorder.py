@@ -25,7 +25,7 @@ from leakmap.core.pipeline import FlowRecord
 from leakmap.core.yamlsource import ConfigError
 from leakmap.policies.model import load_policy
 from leakmap.store.db import StoreError, default_db_url, finish_run, open_store, start_run
-from leakmap.store.writer import FlowWriter, replay_leftovers
+from leakmap.store.writer import FlowWriter, replay_leftovers, spill_folder
 from leakmap.wiring import geodb_summary, judged_with
 
 log = logging.getLogger(__name__)
@@ -169,13 +169,25 @@ class Recorder:
             left_by_workers = await self.inspector.close_workers()  # their orphans come here
         if self.writer is not None and self.engine is not None and self.run_id is not None:
             spilled = self.writer.close()
-            complete = not spilled and left_by_workers == 0
+            complete = not spilled and (left_by_workers == 0 or (
+                left_by_workers is None and self._spills_replayed()))
             try:
                 finish_run(self.engine, self.run_id, "completed" if complete else "incomplete")
             except SQLAlchemyError as e:  # the next run marks it aborted and replays the spill
                 log.error("leakmap: run not closed in the database: %s", e)
             log.info("leakmap: run closed, %d flows written", self.writer.written)
             self.writer = None
+
+
+    def _spills_replayed(self) -> bool:
+        """After an analysis process ended without saying what it left: replay the spill
+        files it may have left; whether none of this run's is left."""
+        url = ctx.options.leakmap_db or default_db_url()
+        try:
+            replay_leftovers(self.engine, url)  # type: ignore[arg-type]
+        except (SQLAlchemyError, OSError) as e:
+            log.error("leakmap: spill files not replayed: %s", e)
+        return not any(spill_folder(url).glob(f"run-{self.run_id}.*.jsonl"))
 
 
 STORE_FAILURE_MODES = options.BY_NAME["on_store_failure"].choices

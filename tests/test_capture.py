@@ -98,3 +98,18 @@ def test_flow_states_are_mitmproxy_s_own_even_as_connections_change() -> None:
     first.backup()
     first.request.path = "/changed"
     assert states.of_http(first) == first.get_state()
+
+
+def test_a_capture_cut_short_by_a_dying_writer_is_taken_back_from_its_last_whole_flow(
+        tmp_path: Path) -> None:
+    from leakmap.addons.capture_writer import complete_length
+    from leakmap.addons.flows import tnetstring_dumps
+
+    whole = [tnetstring_dumps({"id": str(n), "body": b"x" * 100 * n}) for n in range(1, 4)]
+    path = tmp_path / "torn.flow"
+    path.write_bytes(b"".join(whole) + whole[0][:37])  # a fourth flow, cut in its body
+    assert complete_length(path) == sum(map(len, whole))
+    path.write_bytes(b"".join(whole) + b"12")  # cut inside the length prefix
+    assert complete_length(path) == sum(map(len, whole))
+    path.write_bytes(b"")
+    assert complete_length(path) == 0

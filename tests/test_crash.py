@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -103,15 +104,21 @@ def test_sigkill_keeps_committed_flows_and_the_next_run_starts(start_proxy, tls_
     assert [f["url"].rsplit("/", 1)[-1] for f in _flows(db, "after")] == ["after"], again.output
 
 
+@pytest.mark.parametrize("workers", ["0", "1"])  # stored by the proxy, or by its analysis process
 def test_stop_mode_refuses_with_502_spills_and_resumes(start_proxy, tls_server, pg_url: str,
-                                                       leakmap_home: Path) -> None:
-    proxy = start_proxy("--db", pg_url, "--run-name", "stop", "--flush-ms", "100")
+                                                       leakmap_home: Path, workers: str) -> None:
+    proxy = start_proxy("--db", pg_url, "--run-name", "stop", "--flush-ms", "100",
+                        "--workers", workers)
     sent = 0
     answers: list[int] = []
     with _client(proxy) as client:
-        for index in range(3):
-            answers.append(_send(client, tls_server.port, f"before{index}").status_code)
+        # with workers: until flows go to the analysis process, which then finds the
+        # database away and spills
+        while sent < 3 or (workers == "1" and "analysis process ready" not in proxy.output):
+            assert sent < 200, proxy.output
+            answers.append(_send(client, tls_server.port, f"before{sent}").status_code)
             sent += 1
+            time.sleep(0.1)
         def answered(status: int, label: str) -> Callable[[], bool]:
             def check() -> bool:
                 nonlocal sent

@@ -225,16 +225,32 @@ def test_a_killed_proxy_keeps_what_it_committed_before_the_last_second(
     assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]
 
 
-def _analysis_processes(pid: int) -> list[int]:
-    found = []
+def _children(pid: int) -> dict[str, list[int]]:
+    """leakmap's processes below the proxy: "capture" (it holds the run's .flow file open)
+    and "analysis"; mitmproxy's resource tracker is neither."""
+    found: dict[str, list[int]] = {"analysis": [], "capture": []}
     for child in descendants(pid):
         try:
             command = Path(f"/proc/{child}/cmdline").read_bytes()
+            files = [os.readlink(fd) for fd in Path(f"/proc/{child}/fd").iterdir()]
         except OSError:
             continue
-        if b"spawn_main" in command:  # the analysis worker, not the resource tracker
-            found.append(child)
+        if b"spawn_main" in command:
+            found["capture" if any(f.endswith(".flow") for f in files) else "analysis"].append(child)
     return found
+
+
+def _analysis_processes(pid: int) -> list[int]:
+    """The analysis process, once the capture process has opened its file (until then the
+    two look alike)."""
+    import time
+
+    deadline = time.monotonic() + 20
+    while True:
+        found = _children(pid)
+        if found["capture"] or time.monotonic() > deadline:
+            return found["analysis"]
+        time.sleep(0.1)
 
 
 def test_a_killed_analysis_process_costs_no_flow(
@@ -244,8 +260,10 @@ def test_a_killed_analysis_process_costs_no_flow(
     import time
 
     db = f"sqlite:///{tmp_path / 'worker.db'}"
+    # it commits every 5 s: killed, it leaves records it stored but did not commit, which the
+    # proxy then writes itself
     proxy = start_proxy("--device", str(device_file), "--db", db, "--run-name", "worker",
-                        "--networks", str(networks_file), "--workers", "1")
+                        "--networks", str(networks_file), "--workers", "1", "--flush-ms", "5000")
     rounds, deadline = 0, time.monotonic() + 60
     # until the process is up, flows are analysed on threads; then they go there
     while "analysis process ready" not in proxy.output and time.monotonic() < deadline:
@@ -253,6 +271,9 @@ def test_a_killed_analysis_process_costs_no_flow(
         rounds += 1
         time.sleep(0.3)
     assert "analysis process ready" in proxy.output
+    _send_phone_traffic(proxy, tls_server.port)  # analysed and stored there
+    rounds += 1
+    time.sleep(0.5)
     workers = _analysis_processes(proxy.process.pid)
     assert len(workers) == 1
     os.kill(workers[0], signal.SIGKILL)
@@ -260,8 +281,46 @@ def test_a_killed_analysis_process_costs_no_flow(
         _send_phone_traffic(proxy, tls_server.port)
         rounds += 1
     assert proxy.stop() == 0, proxy.output
+    assert _run_status(db, "worker") == "completed"
     assert "analysis process failed" in proxy.output
     report = _report(db, "worker")
     assert len(report["flows"]) == 3 * rounds  # nothing lost: threads take over
     register = [f for f in report["flows"] if "/v2/register" in f["url"]]
     assert [f["finding_count"] for f in register] == [3] * rounds
+
+
+def _run_status(db: str, name: str) -> str:
+    runs = json.loads(leakmap_cli("runs", "--db", db, "--format", "json").stdout)
+    return next(run["status"] for run in runs if run["run"] == name)
+
+
+def test_a_killed_capture_process_costs_the_capture_no_flow(
+    start_proxy, tls_server, tmp_path: Path, device_file: Path, networks_file: Path
+) -> None:
+    import signal
+    import time
+
+    from mitmproxy import io
+
+    db = f"sqlite:///{tmp_path / 'capture.db'}"
+    proxy = start_proxy("--device", str(device_file), "--db", db, "--run-name", "capture",
+                        "--networks", str(networks_file), "--workers", "1")
+    _send_phone_traffic(proxy, tls_server.port)
+    deadline = time.monotonic() + 20
+    while not _children(proxy.process.pid)["capture"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    (capture,) = _children(proxy.process.pid)["capture"]
+    time.sleep(0.5)  # it has written what it was given (a frame every 50 ms)
+    os.kill(capture, signal.SIGKILL)
+    for _ in range(2):  # the first hand-over after its death finds it gone
+        _send_phone_traffic(proxy, tls_server.port)
+        time.sleep(0.2)
+    assert proxy.stop() == 0, proxy.output
+    assert "capture process failed" in proxy.output
+    (path,) = (tmp_path / "captures").glob("capture*.flow")
+    with path.open("rb") as handle:
+        saved = list(io.FlowReader(handle).stream())  # whole: no flow cut short by the kill
+    # every flow, in order: those handed over after its death were kept for this process
+    assert [flow.request.path.split("?")[0] for flow in saved] == [
+        "/v2/register", "/generate_204", "/v2/log"] * 3
+    assert _run_status(db, "capture") == "completed"
