@@ -252,7 +252,7 @@ class AnalysisWorker:
         self._store_closed: asyncio.Future[tuple[int, int] | None] | None = None
         # records the child stored, in its order, until it says they are committed or spilled;
         # if it dies first they go to ``orphaned`` (the proxy's own writer)
-        self._unconfirmed: deque[FlowRecord] = deque()
+        self._unconfirmed: deque[tuple[Exchange, dict[str, Any]]] = deque()
         self._confirmed_ahead = 0  # confirmed by the child before their answers arrived here
         self._orphaned: Callable[[list[FlowRecord]], None] | None = None
 
@@ -269,9 +269,10 @@ class AnalysisWorker:
         return WorkerBroken(self._error) if self._error is not None else None
 
     async def process(self, exchange: Exchange, enforced: dict[str, Any] | None = None,
-                      urgent: bool = False) -> tuple[FlowRecord, dict[str, Any], bool]:
-        """The record of ``exchange``, its summary as the child sent it, and whether the child
-        stored it (see :meth:`store`); ``enforced`` is what the proxy did to the request.
+                      urgent: bool = False) -> Answer:
+        """The summary of ``exchange``'s record as the child sent it (``record_from_summary``
+        makes the record), and whether the child stored it (see :meth:`store`); ``enforced``
+        is what the proxy did to the request.
         ``urgent``: someone waits for it, so it goes out at the end of this turn of the loop.
         Raises :class:`WorkerBroken` if the child died, or could not take this exchange (then
         the others still go there)."""
@@ -285,11 +286,10 @@ class AnalysisWorker:
         elif self._timer is None:
             self._send_soon(HAND_OVER_S)  # the next flows join the frame
         summary, stored = await answer
-        record = record_from_summary(exchange, summary)
         if stored:
-            self._unconfirmed.append(record)
+            self._unconfirmed.append((exchange, summary))
             self._confirm(0)
-        return record, summary, stored
+        return summary, stored
 
     @property
     def storing(self) -> bool:
@@ -335,7 +335,7 @@ class AnalysisWorker:
         """Hand the records the child has not confirmed to the proxy's writer (a record
         written twice replaces itself: nothing is stored twice)."""
         if self._unconfirmed and self._orphaned is not None:
-            self._orphaned(list(self._unconfirmed))
+            self._orphaned([record_from_summary(*pair) for pair in self._unconfirmed])
         self._unconfirmed.clear()
 
     def close(self) -> None:

@@ -85,17 +85,19 @@ class FlowStates:
     unchanged while every one of its attributes is equal (lists compared by content)."""
 
     def __init__(self) -> None:
-        self.known: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}
+        self.known: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
 
     def connection(self, conn: connection.Connection) -> dict[str, Any]:
-        key = tuple(tuple(v) if type(v) is list else v for v in vars(conn).values())
+        attributes = vars(conn)
         seen = self.known.get(conn.id)
-        if seen is not None and seen[0] == key:
+        if seen is not None and seen[0] == attributes:  # compared in C, lists by content
             return seen[1]
         state = conn.get_state()
         if len(self.known) >= _KNOWN_CONNECTIONS:
             self.known.clear()
-        self.known[conn.id] = (key, state)
+        # a copy whose lists are copies too: a list changed in place must not go unseen
+        self.known[conn.id] = ({k: v.copy() if type(v) is list else v
+                                for k, v in attributes.items()}, state)
         return state
 
     def of_http(self, flow: http.HTTPFlow) -> dict[str, Any]:

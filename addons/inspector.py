@@ -19,12 +19,12 @@ import gc
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from mitmproxy import ctx, dns, exceptions, http, tcp, tls, udp
+from mitmproxy import ctx, exceptions, http, tls
 from mitmproxy.flow import Flow
 
 from leakmap.addons import options
@@ -57,9 +57,9 @@ PIPELINE_SETTINGS = ("policy", "device", "geoip_dir", "geodb_max_age", "networks
 
 
 Listener = Callable[[Flow], None]
-# a record, its summary where the analysis process already made it, and whether that
+# a record (on a thread), or its summary as the analysis process made it, and whether that
 # process also stored it (AnalysisWorker.store)
-Analysed = tuple[FlowRecord, dict[str, Any] | None, bool]
+Analysed = tuple[FlowRecord | None, dict[str, Any] | None, bool]
 STORED_KEY = "stored"  # in a summary: the analysis process wrote the record to the run's store
 
 
@@ -207,19 +207,23 @@ class Inspector:
             previous and previous.get("session") == self.session
         )
 
-    def _keep(self, flow: Flow, record: FlowRecord, summary: dict[str, Any] | None = None,
+    def _keep(self, flow: Flow, analysed: FlowRecord | Exchange, summary: dict[str, Any] | None = None,
               stored: bool = False) -> None:
-        """``record`` on ``flow``; ``summary`` is its plain data if already made (by the
-        analysis process, which also marked what the Enforcer did), which then goes to the
-        metadata as it is; ``stored``: that process also wrote it to the run's store."""
+        """The analysis of ``flow``: its record, or its exchange and ``summary`` as the
+        analysis process made it (with what the Enforcer did); the summary goes to the
+        metadata, the record is made when a listener asks for it (:func:`flow_record`).
+        ``stored``: that process also wrote it to the run's store."""
+        record = analysed if isinstance(analysed, FlowRecord) else None
         if summary is None:
+            assert record is not None
             mark_enforced(record, flow.metadata.get(ENFORCED_KEY))
             summary = record_summary(record)
         summary["session"] = self.session
         summary[STORED_KEY] = stored
         flow.metadata[METADATA_KEY] = summary
-        # the live object for Review and Recorder; flow files keep only the summary
-        flow._leakmap_record = (summary, record)  # type: ignore[attr-defined]
+        # the live objects for Review and Recorder; flow files keep only the summary
+        exchange = record.exchange if record is not None else analysed
+        flow._leakmap_record = [summary, record, exchange]  # type: ignore[attr-defined]
 
     def running(self) -> None:
         if self.watcher is None:
@@ -229,19 +233,20 @@ class Inspector:
         # (docs/benchmarks.md). Freeze it: only objects made per flow get collected.
         gc.freeze()
 
-    async def _inspect(self, flow: Flow) -> None:
+    def _inspect(self, flow: Flow) -> Awaitable[None] | None:
+        """Start the analysis of ``flow``; what to await when flows are saved (``-w``), so
+        that the saved flow carries its result."""
         exchange = exchange_from_flow(flow) if self._pending(flow) else None
         if exchange is None or self.pipeline is None:
-            return
+            return None
         exchange = as_sent(flow, exchange)
         saving = bool(ctx.options.save_stream_file)  # the hook waits: the saved flow has it all
         job = asyncio.ensure_future(self._analyse(exchange, self.pipeline,
                                                   flow.metadata.get(ENFORCED_KEY), saving))
         self.in_flight.add(job)
-        job.add_done_callback(lambda done: self._finish(flow, done))
-        if saving:
-            # shielded: a stop that cancels this hook must not lose the analysis
-            await asyncio.shield(job)
+        job.add_done_callback(lambda done: self._finish(flow, exchange, done))
+        # shielded: a stop that cancels this hook must not lose the analysis
+        return _waited(asyncio.shield(job)) if saving else None
 
     async def _analyse(self, exchange: Exchange, pipeline: Pipeline,
                        enforced: dict[str, Any] | None, urgent: bool) -> Analysed:
@@ -255,7 +260,8 @@ class Inspector:
                 self.worker_announced = True
                 log.info("leakmap: analysis process ready; flows are analysed there from now on")
             try:
-                return await worker.process(exchange, enforced, urgent)
+                summary, stored = await worker.process(exchange, enforced, urgent)
+                return None, summary, stored
             except WorkerBroken:  # the process died (then drop it), or took not this flow
                 if worker.failure is not None:
                     self._drop_worker(worker, worker.failure)
@@ -270,10 +276,11 @@ class Inspector:
                       type(problem).__name__, problem)
             self.worker = None
 
-    def _finish(self, flow: Flow, job: asyncio.Future[Analysed]) -> None:
+    def _finish(self, flow: Flow, exchange: Exchange, job: asyncio.Future[Analysed]) -> None:
         self.in_flight.discard(job)
         if not job.cancelled() and job.exception() is None:
-            self._keep(flow, *job.result())
+            record, summary, stored = job.result()
+            self._keep(flow, record or exchange, summary, stored)
             self._tell(flow)
 
     def _tell(self, flow: Flow) -> None:
@@ -307,35 +314,23 @@ class Inspector:
             exchange = exchange_from_flow(flow) if self._pending(flow) else None
             if exchange is not None and self.pipeline is not None:
                 exchange.error = exchange.error or STILL_OPEN
-                self._keep(flow, self.pipeline.process(exchange))
+                self._keep(flow, self.pipeline.process(as_sent(flow, exchange)))
                 self._tell(flow)
 
-    async def response(self, flow: http.HTTPFlow) -> None:
-        if flow.websocket is None:
-            await self._inspect(flow)
+    # Sync hooks: an async one costs a coroutine per flow, for nothing but when flows are saved
+    # (then _inspect returns what mitmproxy awaits).
+    def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        return self._inspect(flow) if flow.websocket is None else None
 
-    async def error(self, flow: http.HTTPFlow) -> None:
-        if flow.websocket is None:
-            await self._inspect(flow)
+    def error(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        return self._inspect(flow) if flow.websocket is None else None
 
-    async def http_connect_error(self, flow: http.HTTPFlow) -> None:
-        """A CONNECT whose server cannot be reached: where the phone tried to go."""
-        await self._inspect(flow)
+    def _ended(self, flow: Flow) -> Awaitable[None] | None:
+        return self._inspect(flow)
 
-    async def websocket_end(self, flow: http.HTTPFlow) -> None:
-        await self._inspect(flow)
-
-    async def tcp_end(self, flow: tcp.TCPFlow) -> None:
-        await self._inspect(flow)
-
-    async def udp_end(self, flow: udp.UDPFlow) -> None:
-        await self._inspect(flow)
-
-    async def dns_response(self, flow: dns.DNSFlow) -> None:
-        await self._inspect(flow)
-
-    async def dns_error(self, flow: dns.DNSFlow) -> None:
-        await self._inspect(flow)
+    # a CONNECT whose server cannot be reached (where the phone tried to go), and the ends of
+    # WebSocket, TCP and UDP flows and DNS lookups
+    http_connect_error = websocket_end = tcp_end = udp_end = dns_response = dns_error = _ended
 
     def tls_failed_client(self, data: tls.TlsData) -> None:
         if self.pipeline is not None:
@@ -384,9 +379,21 @@ def flow_record(flow: Flow) -> FlowRecord | None:
     summary = flow.metadata.get(METADATA_KEY)
     cached = getattr(flow, "_leakmap_record", None)
     if cached is not None and cached[0] is summary:
+        if cached[1] is None:  # made once asked for
+            cached[1] = record_from_summary(cached[2], summary)
         return cached[1]  # type: ignore[no-any-return]
     exchange = exchange_from_flow(flow) if summary else None
     return record_from_summary(exchange, summary) if exchange and summary else None
+
+
+def quiet(summary: dict[str, Any]) -> bool:
+    """Whether an analysed flow has nothing to show: no finding, no action, no problem."""
+    return not summary.get("findings") and summary.get("action", "log") == "log" and not (
+        summary.get("analysis_error"))
+
+
+async def _waited(job: Awaitable[Any]) -> None:
+    await job
 
 
 def tls_records(data: tls.TlsData) -> list[FlowRecord]:

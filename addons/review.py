@@ -16,7 +16,7 @@ from mitmproxy import log as mitmproxy_log
 from mitmproxy.addonmanager import traverse
 from mitmproxy.flow import Flow
 
-from leakmap.addons.inspector import flow_record, tls_records
+from leakmap.addons.inspector import flow_record, quiet, tls_records
 from leakmap.core.pipeline import FlowRecord
 
 log = logging.getLogger("leakmap")
@@ -84,9 +84,13 @@ class Review:
             self.read_from = read_level(ctx.master.addons.chain)
 
     def show(self, flow: Flow) -> None:
-        session = (flow.metadata.get("leakmap") or {}).get("session")
+        summary = flow.metadata.get("leakmap") or {}
+        session = summary.get("session")
         if session is None or flow.metadata.get("leakmap_reviewed") == session:
             return  # not analysed yet, or already shown in this session
+        if quiet(summary):  # nothing to mark or say (most flows): no record needed
+            flow.metadata["leakmap_reviewed"] = session
+            return
         record = flow_record(flow)
         if record is None:
             return

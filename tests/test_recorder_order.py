@@ -54,11 +54,11 @@ def test_a_flow_analysed_before_the_run_starts_is_written(tmp_path: Path) -> Non
 
     async def scenario() -> None:
         with _addons(db_file) as (inspector, recorder):
-            await inspector.response(_flow("/early"))
+            inspector.response(_flow("/early"))
             await inspector.settle()  # analysed and handed over: the run does not exist yet
             assert recorder.writer is None
             recorder.running()
-            await inspector.response(_flow("/later"))
+            inspector.response(_flow("/later"))
             await inspector.done()
             await recorder.done()
 
@@ -73,7 +73,7 @@ def test_the_recorder_waits_for_an_analysis_still_under_way(tmp_path: Path) -> N
         with _addons(db_file) as (inspector, recorder):
             recorder.running()
             await inspector.done()  # nothing under way yet
-            await inspector.response(_flow("/late"))  # a hook that ran after the Inspector's done
+            inspector.response(_flow("/late"))  # a hook that ran after the Inspector's done
             assert inspector.in_flight
             await recorder.done()
 
