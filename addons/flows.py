@@ -8,6 +8,7 @@ streaming decompressor and a cap, which mitmproxy's ``.content`` would not.
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import uuid
 from collections.abc import Iterator
@@ -23,10 +24,15 @@ from leakmap.core.exchange import Exchange, Message
 
 
 def _ip(address: tuple | None) -> str | None:
-    if not address:
-        return None
+    return _canonical_ip(str(address[0])) if address else None
+
+
+@functools.lru_cache(maxsize=4096)
+def _canonical_ip(text: str) -> str | None:
+    """``text`` as an IP address is written canonically (without an IPv6 zone), or None.
+    Remembered: a phone talks to few addresses, and parsing one costs microseconds per flow."""
     try:
-        return str(ipaddress.ip_address(str(address[0]).split("%")[0]))
+        return str(ipaddress.ip_address(text.split("%")[0]))
     except ValueError:
         return None
 
