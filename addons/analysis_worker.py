@@ -449,7 +449,8 @@ class AnalysisWorker:
             self.store_failing = (message[2], message[3]) if message[1] else None
         elif kind == "committed":
             self._confirm(message[1])
-        elif kind == "closed":
+        elif kind == "closed":  # what it left in its spill is replayed by the next run
+            self.store_failing = None
             if self._store_closed is not None and not self._store_closed.done():
                 self._store_closed.set_result((message[1], message[2]))
         else:
@@ -469,6 +470,7 @@ class AnalysisWorker:
         _fail([*self._waiting, *(answer for _, answer in self._queued)], self._error)
         if self._store_closed is not None and not self._store_closed.done():
             self._store_closed.set_result(None)  # its writer's spill is replayed by the next run
+        self.store_failing = None  # it no longer writes: nothing to wait for
         self._orphan()
         self._waiting.clear()
         self._queued.clear()

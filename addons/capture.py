@@ -27,7 +27,7 @@ import queue
 import re
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from mitmproxy import connection, ctx, http, version
 from mitmproxy.flow import Flow
@@ -36,7 +36,7 @@ from sqlalchemy.engine import make_url
 from leakmap.addons import options
 from leakmap.addons.analysis_worker import wanted
 from leakmap.addons.capture_writer import CaptureWriter, complete_length
-from leakmap.addons.flows import tnetstring_dumps
+from leakmap.addons.flows import OpenFlows, tnetstring_dumps
 from leakmap.addons.inspector import AS_SENT_REQUEST, refuse
 from leakmap.addons.recorder import Recorder
 from leakmap.core.digest import file_sha256
@@ -146,6 +146,8 @@ class Capture:
         self.states: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self.thread: threading.Thread | None = None
         self.process: CaptureWriter | None = None  # writes the file while it lives
+        self.write_error: str | None = None  # why the thread could not write the file
+        self.open_flows = OpenFlows()  # saved at a clean stop, as the Inspector records them
         self.saved = 0
         self.states_of = FlowStates()
         self.pending: list[bytes] = []  # serialised flows not yet handed to the writer
@@ -207,6 +209,7 @@ class Capture:
             self._queue_bytes(tnetstring_dumps(state))
 
     def _save(self, flow: Flow) -> None:
+        self.open_flows.discard(flow)
         if (self.thread is None and self.process is None) or flow.metadata.get("leakmap_captured"):
             return
         flow.metadata["leakmap_captured"] = True
@@ -251,16 +254,33 @@ class Capture:
             self.pending_bytes = 0
 
     def _write(self, path: Path) -> None:
-        with path.open("ab", buffering=0) as handle:
-            while (data := self.states.get()) is not _STOP:
-                parts = [data]
-                while len(parts) < 256 and not self.states.empty():  # what came meanwhile, at once
-                    more = self.states.get()
-                    if more is _STOP:
-                        handle.write(b"".join(parts))
-                        return
-                    parts.append(more)
-                handle.write(b"".join(parts))
+        try:
+            with path.open("ab", buffering=0) as handle:
+                self._write_until_stop(handle)
+        except OSError as e:  # a full disk, a folder gone: said once; the rest is dropped
+            self.write_error = f"{type(e).__name__}: {e}"
+            log.error("leakmap: the capture %s cannot be written (%s); the run's flows are still "
+                      "stored in the database, but the capture misses them from here on",
+                      path, self.write_error)
+            while self.states.get() is not _STOP:  # nothing may pile up in memory
+                continue
+
+    def _write_until_stop(self, handle: BinaryIO) -> None:
+        while (data := self.states.get()) is not _STOP:
+            parts = [data]
+            while len(parts) < 256 and not self.states.empty():  # what came meanwhile, at once
+                more = self.states.get()
+                if more is _STOP:
+                    handle.write(b"".join(parts))
+                    return
+                parts.append(more)
+            handle.write(b"".join(parts))
+
+    def _started(self, flow: Flow) -> None:
+        if self.path is not None:
+            self.open_flows.add(flow)
+
+    request = tcp_start = udp_start = dns_request = _started
 
     def _http_done(self, flow: http.HTTPFlow) -> None:
         if flow.websocket is None:  # a WebSocket's flow is saved when it ends
@@ -272,6 +292,8 @@ class Capture:
     def done(self) -> None:
         if self.path is None:
             return
+        for flow in self.open_flows.drain():  # still open: saved as they are, as recorded
+            self._save(flow)
         process = self.process
         if process is not None:
             process.close()

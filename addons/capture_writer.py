@@ -45,14 +45,20 @@ def _write_states(path: str, requests: Connection) -> None:
     """The child's whole life: append each frame's flows to ``path`` until end-of-file."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the proxy's; it closes the pipe
     yield_to_the_proxy()
-    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND)
     try:
-        while (frame := _read_frame(requests.fileno())) is not None:
-            data = memoryview(b"".join(tnetstring_dumps(state) for state in pickle.loads(frame)))
-            while data:
-                data = data[os.write(descriptor, data):]
-    finally:
-        os.close(descriptor)
+        descriptor = os.open(path, os.O_WRONLY | os.O_APPEND)
+        try:
+            while (frame := _read_frame(requests.fileno())) is not None:
+                data = memoryview(b"".join(tnetstring_dumps(state) for state in pickle.loads(frame)))
+                while data:
+                    data = data[os.write(descriptor, data):]
+        finally:
+            os.close(descriptor)
+    except OSError:  # the file cannot be written (the proxy's own try then says why), or the
+        os._exit(CANNOT_WRITE)  # proxy is gone: no traceback on the phone tester's console
+
+
+CANNOT_WRITE = 3
 
 
 class CaptureWriter:

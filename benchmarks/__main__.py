@@ -39,7 +39,7 @@ import report_bench  # noqa: E402
 import run  # noqa: E402
 
 FULL: dict[str, Any] = {
-    "rounds": 3, "rps_requests": 800, "p50_requests": 300, "warmup": 100,
+    "rounds": 5, "rps_requests": 800, "p50_requests": 300, "warmup": 100,
     "flows": 20_000, "analyze_budget_s": 100.0, "text_bytes": 50_000_000,
     "classify_budget_s": 12.0, "corpus_big": True, "corpus_files": ("har", "flow"),
     "report_flows": 10_000,

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from mitmproxy import io
 
 from conftest import leakmap_cli
 
@@ -103,6 +104,11 @@ def test_a_clean_stop_records_connections_still_open(start_proxy, echo_server: i
     assert [(f["kind"], f["finding_count"]) for f in flows] == [("tcp", 1)]
     # mitmproxy may end the tunnel itself while stopping; either way it is recorded
     assert flows[0]["flow_error"] in (None, "connection still open when the proxy stopped")
+    (capture,) = (tmp_path / "captures").glob("open*.flow")  # and kept in the run's capture
+    with capture.open("rb") as handle:
+        saved = list(io.FlowReader(handle).stream())
+    assert [flow.type for flow in saved] == ["tcp"]
+    assert IMEI.encode() in saved[0].messages[0].content
 
 
 def test_a_connect_to_an_unreachable_server_is_logged(start_proxy, tmp_path: Path,
