@@ -29,7 +29,7 @@ from mitmproxy import http
 
 from leakmap.addons.flows import exchange_from_flow
 from leakmap.addons.inspector import AS_SENT_REQUEST, ENFORCED_KEY, ORIGINAL_ATTRIBUTE, Inspector
-from leakmap.core.actions import could_act, enforces
+from leakmap.core.actions import acts_somewhere, could_act, enforces
 from leakmap.core.decode import decompress
 from leakmap.core.enforce import (
     Judgement,
@@ -97,8 +97,15 @@ class Enforcer:
             log.error("leakmap: %s was streamed (stream_large_bodies): a policy cannot block or "
                       "redact it", flow.request.pretty_url[:200])
             return
+        rules = pipeline.classifier.policy.actions
+        if action not in ("block", "redact") and exchange.server_ip is None and acts_somewhere(
+                rules, judgement.analysis.findings):
+            self._refuse(flow, pipeline, "its server's name did not resolve, so where it would "
+                         "go is unknown, and the policy blocks or redacts data it carries when sent "
+                         "to some destinations", "destination unknown")
+            return
         if action not in ("block", "redact") and judgement.analysis.truncated and could_act(
-                pipeline.classifier.policy.actions, judgement.place):
+                rules, judgement.place):
             self._refuse(flow, pipeline, "it could not be analysed whole within the limits "
                          "(time budget or body size), and the policy blocks or redacts data sent "
                          "there", "not analysed whole")

@@ -66,7 +66,11 @@ def _state_file(interface: str) -> Path:
 
 
 def _run(command: list[str], stdin: str | None = None) -> None:
-    done = subprocess.run(command, input=stdin, capture_output=True, text=True, check=False)
+    try:
+        done = subprocess.run(command, input=stdin, capture_output=True, text=True, check=False)
+    except FileNotFoundError as e:
+        raise click.ClickException(f"{command[0]} not found: {_MISSING.get(command[0], 'install it')}"
+                                   ) from e
     if done.returncode != 0:
         raise click.ClickException(f"{shlex.join(command)} failed: "
                                    f"{(done.stderr or done.stdout).strip() or done.returncode}")
@@ -135,9 +139,15 @@ def _ports(text: str) -> tuple[int, ...]:
 
 
 def _has_table(interface: str) -> bool:
-    done = subprocess.run(["nft", "list", "table", "inet", table_name(interface)], capture_output=True,
-                          text=True, check=False)
+    try:
+        done = subprocess.run(["nft", "list", "table", "inet", table_name(interface)],
+                              capture_output=True, text=True, check=False)
+    except FileNotFoundError:  # no nftables: no table either (applying then says what to install)
+        return False
     return done.returncode == 0
+
+
+_MISSING = {"nft": "install nftables (apt-get install --no-install-recommends nftables)"}
 
 
 def _undo(interface: str, apply_now: bool) -> None:

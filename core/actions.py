@@ -60,11 +60,15 @@ def host_matches(glob: str, host: str) -> bool:
 
 def covers(rule: ActionRule, finding: Judged, place: Place) -> bool:
     """Whether every condition ``rule`` sets holds for ``finding`` sent to ``place``."""
-    kinds = (rule.data_types, rule.categories)
-    if any(kinds) and not ((rule.data_types and finding.data_type in rule.data_types)
-                           or (rule.categories and finding.category in rule.categories)):
-        return False
-    return goes_to(rule, place)
+    return takes(rule, finding) and goes_to(rule, place)
+
+
+def takes(rule: ActionRule, finding: Judged) -> bool:
+    """Whether ``rule``'s data conditions (types, categories) hold for ``finding``."""
+    if not (rule.data_types or rule.categories):
+        return True
+    return bool((rule.data_types and finding.data_type in rule.data_types)
+                or (rule.categories and finding.category in rule.categories))
 
 
 def goes_to(rule: ActionRule, place: Place) -> bool:
@@ -98,6 +102,14 @@ def could_act(rules: Sequence[ActionRule], place: Place) -> bool:
     """Whether a block or redact rule covers ``place`` for some data type: a request there
     that could not be analysed whole must not leave."""
     return any(STRENGTH[rule.action] >= STRENGTH["redact"] and goes_to(rule, place) for rule in rules)
+
+
+def acts_somewhere(rules: Sequence[ActionRule], findings: Sequence[Judged]) -> bool:
+    """Whether a block or redact rule covers one of ``findings`` at some destination: a
+    request whose destination is unknown (its server's name does not resolve) that carries
+    them must not leave."""
+    return any(STRENGTH[rule.action] >= STRENGTH["redact"] and takes(rule, finding)
+               for rule in rules for finding in findings)
 
 
 def enforces(rules: Sequence[ActionRule]) -> bool:

@@ -248,3 +248,47 @@ def test_a_request_not_analysed_whole_does_not_leave_under_a_blocking_policy(tmp
     assert past_the_cap.response is not None and past_the_cap.response.status_code == 502
     assert past_the_cap.metadata[ENFORCED_KEY]["rule"] == "not analysed whole"
     assert small.response is None  # analysed whole, nothing covered: it goes on
+
+
+def test_a_request_whose_server_does_not_resolve_does_not_leave_if_a_rule_could_block_it(
+        tmp_path: Path) -> None:
+    """Where a request goes decides a country rule; a name that does not resolve leaves that
+    unknown, so a request carrying what such a rule blocks is refused (502), not waved on."""
+    import asyncio
+
+    from mitmproxy.test import taddons, tflow
+
+    from leakmap.addons.enforcer import Enforcer
+    from leakmap.addons.inspector import ENFORCED_KEY, Inspector
+    from leakmap.wiring import build_pipeline
+
+    policy = tmp_path / "block.yaml"
+    policy.write_text("extends: default.yaml\n"
+                      "actions:\n  - {data_types: [imei], countries: [CN], action: block}\n")
+    inspector = Inspector()
+    inspector.pipeline = build_pipeline(policy=str(policy),
+                                        db=f"sqlite:///{tmp_path / 'k.db'}").pipeline
+    enforcer = Enforcer(inspector)
+
+    def unresolvable(body: bytes) -> object:
+        flow = tflow.tflow()
+        flow.request.host = "leakmap-test.invalid"  # never resolves (RFC 6761)
+        flow.server_conn.address = ("leakmap-test.invalid", 443)
+        flow.server_conn.peername = None
+        flow.request.content = body
+        return flow
+
+    carrying, harmless = unresolvable(json.dumps({"imei": IMEI}).encode()), unresolvable(b"{}")
+
+    async def judged() -> None:
+        with taddons.context():
+            for flow in (carrying, harmless):
+                judging = enforcer.request(flow)  # type: ignore[arg-type]
+                assert judging is not None
+                await judging
+
+    asyncio.run(judged())
+    assert carrying.response is not None and carrying.response.status_code == 502  # type: ignore[attr-defined]
+    assert b"did not resolve" in carrying.response.content  # type: ignore[attr-defined]
+    assert carrying.metadata[ENFORCED_KEY]["rule"] == "destination unknown"  # type: ignore[attr-defined]
+    assert harmless.response is None  # type: ignore[attr-defined]  # nothing a rule takes: it goes on
