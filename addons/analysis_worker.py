@@ -239,7 +239,7 @@ class AnalysisWorker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queued: list[tuple[Handed, asyncio.Future[Answer]]] = []
         self._timer: asyncio.Handle | None = None
-        self._waiting: deque[asyncio.Future[Answer]] = deque()
+        self._waiting: deque[tuple[Exchange, asyncio.Future[Answer]]] = deque()
         self._outgoing = bytearray()
         self._incoming = bytearray()
         self._started = False
@@ -270,12 +270,18 @@ class AnalysisWorker:
 
     async def process(self, exchange: Exchange, enforced: dict[str, Any] | None = None,
                       urgent: bool = False) -> Answer:
-        """The summary of ``exchange``'s record as the child sent it (``record_from_summary``
-        makes the record), and whether the child stored it (see :meth:`store`); ``enforced``
-        is what the proxy did to the request.
-        ``urgent``: someone waits for it, so it goes out at the end of this turn of the loop.
-        Raises :class:`WorkerBroken` if the child died, or could not take this exchange (then
-        the others still go there)."""
+        """:meth:`submit`, awaited."""
+        return await self.submit(exchange, enforced, urgent)
+
+    def submit(self, exchange: Exchange, enforced: dict[str, Any] | None = None,
+               urgent: bool = False) -> asyncio.Future[Answer]:
+        """A future of the summary of ``exchange``'s record as the child sends it
+        (``record_from_summary`` makes the record), and whether the child stored it (see
+        :meth:`store`); ``enforced`` is what the proxy did to the request.  A plain future,
+        not a task: a coroutine and a task per flow cost the event loop more than the rest
+        of the hand-over.  ``urgent``: someone waits for it, so it goes out at the end of this
+        turn of the loop.  The future fails with :class:`WorkerBroken` if the child died, or
+        could not take this exchange (then the others still go there)."""
         loop = self._attach()
         if self._error is not None or self._closing or loop is None:
             raise WorkerBroken(self._error or ("closed" if self._closing else "no event loop"))
@@ -285,11 +291,7 @@ class AnalysisWorker:
             self._send_soon(0.0)
         elif self._timer is None:
             self._send_soon(HAND_OVER_S)  # the next flows join the frame
-        summary, stored = await answer
-        if stored:
-            self._unconfirmed.append((exchange, summary))
-            self._confirm(0)
-        return summary, stored
+        return answer
 
     @property
     def storing(self) -> bool:
@@ -381,7 +383,7 @@ class AnalysisWorker:
             if batch:
                 self._outgoing += _HEADER.pack(len(data))
                 self._outgoing += data
-                self._waiting.extend(answer for _, answer in batch)
+                self._waiting.extend((handed[0], answer) for handed, answer in batch)
         self._write()
 
     def _frame(self, message: object) -> None:
@@ -455,19 +457,23 @@ class AnalysisWorker:
                 self._store_closed.set_result((message[1], message[2]))
         else:
             for ok, value, stored in message[1]:
-                answer = self._waiting.popleft()
+                exchange, answer = self._waiting.popleft()
+                if stored:  # kept until the child says it is committed (see _orphan)
+                    self._unconfirmed.append((exchange, value))
                 if answer.done():
                     continue
                 if ok:
                     answer.set_result((value, stored))
                 else:
                     answer.set_exception(WorkerBroken(value))
+            self._confirm(0)
 
     def _broken(self, why: str) -> None:
         """The child is gone: every flow waiting on it fails over to a thread."""
         if self._error is None:
             self._error = why
-        _fail([*self._waiting, *(answer for _, answer in self._queued)], self._error)
+        _fail([*(answer for _, answer in self._waiting), *(answer for _, answer in self._queued)],
+              self._error)
         if self._store_closed is not None and not self._store_closed.done():
             self._store_closed.set_result(None)  # its writer's spill is replayed by the next run
         self.store_failing = None  # it no longer writes: nothing to wait for

@@ -68,13 +68,15 @@ def _http(flow: http.HTTPFlow) -> Exchange:
     request = flow.request
     exchange = _base(flow, "websocket" if flow.websocket else "http")
     exchange.timestamp = request.timestamp_start or flow.timestamp_created
-    exchange.host = request.pretty_host
     exchange.scheme = request.scheme
     exchange.method = request.method
-    exchange.url = request.pretty_url
     exchange.path = request.path
+    exchange.host, exchange.url = _host_and_url(request, exchange.path)
     exchange.http_version = request.http_version
-    exchange.request_headers = [(k, v) for k, v in request.headers.items(multi=True)]
+    # as Headers.items(multi=True) gives them, without a generator per header
+    exchange.request_headers = [(k.decode("utf-8", "surrogateescape"),
+                                 v.decode("utf-8", "surrogateescape"))
+                                for k, v in request.headers.fields]
     exchange.request_body = request.raw_content or b""
     exchange.request_body_truncated = request.raw_content is None and bool(
         request.headers.get("content-length", "0") not in ("", "0")
@@ -92,6 +94,30 @@ def _http(flow: http.HTTPFlow) -> Exchange:
             Message(m.from_client, m.content, m.is_text) for m in flow.websocket.messages
         ]
     return exchange
+
+
+def _host_and_url(request: http.Request, path: str) -> tuple[str, str]:
+    """``request.pretty_host`` and ``request.pretty_url``, whose parsing of the authority (IDNA
+    included) took most of :func:`exchange_from_flow`'s time: the URL is a prefix that depends
+    on what the key holds, then the path, so the host and prefix are remembered by that key."""
+    data = request.data
+    if data.method == b"CONNECT":  # "authority" form: the URL is the authority itself
+        return request.pretty_host, request.pretty_url
+    key = (data.http_version, data.authority, data.headers.get("host"), data.scheme, data.host,
+           data.port)
+    known = _HOSTS_AND_PREFIXES.get(key)
+    tail = path if path != "*" else ""
+    if known is None:
+        url = request.pretty_url
+        known = (request.pretty_host, url[: len(url) - len(tail)])
+        if len(_HOSTS_AND_PREFIXES) >= _REMEMBERED:
+            _HOSTS_AND_PREFIXES.clear()
+        _HOSTS_AND_PREFIXES[key] = known
+    return known[0], known[1] + tail
+
+
+_HOSTS_AND_PREFIXES: dict[tuple[Any, ...], tuple[str, str]] = {}
+_REMEMBERED = 4096
 
 
 def _stream(flow: tcp.TCPFlow | udp.UDPFlow, kind: str) -> Exchange:

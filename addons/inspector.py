@@ -28,7 +28,7 @@ from mitmproxy import ctx, exceptions, http, tls
 from mitmproxy.flow import Flow
 
 from leakmap.addons import options
-from leakmap.addons.analysis_worker import AnalysisWorker, WorkerBroken, wanted
+from leakmap.addons.analysis_worker import AnalysisWorker, Answer, WorkerBroken, wanted
 from leakmap.addons.flows import (
     STILL_OPEN,
     OpenFlows,
@@ -73,7 +73,7 @@ class Inspector:
         # metadata, which must not stop it from being analysed again.
         self.session = uuid.uuid4().hex
         self.open_flows = OpenFlows()
-        self.in_flight: set[asyncio.Future[Analysed]] = set()
+        self.in_flight: set[asyncio.Future[Any]] = set()  # analyses under way (settle waits)
         self.worker: AnalysisWorker | None = None
         self.retired: list[AnalysisWorker] = []  # closed workers, until their writers are done
         self.store: dict[str, Any] | None = None  # where workers store flows (Recorder's run)
@@ -82,11 +82,14 @@ class Inspector:
         self.settings: dict[str, Any] = {}  # what the pipeline was built from
         self.stamps: list[tuple[int, int, int] | None] = []  # of the watched files, when built
         self.watcher: asyncio.Task[None] | None = None  # hot reload (_watch_files)
+        self.saving = False  # flows are saved (mitmdump -w): hooks wait for their analysis
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
         options.declare(loader, (*PIPELINE_SETTINGS, "workers"))
 
     def configure(self, updated: set[str]) -> None:
+        # read here, not per flow: an option's value costs a Python __getattr__ each time
+        self.saving = bool(ctx.options.save_stream_file)
         watched = {f"leakmap_{name}" for name in (*PIPELINE_SETTINGS, "workers")} | {"leakmap_db"}
         if self.pipeline is not None and not updated & watched:
             return
@@ -240,25 +243,69 @@ class Inspector:
         if exchange is None or self.pipeline is None:
             return None
         exchange = as_sent(flow, exchange)
-        saving = bool(ctx.options.save_stream_file)  # the hook waits: the saved flow has it all
-        job = asyncio.ensure_future(self._analyse(exchange, self.pipeline,
-                                                  flow.metadata.get(ENFORCED_KEY), saving))
+        enforced = flow.metadata.get(ENFORCED_KEY)
+        worker = self._worker_ready()
+        if worker is not None and not self.saving:  # the common case: a future, no task
+            try:
+                answer = worker.submit(exchange, enforced)
+            except WorkerBroken:  # closed meanwhile: a thread
+                pass
+            else:
+                self.in_flight.add(answer)
+                answer.add_done_callback(lambda done: self._answered(flow, exchange, worker, done))
+                return None
+        job = asyncio.ensure_future(self._analyse(exchange, self.pipeline, enforced, self.saving))
+        self._follow(flow, exchange, job)
+        # shielded: a stop that cancels this hook must not lose the analysis
+        return _waited(asyncio.shield(job)) if self.saving else None
+
+    def _follow(self, flow: Flow, exchange: Exchange, job: asyncio.Future[Analysed]) -> None:
         self.in_flight.add(job)
         job.add_done_callback(lambda done: self._finish(flow, exchange, done))
-        # shielded: a stop that cancels this hook must not lose the analysis
-        return _waited(asyncio.shield(job)) if saving else None
+
+    def _worker_ready(self) -> AnalysisWorker | None:
+        """The analysis process, if it takes flows now (a failed one is dropped here)."""
+        worker = self.worker
+        if worker is None:
+            return None
+        if worker.failure is not None:
+            self._drop_worker(worker, worker.failure)
+            return None
+        if not worker.ready:
+            return None
+        if not self.worker_announced:
+            self.worker_announced = True
+            log.info("leakmap: analysis process ready; flows are analysed there from now on")
+        return worker
+
+    def _answered(self, flow: Flow, exchange: Exchange, worker: AnalysisWorker,
+                  answer: asyncio.Future[Answer]) -> None:
+        """The analysis process's answer for ``flow``; if it has none, a thread analyses it."""
+        self.in_flight.discard(answer)
+        if answer.cancelled():
+            return
+        problem = answer.exception()
+        if problem is None:
+            summary, stored = answer.result()
+            self._keep(flow, exchange, summary, stored)
+            self._tell(flow)
+            return
+        if worker.failure is not None:
+            self._drop_worker(worker, worker.failure)
+        elif not isinstance(problem, WorkerBroken):  # unexpected: threads from now on
+            self._drop_worker(worker, problem)
+        if self.pipeline is not None:
+            self._follow(flow, exchange, asyncio.ensure_future(self._on_thread(exchange, self.pipeline)))
+
+    async def _on_thread(self, exchange: Exchange, pipeline: Pipeline) -> Analysed:
+        return await asyncio.to_thread(pipeline.process, exchange), None, False
 
     async def _analyse(self, exchange: Exchange, pipeline: Pipeline,
                        enforced: dict[str, Any] | None, urgent: bool) -> Analysed:
         """The record of ``exchange``: from the analysis process once it is up, else a thread.
         ``enforced``: what the Enforcer did to the request; ``urgent``: a hook waits for it."""
-        worker = self.worker
-        if worker is not None and worker.failure is not None:
-            self._drop_worker(worker, worker.failure)
-        elif worker is not None and worker.ready:
-            if not self.worker_announced:
-                self.worker_announced = True
-                log.info("leakmap: analysis process ready; flows are analysed there from now on")
+        worker = self._worker_ready()
+        if worker is not None:
             try:
                 summary, stored = await worker.process(exchange, enforced, urgent)
                 return None, summary, stored
@@ -267,7 +314,7 @@ class Inspector:
                     self._drop_worker(worker, worker.failure)
             except Exception as e:  # unexpected: threads from now on
                 self._drop_worker(worker, e)
-        return await asyncio.to_thread(pipeline.process, exchange), None, False
+        return await self._on_thread(exchange, pipeline)
 
     def _drop_worker(self, worker: AnalysisWorker, problem: BaseException) -> None:
         self._retire(worker)

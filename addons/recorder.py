@@ -47,11 +47,13 @@ class Recorder:
         # records analysed before the run started (the port listens a moment before
         # ``running`` reaches this addon); written as soon as it has
         self.before_run: list[FlowRecord] = []
+        self.stop_on_failure = True  # --on-store-failure=stop
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
         options.declare(loader, ("db", "run_name", "flush_ms", "on_store_failure"))
 
     def configure(self, updated: set[str]) -> None:
+        self.stop_on_failure = ctx.options.leakmap_on_store_failure == "stop"  # read per request
         if ctx.options.leakmap_on_store_failure not in STORE_FAILURE_MODES:
             raise exceptions.OptionsError(
                 f"leakmap_on_store_failure: {ctx.options.leakmap_on_store_failure!r} is not one of "
@@ -147,7 +149,7 @@ class Recorder:
         return self.inspector.store_failing() if self.inspector is not None else None
 
     def request(self, flow: http.HTTPFlow) -> None:
-        if ctx.options.leakmap_on_store_failure != "stop":
+        if not self.stop_on_failure:
             return
         failing = self.store_failing()
         if failing is not None:

@@ -179,3 +179,21 @@ def test_every_kind_of_stored_flow_reads_the_same_both_ways(tmp_path: Path) -> N
     assert len(records) == 5
     for record in records:
         assert tnetstring_loads(record) == tnetstring.loads(record)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(http_flows(), st.sampled_from([b"/", b"/other?x=1", b"*", b"", b"/\xff"]))
+def test_the_remembered_host_and_url_are_mitmproxys(flow: http.HTTPFlow, other_path: bytes) -> None:
+    """``exchange_from_flow`` remembers each authority's pretty host and URL prefix; it must
+    give mitmproxy's ``pretty_host`` and ``pretty_url``, also for the next path on the same
+    authority (a remembered entry)."""
+    from leakmap.addons.flows import _host_and_url
+
+    request = flow.request
+    for path in (request.data.path, other_path, request.data.path):
+        request.data.path = path
+        try:
+            theirs = (request.pretty_host, request.pretty_url)
+        except ValueError:  # mitmproxy cannot say either: neither may leakmap pretend to
+            continue
+        assert _host_and_url(request, request.path) == theirs
