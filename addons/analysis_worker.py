@@ -523,7 +523,11 @@ def _pickled(batch: list[tuple[Handed, asyncio.Future[Answer]]],
                 _fail([answer], f"cannot hand over: {type(e).__name__}: {e}")
             else:
                 kept.append((handed, answer))
-        return _analyse_frame([handed for handed, _ in kept]), kept
+        try:
+            return _analyse_frame([handed for handed, _ in kept]), kept
+        except Exception as e:  # each pickles alone, not together (memory?): threads take them
+            _fail([answer for _, answer in kept], f"cannot hand over: {type(e).__name__}: {e}")
+            return b"", []
 
 
 def _analyse_frame(handed: list[Handed]) -> bytes:

@@ -29,6 +29,7 @@ import multiprocessing
 import os
 import pickle
 import signal
+from collections import deque
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -54,8 +55,9 @@ def _write_states(path: str, requests: Connection) -> None:
                     data = data[os.write(descriptor, data):]
         finally:
             os.close(descriptor)
-    except OSError:  # the file cannot be written (the proxy's own try then says why), or the
-        os._exit(CANNOT_WRITE)  # proxy is gone: no traceback on the phone tester's console
+    except Exception:  # the file cannot be written (the proxy's own try then says why), the
+        # proxy is gone, or a state would not serialise: no traceback on the tester's console
+        os._exit(CANNOT_WRITE)
 
 
 CANNOT_WRITE = 3
@@ -78,7 +80,10 @@ class CaptureWriter:
         self._queued: list[dict[str, Any]] = []
         self._queued_bytes = 0
         self._outgoing = bytearray()
-        self._unwritten: list[dict[str, Any]] = []  # the states of the frames in _outgoing
+        # the frames in _outgoing: where each ends in the stream of bytes, and its states
+        self._unwritten: deque[tuple[int, list[dict[str, Any]]]] = deque()
+        self._handed = 0  # bytes put in _outgoing so far
+        self._sent = 0  # bytes the pipe took so far
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.failure: str | None = None
@@ -104,12 +109,16 @@ class CaptureWriter:
             self._timer.cancel()
             self._timer = None
         if self._queued and self.failure is None:
-            data = pickle.dumps(self._queued, protocol=pickle.HIGHEST_PROTOCOL)
-            self._outgoing += _HEADER.pack(len(data))
-            self._outgoing += data
-            self._unwritten += self._queued
+            self._frame_queued()
         self._queued, self._queued_bytes = [], 0
         self._write()
+
+    def _frame_queued(self) -> None:
+        data = pickle.dumps(self._queued, protocol=pickle.HIGHEST_PROTOCOL)
+        self._outgoing += _HEADER.pack(len(data))
+        self._outgoing += data
+        self._handed += _HEADER.size + len(data)
+        self._unwritten.append((self._handed, self._queued))
 
     def _write(self) -> None:
         if self.failure is not None:
@@ -121,20 +130,30 @@ class CaptureWriter:
         except OSError as e:  # the child is gone
             self._broken(f"writing to it failed: {e}")
             return
-        del self._outgoing[:written]
+        self._taken(written)
         loop = self._loop or asyncio.get_running_loop()
         if self._outgoing:
             loop.add_writer(self._fd, self._write)
         else:
-            self._unwritten.clear()  # all in the pipe: the child writes them, even if we die
             loop.remove_writer(self._fd)
+
+    def _taken(self, written: int) -> None:
+        """``written`` more bytes are in the pipe: a frame wholly there is the child's to write
+        (even if this process dies); one partly there is not (its flows are ``leftover`` if
+        the child dies, and written here)."""
+        del self._outgoing[:written]
+        self._sent += written
+        while self._unwritten and self._unwritten[0][0] <= self._sent:
+            self._unwritten.popleft()
 
     def _broken(self, why: str) -> None:
         code = self._process.exitcode
         self.failure = why if code is None else f"{why} (exit code {code})"
-        self.leftover = self._unwritten + self._queued  # never reached the pipe whole
+        # never wholly in the pipe: the child cannot have written them
+        self.leftover = [state for _, states in self._unwritten for state in states] + self._queued
         self._outgoing.clear()
-        self._unwritten, self._queued = [], []
+        self._unwritten.clear()
+        self._queued = []
         if self._loop is not None:
             self._loop.remove_writer(self._fd)
 
@@ -147,7 +166,7 @@ class CaptureWriter:
                     self._loop.remove_writer(self._fd)
                 os.set_blocking(self._fd, True)
                 try:
-                    os.write(self._fd, self._outgoing)  # a blocking write takes it all
+                    self._taken(os.write(self._fd, self._outgoing))  # blocking: takes it all
                 except OSError as e:
                     self._broken(f"writing to it failed: {e}")
         if self._loop is not None:

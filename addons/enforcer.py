@@ -99,7 +99,7 @@ class Enforcer:
             return
         rules = pipeline.classifier.policy.actions
         if action not in ("block", "redact") and exchange.server_ip is None and acts_somewhere(
-                rules, judgement.analysis.findings):
+                rules, judgement.analysis.findings, judgement.place):
             self._refuse(flow, pipeline, "its server's name did not resolve, so where it would "
                          "go is unknown, and the policy blocks or redacts data it carries when sent "
                          "to some destinations", "destination unknown")

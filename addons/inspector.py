@@ -325,10 +325,19 @@ class Inspector:
 
     def _finish(self, flow: Flow, exchange: Exchange, job: asyncio.Future[Analysed]) -> None:
         self.in_flight.discard(job)
-        if not job.cancelled() and job.exception() is None:
-            record, summary, stored = job.result()
-            self._keep(flow, record or exchange, summary, stored)
+        if job.cancelled():
+            return
+        problem = job.exception()
+        if problem is not None:  # a leakmap bug (decoders do not raise on payloads): said
+            log.error("leakmap: analysing %s failed (%s: %s); it is recorded without findings",
+                      exchange.url or exchange.host, type(problem).__name__, problem)
+            record = FlowRecord(exchange, analysis_error=f"analysis failed: {type(problem).__name__}")
+            self._keep(flow, record)
             self._tell(flow)
+            return
+        record, summary, stored = job.result()
+        self._keep(flow, record or exchange, summary, stored)
+        self._tell(flow)
 
     def _tell(self, flow: Flow) -> None:
         for listener in self.listeners:

@@ -104,12 +104,19 @@ def could_act(rules: Sequence[ActionRule], place: Place) -> bool:
     return any(STRENGTH[rule.action] >= STRENGTH["redact"] and goes_to(rule, place) for rule in rules)
 
 
-def acts_somewhere(rules: Sequence[ActionRule], findings: Sequence[Judged]) -> bool:
-    """Whether a block or redact rule covers one of ``findings`` at some destination: a
-    request whose destination is unknown (its server's name does not resolve) that carries
-    them must not leave."""
-    return any(STRENGTH[rule.action] >= STRENGTH["redact"] and takes(rule, finding)
-               for rule in rules for finding in findings)
+def acts_somewhere(rules: Sequence[ActionRule], findings: Sequence[Judged], place: Place) -> bool:
+    """Whether the request could be blocked or redacted wherever its address turns out to be:
+    ``place`` with its host known and its country, operator country and watched flag
+    unknown (its server's name did not resolve).  The rules decide as they would (the first
+    that covers a finding wins, host globs count), for every country and operator country
+    a rule names, some other one, watched or not."""
+    countries = {country for rule in rules for country in rule.countries or ()} | {None}
+    operators = {country for rule in rules for country in rule.operator_countries or ()} | {
+        place.operator_country, None}
+    return any(
+        STRENGTH[decide(rules, findings, Place(place.host, country, operator, watched)).action]
+        >= STRENGTH["redact"]
+        for country in countries for operator in operators for watched in (False, True))
 
 
 def enforces(rules: Sequence[ActionRule]) -> bool:

@@ -113,3 +113,28 @@ def test_a_capture_cut_short_by_a_dying_writer_is_taken_back_from_its_last_whole
     assert complete_length(path) == sum(map(len, whole))
     path.write_bytes(b"")
     assert complete_length(path) == 0
+
+
+def test_a_dead_capture_process_leaves_only_the_flows_not_wholly_in_its_pipe() -> None:
+    """Frames the pipe took whole are the child's (it wrote them, or they are lost with it);
+    a frame the pipe took only part of never reached the file, so its flows are written
+    again by the proxy, and a whole one is not written twice."""
+    from collections import deque
+    from types import SimpleNamespace
+
+    from leakmap.addons.capture_writer import CaptureWriter
+
+    writer = CaptureWriter.__new__(CaptureWriter)  # its pipe's side only, no child
+    writer._outgoing, writer._unwritten, writer._handed, writer._sent = bytearray(), deque(), 0, 0
+    writer._queued, writer._loop, writer.failure = [], None, None
+    writer._process = SimpleNamespace(exitcode=-9)
+    writer._queued = [{"id": "a"}, {"id": "b"}]
+    writer._frame_queued()
+    first_frame = len(writer._outgoing)
+    writer._queued = [{"id": "c"}]
+    writer._frame_queued()
+    writer._queued = [{"id": "d"}]  # not yet framed
+    writer._taken(first_frame + 3)  # the first frame whole, three bytes of the second
+    writer._broken("writing to it failed: [Errno 32] Broken pipe")
+    assert [state["id"] for state in writer.leftover] == ["c", "d"]
+    assert writer.failure is not None and "exit code -9" in writer.failure

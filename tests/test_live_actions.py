@@ -292,3 +292,23 @@ def test_a_request_whose_server_does_not_resolve_does_not_leave_if_a_rule_could_
     assert b"did not resolve" in carrying.response.content  # type: ignore[attr-defined]
     assert carrying.metadata[ENFORCED_KEY]["rule"] == "destination unknown"  # type: ignore[attr-defined]
     assert harmless.response is None  # type: ignore[attr-defined]  # nothing a rule takes: it goes on
+
+
+def test_a_name_that_does_not_resolve_is_judged_by_the_rules_that_could_apply_there() -> None:
+    """Only what some destination could make block or redact is refused: a host rule that
+    logs the data first still decides, the host being known."""
+    from types import SimpleNamespace
+
+    from leakmap.core.actions import Place, acts_somewhere
+    from leakmap.policies.model import ActionRule
+
+    rules = [ActionRule("log", 1, data_types=("email",), hosts=("*.mycorp.invalid",)),
+             ActionRule("block", 2, data_types=("email",), hosts=("*.tracker.invalid",)),
+             ActionRule("block", 3, data_types=("imei",), countries=("CN",))]
+    email = [SimpleNamespace(data_type="email", category="contact")]
+    imei = [SimpleNamespace(data_type="imei", category="device")]
+    assert not acts_somewhere(rules, email, Place(host="api.mycorp.invalid"))
+    assert acts_somewhere(rules, email, Place(host="x.tracker.invalid"))
+    assert acts_somewhere(rules, imei, Place(host="api.mycorp.invalid"))  # it could be in CN
+    assert not acts_somewhere(rules[:2], imei, Place(host="x.tracker.invalid"))
+

@@ -79,3 +79,27 @@ def test_the_recorder_waits_for_an_analysis_still_under_way(tmp_path: Path) -> N
 
     asyncio.run(scenario())
     assert _stored_paths(db_file) == ["late"]
+
+
+def test_an_analysis_that_fails_still_records_the_flow_and_says_why(tmp_path: Path) -> None:
+    """A bug in the pipeline (payloads never make it raise) must not cost the flow."""
+    db_file = tmp_path / "failed.db"
+
+    async def scenario() -> None:
+        with _addons(db_file) as (inspector, recorder):
+            recorder.running()
+            assert inspector.pipeline is not None
+
+            def broken(_exchange: object) -> None:
+                raise KeyError("a bug")
+
+            inspector.pipeline.process = broken  # type: ignore[method-assign, assignment]
+            inspector.response(_flow("/broken"))
+            await inspector.done()
+            await recorder.done()
+
+    asyncio.run(scenario())
+    with sqlite3.connect(db_file) as connection:
+        rows = connection.execute("SELECT url, analysis_error FROM flows").fetchall()
+    assert [(url.rsplit("/", 1)[-1], error) for url, error in rows] == [
+        ("broken", "analysis failed: KeyError")]
