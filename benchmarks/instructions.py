@@ -9,7 +9,7 @@ docs/performance.md); instructions do not.  Each proxy runs under
 on 4 keep-alive connections, after a warm-up and a pause in which leakmap's
 analysis process is ready.  Only the proxy's own process is counted: the
 analysis and capture processes run natively.  The proxies start slowly under
-valgrind (leakmap several minutes: its pipeline is built there too).  Prints
+valgrind (leakmap a few minutes: its pipeline is built there too; the whole run took 4 minutes here).  Prints
 the totals and the ratio; needs valgrind (Debian's package).
 """
 
