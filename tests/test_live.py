@@ -9,6 +9,7 @@ import os
 import ssl
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -208,9 +209,7 @@ def test_a_killed_proxy_keeps_what_it_committed_before_the_last_second(
     import signal
     import time
 
-    db = f"sqlite:///{tmp_path / 'killed.db'}"
-    proxy = start_proxy("--device", str(device_file), "--db", db, "--run-name", "killed",
-                        "--networks", str(networks_file), "--workers", "1")
+    db, proxy = _worker_proxy(start_proxy, tmp_path, device_file, networks_file, "killed")
     _send_phone_traffic(proxy, tls_server.port)
     time.sleep(1.5)  # longer than the default flush interval (0.5 s)
     workers = _analysis_processes(proxy.process.pid)
@@ -223,6 +222,15 @@ def test_a_killed_proxy_keeps_what_it_committed_before_the_last_second(
     while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]
+
+
+def _worker_proxy(start_proxy, tmp_path: Path, device_file: Path, networks_file: Path,  # type: ignore[no-untyped-def]
+                  run: str, *extra: str) -> tuple[str, Any]:
+    """A proxy with the sample profile, loopback in Beijing and its analysis process, storing
+    run ``run`` in its own SQLite file; (database URL, proxy)."""
+    db = f"sqlite:///{tmp_path / f'{run}.db'}"
+    return db, start_proxy("--device", str(device_file), "--db", db, "--run-name", run,
+                           "--networks", str(networks_file), "--workers", "1", *extra)
 
 
 def _children(pid: int) -> dict[str, list[int]]:
@@ -259,11 +267,10 @@ def test_a_killed_analysis_process_costs_no_flow(
     import signal
     import time
 
-    db = f"sqlite:///{tmp_path / 'worker.db'}"
     # it commits every 5 s: killed, it leaves records it stored but did not commit, which the
     # proxy then writes itself
-    proxy = start_proxy("--device", str(device_file), "--db", db, "--run-name", "worker",
-                        "--networks", str(networks_file), "--workers", "1", "--flush-ms", "5000")
+    db, proxy = _worker_proxy(start_proxy, tmp_path, device_file, networks_file, "worker",
+                              "--flush-ms", "5000")
     rounds, deadline = 0, time.monotonic() + 60
     # until the process is up, flows are analysed on threads; then they go there
     while "analysis process ready" not in proxy.output and time.monotonic() < deadline:
@@ -302,9 +309,7 @@ def test_a_killed_capture_process_costs_the_capture_no_flow(
 
     from mitmproxy import io
 
-    db = f"sqlite:///{tmp_path / 'capture.db'}"
-    proxy = start_proxy("--device", str(device_file), "--db", db, "--run-name", "capture",
-                        "--networks", str(networks_file), "--workers", "1")
+    db, proxy = _worker_proxy(start_proxy, tmp_path, device_file, networks_file, "capture")
     _send_phone_traffic(proxy, tls_server.port)
     deadline = time.monotonic() + 20
     while not _children(proxy.process.pid)["capture"] and time.monotonic() < deadline:
