@@ -176,9 +176,6 @@ class CaptureWriter:
         if self._process.exitcode not in (0, None) and self.failure is None:
             self.failure = f"the capture process stopped (exit code {self._process.exitcode})"
 
-    def alive(self) -> bool:
-        return self.failure is None and self._process.exitcode is None
-
 
 def complete_length(path: Path) -> int:
     """The length of ``path`` up to its last whole flow (a process that died while writing
