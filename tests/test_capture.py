@@ -92,6 +92,10 @@ def test_flow_states_are_mitmproxy_s_own_even_as_connections_change() -> None:
     second.metadata["x"] = {"y": [1]}
     for flow in (first, second, tflow.tflow(err=True), tflow.twebsocketflow()):
         assert states.of_http(flow) == flow.get_state()
+    saved, plain = states.of_http(second)["metadata"], states.of_http(first)["metadata"]
+    second.metadata["x"]["y"].append(2)  # changes after the save do not reach what was saved
+    first.metadata["leakmap_captured"] = True
+    assert saved == {"x": {"y": [1]}} and "leakmap_captured" not in plain
     first.server_conn.timestamp_end = 1234.5  # the connection closes: its state is read again
     first.server_conn.alpn_offers.append(b"h2")  # a list changed in place
     assert states.of_http(first) == first.get_state()

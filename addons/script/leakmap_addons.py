@@ -7,6 +7,7 @@ installed ``leakmap`` package.
 """
 
 from leakmap.addons.capture import Capture
+from leakmap.addons.dispatch import Leakmap
 from leakmap.addons.enforcer import Enforcer
 from leakmap.addons.inspector import Inspector
 from leakmap.addons.recorder import Recorder
@@ -16,4 +17,8 @@ from leakmap.addons.scenario import ScenarioWalk
 inspector = Inspector()
 review, recorder = Review(), Recorder(inspector)
 inspector.listeners += [review.show, recorder.record]  # each analysed flow: marked, then stored
-addons = [inspector, Enforcer(inspector), review, recorder, ScenarioWalk(recorder), Capture(recorder)]
+parts = [inspector, Enforcer(inspector), review, recorder, ScenarioWalk(recorder), Capture(recorder)]
+# One addon in mitmproxy's chain, not six: mitmproxy walks every addon for every event.
+# A response's work runs in batches, except when flows are saved with -w: then mitmproxy
+# waits for each flow's analysis, so that the saved flow carries it (addons/dispatch.py).
+addons = [Leakmap(*parts, deferred={"response"}, defer_while=lambda: not inspector.saving)]
