@@ -39,7 +39,7 @@ import report_bench  # noqa: E402
 import run  # noqa: E402
 
 FULL: dict[str, Any] = {
-    "rounds": 5, "rps_requests": 800, "p50_requests": 300, "warmup": 100,
+    "rounds": 12, "rps_requests": 800, "p50_requests": 300, "warmup": 100,
     "flows": 20_000, "analyze_budget_s": 100.0, "text_bytes": 50_000_000,
     "classify_budget_s": 12.0, "corpus_big": True, "corpus_files": ("har", "flow"),
     "report_flows": 10_000,
@@ -80,6 +80,9 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
         live_every_flow_logged=results.get("live", {}).get("every_flow_logged"),
         report_html_open_s=_round(results.get("report", {}).get("report_html_open_s")),
         report_mb=_round(results.get("report", {}).get("report_mb")),
+        live_rps_ratio_paired_median=_round(results.get("live", {}).get(
+            "live_rps_ratio_paired_median"), 3),
+        live_loop_cpu_ratio=_round(results.get("live", {}).get("live_loop_cpu_ratio"), 3),
         enforcing_rps_ratio=_round(results.get("live", {}).get("enforcing_rps_ratio")),
         enforcing_added_p50_ms=_round(results.get("live", {}).get("enforcing_added_p50_ms")),
         analyze_flows_timed=analyze.get("leakmap_flows_timed"),
@@ -97,8 +100,8 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
     return line
 
 
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 2)
+def _round(value: float | None, digits: int = 2) -> float | None:
+    return None if value is None else round(value, digits)
 
 
 def passed(key: str, value: float | None) -> bool | None:

@@ -123,8 +123,14 @@ def summarize(bare: Proxy, leak: Proxy) -> dict[str, Any]:
     many = CONNECTIONS
     per_round = [(b, m) for b in bare.loads for m in leak.loads
                  if (b["round"], b["conns"]) == (m["round"], m["conns"])]
+    paired = [m["rps"] / b["rps"] for b, m in per_round if b["conns"] == many]
     return {
         "live_rps_ratio": _median(leak, many, "rps") / _median(bare, many, "rps"),
+        # the same rounds paired: follows the machine's drift within a run (not the headline)
+        "live_rps_ratio_paired_median": statistics.median(paired) if paired else None,
+        # the event loop's CPU per request (main thread; /proc, 10 ms ticks), leakmap / bare
+        "live_loop_cpu_ratio": (_median(leak, many, "proxy_main_thread_cpu_us_per_req")
+                                / _median(bare, many, "proxy_main_thread_cpu_us_per_req")),
         "live_added_p50_ms": _median(leak, 1, "p50_ms") - _median(bare, 1, "p50_ms"),
         "rps_ratio_per_round": [round(m["rps"] / b["rps"], 3) for b, m in per_round
                                 if b["conns"] == many],

@@ -68,6 +68,7 @@ def main() -> int:
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
     env["LEAKMAP_HOME"] = str(workdir / "home")
     device = bigprofile.write_profile(workdir / "device.yaml")
+    env["AB_DEVICE"] = str(device)  # for scripts of a variant
     origin = run.Origin(workdir)
     authority = f"localhost:{origin.port}"
     wires = [r.wire(authority) for r in payloads.make_requests(options.requests)]
