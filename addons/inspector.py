@@ -194,9 +194,10 @@ class Inspector:
         if self.worker is not None:
             self._retire(self.worker)
             self.worker = None
+        # all at once: a stop waits at most ``timeout``, however many reloads retired a process
+        all_counts = await asyncio.gather(*(worker.stored(timeout) for worker in self.retired))
         left: int | None = 0
-        for worker in self.retired:
-            counts = await worker.stored(timeout)
+        for worker, counts in zip(self.retired, all_counts, strict=True):
             if worker.store_problem is not None or not worker.storing:
                 continue
             left = None if counts is None or left is None else left + counts[1]
