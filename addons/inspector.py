@@ -60,6 +60,7 @@ Listener = Callable[[Flow], None]
 # a record (on a thread), or its summary as the analysis process made it, and whether that
 # process also stored it (AnalysisWorker.store)
 Analysed = tuple[FlowRecord | None, dict[str, Any] | None, bool]
+Stamps = list[tuple[int, int, int] | None]  # of the watched files (file_stamps)
 STORED_KEY = "stored"  # in a summary: the analysis process wrote the record to the run's store
 
 
@@ -80,7 +81,7 @@ class Inspector:
         self.orphaned: Callable[[list[FlowRecord]], None] | None = None  # what they could not
         self.worker_announced = False
         self.settings: dict[str, Any] = {}  # what the pipeline was built from
-        self.stamps: list[tuple[int, int, int] | None] = []  # of the watched files, when built
+        self.stamps: Stamps = []  # of the watched files, when built
         self.watcher: asyncio.Task[None] | None = None  # hot reload (_watch_files)
         self.saving = False  # flows are saved (mitmdump -w): hooks wait for their analysis
 
@@ -130,13 +131,19 @@ class Inspector:
 
     async def _watch_files(self) -> None:
         """Hot reload: a changed policy, profile or networks file is loaded again within a
-        second; an invalid one is reported and the running policy kept."""
+        second; an invalid one is reported and the running policy kept.
+
+        A change is loaded once the files have held still for one look: an editor (or
+        ``write_text``) empties a file before it writes it, and an empty policy is a valid
+        one, without a single action: read in between, it would drop every block rule."""
+        changing: Stamps | None = None  # a change seen at the last look
         while True:
             await asyncio.sleep(RELOAD_POLL_SECONDS)
             if self.assembled is None:
                 continue
             stamps = file_stamps(self._watched_files())
-            if stamps != self.stamps:
+            load, changing = settled_change(stamps, self.stamps, changing)
+            if load:
                 self.stamps = stamps  # tried once per change, whatever comes of it
                 await self._reload(dict(self.settings))
 
@@ -398,9 +405,9 @@ class Inspector:
 RELOAD_POLL_SECONDS = 0.25
 
 
-def file_stamps(paths: list[Path]) -> list[tuple[int, int, int] | None]:
+def file_stamps(paths: list[Path]) -> Stamps:
     """What tells that a file changed: modification time, size, inode (None: missing)."""
-    stamps: list[tuple[int, int, int] | None] = []
+    stamps: Stamps = []
     for path in paths:
         try:
             info = path.stat()
@@ -441,6 +448,18 @@ def flow_record(flow: Flow) -> FlowRecord | None:
         return cached[1]  # type: ignore[no-any-return]
     exchange = exchange_from_flow(flow) if summary else None
     return record_from_summary(exchange, summary) if exchange and summary else None
+
+
+def settled_change(stamps: Stamps, loaded: Stamps, changing: Stamps | None) -> tuple[bool, Stamps | None]:
+    """Whether to load the files now that they look like ``stamps`` (``loaded``: as when last
+    loaded; ``changing``: as at the previous look, if they had changed then), and what to
+    remember for the next look.  Only a change that held still from one look to the next is
+    loaded."""
+    if stamps == loaded:
+        return False, None
+    if stamps != changing:
+        return False, stamps  # still moving, or just moved: look again
+    return True, None
 
 
 def quiet(summary: dict[str, Any]) -> bool:

@@ -181,6 +181,20 @@ def test_a_policy_edit_takes_effect_on_the_next_flow_and_a_bad_edit_keeps_the_ol
                     ("request.body.json.lab_token", "lab_token", "key")}
 
 
+def test_a_policy_file_is_loaded_again_only_once_it_holds_still() -> None:
+    """An editor empties a file, then writes it: an empty policy is valid and has no action,
+    so a look that falls in between must not load it (that dropped the block rule above)."""
+    from leakmap.addons.inspector import settled_change
+
+    loaded = [(1, 120, 7)]
+    emptied, written = [(2, 0, 7)], [(3, 140, 7)]
+    assert settled_change(loaded, loaded, None) == (False, None)
+    assert settled_change(emptied, loaded, None) == (False, emptied)  # moved: look again
+    assert settled_change(written, loaded, emptied) == (False, written)  # still moving
+    assert settled_change(written, loaded, written) == (True, None)  # held still: load it
+    assert settled_change(loaded, loaded, emptied) == (False, None)  # changed back
+
+
 def test_a_policy_that_cannot_be_applied_fails_closed(tmp_path: Path) -> None:
     """A leakmap bug while judging a request (here: a classifier that raises) must not let
     the request leave: it gets a 502 and is recorded as blocked."""
