@@ -69,7 +69,8 @@ class Leakmap:
         self.defer_while = defer_while
         self.batch: list[tuple[Handler, tuple[Any, ...]]] = []
         self.timer: asyncio.TimerHandle | None = None
-        self.running: set[asyncio.Future[Any]] = set()  # awaitables a batched hook returned
+        # awaitables a batched hook returned (not "running": that is a hook's name)
+        self.tasks: set[asyncio.Future[Any]] = set()
         for name in hook_names():
             handlers = [handler for part in parts
                         if callable(handler := getattr(part, name, None))]
@@ -121,9 +122,9 @@ class Leakmap:
                 log.exception("leakmap: a deferred hook failed")
                 continue
             if result is not None and inspect.isawaitable(result):
-                running = asyncio.ensure_future(result)
-                self.running.add(running)
-                running.add_done_callback(self.running.discard)
+                task = asyncio.ensure_future(result)
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
 
 
 def hook_names() -> list[str]:

@@ -181,3 +181,23 @@ def test_a_deferred_hook_that_raises_costs_only_its_own_flow(caplog: pytest.LogC
     asyncio.run(traffic())
     assert calls == ["response f1", "response f2"]
     assert "a deferred hook failed" in caplog.text
+
+
+def test_an_awaitable_a_batched_hook_returns_is_run_and_no_attribute_hides_a_hook() -> None:
+    calls: list[str] = []
+
+    class Starts(Part):
+        def running(self) -> None:
+            calls.append("running")
+
+    one = Leakmap(Starts("a", calls, waits=True), deferred={"request"})
+
+    async def traffic() -> None:
+        one.running()  # type: ignore[attr-defined]
+        one.request("f1")  # type: ignore[attr-defined]
+        await asyncio.sleep(dispatch.BATCH_S * 5)
+
+    asyncio.run(traffic())
+    assert calls == ["running", "a request f1", "a waited f1"]
+    hooks_of_one = set(vars(one)) & set(dispatch.hook_names())
+    assert all(callable(getattr(one, name)) for name in hooks_of_one)
