@@ -50,9 +50,11 @@ def _browser() -> Iterator:  # type: ignore[type-arg]
 browser = pytest.fixture(_browser)
 
 
-@pytest.fixture
-def report(tmp_path: Path) -> tuple[Path, dict]:
-    """An analysed capture with hostile text in a field name and an operator name."""
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """An analysed capture with hostile text in a field name and an operator name; made once
+    for this module's tests, which only read it."""
+    tmp_path = tmp_path_factory.mktemp("report")
     har = json.loads((SAMPLES / "redmi-2014.har").read_text())
     entry = json.loads(json.dumps(har["log"]["entries"][0]))
     entry["request"]["url"] = "https://evil.example/collect"
@@ -149,10 +151,11 @@ def test_a_long_evidence_table_is_paged(browser, tmp_path: Path) -> None:  # typ
     leakmap_cli("report", "--db", db, "--format", "html", "-o", str(out))
     browser.get(out.as_uri())
 
-    def visible() -> list[str]:
-        return [r.find_elements(By.TAG_NAME, "td")[1].text
-                for r in browser.find_elements(By.CSS_SELECTOR, "#evidence-table tbody tr")
-                if r.is_displayed()]
+    def visible() -> list[str]:  # in one round trip: 450 rows asked one by one took 10 s
+        return browser.execute_script(  # type: ignore[no-any-return]
+            "return [...document.querySelectorAll('#evidence-table tbody tr')]"
+            ".filter(row => row.getClientRects().length > 0)"
+            ".map(row => row.querySelectorAll('td')[1].innerText)")
 
     assert len(visible()) == 200 and browser.find_element(By.ID, "page").text == "rows 1–200"
     browser.find_element(By.ID, "next").click()
