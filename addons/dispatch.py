@@ -17,12 +17,13 @@ flow's state for the capture, make its exchange, hand both to their
 processes) does not change what the phone gets, so it need not run between
 mitmproxy's steps for that request.  A deferred hook (``response``) only
 puts the flow in a batch; the batch is handled every ``BATCH_S`` (or at
-``BATCH_MAX`` flows), each flow in turn, in the order they came.  Measured
-on 2 KB requests with 16 connections: the proxy's own CPU per request went
-from +15 % over bare mitmdump to +5 %, for the same instructions
-(docs/performance.md).  Interleaved with mitmproxy's code request by request,
-leakmap's code ran at a far lower rate of instructions per cycle; run
-together, both keep their caches.
+``BATCH_MAX`` flows), each flow in turn, in the order they came.  Same
+instructions; in two A/Bs on 2 KB requests with 16 connections the proxy's
+event loop used 2.5–6.6 % more CPU per request than bare mitmdump's with
+batching, 11–15 % without (docs/performance.md; later runs were noisier).
+The likely reason, not measured here (no hardware counters): leakmap's code
+interleaved with mitmproxy's request by request runs at a lower rate of
+instructions per cycle than the same code run together.
 
 So that no hook of a flow overtakes its deferred ``response``, the batch is
 handled first before any other hook of leakmap's, except the ones that
@@ -66,7 +67,7 @@ class Leakmap:
     def __init__(self, *parts: object, deferred: Collection[str] = (),
                  defer_while: Callable[[], bool] = lambda: True) -> None:
         self.parts = parts
-        self.defer_while = defer_while
+        self.deferred, self.defer_while = frozenset(deferred), defer_while
         self.batch: list[tuple[Handler, tuple[Any, ...]]] = []
         self.timer: asyncio.TimerHandle | None = None
         # awaitables a batched hook returned (not "running": that is a hook's name)
@@ -84,10 +85,11 @@ class Leakmap:
             setattr(self, name, hook)
 
     def _deferring(self, hook: Handler) -> Handler:
+        at_once = self._after_batch(hook)
+
         def defer(*args: Any) -> Any:
             if not self.defer_while():
-                self.handle_batch()
-                return hook(*args)
+                return at_once(*args)
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:  # called outside mitmproxy's loop: nothing to batch on

@@ -9,7 +9,7 @@ and an SQLite file of its own are given), or with ``mitmdump:`` bare mitmdump wi
 ``bare`` (mitmdump alone) is always there.  Every variant gets the same warm-up, then round
 after round each in turn (the order rotates) sends ``--requests`` 2 KB POSTs on 16
 keep-alive connections.  Per variant it prints the median req/s, the median of its ratios
-to bare in the same round, and its event loop's CPU per request (``/proc`` schedstat):
+to bare in the same round, and its event loop's CPU per request (``run.thread_cpu_s``, 10 ms ticks):
 on this machine identical proxies differ by up to 8 % in a dozen rounds, so a difference
 smaller than that needs several runs, or ``benchmarks/instructions.py``.
 """
@@ -41,20 +41,12 @@ CONNECTIONS = 16
 
 
 def command(name: str, args: str, port: int, workdir: Path, device: Path) -> list[str]:
-    common = ["--listen-port", str(port), "--set", f"confdir={workdir / 'conf'}",
-              "--set", "ssl_insecure=true", "--set", "termlog_verbosity=error",
-              "--set", "flow_detail=0"]
+    """The benchmark's own proxy command (``run.proxy_command``), with the variant's ARGS."""
     args = args.replace("{device}", str(device)).replace("{workdir}", str(workdir))
-    if name == "bare" or args.startswith("mitmdump:"):
-        return [str(run.BIN / "mitmdump"), *common, *shlex.split(args.removeprefix("mitmdump:"))]
-    return [str(run.BIN / "leakmap"), "run", "--device", str(device), "--db",
-            f"sqlite:///{workdir / name}.db", "--run-name", name, *common, *shlex.split(args)]
-
-
-def loop_cpu_ns(pid: int) -> int:
-    """CPU time of the process's main thread (its event loop), in nanoseconds."""
-    with open(f"/proc/{pid}/task/{pid}/schedstat") as stat:
-        return int(stat.read().split()[0])
+    bare = name == "bare" or args.startswith("mitmdump:")
+    base = run.proxy_command("bare" if bare else "leakmap", port, workdir / "conf",
+                             workdir / f"{name}.db", name, device)
+    return [*base, *shlex.split(args.removeprefix("mitmdump:"))]
 
 
 def main() -> int:
@@ -93,9 +85,10 @@ def main() -> int:
             shift = round_no % len(names)
             for name in names[shift:] + names[:shift]:
                 process, port = proxies[name]
-                before = loop_cpu_ns(process.pid)
+                before = run.thread_cpu_s(process.pid)
                 result = loadgen.run_load(wires, CONNECTIONS, origin.port, ca, port)
-                cpu[name].append((loop_cpu_ns(process.pid) - before) / 1000 / max(result.ok, 1))
+                cpu[name].append((run.thread_cpu_s(process.pid) - before) * 1e6
+                                 / max(result.ok, 1))
                 rps[name].append(result.ok / result.wall_s)
                 if name != "bare":
                     time.sleep(1.0)  # its analysis done before the next load

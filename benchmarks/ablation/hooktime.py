@@ -60,7 +60,7 @@ class Report:
         # wrapped the methods: made again, it holds the wrapped ones
         one = ctx.master.addons.get("leakmap")
         if one is not None:
-            one.__init__(*one.parts)
+            one.__init__(*one.parts, deferred=one.deferred, defer_while=one.defer_while)
 
     def done(self) -> None:
         requests = max(1, TOTALS["Inspector.response"][0])
