@@ -26,6 +26,7 @@ import re
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import accumulate
 from pathlib import Path
 from urllib.parse import quote
 
@@ -393,8 +394,10 @@ class KnownMatcher:
         self._phone_gate.scan(squeezed, _collect, found)
         if not found or len(squeezed) == len(data):
             return [end for _word, end in found]
-        # the k-th separator, at p in data, would sit at p - k in the squeezed bytes
-        moved = [mark.start() - k for k, mark in enumerate(_PHONE_SEPARATOR.finditer(data))]
+        # The k-th separator, at p in data, would sit at p - k in the squeezed bytes: after
+        # the bytes of the k + 1 pieces before it (native loops only; a JSON body has hundreds)
+        pieces = data.translate(_PHONE_SEPARATORS_AS_SPACE).split(b" ")
+        moved = list(accumulate(map(len, pieces[:-1])))
         return [end + bisect_right(moved, end - 1) for _word, end in found]
 
     def search_joined(self, joined: Joined) -> Iterator[tuple[int, int, int, KnownHit]]:
@@ -445,7 +448,7 @@ class KnownMatcher:
 
 
 _PHONE_SEPARATORS = b" ()./-"
-_PHONE_SEPARATOR = re.compile(rb"[ ()./-]")
+_PHONE_SEPARATORS_AS_SPACE = bytes.maketrans(b"()./-", b"     ")
 _HYPERSCAN_VERSION = getattr(hyperscan, "__version__", "")
 
 

@@ -631,3 +631,48 @@ def test_base64_runs_are_the_maximal_runs_of_22_or_more(data: bytes) -> None:
 
     expected = [m.span() for m in re.finditer(rb"[A-Za-z0-9+/_=-]{22,}", data)]
     assert list(base64_runs(data)) == expected
+
+
+@HYPOTHESIS
+@given(st.lists(st.sampled_from([b"9812345678", b"98123 45678", b"(981) 234-5678", b"98.12.3",
+                                 b"9988776655", b"-", b" ", b".", b"()", b'"', b"x", b"\xff"]),
+                max_size=14).map(b"".join)
+       | st.binary(max_size=120))
+def test_phone_ends_are_where_the_national_digits_end_in_the_data(
+        classifier: Classifier, data: bytes) -> None:
+    """With the separators removed, the hits end where the data's digits end: mapped back
+    to the data, each end is one past the last digit of a run of the national number."""
+    import re
+
+    ends = classifier.known.phone_ends(data)
+    squeezed = data.translate(None, b" ()./-")
+    nationals = ("9812345678", "9988776655", "9811122233", "9876500011")
+    expected = sorted(m.end() for national in nationals
+                      for m in re.finditer(f"(?={national})".encode(), squeezed)
+                      for m in [re.compile(national.encode()).match(squeezed, m.start())])
+    # the k-th kept byte of the squeezed data, back in the data
+    kept = [at for at, byte in enumerate(data) if byte not in b" ()./-"]
+    assert sorted(ends) == [kept[end - 1] + 1 for end in expected]
+
+
+_JSON_PIECES = [b'{"a":', b'[', b']', b'{', b'}', b',', b'"x"', b'"\\ud800"', b'"\xc3\xa9"', b'\xc3',
+                b'\xff', b'NaN', b'-0.5e3', b'1' * 25, b'true', b'null', b' ', b'\xef\xbb\xbf',
+                b'"\x01"', b':', b'01']
+
+
+@HYPOTHESIS
+@given(st.lists(st.sampled_from(_JSON_PIECES), max_size=14).map(b"".join)
+       | st.binary(max_size=60)
+       | st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+                      lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner),
+                      max_leaves=12).map(lambda doc: json.dumps(doc).encode()))
+def test_a_body_reads_as_json_exactly_when_json_loads_reads_it(body: bytes) -> None:
+    """simdjson answers first; what it refuses json.loads decides: never another answer."""
+    from leakmap.core.decode import _reads_as_json
+
+    try:
+        json.loads(body)
+        expected = True
+    except (ValueError, RecursionError):
+        expected = False
+    assert _reads_as_json(body) is expected
