@@ -481,7 +481,10 @@ def _blob_texts():  # type: ignore[no-untyped-def]
 
     raw = st.one_of(st.binary(min_size=4, max_size=40),
                     st.text(min_size=2, max_size=30).map(lambda text: text.encode()),
-                    st.sampled_from(["caf\u00e9 \u540d\u5b57 \U0001f600", "hello there!\x01"])
+                    st.sampled_from(["caf\u00e9 \u540d\u5b57 \U0001f600", "hello there!\x01",
+                                     # 12 and 18 bytes: whole groups as hex and as base64,
+                                     # decoded in the batch, not one by one
+                                     "hello world!", "caf\u00e9 \u540d\u5b57 \U0001f600a"])
                     .map(lambda text: text.encode()))
     encoders = st.sampled_from([bytes.hex, lambda b: b.hex().upper(),
                                 lambda b: base64.b64encode(b).decode(),
