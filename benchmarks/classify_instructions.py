@@ -3,14 +3,16 @@
     .venv/bin/python benchmarks/classify_instructions.py [--bodies 300]
 
 ``classify_mb_s`` and ``match_mb_s`` move with the machine's speed by a third
-from one hour to the next here (docs/performance.md); instructions do not (two
-runs agree within 0.3 %).  So a change to the classifier is judged here first.
+from one hour to the next here (docs/performance.md); instructions hardly do (runs of
+the same code agree within about 1 %: 1,476 to 1,493 K in five).  So a change to the
+classifier is judged here first; a change smaller than 1 % cannot be seen.
 The script runs itself under ``valgrind --tool=callgrind`` with counting
 off, builds the pipeline of the benchmark's 1,000-value device profile,
 runs the headline benchmark's bodies once to fill the caches a long run
 fills (short decodings, phone numbers), then counts one more pass over the
 same bodies (``callgrind_control -i on``/``off`` around it).  The hash seed
-is fixed, so sets and dicts iterate alike in every run.  Needs valgrind.
+is fixed, so sets and dicts of strings iterate alike in every run (what is left to vary:
+the addresses objects get).  Needs valgrind.
 """
 
 from __future__ import annotations

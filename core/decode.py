@@ -604,14 +604,13 @@ def unwrapping(texts: Sequence[str], min_blob: int) -> set[str]:
     lower, upper = _HEX_DIGITS  # _is_hex, inline: these loops run for every id of a body
     hexes = [text for text in texts
              if not len(text) % 2 and (not text.strip(lower) or not text.strip(upper))]
-    maybe = _utf8_shaped(hexes, bytes.fromhex("ff" + "ff".join(hexes) + "ff"),
-                         [len(text) // 2 for text in hexes], 1)
+    maybe = _utf8_shaped(hexes, bytes.fromhex("ff" + "ff".join(hexes) + "ff"), _hex_size, 1)
     whole = [text for text in texts if not len(text) % 4 and "=" not in text]
     padded = [text for text in texts if len(text) % 4 or "=" in text]
     run = ("////" + "////".join(whole) + "////").encode("ascii")
     try:
         decoded = binascii.a2b_base64(run.translate(_URL_SAFE_TO_STANDARD), strict_mode=True)
-        maybe.update(_utf8_shaped(whole, decoded, [len(text) // 4 * 3 for text in whole], 3))
+        maybe.update(_utf8_shaped(whole, decoded, _base64_size, 3))
     except binascii.Error:  # a text of another alphabet: one by one
         padded = list(texts)
     # the rest one by one: most are words (event and screen names) that come back flow
@@ -619,9 +618,18 @@ def unwrapping(texts: Sequence[str], min_blob: int) -> set[str]:
     return {text for text in (*maybe, *odd, *padded) if unwraps(text, min_blob)}
 
 
-def _utf8_shaped(texts: list[str], decoded: bytes, sizes: list[int], gap: int) -> set[str]:
+def _hex_size(text: str) -> int:
+    return len(text) // 2
+
+
+def _base64_size(text: str) -> int:  # of whole groups of four
+    return len(text) // 4 * 3
+
+
+def _utf8_shaped(texts: list[str], decoded: bytes, size: Callable[[str], int],
+                 gap: int) -> set[str]:
     """Those of ``texts`` whose bytes are shaped like UTF-8: ``decoded`` holds them in
-    order, of ``sizes``, after, between and before ``gap`` 0xFF bytes.
+    order, each of ``size(text)`` bytes, after, between and before ``gap`` 0xFF bytes.
 
     A 0xFF inside a text's bytes cuts them in two: a part may look like UTF-8,
     and the text is named anyway (asked again exactly), never the reverse.
@@ -631,7 +639,9 @@ def _utf8_shaped(texts: list[str], decoded: bytes, sizes: list[int], gap: int) -
     runs = [run.start() for run in _UTF8_RUN.finditer(decoded.translate(_BYTE_KINDS))]
     if not runs:
         return set()
-    starts = list(itertools.accumulate((size + gap for size in sizes[:-1]), initial=gap - 1))
+    # sizes only now: most bodies have no run, and this is a Python call per text
+    sizes = map(size, texts[:-1])
+    starts = list(itertools.accumulate(map(gap.__add__, sizes), initial=gap - 1))
     return {texts[bisect_right(starts, start) - 1] for start in runs}
 
 
