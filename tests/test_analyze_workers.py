@@ -245,7 +245,11 @@ def _children(pid: int) -> list[int]:
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
 def test_ctrl_c_leaves_no_worker_behind(tmp_path: Path) -> None:
+    # Enough flows that the run is still going half a second after its worker started:
+    # 600 were all analysed by then on a quick minute, and the run ended well on its own.
+    # The same 600 ten times over (a flow saved again is stored once).
     capture = _write_capture(tmp_path / "a.flow", 600)
+    capture.write_bytes(capture.read_bytes() * 10)
     command = [str(BIN / "leakmap"), "analyze", str(capture), "--device", str(DEVICE),
                "--db", f"sqlite:///{tmp_path / 'c.db'}", "--workers", "1"]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, start_new_session=True)
