@@ -171,8 +171,17 @@ def check_db(leak: Proxy) -> dict[str, Any]:
 
 
 def _rounds(proxies: dict[str, Proxy], loads: dict[int, list[bytes]], server: run.Origin,
-            ca: str, rounds: int) -> None:
+            ca: str, rounds: int, budget_s: float | None = None, min_rounds: int = 1) -> int:
+    """Up to ``rounds`` rounds; after ``min_rounds``, none that would end past ``budget_s``
+    (judged by the rounds so far).  How many ran."""
+    started = time.perf_counter()
     for round_no in range(rounds):
+        spent = time.perf_counter() - started
+        if budget_s is not None and round_no >= min_rounds and (
+                spent + spent / round_no > budget_s):
+            print(f"  live: {round_no} rounds in {spent:.0f} s; one more would pass the "
+                  f"{budget_s:.0f} s budget", flush=True)
+            return round_no
         shift = round_no % len(VARIANTS)  # each variant takes each place in turn
         order = VARIANTS[shift:] + VARIANTS[:shift]
         for variant in order:
@@ -181,6 +190,7 @@ def _rounds(proxies: dict[str, Proxy], loads: dict[int, list[bytes]], server: ru
                 one_load(proxies[variant], wires, conns, server, ca, round_no)
                 if variant != "bare":
                     proxies[variant].loads[-1]["settled_s"] = round(settle(proxies[variant]), 3)
+    return rounds
 
 
 def measure(config: dict[str, Any], workdir: Path, env: dict[str, str],
@@ -203,8 +213,10 @@ def measure(config: dict[str, Any], workdir: Path, env: dict[str, str],
             proxy.answered += loadgen.run_load(warm, CONNECTIONS, server.port, ca, proxy.port).ok
         warm_settled_s = settle(proxies["leakmap"])  # the warm-up analysed, the process built
         settle(proxies["enforcing"])
-        _rounds(proxies, loads, server, ca, config["rounds"])
+        rounds_done = _rounds(proxies, loads, server, ca, config["rounds"],
+                              config.get("live_budget_s"), config.get("min_rounds", 1))
         result = summarize(proxies["bare"], proxies["leakmap"])
+        result["live_rounds"] = rounds_done
         result.update(enforcing(proxies["bare"], proxies["enforcing"]))
         result["warm_settled_s"] = warm_settled_s
     finally:
