@@ -929,7 +929,7 @@ def _reads_as_json(body: bytes) -> bool:
         try:
             parser.parse(body)  # the document it returns is dropped at once: the parser is free
             return True
-        except (ValueError, RuntimeError):
+        except Exception:  # refused (ValueError, RuntimeError) or anything else: json.loads says
             pass
     try:
         json.loads(body)
