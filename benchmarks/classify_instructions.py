@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -31,6 +30,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
 
 import bigprofile  # noqa: E402
+import instructions  # noqa: E402
 import micro  # noqa: E402
 import payloads  # noqa: E402
 
@@ -56,15 +56,10 @@ def _count_here(what: str, bodies: int) -> None:
         (lambda index: classifier.classify(exchanges[index])) if what == "classify" else match)
     for index in range(bodies):
         run(index)
-    _switch("on")
+    instructions.switch_counting(os.getpid(), "on")
     for index in range(bodies):
         run(index)
-    _switch("off")
-
-
-def _switch(state: str) -> None:
-    subprocess.run(["callgrind_control", "-i", state, str(os.getpid())], check=True,
-                   capture_output=True)
+    instructions.switch_counting(os.getpid(), "off")
 
 
 def count(what: str, bodies: int, workdir: Path) -> float:
@@ -75,10 +70,7 @@ def count(what: str, bodies: int, workdir: Path) -> float:
                     f"--callgrind-out-file={out}", sys.executable, __file__,
                     "--inside", what, "--bodies", str(bodies)],
                    env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    totals = re.search(r"^totals: (\d+)", out.read_text(errors="replace"), re.MULTILINE)
-    if totals is None:
-        raise RuntimeError(f"no totals in {out}")
-    return int(totals.group(1)) / bodies
+    return instructions.total_instructions(out) / bodies
 
 
 def main() -> int:

@@ -58,16 +58,24 @@ def count(variant: str, requests: int, workdir: Path, origin: run.Origin, device
         wait_for_port(port, proxy, timeout=1800)
         loadgen.run_load(warm, CONNECTIONS, origin.port, ca, port)
         time.sleep(20)  # leakmap's analysis process is ready, the warm-up analysed
-        subprocess.run(["callgrind_control", "-i", "on", str(proxy.pid)], check=True,
-                       capture_output=True)
+        switch_counting(proxy.pid, "on")
         result = loadgen.run_load(wires, CONNECTIONS, origin.port, ca, port)
-        subprocess.run(["callgrind_control", "-i", "off", str(proxy.pid)], check=True,
-                       capture_output=True)
+        switch_counting(proxy.pid, "off")
         if result.ok != requests:
             raise RuntimeError(f"{variant}: {result.ok} of {requests} requests answered")
     finally:
         proxy.send_signal(signal.SIGTERM)
         proxy.wait(600)
+    return total_instructions(out)
+
+
+def switch_counting(pid: int, state: str) -> None:
+    """Counting on or off in the process ``pid`` runs under callgrind."""
+    subprocess.run(["callgrind_control", "-i", state, str(pid)], check=True, capture_output=True)
+
+
+def total_instructions(out: Path) -> int:
+    """The instructions counted in callgrind's output file ``out``."""
     totals = re.search(r"^totals: (\d+)", out.read_text(errors="replace"), re.MULTILINE)
     if totals is None:
         raise RuntimeError(f"no totals in {out}")

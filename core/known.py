@@ -448,7 +448,7 @@ class KnownMatcher:
 
 
 _PHONE_SEPARATORS = b" ()./-"
-_PHONE_SEPARATORS_AS_SPACE = bytes.maketrans(b"()./-", b"     ")
+_PHONE_SEPARATORS_AS_SPACE = bytes.maketrans(_PHONE_SEPARATORS, b" " * len(_PHONE_SEPARATORS))
 _HYPERSCAN_VERSION = getattr(hyperscan, "__version__", "")
 
 
