@@ -11,6 +11,9 @@ attribute of that name, made once.  A hook only one of them has is that
 addon's own bound method.  A hook several have calls them in their order, as
 mitmproxy's walk would: when one returns an awaitable, the rest run after it
 completes; an exception stops the rest, as it does under mitmproxy's walk.
+mitmproxy calls ``done`` without awaiting it when it reloads a changed
+script: what ``done`` returns is scheduled as a task at once, so it runs
+then too (:func:`scheduled`).
 
 **Deferred hooks.**  What leakmap does when a response is in (take the
 flow's state for the capture, make its exchange, hand both to their
@@ -58,6 +61,9 @@ BATCH_MAX = 256  # or until this many wait
 # hooks that start a flow: no deferred hook of that flow can be waiting
 STARTS = frozenset({"request", "requestheaders", "tcp_start", "udp_start", "dns_request",
                     "http_connect", "client_connected"})
+# hooks mitmproxy also calls without awaiting what they return: when it loads a script
+# (configure, running) and when it removes one, on a reload of a changed script (done)
+CALLED_UNAWAITED = frozenset({"configure", "running", "done"})
 
 
 class Leakmap:
@@ -82,6 +88,8 @@ class Leakmap:
                 hook = self._deferring(hook)
             elif name not in STARTS:
                 hook = self._after_batch(hook)
+            if name in CALLED_UNAWAITED:
+                hook = scheduled(hook)
             setattr(self, name, hook)
 
     def _deferring(self, hook: Handler) -> Handler:
@@ -132,6 +140,22 @@ class Leakmap:
 def hook_names() -> list[str]:
     """Every hook mitmproxy may call on an addon."""
     return sorted(hooks.all_hooks)
+
+
+def scheduled(hook: Handler) -> Handler:
+    """``hook``, with an awaitable it returns already scheduled on the running loop: a task.
+
+    mitmproxy awaits the task as it would the awaitable.  Where it calls the hook
+    without awaiting (``AddonManager.invoke_addon_sync``, when a changed script is
+    reloaded), the task still runs: the old run is closed, its flows written.
+    """
+    def schedule(*args: Any) -> Any:
+        result = hook(*args)
+        if result is not None and inspect.isawaitable(result):
+            return asyncio.ensure_future(result)
+        return result
+
+    return schedule
 
 
 def in_order(handlers: Sequence[Handler]) -> Handler:

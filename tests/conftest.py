@@ -141,7 +141,7 @@ def start_proxy(tmp_path: Path) -> Iterator:
     started: list[Proxy] = []
 
     def start(*leakmap_args: str, via: str = "leakmap", wait_port: bool = True,
-              listen_port: int | None = None) -> Proxy:
+              listen_port: int | None = None, script: Path | None = None) -> Proxy:
         port = listen_port or free_port()
         confdir = tmp_path / f"mitm-{port}"
         common = ["--set", f"confdir={confdir}", "--set", "ssl_insecure=true"]
@@ -159,9 +159,10 @@ def start_proxy(tmp_path: Path) -> Iterator:
             command = [str(BIN / "leakmap"), "run", "--listen-port", str(port),
                        *leakmap_args, *common]
         else:  # the plain mitmproxy way: mitmdump or mitmweb -s SCRIPT
-            script = subprocess.run([str(BIN / "leakmap"), "addon-path"], check=True,
-                                    capture_output=True, text=True).stdout.strip()
-            command = [str(BIN / via), "-s", script, "--listen-port", str(port),
+            script = script or Path(subprocess.run(
+                [str(BIN / "leakmap"), "addon-path"], check=True, capture_output=True,
+                text=True).stdout.strip())
+            command = [str(BIN / via), "-s", str(script), "--listen-port", str(port),
                        *leakmap_args, *common]
         proxy = Proxy(command, port, confdir, tmp_path / f"proxy-{port}.log", wait_port)
         started.append(proxy)

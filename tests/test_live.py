@@ -128,6 +128,32 @@ def test_mitmdump_script_and_flow_file_replay_agree(
     assert [f["timestamp"] for f in first["flows"]] == [f["timestamp"] for f in live["flows"]]
 
 
+def test_a_reloaded_script_ends_its_run_and_stores_every_flow(
+    start_proxy, tls_server, tmp_path: Path, device_file: Path, networks_file: Path
+) -> None:
+    """mitmproxy reloads a script whose file changed: it removes the old addons and calls
+    their ``done`` without awaiting it.  The old run must still be closed with every flow."""
+    script = tmp_path / "leakmap_addons.py"
+    installed = leakmap_cli("addon-path").stdout.strip()
+    script.write_text(Path(installed).read_text())
+    db = f"sqlite:///{tmp_path / 'reload.db'}"
+    proxy = start_proxy(
+        "--set", f"leakmap_device={device_file}", "--set", f"leakmap_db={db}",
+        "--set", f"leakmap_networks={networks_file}", "--set", "leakmap_flush_ms=100000",
+        "--set", "leakmap_workers=1", via="mitmdump", script=script,
+    )
+    _send_phone_traffic(proxy, tls_server.port)
+    later = script.stat().st_mtime + 5
+    os.utime(script, (later, later))  # mitmproxy looks at the file's time every second
+    proxy.wait_for_output("Loading script", count=2)
+    proxy.wait_for_output("capturing the run's traffic", count=2)  # the new run began
+    _send_phone_traffic(proxy, tls_server.port)
+    assert proxy.stop() == 0, proxy.output
+    assert "never awaited" not in proxy.output
+    runs = json.loads(leakmap_cli("runs", "--db", db, "--format", "json").stdout)
+    assert [(run["status"], run["flows"]) for run in runs] == [("completed", 3)] * 2, runs
+
+
 def test_http2_flows_are_logged(start_proxy, tls_server, tmp_path: Path, device_file: Path,
                                 networks_file: Path) -> None:
     db = f"sqlite:///{tmp_path / 'h2.db'}"
