@@ -19,6 +19,7 @@ from __future__ import annotations
 import binascii
 import itertools
 import json
+import operator
 import re
 import string
 import threading
@@ -580,8 +581,10 @@ _BYTE_KINDS = bytes(
     else ord("x")
     for byte in range(256)
 )
-# A run shaped like UTF-8 (overlong and surrogate forms aside) from separator to separator
-_UTF8_RUN = re.compile(rb"\|(?:[pc]|2k|3kk|4kkk)+(?=\|)")
+# A run shaped like UTF-8 (overlong and surrogate forms aside) from separator to separator.
+# Possessive: the alternatives begin with different kinds, so giving one back never helps
+# (the same matches, without retrying the lookahead at each step back: a third less time).
+_UTF8_RUN = re.compile(rb"\|(?:[pc]|2k|3kk|4kkk)++(?=\|)")
 
 
 def unwrapping(texts: Sequence[str], min_blob: int) -> set[str]:
@@ -604,13 +607,13 @@ def unwrapping(texts: Sequence[str], min_blob: int) -> set[str]:
     lower, upper = _HEX_DIGITS  # _is_hex, inline: these loops run for every id of a body
     hexes = [text for text in texts
              if not len(text) % 2 and (not text.strip(lower) or not text.strip(upper))]
-    maybe = _utf8_shaped(hexes, bytes.fromhex("ff" + "ff".join(hexes) + "ff"), _hex_size, 1)
+    maybe = _utf8_shaped(hexes, bytes.fromhex("ff" + "ff".join(hexes) + "ff"), _HEX_LAYOUT)
     whole = [text for text in texts if not len(text) % 4 and "=" not in text]
     padded = [text for text in texts if len(text) % 4 or "=" in text]
     run = ("////" + "////".join(whole) + "////").encode("ascii")
     try:
         decoded = binascii.a2b_base64(run.translate(_URL_SAFE_TO_STANDARD), strict_mode=True)
-        maybe.update(_utf8_shaped(whole, decoded, _base64_size, 3))
+        maybe.update(_utf8_shaped(whole, decoded, _BASE64_LAYOUT))
     except binascii.Error:  # a text of another alphabet: one by one
         padded = list(texts)
     # the rest one by one: most are words (event and screen names) that come back flow
@@ -618,18 +621,22 @@ def unwrapping(texts: Sequence[str], min_blob: int) -> set[str]:
     return {text for text in (*maybe, *odd, *padded) if unwraps(text, min_blob)}
 
 
-def _hex_size(text: str) -> int:
-    return len(text) // 2
+class _Layout(NamedTuple):
+    """How texts were joined before one decoding: ``separator`` characters before, between
+    and after them, and each ``chars`` characters of the join became ``size`` bytes."""
+
+    separator: int
+    chars: int
+    size: int
 
 
-def _base64_size(text: str) -> int:  # of whole groups of four
-    return len(text) // 4 * 3
+_HEX_LAYOUT = _Layout(separator=2, chars=2, size=1)  # "ff" between: one 0xFF byte
+_BASE64_LAYOUT = _Layout(separator=4, chars=4, size=3)  # "////" between: three 0xFF bytes
 
 
-def _utf8_shaped(texts: list[str], decoded: bytes, size: Callable[[str], int],
-                 gap: int) -> set[str]:
-    """Those of ``texts`` whose bytes are shaped like UTF-8: ``decoded`` holds them in
-    order, each of ``size(text)`` bytes, after, between and before ``gap`` 0xFF bytes.
+def _utf8_shaped(texts: list[str], decoded: bytes, layout: _Layout) -> set[str]:
+    """Those of ``texts`` whose bytes are shaped like UTF-8: ``decoded`` is their join (as
+    ``layout`` says) decoded, each text's bytes after 0xFF bytes, and 0xFF bytes at the end.
 
     A 0xFF inside a text's bytes cuts them in two: a part may look like UTF-8,
     and the text is named anyway (asked again exactly), never the reverse.
@@ -639,10 +646,15 @@ def _utf8_shaped(texts: list[str], decoded: bytes, size: Callable[[str], int],
     runs = [run.start() for run in _UTF8_RUN.finditer(decoded.translate(_BYTE_KINDS))]
     if not runs:
         return set()
-    # sizes only now: most bodies have no run, and this is a Python call per text
-    sizes = map(size, texts[:-1])
-    starts = list(itertools.accumulate(map(gap.__add__, sizes), initial=gap - 1))
-    return {texts[bisect_right(starts, start) - 1] for start in runs}
+    # Where each text's separator begins in the join, in characters: native loops only
+    # (most bodies have no run; a body of ids has a hundred texts).
+    separators = list(itertools.accumulate(
+        map(operator.add, map(len, texts[:-1]), itertools.repeat(layout.separator)), initial=0))
+    # A run starts on the last 0xFF of a separator, or on one inside a text's bytes: the
+    # text is the last whose separator begins at or before it, in bytes.
+    last = layout.separator * layout.size // layout.chars - 1
+    return {texts[bisect_right(separators, (start - last) * layout.chars // layout.size) - 1]
+            for start in runs}
 
 
 # Short values repeat from flow to flow (event names, ids, tokens): their decoding is kept.

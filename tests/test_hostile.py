@@ -15,8 +15,10 @@ import gzip
 import itertools
 import json
 import os
+import random
 import tracemalloc
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import parse_qsl, quote
 
@@ -502,6 +504,22 @@ def test_unwrapping_is_unwraps_of_each(texts: list[str], min_blob: int) -> None:
     from leakmap.core.decode import unwrapping, unwraps
 
     assert unwrapping(texts, min_blob) == {text for text in texts if unwraps(text, min_blob)}
+
+
+@pytest.mark.parametrize("encode", [bytes.hex, lambda raw: base64.b64encode(raw).decode()])
+def test_unwrapping_finds_one_text_among_a_hundred_ids(encode: Callable[[bytes], str]) -> None:
+    """A form of contacts' ids: a hundred whole-group hex texts decoded in one batch; the
+    one that is text must be named wherever it sits (offsets drift further at the end)."""
+    from leakmap.core.decode import unwrapping, unwraps
+
+    rng = random.Random(7)
+    ids = [f"{rng.getrandbits(64):016x}" for _ in range(100)]
+    encoded = encode(b"hello world!")
+    for position in (0, 50, 100):
+        texts = [*ids[:position], encoded, *ids[position:]]
+        found = unwrapping(texts, 12)
+        assert encoded in found
+        assert found == {text for text in texts if unwraps(text, 12)}
 
 
 @HYPOTHESIS
