@@ -317,6 +317,20 @@ class AnalysisWorker:
         self._store_closed = loop.create_future()
         self._write()
 
+    @property
+    def ended(self) -> bool:
+        """Whether the child is gone and has said all it will: :meth:`stored` would not wait.
+        A child never given a flow or a store (closed at start-up) has nothing to say."""
+        if self._results.closed:
+            return True
+        return self._loop is None and not self._process.is_alive()
+
+    def stored_by_now(self) -> tuple[int, int] | None:
+        """What :meth:`stored` returns, without waiting: None until the child says."""
+        if self._store_closed is None or not self._store_closed.done():
+            return None
+        return self._store_closed.result()
+
     async def stored(self, timeout: float) -> tuple[int, int] | None:
         """Once closed: (rows written, rows left in its spill file) of the child's writer;
         None if it stored nothing or ended without saying (then its spill, if any, is

@@ -77,6 +77,8 @@ class Inspector:
         self.in_flight: set[asyncio.Future[Any]] = set()  # analyses under way (settle waits)
         self.worker: AnalysisWorker | None = None
         self.retired: list[AnalysisWorker] = []  # closed workers, until their writers are done
+        # records left in the spill files of retired workers that have ended and were let go
+        self.left_by_ended: int | None = 0
         self.store: dict[str, Any] | None = None  # where workers store flows (Recorder's run)
         self.orphaned: Callable[[list[FlowRecord]], None] | None = None  # what they could not
         self.worker_announced = False
@@ -194,6 +196,14 @@ class Inspector:
         worker.close()
         if worker not in self.retired:
             self.retired.append(worker)
+        self._let_go_of_ended()
+
+    def _let_go_of_ended(self) -> None:
+        """Forget the retired workers whose processes have ended, keeping what
+        :meth:`close_workers` reports of them: each policy reload retires one."""
+        for worker in [worker for worker in self.retired if worker.ended]:
+            self.retired.remove(worker)
+            self.left_by_ended = _left_in_spill(self.left_by_ended, worker, worker.stored_by_now())
 
     async def close_workers(self, timeout: float = 60.0) -> int | None:
         """Close the analysis processes and wait for their writers: the records left in
@@ -203,12 +213,11 @@ class Inspector:
             self.worker = None
         # all at once: a stop waits at most ``timeout``, however many reloads retired a process
         all_counts = await asyncio.gather(*(worker.stored(timeout) for worker in self.retired))
-        left: int | None = 0
+        left = self.left_by_ended
         for worker, counts in zip(self.retired, all_counts, strict=True):
-            if worker.store_problem is not None or not worker.storing:
-                continue
-            left = None if counts is None or left is None else left + counts[1]
+            left = _left_in_spill(left, worker, counts)
         self.retired.clear()
+        self.left_by_ended = 0
         return left
 
     def _pending(self, flow: Flow) -> bool:
@@ -479,3 +488,12 @@ def tls_records(data: tls.TlsData) -> list[FlowRecord]:
         records = []
         data.leakmap_records = records  # type: ignore[attr-defined]
     return records
+
+
+def _left_in_spill(left: int | None, worker: AnalysisWorker,
+                   counts: tuple[int, int] | None) -> int | None:
+    """``left`` plus the records ``worker`` left in its spill file (``counts``, from
+    :meth:`AnalysisWorker.stored`); None once one ended without saying."""
+    if worker.store_problem is not None or not worker.storing:
+        return left
+    return None if counts is None or left is None else left + counts[1]

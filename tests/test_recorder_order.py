@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from mitmproxy.addons.save import Save
@@ -103,3 +103,49 @@ def test_an_analysis_that_fails_still_records_the_flow_and_says_why(tmp_path: Pa
         rows = connection.execute("SELECT url, analysis_error FROM flows").fetchall()
     assert [(url.rsplit("/", 1)[-1], error) for url, error in rows] == [
         ("broken", "analysis failed: KeyError")]
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 60) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+def test_policy_reloads_let_go_of_ended_analysis_processes(tmp_path: Path) -> None:
+    """Each policy reload retires the analysis process and starts another. One that has
+    ended is let go of at the next reload instead of being kept until the stop, and the
+    stop still finds every flow stored."""
+    db_file = tmp_path / "reloads.db"
+    policies = [tmp_path / f"policy-{index}.yaml" for index in range(3)]
+    for index, policy in enumerate(policies):
+        policy.write_text(f"extends: default.yaml\nname: reload-{index}\n")
+    retired_at_the_end: list[object] = []
+    ended: list[object] = []
+
+    async def scenario() -> None:
+        inspector = Inspector()
+        recorder = Recorder(inspector)
+        inspector.listeners.append(recorder.record)
+        with taddons.context(Save(), inspector, recorder) as context:
+            context.configure(inspector, leakmap_db=f"sqlite:///{db_file}", leakmap_workers="1")
+            recorder.running()
+            for index, policy in enumerate(policies):
+                inspector.response(_flow(f"/before-reload-{index}"))
+                await inspector.settle()
+                worker = inspector.worker
+                assert worker is not None
+                context.configure(inspector, leakmap_policy=str(policy))
+                await _until(lambda worker=worker: worker.ended)
+                ended.append(worker)
+            retired_at_the_end.extend(inspector.retired)
+            inspector.response(_flow("/after"))
+            await inspector.done()
+            await recorder.done()
+
+    asyncio.run(scenario())
+    assert retired_at_the_end == ended[-1:]  # the two before it were let go of
+    assert _stored_paths(db_file) == ["after", "before-reload-0", "before-reload-1",
+                                      "before-reload-2"]
+    with sqlite3.connect(db_file) as connection:
+        assert connection.execute("SELECT status FROM runs").fetchall() == [("completed",)]
