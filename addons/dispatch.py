@@ -89,7 +89,7 @@ class Leakmap:
             elif name not in STARTS:
                 hook = self._after_batch(hook)
             if name in CALLED_UNAWAITED:
-                hook = scheduled(hook)
+                hook = scheduled(hook, waits_for_earlier=name == "done")
             setattr(self, name, hook)
 
     def _deferring(self, hook: Handler) -> Handler:
@@ -142,20 +142,42 @@ def hook_names() -> list[str]:
     return sorted(hooks.all_hooks)
 
 
-def scheduled(hook: Handler) -> Handler:
+# ``done`` tasks of leakmap addons still closing their runs, whoever made them: a reloaded
+# script's old addons close theirs while the new ones run
+_CLOSING: set[asyncio.Future[Any]] = set()
+
+
+def scheduled(hook: Handler, waits_for_earlier: bool = False) -> Handler:
     """``hook``, with an awaitable it returns already scheduled on the running loop: a task.
 
     mitmproxy awaits the task as it would the awaitable.  Where it calls the hook
     without awaiting (``AddonManager.invoke_addon_sync``, when a changed script is
-    reloaded), the task still runs: the old run is closed, its flows written.
+    reloaded), the task still runs: the old run is closed, its flows written.  With
+    ``waits_for_earlier`` (``done``), the task also waits for the ``done`` tasks
+    started before it, so that the proxy's own stop waits for an old run still
+    closing (mitmproxy cancels every task left when its loop ends).
     """
     def schedule(*args: Any) -> Any:
         result = hook(*args)
-        if result is not None and inspect.isawaitable(result):
+        if result is None or not inspect.isawaitable(result):
+            return result
+        if not waits_for_earlier:
             return asyncio.ensure_future(result)
-        return result
+        loop = asyncio.get_running_loop()  # mitmproxy calls hooks on its loop
+        earlier = [task for task in _CLOSING if task.get_loop() is loop]
+        task = asyncio.ensure_future(_after_earlier(result, earlier))
+        _CLOSING.add(task)
+        task.add_done_callback(_CLOSING.discard)
+        return task
 
     return schedule
+
+
+async def _after_earlier(pending: Awaitable[Any], earlier: Sequence[asyncio.Future[Any]]) -> Any:
+    try:
+        return await pending
+    finally:  # their failures were theirs to report
+        await asyncio.gather(*earlier, return_exceptions=True)
 
 
 def in_order(handlers: Sequence[Handler]) -> Handler:
