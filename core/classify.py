@@ -42,6 +42,8 @@ from leakmap.core.decode import (
     Leaf,
     Limits,
     exchange_leaves,
+    plain_value,
+    unwrapped,
     unwrapping,
 )
 from leakmap.core.device import DeviceProfile
@@ -439,11 +441,34 @@ class Classifier:
         """Offsets of the closing quotes of the JSON strings in ``text`` that are base64 or
         hex of text (:func:`unwrapping`): the ids and tokens of a document, all at once."""
         strings = _blob_strings(self.limits.min_blob_length)
-        decoding = unwrapping(strings.findall(text), self.limits.min_blob_length)
+        decoding = self._telling(unwrapping(strings.findall(text), self.limits.min_blob_length))
         if not decoding:
             return []
         return [string.end() - 1 for string in strings.finditer(text)
                 if string.group(1) in decoding]
+
+    def _telling(self, decoding: set[str]) -> set[str]:
+        """Those of ``decoding`` (texts that decode: :func:`unwrapping`) whose decoded text a
+        detector could find something in.
+
+        An id of random bytes decodes to printable garbage now and then (six
+        random bytes in twelve hex digits are all printable once in 400). Such
+        a text is not worth a walk: its decoded text is a value with nothing
+        more inside (:func:`plain_value`) where no gate opens (no written form
+        or digest of a known value, no run shaped like a known number, no
+        loosened pattern). Its key, the one other thing a detector looks at,
+        the key gate sees in the body.
+        """
+        return {text for text in decoding if self._decodes_to_something(text)}
+
+    def _decodes_to_something(self, text: str) -> bool:
+        decoded = unwrapped(text, self.limits.min_blob_length)
+        if decoded is None or not plain_value(decoded, self.limits):
+            return True
+        data = decoded.encode("utf-8", "surrogatepass")
+        ends = self._gate.ends(data)
+        return (ends is None or bool(ends) or bool(self.known.hot_ends(data))
+                or bool(self.known.phone_ends(data)))
 
     def _form_hot(self, body: bytes) -> set[int] | None:
         """Indices of the pairs of the form body ``body`` where a detector might find something.
@@ -489,7 +514,8 @@ class Classifier:
         hot.update(joined.index_at_byte(end - 1)
                    for end in (*self.known.hot_ends(data), *self.known.phone_ends(data)))
         blobs = _blob_values(self.limits.min_blob_length)
-        decoding = unwrapping(blobs.findall(f"\x00{text}\x00"), self.limits.min_blob_length)
+        decoding = self._telling(
+            unwrapping(blobs.findall(f"\x00{text}\x00"), self.limits.min_blob_length))
         if decoding:
             hot.update(index for index, value in enumerate(values) if value in decoding)
         return hot

@@ -460,7 +460,7 @@ def decode_hex_text(value: str) -> str | None:
 _NOT_BLOB = re.compile(r"[^A-Za-z0-9+/=_\r\n-]")
 
 
-def _plain(text: str, limits: Limits) -> bool:
+def plain_value(text: str, limits: Limits) -> bool:
     """Whether ``text`` is a value with nothing inside to follow (most are): kept as it is."""
     if (len(text) > limits.max_leaf_chars or "%" in text or "&" in text or "{" in text
             or "[" in text):
@@ -497,7 +497,7 @@ def expand_text(
     if not text or collector.full:
         return
     limits = collector.limits
-    if _plain(text, limits):
+    if plain_value(text, limits):
         collector.add(Leaf(path, text, layers, key, parent))
         return
     if depth >= limits.max_depth:
@@ -561,8 +561,13 @@ def _decode_once(text: str, min_blob: int) -> tuple[str, str] | None:
 
 def unwraps(text: str, min_blob: int) -> bool:
     """Whether :func:`expand_text` would find an encoding to undo in ``text``."""
+    return unwrapped(text, min_blob) is not None
+
+
+def unwrapped(text: str, min_blob: int) -> str | None:
+    """The text one encoding below ``text``, as :func:`expand_text` would find it, or None."""
     found = _decode_short(text, min_blob) if len(text) <= 64 else _decode_once(text, min_blob)
-    return found is not None
+    return None if found is None else found[0]
 
 
 _BLOB_CHARACTERS = _BASE64_ALPHABETS[0] + "-_="
@@ -783,7 +788,7 @@ def walk_structure(
     for child_path, child, child_key in children:
         # a plain value (most are) is a leaf at once, without a call of its own
         kind = type(child)
-        if kind is JsonNumber or (kind is str and _plain(child, limits)):  # type: ignore[arg-type]
+        if kind is JsonNumber or (kind is str and plain_value(child, limits)):  # type: ignore[arg-type]
             if child and not append(Leaf(child_path, str(child), layers, child_key, path)):
                 return
             continue
@@ -972,7 +977,7 @@ def walk_hot_json(collector: Collector, path: str, body: bytes, hot: list[int]) 
     limits, append = collector.limits, collector._append
     for child_path, child, key, parent, depth in skim.kept:
         kind = type(child)
-        if kind is JsonNumber or (kind is str and _plain(child, limits)):  # type: ignore[arg-type]
+        if kind is JsonNumber or (kind is str and plain_value(child, limits)):  # type: ignore[arg-type]
             if child and not append(Leaf(child_path, str(child), (), key, parent)):
                 return True
             continue

@@ -297,6 +297,10 @@ _QUIET_VALUES = [
     # found only by decoding what the raw bytes show escaped, percent-encoded or with &
     '{"carrier": "Vodafone"}', "carrier%3DVodafone%26x%3D1", "carrier=Vodafone&x=1",
     b64('{"carrier": "Vodafone"}'), b"carrier=Vodafone&x=1".hex(),
+    # base64 or hex of text with a space (a value with nothing more inside once decoded),
+    # found only by a pattern (not the device's IMEI) or as a number in a layout that no
+    # written form has
+    b64("IMEI 356938035643809"), b"id 490154203237518".hex(), b64("(98123) 456-78"),
 ]
 
 
