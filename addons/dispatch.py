@@ -61,9 +61,6 @@ BATCH_MAX = 256  # or until this many wait
 # hooks that start a flow: no deferred hook of that flow can be waiting
 STARTS = frozenset({"request", "requestheaders", "tcp_start", "udp_start", "dns_request",
                     "http_connect", "client_connected"})
-# hooks mitmproxy also calls without awaiting what they return: when it loads a script
-# (configure, running) and when it removes one, on a reload of a changed script (done)
-CALLED_UNAWAITED = frozenset({"configure", "running", "done"})
 
 
 class Leakmap:
@@ -88,8 +85,8 @@ class Leakmap:
                 hook = self._deferring(hook)
             elif name not in STARTS:
                 hook = self._after_batch(hook)
-            if name in CALLED_UNAWAITED:
-                hook = scheduled(hook, waits_for_earlier=name == "done")
+            if name == "done":  # the one hook of leakmap's that returns an awaitable
+                hook = scheduled(hook)
             setattr(self, name, hook)
 
     def _deferring(self, hook: Handler) -> Handler:
@@ -147,22 +144,22 @@ def hook_names() -> list[str]:
 _CLOSING: set[asyncio.Future[Any]] = set()
 
 
-def scheduled(hook: Handler, waits_for_earlier: bool = False) -> Handler:
-    """``hook``, with an awaitable it returns already scheduled on the running loop: a task.
+def scheduled(hook: Handler) -> Handler:
+    """The ``done`` hook ``hook``, with an awaitable it returns already scheduled on the
+    running loop: a task.
 
     mitmproxy awaits the task as it would the awaitable.  Where it calls the hook
     without awaiting (``AddonManager.invoke_addon_sync``, when a changed script is
-    reloaded), the task still runs: the old run is closed, its flows written.  With
-    ``waits_for_earlier`` (``done``), the task also waits for the ``done`` tasks
-    started before it, so that the proxy's own stop waits for an old run still
-    closing (mitmproxy cancels every task left when its loop ends).
+    reloaded), the task still runs: the old run is closed, its flows written.  The
+    task also waits for the ``done`` tasks started before it, so that the proxy's
+    own stop waits for an old run still closing (mitmproxy cancels every task left
+    when its loop ends).  mitmproxy calls ``configure`` and ``running`` unawaited
+    too, when it loads a script: leakmap's are synchronous, and must stay so.
     """
     def schedule(*args: Any) -> Any:
         result = hook(*args)
         if result is None or not inspect.isawaitable(result):
             return result
-        if not waits_for_earlier:
-            return asyncio.ensure_future(result)
         loop = asyncio.get_running_loop()  # mitmproxy calls hooks on its loop
         earlier = [task for task in _CLOSING if task.get_loop() is loop]
         task = asyncio.ensure_future(_after_earlier(result, earlier))

@@ -9,8 +9,9 @@
 
 ``classify_mb_s`` and ``match_mb_s`` move with the machine's speed by a third
 from one hour to the next here (docs/performance.md); instructions hardly do (runs of
-the same code agree within about 1 %: 1,476 to 1,493 K in five).  So a change to the
-classifier is judged here first; a change smaller than 1 % cannot be seen.
+the same code agree within about 1 %: 1,476 to 1,493 K in five; once, one ran 4 % low).
+So a change to the classifier is judged here first, old and new code counted one after
+the other; a change smaller than 1 % cannot be seen.
 The script runs itself under ``valgrind --tool=callgrind`` with counting
 off, builds the pipeline of the benchmark's 1,000-value device profile,
 runs the headline benchmark's bodies once to fill the caches a long run
@@ -88,7 +89,9 @@ def _count_here(what: str, bodies: int, template: str | None) -> None:
                                classifier._json_hot, classifier._form_hot,
                                classifier._known_quiet)
 
-    for exchange in exchanges:  # what a long run has cached (short decodings, quiet headers)
+    # warm up: what a long run has cached (short decodings, quiet headers); each part
+    # counted is a piece of classify, or the matcher it calls
+    for exchange in exchanges:
         classifier.classify(exchange)
     decoded = [leaves(index) for index in range(len(exchanges))] if what == "detect" else []
     parts: dict[str, Callable[[int], object]] = {
@@ -102,8 +105,6 @@ def _count_here(what: str, bodies: int, template: str | None) -> None:
     }
     run = parts[what]
     bodies = len(exchanges)
-    for index in range(bodies):
-        run(index)
     instructions.switch_counting(os.getpid(), "on")
     for index in range(bodies):
         run(index)
