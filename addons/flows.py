@@ -14,13 +14,13 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, BinaryIO
 
 from mitmproxy import connection, dns, http, tcp, tls, udp
 from mitmproxy.flow import Flow
 from mitmproxy.io import compat
 
-from leakmap.core.exchange import Exchange, Message
+from leakmap.core.exchange import Exchange, Message, scanned_note
 
 
 def _ip(address: tuple | None) -> str | None:
@@ -207,10 +207,10 @@ class OpenFlows:
 STILL_OPEN = "connection still open when the proxy stopped"
 
 
-def read_flow_file(path: Path) -> Iterator[Exchange]:
+def read_flow_file(path: Path, keep: int | None = None) -> Iterator[Exchange]:
     """The exchanges of a file written by ``mitmdump -w``.  Raises ValueError where it is
-    unreadable, after the flows before that point."""
-    for record in flow_records(path):
+    unreadable, after the flows before that point.  ``keep``: see :func:`flow_records`."""
+    for record in flow_records(path, keep):
         exchange = exchange_from_record(record, path)
         if exchange is not None:
             yield exchange
@@ -225,11 +225,16 @@ def _unreadable(path: Path, problem: str = _UNREADABLE) -> ValueError:
     return ValueError(f"{path}: not a readable mitmproxy flow file ({problem})")
 
 
-def flow_records(path: Path) -> Iterator[bytes]:
+def flow_records(path: Path, keep: int | None = None) -> Iterator[bytes]:
     """Each flow of a flow file as its stored bytes, unparsed: cutting a file into flows
     is cheap, parsing them is not, so ``leakmap analyze`` parses them in its workers
     (:func:`exchange_from_record`).  Raises ValueError where the file is cut short or damaged,
-    after the flows before that point."""
+    after the flows before that point.
+
+    With ``keep`` (the body cap), a flow larger than that is read value by value instead,
+    and each value longer than ``keep`` bytes (a 500 MB body) is cut to its first ``keep``
+    bytes, the only ones the analysis scans: memory stays bounded by the cap, not by the
+    capture (:func:`_cut_record`; the flow notes the cut)."""
     with path.open("rb") as handle:
         while prefix := handle.read(1):
             while prefix[-1:].isdigit() and len(prefix) <= _MAX_LENGTH_DIGITS:
@@ -240,10 +245,111 @@ def flow_records(path: Path) -> Iterator[bytes]:
             if not prefix.endswith(b":") or len(prefix) < 2:
                 raise _unreadable(path)
             size = int(prefix[:-1])
+            if keep is not None and size > keep + _CUT_SLACK:
+                yield _cut_record(handle, size, keep, path)
+                continue
             body = handle.read(size + 1)  # the payload and its type byte
             if len(body) != size + 1:
                 raise _unreadable(path)
             yield prefix + body
+
+
+_CUT_SLACK = 1 << 20  # a flow at most this much over the cap is read whole
+CUT_KEY = "leakmap_cut"  # in a cut flow's metadata: [where, bytes in the capture, bytes kept]...
+
+
+def _cut_record(handle: BinaryIO, size: int, keep: int, path: Path) -> bytes:
+    """The flow whose ``size``-byte payload starts at the handle's position, as a record
+    whose values longer than ``keep`` bytes hold only their first ``keep`` bytes; where
+    each was cut goes in its metadata (:data:`CUT_KEY`), for :func:`exchange_from_record`."""
+    start = handle.tell()
+    cuts: list[list[Any]] = []
+    try:
+        if _peek_type(handle, start, size, path) != b"}":
+            raise _unreadable(path)
+        state = _read_items(handle, start + size, keep, cuts, "", path, as_dict=True)
+        handle.seek(start + size + 1)
+    except RecursionError as e:
+        raise _unreadable(path, "nested too deeply") from e
+    metadata = state.get("metadata")
+    if cuts and isinstance(metadata, dict):
+        metadata[CUT_KEY] = cuts
+    return tnetstring_dumps(state)
+
+
+def _peek_type(handle: BinaryIO, start: int, length: int, path: Path) -> bytes:
+    """The type byte of the value whose ``length``-byte payload starts at ``start``."""
+    handle.seek(start + length)
+    tag = handle.read(1)
+    if len(tag) != 1:
+        raise _unreadable(path)
+    handle.seek(start)
+    return tag
+
+
+def _read_items(handle: BinaryIO, end: int, keep: int, cuts: list[list[Any]], where: str,
+                path: Path, as_dict: bool) -> Any:
+    """The entries of a dict or list whose payload ends at ``end``, read from ``handle``."""
+    entries: list[Any] = []
+    while handle.tell() < end:
+        # where the entry sits: a dict's value by its key (the entry before it), a list's by index
+        name = entries[-1] if as_dict and len(entries) % 2 else len(entries)
+        at = f"{where}.{name}" if where else str(name)
+        entries.append(_read_value(handle, end, keep, cuts, at, path))
+    if handle.tell() != end:
+        raise _unreadable(path)
+    if not as_dict:
+        return entries
+    if len(entries) % 2:
+        raise _unreadable(path)
+    try:
+        return dict(zip(entries[::2], entries[1::2], strict=True))
+    except TypeError as e:  # an unhashable key
+        raise _unreadable(path) from e
+
+
+def _read_value(handle: BinaryIO, limit: int, keep: int, cuts: list[list[Any]], where: str,
+                path: Path) -> Any:
+    """One value of a cut flow, read from ``handle``; a long one cut to ``keep`` bytes."""
+    prefix = handle.read(_MAX_LENGTH_DIGITS + 1)
+    colon = prefix.find(b":")
+    if colon < 1 or not prefix[:colon].isdigit():
+        raise _unreadable(path)
+    start = handle.tell() - len(prefix) + colon + 1
+    length = int(prefix[:colon])
+    if start + length >= limit:
+        raise _unreadable(path)
+    if length <= keep + _CUT_SLACK:  # small enough: read and parsed whole
+        handle.seek(start)
+        data = handle.read(length + 1)
+        if len(data) != length + 1:
+            raise _unreadable(path)
+        try:
+            return tnetstring_loads(b"%d:%b" % (length, data))
+        except (ValueError, TypeError, IndexError) as e:
+            raise _unreadable(path) from e
+    tag = _peek_type(handle, start, length, path)
+    if tag in (b"}", b"]"):
+        value = _read_items(handle, start + length, keep, cuts, where, path, as_dict=tag == b"}")
+    elif tag in (b",", b";"):
+        value = _kept(handle.read(keep), tag == b";", path)
+        cuts.append([where, length, len(value.encode() if isinstance(value, str) else value)])
+    else:
+        raise _unreadable(path)
+    handle.seek(start + length + 1)
+    return value
+
+
+def _kept(data: bytes, text: bool, path: Path) -> bytes | str:
+    """The first bytes of a cut value: for text, up to the last whole character."""
+    if not text:
+        return data
+    for back in range(4):  # a UTF-8 character has at most 4 bytes
+        try:
+            return data[: len(data) - back].decode("utf8")
+        except UnicodeDecodeError:
+            continue
+    raise _unreadable(path)
 
 
 def tnetstring_dumps(value: object) -> bytes:
@@ -403,14 +509,61 @@ def exchange_from_record(record: bytes, path: Path) -> Exchange | None:
     The test suite compares both ways on varied flows.
     """
     state = _stored_state(record, path)
+    metadata = state.get("metadata")
+    cuts = metadata.pop(CUT_KEY, None) if isinstance(metadata, dict) else None
+    exchange = None
     if state.get("type") == "http" and state.get("websocket") is None:
         try:
-            return _http(_http_view(state))  # type: ignore[arg-type]
+            exchange = _http(_http_view(state))  # type: ignore[arg-type]
         except Exception:  # a damaged state: mitmproxy's reader says what is wrong with it
             state = _stored_state(record, path)  # the view consumed part of it
-    with _flow_errors(path):
-        flow = Flow.from_state(state)
-    return exchange_from_flow(flow)
+            if isinstance(state.get("metadata"), dict):
+                state["metadata"].pop(CUT_KEY, None)
+    if exchange is None:
+        with _flow_errors(path):
+            flow = Flow.from_state(state)
+        exchange = exchange_from_flow(flow)
+    if exchange is not None and isinstance(cuts, list):
+        _note_cuts(exchange, cuts)
+    return exchange
+
+
+def _note_cuts(exchange: Exchange, cuts: list[Any]) -> None:
+    """What :func:`_cut_record` left out of the flow of ``exchange``: one note per value,
+    and the sizes the flow had in its capture."""
+    sent = 0  # bytes the client sent that were cut off
+    for cut in cuts:
+        if not (isinstance(cut, list) and len(cut) == 3 and isinstance(cut[0], str)
+                and isinstance(cut[1], int) and isinstance(cut[2], int)):
+            continue  # not written by this reader: a crafted metadata entry
+        where, length, kept = cut
+        index = _message_index(where)
+        if where == "response.content":  # not analysed: only its size counts
+            exchange.response_size = length
+        elif index is not None and index < len(exchange.messages):
+            if exchange.messages[index].from_client:  # the server's are not analysed either
+                sent += length - kept
+                number = sum(m.from_client for m in exchange.messages[:index])  # as the decoder counts
+                exchange.reader_notes.append(scanned_note(f"message {number}", length, kept))
+        elif where == "request.content":
+            sent += length - kept
+            exchange.reader_notes.append(scanned_note("body", length, kept))
+        else:  # a header or another value: noted, the flow's size stays
+            exchange.reader_notes.append(
+                f"{where} of {length} bytes: only the first {kept} read from the capture")
+    if sent:
+        exchange.sent_size = exchange.request_size + sent
+
+
+def _message_index(where: str) -> int | None:
+    """N of a cut message's content: ``messages.N.1`` (TCP, UDP: from_client, content,
+    timestamp) or ``websocket.messages.N.2`` (type, from_client, content...)."""
+    parts = where.split(".")
+    content_at = "2" if parts[0] == "websocket" else "1"
+    if len(parts) >= 3 and parts[-3] == "messages" and parts[-2].isdigit() \
+            and parts[-1] == content_at:
+        return int(parts[-2])
+    return None
 
 
 def _http_view(state: dict) -> SimpleNamespace:

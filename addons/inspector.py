@@ -259,7 +259,8 @@ class Inspector:
         exchange = exchange_from_flow(flow) if self._pending(flow) else None
         if exchange is None or self.pipeline is None:
             return None
-        exchange = as_sent(flow, exchange)
+        # a giant body is handed over cut to the cap: the rest is never scanned
+        exchange = as_sent(flow, exchange).within(self.pipeline.classifier.limits.max_body_bytes)
         enforced = flow.metadata.get(ENFORCED_KEY)
         worker = self._worker_ready()
         if worker is not None and not self.saving:  # the common case: a future, no task

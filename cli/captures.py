@@ -18,29 +18,32 @@ def is_har(path: Path) -> bool:
         return handle.read(64).removeprefix(_BOM).lstrip()[:1] in (b"{", b"[")
 
 
-def read_capture(path: Path) -> Iterator[Exchange]:
-    """Exchanges of a HAR file or a mitmproxy flow file; ValueError where it is damaged."""
+def read_capture(path: Path, keep: int | None = None) -> Iterator[Exchange]:
+    """Exchanges of a HAR file or a mitmproxy flow file; ValueError where it is damaged.
+    ``keep`` (the body cap): a longer body or message keeps only its first ``keep`` bytes,
+    the ones the analysis scans, and its flow says so."""
     from leakmap.core.har import read_har
 
     if is_har(path):
-        yield from read_har(path)
+        yield from read_har(path, keep)
         return
     from leakmap.addons.flows import read_flow_file
 
-    yield from read_flow_file(path)
+    yield from read_flow_file(path, keep)
 
 
-def capture_items(path: Path) -> Iterator[Exchange | bytes]:
+def capture_items(path: Path, keep: int | None = None) -> Iterator[Exchange | bytes]:
     """What a worker process needs for each flow of a capture: a HAR file's exchanges, a
-    flow file's stored flows unparsed (the worker parses them: most of the reading time)."""
+    flow file's stored flows unparsed (the worker parses them: most of the reading time).
+    ``keep``: as for :func:`read_capture`."""
     if is_har(path):
         from leakmap.core.har import read_har
 
-        yield from read_har(path)
+        yield from read_har(path, keep)
         return
     from leakmap.addons.flows import flow_records
 
-    yield from flow_records(path)
+    yield from flow_records(path, keep)
 
 
 def run_captures(run: dict[str, Any]) -> list[tuple[Path, str | None]]:

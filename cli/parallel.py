@@ -39,12 +39,16 @@ from typing import Any
 import click
 
 from leakmap.cli.captures import capture_items, read_capture
+from leakmap.core.decode import Limits
 from leakmap.core.destination import Locator
 from leakmap.core.exchange import Exchange
 from leakmap.core.pipeline import FlowRecord, Pipeline, place
 from leakmap.policies.model import ActionRule
 
 BATCH = 64  # flows per message: amortises pickling
+# or fewer, of at most this many bytes: batches in flight (WINDOW per worker) bound the memory
+# that giant bodies take (each at most the body cap: capture_items)
+BATCH_BYTES = 32 * 2**20
 WINDOW = 4  # batches per worker sent and not yet answered
 AUTO_MIN_BYTES = 8 * 2**20  # below this the workers' start-up (seconds) costs more than it saves
 AUTO_MAX_WORKERS = 2  # this process's share is small: one worker per core, up to two
@@ -76,7 +80,7 @@ def in_process(pipeline: Pipeline) -> Analyse:
 
     def analyse(capture: Path) -> Iterator[FlowRecord]:
         pipeline.locator.start_capture()  # DNS answers of one capture locate only its own flows
-        for exchange in read_capture(capture):
+        for exchange in read_capture(capture, pipeline.classifier.limits.max_body_bytes):
             yield pipeline.process(exchange)
 
     return analyse
@@ -100,6 +104,7 @@ class Pool:
 
     def __init__(self, settings: dict[str, Any], count: int) -> None:
         _create_hash_key(settings)
+        self.keep: int = settings.get("max_body") or Limits.max_body_bytes  # the body cap
         self.workers: list[Worker] = []
         try:
             for _ in range(max(1, count)):
@@ -127,16 +132,16 @@ class Pool:
         """Records of ``capture``, not yet placed; a reading error comes after the flows
         before it."""
         pending: deque[Worker] = deque()  # who answers next, in the order batches went out
-        reading, turn = capture_items(capture), 0
+        reading, turn = capture_items(capture, self.keep), 0
         try:
             while True:
-                batch, error = _read_batch(reading)
+                batch, error, done = _read_batch(reading)
                 if batch:
                     worker = self.workers[turn % len(self.workers)]
                     worker.send((str(capture), batch))
                     pending.append(worker)
                     turn += 1
-                done = error is not None or len(batch) < BATCH
+                done = done or error is not None
                 while pending and (done or len(pending) >= WINDOW * len(self.workers)):
                     yield from _records(pending.popleft().receive())
                 if error is not None:
@@ -226,17 +231,27 @@ class Worker:
         return f"the classifier process stopped unexpectedly ({how}){reason}"
 
 
-def _read_batch(items: Iterator[Item]) -> tuple[list[Item], Exception | None]:
-    """Up to BATCH items, and the error that cut reading short if one did."""
+def _read_batch(items: Iterator[Item]) -> tuple[list[Item], Exception | None, bool]:
+    """Up to BATCH items or BATCH_BYTES of payloads, the error that cut reading short if one
+    did, and whether ``items`` ended."""
     batch: list[Item] = []
+    size = 0
     try:
         for item in items:
             batch.append(item)
-            if len(batch) >= BATCH:
-                break
+            size += _payload_bytes(item)
+            if len(batch) >= BATCH or size >= BATCH_BYTES:
+                return batch, None, False
     except Exception as e:  # raised again once the flows read before it are through
-        return batch, e
-    return batch, None
+        return batch, e, True
+    return batch, None, True
+
+
+def _payload_bytes(item: Item) -> int:
+    """About how much memory ``item`` holds: its stored bytes, or its exchange's payloads."""
+    if isinstance(item, bytes):
+        return len(item)
+    return len(item.request_body) + sum(len(message.content) for message in item.messages)
 
 
 def _create_hash_key(settings: dict[str, Any]) -> None:

@@ -42,7 +42,7 @@ import simdjson
 import zstandard
 
 from leakmap.core import protobuf
-from leakmap.core.exchange import Exchange
+from leakmap.core.exchange import Exchange, scanned_note
 
 
 @dataclass(frozen=True)
@@ -431,15 +431,21 @@ _BASE64_ALPHABETS = (string.ascii_letters + string.digits + "+/",
 
 def _is_hex(text: str) -> bool:
     """``_HEX.fullmatch(text)``, by ``str.strip`` (nothing left: every character was a digit)."""
-    return (len(text) % 2 == 0 and text != ""
-            and (not text.strip(_HEX_DIGITS[0]) or not text.strip(_HEX_DIGITS[1])))
+    return len(text) % 2 == 0 and text != "" and _all_of(text, _HEX_DIGITS)
 
 
 def _is_base64(text: str) -> bool:
     """``_BASE64.fullmatch(text)``: one alphabet, then at most two ``=``."""
     core = text.rstrip("=")
-    return (core != "" and len(text) - len(core) <= 2
-            and (not core.strip(_BASE64_ALPHABETS[0]) or not core.strip(_BASE64_ALPHABETS[1])))
+    return core != "" and len(text) - len(core) <= 2 and _all_of(core, _BASE64_ALPHABETS)
+
+
+def _all_of(text: str, alphabets: tuple[str, str]) -> bool:
+    """Whether every character of ``text`` (not empty) is in one of ``alphabets``.  Its ends
+    are looked at first: ``str.strip`` of a 16 MB text that only ends in digits walks all of it."""
+    first, last = text[0], text[-1]
+    return any(first in alphabet and last in alphabet and not text.strip(alphabet)
+               for alphabet in alphabets)
 
 
 def decode_base64_text(value: str) -> str | None:
@@ -1266,7 +1272,7 @@ def decode_body(
     limit = collector.limits.max_body_bytes
     if len(body) > limit:
         collector.truncated = True
-        collector.note(f"body of {len(body)} bytes: only the first {limit} scanned")
+        collector.note(scanned_note("body", len(body), limit))
         body = body[:limit]
     decoded = undo_content_encoding(body, content_encoding, collector)
     if decoded is None:  # scan the body as it came, by its looks
@@ -1347,7 +1353,7 @@ def _message_leaves(collector: Collector, exchange: Exchange) -> None:
         content = message.content
         if len(content) > limit:
             collector.truncated = True
-            collector.note(f"message {index} of {len(content)} bytes: only the first {limit} scanned")
+            collector.note(scanned_note(f"message {index}", len(content), limit))
             content = content[:limit]
         if len(content) > budget:
             collector.truncated = True
@@ -1381,6 +1387,9 @@ def exchange_leaves(
     if exchange.request_body_truncated:
         collector.truncated = True
         collector.note("request body was not captured whole")
+    for note in exchange.reader_notes:
+        collector.truncated = True
+        collector.note(note)
     try:
         if exchange.kind in ("http", "websocket"):
             _request_leaves(collector, exchange)

@@ -51,8 +51,11 @@ class Exchange:
     dns_question: str | None = None
     dns_answers: list[str] = field(default_factory=list)  # A/AAAA addresses, in answer order
     error: str | None = None
-    # request_size of the flow a copy without payloads was made from (without_payloads)
+    # request_size of the flow a copy without payloads was made from (without_payloads), or of
+    # the flow in its capture where a reader kept only the first bytes of a giant value
     sent_size: int | None = None
+    # what the reader of a capture left out (a giant value cut to the body cap), one line each
+    reader_notes: list[str] = field(default_factory=list)
 
     @property
     def request_size(self) -> int:
@@ -66,6 +69,26 @@ class Exchange:
         stored of a flow once it has been classified, cheap to hand between processes."""
         return replace(self, request_body=b"", messages=[], sent_size=self.request_size)
 
+    def within(self, limit: int) -> Exchange:
+        """This exchange with its request body and each message the client sent cut to their
+        first ``limit`` bytes, the only ones the analysis scans, noted as the decoder notes
+        them; itself when nothing is longer.  What a 300 MB upload costs to hand over."""
+        long_body = len(self.request_body) > limit
+        if not long_body and all(len(m.content) <= limit for m in self.messages):
+            return self
+        notes = [*self.reader_notes]
+        if long_body:
+            notes.append(scanned_note("body", len(self.request_body), limit))
+        messages, sent = [], 0
+        for message in self.messages:
+            if message.from_client and len(message.content) > limit:
+                notes.append(scanned_note(f"message {sent}", len(message.content), limit))
+                message = replace(message, content=message.content[:limit])
+            sent += message.from_client
+            messages.append(message)
+        return replace(self, request_body=self.request_body[:limit], messages=messages,
+                       sent_size=self.request_size, reader_notes=notes)
+
     def header(self, name: str) -> str | None:
         """The first request header called ``name`` (case-insensitive)."""
         wanted = name.lower()
@@ -73,6 +96,12 @@ class Exchange:
             if key.lower() == wanted:
                 return value
         return None
+
+
+def scanned_note(what: str, length: int, scanned: int) -> str:
+    """The note of a body or message longer than the cap (``body of N bytes: only the first
+    16777216 scanned``): the same words whether the decoder or a reader cut it."""
+    return f"{what} of {length} bytes: only the first {scanned} scanned"
 
 
 def iso_utc(timestamp: float) -> str:

@@ -14,11 +14,12 @@ import contextlib
 import hashlib
 import ipaddress
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import SplitResult, urlsplit
 
 from leakmap.core.exchange import Exchange, Message
@@ -170,14 +171,25 @@ def exchange_from_entry(entry: dict[str, Any], flow_id: str) -> Exchange:
     )
 
 
-def read_har(path: Path) -> Iterator[Exchange]:
+def read_har(path: Path, keep: int | None = None) -> Iterator[Exchange]:
     """Exchanges of a HAR file.  Raises ValueError if it is not HAR.
 
     The file is parsed whole with the standard json module: a streaming
     parser (ijson) was measured 20 times slower on large bodies and built
-    gigabytes for deeply nested junk (docs/performance.md).
+    gigabytes for deeply nested junk (docs/performance.md).  With ``keep`` (the
+    body cap), a file larger than :data:`BIG_HAR` is first read string by string,
+    and a string longer than ``keep`` bytes keeps only its first ``keep``
+    (:func:`cut_strings`): memory stays bounded by the cap, not by a 500 MB body.
     """
-    raw = path.read_bytes()
+    raw: bytes | bytearray
+    with path.open("rb") as handle:
+        if keep is not None and path.stat().st_size > BIG_HAR:
+            digest = hashlib.sha256()
+            # a base64 body (HAR's "encoding") takes 4 characters for 3 bytes
+            raw, cuts = cut_strings(handle, keep * 4 // 3 + 4, digest)
+        else:
+            raw, cuts = handle.read(), 0
+            digest = hashlib.sha256(raw)
     try:
         entries = json.loads(raw)["log"]["entries"]
     except RecursionError as e:
@@ -186,11 +198,181 @@ def read_har(path: Path) -> Iterator[Exchange]:
         raise ValueError(f"{path}: not a HAR 1.2 file ({_short(e)})") from e
     if not isinstance(entries, list):
         raise ValueError(f"{path}: not a HAR 1.2 file (log.entries is not a list)")
-    digest = hashlib.sha256(raw).hexdigest()
     del raw
+    file_sha256 = digest.hexdigest()
     for index in range(len(entries)):
         entry, entries[index] = entries[index], None  # let each entry go once it is read
-        yield _exchange_or_note(entry, index, _flow_id(digest, index))
+        found = _uncut(entry) if cuts else []
+        exchange = _exchange_or_note(entry, index, _flow_id(file_sha256, index))
+        _note_cuts(exchange, found, keep)
+        cuts -= len(found)
+        yield exchange
+
+
+# A HAR file larger than this is read with its giant strings cut (no body of the cap's
+# size fits in a smaller one together with the rest of a HAR worth cutting)
+BIG_HAR = 64 * 2**20
+_CHUNK = 8 * 2**20
+_STRUCTURE = re.compile(rb'[^"]*+')  # outside strings: up to the next quote
+_STRING_BODY = re.compile(rb'(?:[^"\\]++|\\.)*+', re.DOTALL)  # inside: up to the closing quote
+CUT_MARK = "\x00leakmap-cut:"  # how a cut string ends once parsed: then its length in the file
+
+
+def cut_strings(handle: BinaryIO, keep: int, digest: Any) -> tuple[bytearray, int]:
+    """The JSON text read from ``handle`` with each string that decodes to more than ``keep``
+    bytes cut after at least ``keep`` (whole characters and escapes), then
+    :data:`CUT_MARK` and its length in the file; and how many were cut.  ``digest`` sees
+    every byte read."""
+    out, cuts, buffer, position, eof = bytearray(), 0, b"", 0, False
+    start: int | None = None  # in a string: where its text begins in ``out``
+    length = 0  # bytes of the string so far, in the file
+    decoded = 0  # at most the bytes they decode to (_at_most)
+    while True:
+        if start is None:
+            end = _STRUCTURE.match(buffer, position).end()  # type: ignore[union-attr]
+            out += buffer[position:end]
+        else:
+            end = _STRING_BODY.match(buffer, position).end()  # type: ignore[union-attr]
+            if decoded <= keep:
+                out += buffer[position:end]
+                decoded += _at_most(buffer, position, end)
+                if decoded > keep:
+                    del out[_cut_at(out, start, keep):]
+            length += end - position
+        position = end
+        if position < len(buffer) and not buffer.startswith(b"\\", position):
+            out.append(0x22)  # a quote: a string starts or ends
+            position += 1
+            if start is not None and decoded > keep:
+                out[-1:] = b"\\u0000" + CUT_MARK[1:].encode() + b"%d\"" % length
+                cuts += 1
+            start, length, decoded = (len(out), 0, 0) if start is None else (None, 0, 0)
+            continue
+        if eof:
+            return out, cuts
+        chunk = handle.read(_CHUNK)
+        digest.update(chunk)
+        eof = not chunk
+        buffer, position = buffer[position:] + chunk, 0  # a lone backslash waits for its escape
+
+
+def _at_most(text: bytes | bytearray, start: int, end: int) -> int:
+    """At most the bytes that the JSON string text ``text[start:end]`` (whole escapes)
+    decodes to: each escape takes one byte fewer (``\\n``), a ``\\u`` five fewer (counted
+    in C: this runs for every string of a large HAR)."""
+    backslashes = text.count(b"\\", start, end)
+    if not backslashes:
+        return end - start
+    escapes = backslashes - text.count(b"\\\\", start, end)  # "\\\\" is one escape
+    return end - start - escapes - 4 * text.count(b"\\u", start, end)
+
+
+def _cut_at(out: bytearray, start: int, keep: int) -> int:
+    """Where to cut the string whose text begins at ``out[start]`` so that it still decodes to
+    at least ``keep`` bytes where it can: not inside an escape, a character or an escaped
+    surrogate pair (at the end of what was read, before the one it splits)."""
+    low, high = start + keep, len(out)  # the shortest cut whose text decodes to keep or more
+    while low < high:
+        middle = (low + high) // 2
+        if _at_most(out, start, _past_escape(out, start, middle)) >= keep:
+            high = middle
+        else:
+            low = middle + 1
+    cut = _past_escape(out, start, low)
+    while cut < len(out) and out[cut] & 0xC0 == 0x80:  # a UTF-8 character's continuation byte
+        cut += 1
+    if _HIGH_SURROGATE.match(out, max(start, cut - 6), cut):  # the first half of a pair
+        cut = _past_escape(out, start, cut + 1)
+    return _whole(out, start, min(cut, len(out)))
+
+
+def _whole(out: bytearray, start: int, cut: int) -> int:
+    """``cut``, or before the escape or character that the end of ``out`` splits."""
+    split = _split_escape(out, start, cut)
+    if split is not None and split[1] > cut:
+        cut = split[0]
+    lead = cut
+    while lead > start and lead > cut - 4 and out[lead - 1] & 0xC0 == 0x80:
+        lead -= 1
+    if lead > start and out[lead - 1] >= 0xC0:  # a lead byte: its character needs this many
+        needed = 2 if out[lead - 1] < 0xE0 else 3 if out[lead - 1] < 0xF0 else 4
+        if lead - 1 + needed > cut:
+            cut = lead - 1
+    if _HIGH_SURROGATE.match(out, max(start, cut - 6), cut):  # a pair's first half, alone
+        cut -= 6
+    return cut
+
+
+def _past_escape(out: bytearray, start: int, cut: int) -> int:
+    """``cut``, or the end of the escape it would split (``\\uXXXX``, ``\\n``)."""
+    split = _split_escape(out, start, cut)
+    return cut if split is None else max(cut, split[1])
+
+
+def _split_escape(out: bytearray, start: int, cut: int) -> tuple[int, int] | None:
+    """(begin, end) of the escape nearest before ``cut`` if it may reach it, else None."""
+    for begin in range(cut - 1, max(start, cut - 6) - 1, -1):
+        if out[begin] != 0x5C:
+            continue
+        if _backslashes_before(out, start, begin) % 2:  # escaped: its escape began one before
+            begin -= 1
+        return begin, begin + (6 if out[begin + 1 : begin + 2] == b"u" else 2)
+    return None
+
+
+def _backslashes_before(out: bytearray, start: int, end: int) -> int:
+    """How many backslashes in a row end just before ``out[end]`` (counted in C, doubling)."""
+    size = 1
+    while size <= end - start and out.count(b"\\", end - size, end) == size:
+        size *= 2
+    low, high = size // 2, min(size, end - start + 1)  # all backslashes, not all (or the start)
+    while high - low > 1:
+        middle = (low + high) // 2
+        if out.count(b"\\", end - middle, end) == middle:
+            low = middle
+        else:
+            high = middle
+    return low
+
+
+_HIGH_SURROGATE = re.compile(rb"\\u[dD][89abAB][0-9A-Fa-f]{2}\Z")
+
+
+def _uncut(entry: Any) -> list[tuple[str, int, int]]:
+    """Each cut string of ``entry`` (where, its length in the file, characters kept), with
+    :data:`CUT_MARK` and the length taken off it."""
+    found = []
+    stack: list[tuple[Any, str]] = [(entry, "")]
+    while stack:
+        node, where = stack.pop()
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for key, value in items:
+            at = f"{where}.{key}" if where else str(key)
+            if isinstance(value, dict | list):
+                stack.append((value, at))
+            elif isinstance(value, str) and CUT_MARK in value[-40:]:
+                text, _, length = value.rpartition(CUT_MARK)
+                if length.isdigit():
+                    text = text[: len(text) - len(text) % 4]  # base64 (a body, a message) decodes
+                    node[key] = text
+                    found.append((at, int(length), len(text)))
+    return found
+
+
+def _note_cuts(exchange: Exchange, found: list[tuple[str, int, int]], keep: int | None) -> None:
+    """What :func:`cut_strings` left out of ``exchange``'s entry: its body within the cap,
+    and one note per string."""
+    for where, length, kept in found:
+        if where == "request.postData.text" and keep is not None:
+            body = exchange.request_body
+            exchange.sent_size = max(length, exchange.request_size)
+            exchange.request_body = body[:keep]
+            exchange.reader_notes.append(
+                f"body of about {length} bytes (its text in the HAR): only the first "
+                f"{len(exchange.request_body)} scanned")
+        else:
+            exchange.reader_notes.append(f"{where} of {length} bytes in the HAR: only the "
+                                         f"first {kept} characters read from it")
 
 
 def _flow_id(digest: str, index: int) -> str:
