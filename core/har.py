@@ -218,7 +218,8 @@ _STRING_BODY = re.compile(rb'(?:[^"\\]++|\\.)*+', re.DOTALL)  # inside: up to th
 CUT_MARK = "\x00leakmap-cut:"  # how a cut string ends once parsed: then its length in the file
 
 
-def cut_strings(handle: BinaryIO, keep: int, digest: Any) -> tuple[bytearray, int]:
+def cut_strings(handle: BinaryIO, keep: int, digest: Any,
+                chunk_size: int = _CHUNK) -> tuple[bytearray, int]:
     """The JSON text read from ``handle`` with each string that decodes to more than ``keep``
     bytes cut after at least ``keep`` (whole characters and escapes), then
     :data:`CUT_MARK` and its length in the file; and how many were cut.  ``digest`` sees
@@ -250,7 +251,7 @@ def cut_strings(handle: BinaryIO, keep: int, digest: Any) -> tuple[bytearray, in
             continue
         if eof:
             return out, cuts
-        chunk = handle.read(_CHUNK)
+        chunk = handle.read(chunk_size)
         digest.update(chunk)
         eof = not chunk
         buffer, position = buffer[position:] + chunk, 0  # a lone backslash waits for its escape

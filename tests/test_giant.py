@@ -1,0 +1,228 @@
+"""Giant bodies: only the part the analysis scans is held, and the flow says how big it was.
+
+A flow file's flow, a HAR string or a live request larger than the body cap is cut to
+the cap where it is read, not after: memory follows the cap, not the capture (the 1 GiB
+figure itself is measured by the benchmark, ``peak_rss_mb``).  Each cut is noted on the
+flow with the size the value had, and the flow keeps its true request size.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import ssl
+from pathlib import Path
+
+import httpx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from mitmproxy import io as mitm_io
+from mitmproxy import tcp
+from mitmproxy.test import tflow
+
+from leakmap.addons.flows import exchange_from_record, flow_records
+from leakmap.core import har
+from leakmap.core.exchange import Exchange, Message, scanned_note
+
+from conftest import leakmap_cli
+
+IMEI = "865312345678901"  # samples/redmi-1s.yaml: a known value
+KEEP = 1 << 20  # the body cap these tests give
+BIG = 3 * KEEP + 12345  # more than the cap and its slack (addons/flows.py _CUT_SLACK)
+
+
+def _body(size: int) -> bytes:
+    head = json.dumps({"imei": IMEI, "pad": ""}).encode()[:-2]  # ... "pad": "
+    return head + b"A" * (size - len(head) - 2) + b'"}'
+
+
+def _write_flows(path: Path, body_size: int) -> None:
+    """A POST of ``body_size`` bytes with a response as big and a long header, then a small
+    POST, then a TCP flow whose client and server each sent one giant message."""
+    with path.open("wb") as handle:
+        writer = mitm_io.FlowWriter(handle)
+        giant = tflow.tflow(resp=True)
+        giant.request.headers["content-type"] = "application/json"
+        giant.request.headers["x-long"] = "h" * BIG
+        giant.request.content = _body(body_size)
+        giant.response.content = b"r" * BIG
+        writer.add(giant)
+        small = tflow.tflow(resp=True)
+        small.request.content = json.dumps({"imei": IMEI}).encode()
+        writer.add(small)
+        stream = tflow.ttcpflow()
+        stream.messages = [tcp.TCPMessage(True, b"imei=" + IMEI.encode() + b"\0" * BIG),
+                           tcp.TCPMessage(False, b"s" * BIG)]
+        writer.add(stream)
+
+
+def test_a_flow_over_the_cap_is_read_cut_and_says_what_it_was(tmp_path: Path) -> None:
+    path = tmp_path / "giant.flow"
+    _write_flows(path, BIG)
+    whole = [exchange_from_record(record, path) for record in flow_records(path)]
+    records = list(flow_records(path, KEEP))
+    cut = [exchange_from_record(record, path) for record in records]
+    assert len(cut) == len(whole) == 3
+    assert len(records[0]) < 4 * KEEP  # body, header and response cut: 3 x 1 MB, not 12 MB
+    body, stream = cut[0], cut[2]
+    assert body is not None and stream is not None and whole[0] is not None
+    assert body.request_body == whole[0].request_body[:KEEP]
+    assert body.request_size == BIG  # the size it had, not what was kept
+    assert body.response_size == BIG
+    assert body.reader_notes == [  # in the order of the stored state; the header by its place
+        scanned_note("body", BIG, KEEP),
+        f"request.headers.3.1 of {BIG} bytes: only the first {KEEP} read from the capture",
+    ]
+    assert dict(body.request_headers)["x-long"] == "h" * KEEP
+    # the server's message is not analysed: cut without a note; the client's is noted
+    assert stream.reader_notes == [scanned_note("message 0", BIG + 20, KEEP)]
+    assert stream.request_size == BIG + 20
+    assert [len(m.content) for m in stream.messages] == [KEEP, KEEP]
+    assert cut[1] == whole[1]  # a flow under the cap is read as it always was
+    for exchange, plain in zip(cut, whole, strict=True):
+        assert exchange is not None and plain is not None
+        assert (exchange.flow_id, exchange.url, exchange.host) == (plain.flow_id, plain.url,
+                                                                   plain.host)
+
+
+def test_a_flow_within_the_cap_and_its_slack_is_read_as_stored(tmp_path: Path) -> None:
+    path = tmp_path / "almost.flow"
+    with path.open("wb") as handle:
+        flow = tflow.tflow(resp=True)
+        flow.request.content = _body(KEEP + 1000)  # the decoder cuts it, with its own note
+        mitm_io.FlowWriter(handle).add(flow)
+    assert list(flow_records(path, KEEP)) == list(flow_records(path)) == [path.read_bytes()]
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_leakmap_analyze_finds_the_imei_in_a_giant_body(tmp_path: Path, device_file: Path,
+                                                       workers: str) -> None:
+    path = tmp_path / "giant.flow"
+    _write_flows(path, BIG)
+    db = f"sqlite:///{tmp_path / 'giant.db'}"
+    leakmap_cli("analyze", str(path), "--device", str(device_file), "--db", db, "--run-name",
+                "giant", "--max-body", str(KEEP), "--workers", workers)
+    report = json.loads(leakmap_cli("report", "--db", db, "--run", "giant", "--format",
+                                    "json").stdout)
+    flows = sorted(report["flows"], key=lambda row: -row["request_size"])
+    assert [row["request_size"] for row in flows] == [BIG + 20, BIG, len(json.dumps(
+        {"imei": IMEI}))]
+    assert scanned_note("body", BIG, KEEP) in flows[1]["analysis_error"]
+    assert flows[1]["response_size"] == BIG
+    with_imei = {f["flow_id"] for f in report["findings"] if f["data_type"] == "imei"}
+    assert with_imei == {row["flow_id"] for row in flows}
+
+
+# -- HAR ---------------------------------------------------------------------
+
+_TEXT = st.lists(st.sampled_from(["a", "é", "€", "😀", "\\", '"', "\n", "\x01", "xxxxx", "\ud800"]),
+                max_size=30).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(document=st.recursive(_TEXT, lambda inner: st.lists(inner, max_size=4)
+                             | st.dictionaries(st.sampled_from(["k", "l", "m"]), inner, max_size=3),
+                             max_leaves=12),
+       keep=st.integers(8, 40), chunk=st.sampled_from([1, 3, 7, 64, 1 << 20]),
+       ascii_only=st.booleans())
+def test_cut_strings_keeps_json_whole_and_cuts_only_long_strings(
+        document: object, keep: int, chunk: int, ascii_only: bool) -> None:
+    text = json.dumps(document, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
+    out, cuts = har.cut_strings(io.BytesIO(text), keep, hashlib.sha256(), chunk)
+    read = json.loads(out)
+    found = []
+
+    def compare(original: object, got: object) -> None:
+        if isinstance(original, dict):
+            assert isinstance(got, dict) and got.keys() == original.keys()
+            for key in original:
+                compare(original[key], got[key])
+        elif isinstance(original, list):
+            assert isinstance(got, list) and len(got) == len(original)
+            for a, b in zip(original, got, strict=True):
+                compare(a, b)
+        elif isinstance(got, str) and har.CUT_MARK in got:
+            kept, _, length = got.rpartition(har.CUT_MARK)
+            assert isinstance(original, str) and original.startswith(kept)
+            size = len(original.encode("utf-8", "surrogatepass"))
+            assert size > keep  # only a string that decodes to more than keep is cut
+            # at least keep bytes are left, but where the cut meets the end of a chunk read
+            assert len(kept.encode("utf-8", "surrogatepass")) >= keep - (6 if chunk < 64 else 0)
+            assert int(length) == len(json.dumps(original, ensure_ascii=ascii_only)
+                                      .encode("utf-8", "surrogatepass")) - 2
+            found.append(kept)
+        else:
+            assert got == original
+
+    compare(document, read)
+    assert cuts == len(found)
+
+
+def _har(path: Path, texts: list[tuple[str, str | None]]) -> None:
+    entries = [{"startedDateTime": "2014-08-04T09:15:05.000Z", "time": 1, "request": {
+        "method": "POST", "url": "https://api.example.cn/up", "httpVersion": "HTTP/1.1",
+        "headers": [], "queryString": [], "cookies": [], "headersSize": -1, "bodySize": -1,
+        "postData": {"mimeType": "application/json", "text": text,
+                     **({"encoding": encoding} if encoding else {})}},
+        "response": {"status": 200, "statusText": "OK", "httpVersion": "HTTP/1.1",
+                     "headers": [], "cookies": [], "content": {"size": 0, "mimeType": "x/y"},
+                     "redirectURL": "", "headersSize": -1, "bodySize": 0},
+        "cache": {}, "timings": {"send": 0, "wait": 0, "receive": 0}} for text, encoding in texts]
+    path.write_text(json.dumps({"log": {"version": "1.2", "creator": {"name": "t", "version": "1"},
+                                        "entries": entries}}))
+
+
+def test_a_large_har_is_read_with_its_giant_bodies_cut(tmp_path: Path, monkeypatch) -> None:
+    body = _body(BIG)
+    path = tmp_path / "giant.har"
+    _har(path, [(body.decode(), None), (base64.b64encode(body).decode(), "base64"),
+                (json.dumps({"imei": IMEI}), None)])
+    whole = list(har.read_har(path, KEEP))  # a small file: read as it always was
+    monkeypatch.setattr(har, "BIG_HAR", 0)
+    cut = list(har.read_har(path, KEEP))
+    assert [e.flow_id for e in cut] == [e.flow_id for e in whole]  # the file's digest, whole
+    for exchange in cut[:2]:
+        assert exchange.request_body == body[:KEEP]  # plain and base64 alike
+        assert len(exchange.reader_notes) == 1
+        assert exchange.reader_notes[0].startswith("body of about ")
+        assert exchange.reader_notes[0].endswith(f"only the first {KEEP} scanned")
+        assert exchange.request_size >= BIG
+    assert cut[2] == whole[2]
+
+
+# -- live, and the hand-over ---------------------------------------------------
+
+def test_within_cuts_the_body_and_the_client_messages_to_the_cap() -> None:
+    exchange = Exchange(flow_id="f", kind="websocket", timestamp=0.0, request_body=b"b" * 30,
+                        messages=[Message(False, b"s" * 30), Message(True, b"c" * 30),
+                                  Message(True, b"short")])
+    cut = exchange.within(10)
+    assert cut.request_body == b"b" * 10
+    assert [m.content for m in cut.messages] == [b"s" * 30, b"c" * 10, b"short"]
+    assert cut.request_size == exchange.request_size == 65
+    assert cut.reader_notes == [scanned_note("body", 30, 10), scanned_note("message 0", 30, 10)]
+    assert exchange.within(30) is exchange
+
+
+def test_a_giant_upload_through_the_proxy_is_logged_at_its_size(
+        start_proxy, tls_server, tmp_path: Path, device_file: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'live.db'}"
+    proxy = start_proxy("--device", str(device_file), "--db", db, "--run-name", "upload",
+                        "--max-body", str(KEEP), "--workers", "1")
+    context = ssl.create_default_context(cafile=str(proxy.ca))
+    body = _body(BIG)
+    with httpx.Client(proxy=proxy.url, verify=context, timeout=60) as client:
+        answer = client.post(f"https://localhost:{tls_server.port}/up", content=body,
+                             headers={"content-type": "application/json"})
+        assert answer.status_code == 200
+    assert proxy.stop() == 0, proxy.output
+    assert tls_server.received[0][2] == body  # forwarded whole
+    report = json.loads(leakmap_cli("report", "--db", db, "--run", "upload", "--format",
+                                    "json").stdout)
+    [row] = report["flows"]
+    assert row["request_size"] == BIG
+    assert scanned_note("body", BIG, KEEP) in row["analysis_error"]
+    assert [f["data_type"] for f in report["findings"]] == ["imei"]
