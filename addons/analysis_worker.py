@@ -196,18 +196,20 @@ def _write_frame(fd: int, message: object) -> None:
         view = view[os.write(fd, view):]
 
 
-def _read_exactly(fd: int, size: int) -> bytes | None:
-    parts, left = [], size
-    while left:
-        part = os.read(fd, min(left, _READ_SIZE))
-        if not part:
-            return None
-        parts.append(part)
-        left -= len(part)
-    return b"".join(parts)
+def _read_exactly(fd: int, size: int) -> bytearray | None:
+    """``size`` bytes read into one buffer (a frame of a 300 MB flow is not held twice)."""
+    data = bytearray(size)
+    view, filled = memoryview(data), 0
+    with view:
+        while filled < size:
+            got = os.readv(fd, [view[filled:]])
+            if not got:
+                return None
+            filled += got
+    return data
 
 
-def _read_frame(fd: int) -> bytes | None:
+def _read_frame(fd: int) -> bytearray | None:
     """The next frame, or None at end-of-file (the proxy closed the pipe or died)."""
     header = _read_exactly(fd, _HEADER.size)
     return None if header is None else _read_exactly(fd, _HEADER.unpack(header)[0])

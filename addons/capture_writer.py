@@ -30,12 +30,13 @@ import os
 import pickle
 import signal
 from collections import deque
+from itertools import islice
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 from leakmap.addons.analysis_worker import _HEADER, _read_frame, yield_to_the_proxy
-from leakmap.addons.flows import tnetstring_dumps
+from leakmap.addons.flows import tnetstring_parts
 
 HAND_OVER_S = 0.05  # states wait at most this long to go out together
 _HAND_OVER_BYTES = 1 << 20  # or until this many bytes of bodies wait
@@ -50,9 +51,9 @@ def _write_states(path: str, requests: Connection) -> None:
         descriptor = os.open(path, os.O_WRONLY | os.O_APPEND)
         try:
             while (frame := _read_frame(requests.fileno())) is not None:
-                data = memoryview(b"".join(tnetstring_dumps(state) for state in pickle.loads(frame)))
-                while data:
-                    data = data[os.write(descriptor, data):]
+                states = pickle.loads(frame)
+                del frame  # a giant body is held once, not twice
+                _write_all(descriptor, tnetstring_parts(states))
         finally:
             os.close(descriptor)
     except Exception:  # the file cannot be written (the proxy's own try then says why), the
@@ -61,6 +62,32 @@ def _write_states(path: str, requests: Connection) -> None:
 
 
 CANNOT_WRITE = 3
+_IOV_MAX = 1024  # buffers per writev (Linux's limit)
+_SMALL = 1 << 16  # parts up to this size are joined before they are written
+
+
+def _write_all(descriptor: int, parts: list[bytes]) -> None:
+    """Write ``parts`` in order: the small ones joined, a large one (a body) as it is,
+    without a copy of the whole."""
+    pieces: list[bytes] = []
+    small: list[bytes] = []
+    for part in parts:
+        if len(part) <= _SMALL:
+            small.append(part)
+            continue
+        if small:
+            pieces.append(b"".join(small))
+            small = []
+        pieces.append(part)
+    if small:
+        pieces.append(b"".join(small))
+    views = [memoryview(piece) for piece in pieces]
+    while views:
+        written = os.writev(descriptor, views[:_IOV_MAX])
+        while views and written >= len(views[0]):
+            written -= len(views.pop(0))
+        if written:
+            views[0] = views[0][written:]
 
 
 class CaptureWriter:
@@ -79,7 +106,9 @@ class CaptureWriter:
             fcntl.fcntl(self._fd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
         self._queued: list[dict[str, Any]] = []
         self._queued_bytes = 0
-        self._outgoing = bytearray()
+        # the bytes not yet in the pipe, frame by frame: each frame's pickle is written from
+        # where it lies (a giant body's frame is not copied once more into one buffer)
+        self._outgoing: deque[memoryview] = deque()
         # the frames in _outgoing: where each ends in the stream of bytes, and its states
         self._unwritten: deque[tuple[int, list[dict[str, Any]]]] = deque()
         self._handed = 0  # bytes put in _outgoing so far
@@ -115,8 +144,7 @@ class CaptureWriter:
 
     def _frame_queued(self) -> None:
         data = pickle.dumps(self._queued, protocol=pickle.HIGHEST_PROTOCOL)
-        self._outgoing += _HEADER.pack(len(data))
-        self._outgoing += data
+        self._outgoing += (memoryview(_HEADER.pack(len(data))), memoryview(data))
         self._handed += _HEADER.size + len(data)
         self._unwritten.append((self._handed, self._queued))
 
@@ -124,7 +152,8 @@ class CaptureWriter:
         if self.failure is not None:
             return
         try:
-            written = os.write(self._fd, self._outgoing) if self._outgoing else 0
+            written = os.writev(self._fd, list(islice(self._outgoing, _IOV_MAX))) \
+                if self._outgoing else 0
         except BlockingIOError:
             written = 0
         except OSError as e:  # the child is gone
@@ -141,8 +170,11 @@ class CaptureWriter:
         """``written`` more bytes are in the pipe: a frame wholly there is the child's to write
         (even if this process dies); one partly there is not (its flows are ``leftover`` if
         the child dies, and written here)."""
-        del self._outgoing[:written]
         self._sent += written
+        while written and written >= len(self._outgoing[0]):
+            written -= len(self._outgoing.popleft())
+        if written:
+            self._outgoing[0] = self._outgoing[0][written:]
         while self._unwritten and self._unwritten[0][0] <= self._sent:
             self._unwritten.popleft()
 
@@ -166,7 +198,8 @@ class CaptureWriter:
                     self._loop.remove_writer(self._fd)
                 os.set_blocking(self._fd, True)
                 try:
-                    self._taken(os.write(self._fd, self._outgoing))  # blocking: takes it all
+                    while self._outgoing:  # blocking: each call takes what it is given
+                        self._taken(os.writev(self._fd, list(islice(self._outgoing, _IOV_MAX))))
                 except OSError as e:
                     self._broken(f"writing to it failed: {e}")
         if self._loop is not None:

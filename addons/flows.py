@@ -356,9 +356,16 @@ def tnetstring_dumps(value: object) -> bytes:
     """``value`` as a tnetstring, the same bytes as mitmproxy's ``tnetstring.dumps``, in a
     third of its time: the parts are collected front to back, each container's length
     filled in once its content is known (``addons/capture.py`` writes every live flow)."""
+    return b"".join(tnetstring_parts([value]))
+
+
+def tnetstring_parts(values: list[object]) -> list[bytes]:
+    """The tnetstrings of ``values``, one after the other, as parts to join or write in
+    order: a body is one part, the very bytes object of the state (not copied)."""
     parts: list[bytes] = []
-    _dump_into(value, parts)
-    return b"".join(parts)
+    for value in values:
+        _dump_into(value, parts)
+    return parts
 
 
 def _dump_into(value: Any, parts: list[bytes]) -> int:

@@ -129,12 +129,12 @@ def test_a_dead_capture_process_leaves_only_the_flows_not_wholly_in_its_pipe() -
     from leakmap.addons.capture_writer import CaptureWriter
 
     writer = CaptureWriter.__new__(CaptureWriter)  # its pipe's side only, no child
-    writer._outgoing, writer._unwritten, writer._handed, writer._sent = bytearray(), deque(), 0, 0
+    writer._outgoing, writer._unwritten, writer._handed, writer._sent = deque(), deque(), 0, 0
     writer._queued, writer._loop, writer.failure = [], None, None
     writer._process = SimpleNamespace(exitcode=-9)
     writer._queued = [{"id": "a"}, {"id": "b"}]
     writer._frame_queued()
-    first_frame = len(writer._outgoing)
+    first_frame = writer._handed
     writer._queued = [{"id": "c"}]
     writer._frame_queued()
     writer._queued = [{"id": "d"}]  # not yet framed
@@ -142,3 +142,23 @@ def test_a_dead_capture_process_leaves_only_the_flows_not_wholly_in_its_pipe() -
     writer._broken("writing to it failed: [Errno 32] Broken pipe")
     assert [state["id"] for state in writer.leftover] == ["c", "d"]
     assert writer.failure is not None and "exit code -9" in writer.failure
+
+
+def test_the_capture_process_writes_large_and_small_parts_in_order(tmp_path: Path) -> None:
+    """Bodies are written from the state's own bytes, the rest joined: the same file."""
+    import os
+
+    from leakmap.addons.capture_writer import _write_all
+    from leakmap.addons.flows import tnetstring_dumps, tnetstring_parts
+
+    states = [{"request": {"content": bytes([n]) * size, "path": "/x"}, "id": str(n)}
+              for n, size in enumerate([10, 300_000, 5, 70_000, 0])]
+    parts = tnetstring_parts(states)
+    assert any(part is state["request"]["content"] for part in parts for state in states[1:2])
+    path = tmp_path / "parts.flow"
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        _write_all(descriptor, parts * 600)  # more buffers than one writev takes
+    finally:
+        os.close(descriptor)
+    assert path.read_bytes() == b"".join(tnetstring_dumps(state) for state in states) * 600
