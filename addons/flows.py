@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import ipaddress
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -236,6 +237,7 @@ def flow_records(path: Path, keep: int | None = None) -> Iterator[bytes]:
     bytes, the only ones the analysis scans: memory stays bounded by the cap, not by the
     capture (:func:`_cut_record`; the flow notes the cut)."""
     with path.open("rb") as handle:
+        total = os.fstat(handle.fileno()).st_size
         while prefix := handle.read(1):
             while prefix[-1:].isdigit() and len(prefix) <= _MAX_LENGTH_DIGITS:
                 digit = handle.read(1)
@@ -245,6 +247,8 @@ def flow_records(path: Path, keep: int | None = None) -> Iterator[bytes]:
             if not prefix.endswith(b":") or len(prefix) < 2:
                 raise _unreadable(path)
             size = int(prefix[:-1])
+            if handle.tell() + size + 1 > total:  # cut short, or a length that lies
+                raise _unreadable(path)
             if keep is not None and size > keep + _CUT_SLACK:
                 yield _cut_record(handle, size, keep, path)
                 continue

@@ -226,3 +226,16 @@ def test_a_giant_upload_through_the_proxy_is_logged_at_its_size(
     assert row["request_size"] == BIG
     assert scanned_note("body", BIG, KEEP) in row["analysis_error"]
     assert [f["data_type"] for f in report["findings"]] == ["imei"]
+
+
+@pytest.mark.parametrize("keep", [None, KEEP])
+def test_a_length_that_lies_is_a_damaged_file_not_a_memory_error(tmp_path: Path,
+                                                                 keep: int | None) -> None:
+    path = tmp_path / "liar.flow"
+    with path.open("wb") as handle:
+        mitm_io.FlowWriter(handle).add(tflow.tflow(resp=True))
+        handle.write(b"99999999999:{}}")  # 100 GB claimed, 3 bytes there
+    records = flow_records(path, keep)
+    assert exchange_from_record(next(records), path) is not None  # the flow before it counts
+    with pytest.raises(ValueError, match="not a readable mitmproxy flow file"):
+        next(records)
