@@ -178,8 +178,9 @@ def read_har(path: Path, keep: int | None = None) -> Iterator[Exchange]:
     parser (ijson) was measured 20 times slower on large bodies and built
     gigabytes for deeply nested junk (docs/performance.md).  With ``keep`` (the
     body cap), a file larger than :data:`BIG_HAR` is first read string by string,
-    and a string longer than ``keep`` bytes keeps only its first ``keep``
-    (:func:`cut_strings`): memory stays bounded by the cap, not by a 500 MB body.
+    and a string that decodes to more than the cap (four thirds of it: base64)
+    keeps about that much (:func:`cut_strings`); a body is then cut to the cap and
+    noted: memory stays bounded by the cap, not by a 500 MB body.
     """
     raw: bytes | bytearray
     with path.open("rb") as handle:
