@@ -29,13 +29,14 @@ import multiprocessing
 import os
 import pickle
 import signal
+import struct
 from collections import deque
 from itertools import islice
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from leakmap.addons.analysis_worker import _HEADER, _read_frame, yield_to_the_proxy
+from leakmap.addons.analysis_worker import _read_exactly, yield_to_the_proxy
 from leakmap.addons.flows import tnetstring_parts
 
 HAND_OVER_S = 0.05  # states wait at most this long to go out together
@@ -50,9 +51,7 @@ def _write_states(path: str, requests: Connection) -> None:
     try:
         descriptor = os.open(path, os.O_WRONLY | os.O_APPEND)
         try:
-            while (frame := _read_frame(requests.fileno())) is not None:
-                states = pickle.loads(frame)
-                del frame  # a giant body is held once, not twice
+            while (states := _read_states(requests.fileno())) is not None:
                 _write_all(descriptor, tnetstring_parts(states))
         finally:
             os.close(descriptor)
@@ -62,6 +61,56 @@ def _write_states(path: str, requests: Connection) -> None:
 
 
 CANNOT_WRITE = 3
+# A frame: the pickle's length and how many bodies follow it out of band, the pickle, then
+# each body as its length and its bytes.  A body travels from the flow's own bytes in the
+# proxy into the buffer its state then holds here: a 300 MB upload is not copied on the way.
+_FRAME = struct.Struct("!QQ")
+_BODY = struct.Struct("!Q")
+_OUT_OF_BAND = 1 << 16  # bodies from this size on
+
+
+def _read_states(descriptor: int) -> list[dict[str, Any]] | None:
+    """The states of the next frame, or None at end-of-file."""
+    header = _read_exactly(descriptor, _FRAME.size)
+    if header is None:
+        return None
+    size, count = _FRAME.unpack(header)
+    data = _read_exactly(descriptor, size)
+    bodies = []
+    for _ in range(count if data is not None else 0):
+        length = _read_exactly(descriptor, _BODY.size)
+        body = _read_exactly(descriptor, _BODY.unpack(length)[0]) if length is not None else None
+        if body is None:
+            return None
+        bodies.append(body)
+    return None if data is None else pickle.loads(data, buffers=bodies)  # type: ignore[no-any-return]
+
+
+def _framed(states: list[dict[str, Any]]) -> tuple[list[memoryview], int]:
+    """The frame of ``states`` as views to write, and its length; the states are not changed."""
+    bodies: list[pickle.PickleBuffer] = []
+    data = pickle.dumps([_bodies_apart(state) for state in states], protocol=5,
+                        buffer_callback=bodies.append)
+    views = [memoryview(_FRAME.pack(len(data), len(bodies))), memoryview(data)]
+    for body in bodies:
+        raw = body.raw()
+        views += (memoryview(_BODY.pack(len(raw))), raw)
+    return views, sum(len(view) for view in views)
+
+
+def _bodies_apart(state: dict[str, Any]) -> dict[str, Any]:
+    """``state``, with its large request and response bodies as out-of-band buffers (in a
+    copy of the dicts that hold them)."""
+    changed = None
+    for part in ("request", "response"):
+        message = state.get(part)
+        if not isinstance(message, dict):
+            continue
+        content = message.get("content")
+        if type(content) is bytes and len(content) >= _OUT_OF_BAND:
+            changed = changed or dict(state)
+            changed[part] = {**message, "content": pickle.PickleBuffer(content)}
+    return changed or state
 _IOV_MAX = 1024  # buffers per writev (Linux's limit)
 _SMALL = 1 << 16  # parts up to this size are joined before they are written
 
@@ -143,9 +192,9 @@ class CaptureWriter:
         self._write()
 
     def _frame_queued(self) -> None:
-        data = pickle.dumps(self._queued, protocol=pickle.HIGHEST_PROTOCOL)
-        self._outgoing += (memoryview(_HEADER.pack(len(data))), memoryview(data))
-        self._handed += _HEADER.size + len(data)
+        views, size = _framed(self._queued)
+        self._outgoing += views
+        self._handed += size
         self._unwritten.append((self._handed, self._queued))
 
     def _write(self) -> None:

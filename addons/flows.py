@@ -376,7 +376,7 @@ def _dump_into(value: Any, parts: list[bytes]) -> int:
     """Append ``value``'s tnetstring to ``parts``; its length.  Exact types first (a flow's
     state is mostly bytes, str, int and dicts); subclasses fall through to isinstance."""
     kind = type(value)
-    if kind is bytes or kind is str:
+    if kind is bytes or kind is str or kind in _OUT_OF_BAND:
         data: bytes = value.encode("utf8") if kind is str else value
         head = b"%d:" % len(data)
         parts += (head, data, b";" if kind is str else b",")
@@ -410,6 +410,9 @@ def _dump_into(value: Any, parts: list[bytes]) -> int:
         parts.append(b"%d:%b^" % (len(data), data))
         return len(parts[-1])
     return _dump_subclass(value, parts)
+
+
+_OUT_OF_BAND = (memoryview, bytearray)  # a body as the capture process receives it (unpickled)
 
 
 def _close(parts: list[bytes], slot: int, size: int, end: bytes) -> int:

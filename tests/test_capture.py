@@ -162,3 +162,32 @@ def test_the_capture_process_writes_large_and_small_parts_in_order(tmp_path: Pat
     finally:
         os.close(descriptor)
     assert path.read_bytes() == b"".join(tnetstring_dumps(state) for state in states) * 600
+
+
+def test_a_frame_carries_large_bodies_out_of_band_and_leaves_the_states_as_they_were() -> None:
+    import os
+    import threading
+
+    from leakmap.addons.capture_writer import _framed, _read_states
+
+    big, small = b"B" * 200_000, b"s" * 10
+    states = [{"id": "a", "request": {"content": big, "path": "/"},
+               "response": {"content": small}},
+              {"id": "b", "request": {"content": b"C" * 70_000}, "response": None}]
+    views, size = _framed(states)
+    assert size == sum(len(view) for view in views) < 300_000 + 1_000
+    assert any(view.obj is big for view in views)  # written from the flow's own bytes
+    assert states[0]["request"]["content"] is big  # the states themselves are not changed
+    read, write = os.pipe()
+    writer = threading.Thread(target=lambda: [os.write(write, view) for view in views])
+    writer.start()
+    got = _read_states(read)
+    writer.join()
+    os.close(write)
+    assert _read_states(read) is None  # end-of-file
+    os.close(read)
+    assert got is not None
+    assert [bytes(state["request"]["content"]) for state in got] == [big, b"C" * 70_000]
+    assert got[0]["response"]["content"] == small and got[0]["request"]["path"] == "/"
+    from leakmap.addons.flows import tnetstring_dumps  # and they are written as they came
+    assert [tnetstring_dumps(state) for state in got] == [tnetstring_dumps(s) for s in states]

@@ -220,6 +220,9 @@ def test_a_giant_upload_through_the_proxy_is_logged_at_its_size(
         assert answer.status_code == 200
     assert proxy.stop() == 0, proxy.output
     assert tls_server.received[0][2] == body  # forwarded whole
+    with (tmp_path / "captures" / "upload.flow").open("rb") as capture:  # and captured whole
+        [flow] = mitm_io.FlowReader(capture).stream()
+    assert flow.request.raw_content == body
     report = json.loads(leakmap_cli("report", "--db", db, "--run", "upload", "--format",
                                     "json").stdout)
     [row] = report["flows"]
