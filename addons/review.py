@@ -18,6 +18,7 @@ from mitmproxy.flow import Flow
 
 from leakmap.addons.inspector import flow_record, quiet, tls_records
 from leakmap.core.pipeline import FlowRecord
+from leakmap.core.redact import printable
 
 log = logging.getLogger("leakmap")
 
@@ -104,21 +105,23 @@ class Review:
         self._log(record)
 
     def _log(self, record: FlowRecord) -> None:
+        """Each line printable: a host or a JSON key from the phone could otherwise carry
+        escape sequences, or a line break and a forged finding line of its own."""
         if record.action != "log" and self.read_from <= logging.ERROR:
-            log.error(action_line(record))  # above the findings: an alert must not scroll by
+            log.error(printable(action_line(record)))  # above the findings: must not scroll by
         lines = finding_lines(record) if self.read_from <= logging.WARNING else []
         if lines:  # one log record per flow: mitmproxy hands each record to every addon
-            log.warning("\n".join(lines))
+            log.warning("\n".join(map(printable, lines)))
         if record.analysis_error and self.read_from <= logging.INFO:
-            log.info("leakmap: analysis problem on %s: %s", record.exchange.url or
-                     record.exchange.host, record.analysis_error)
+            log.info("leakmap: analysis problem on %s: %s", printable(record.exchange.url or
+                     record.exchange.host or ""), printable(record.analysis_error))
 
     def tls_failed_client(self, data: tls.TlsData) -> None:
         if self.read_from > logging.INFO:
             return
         for record in tls_records(data):
-            log.info("leakmap: TLS refused by client for %s [%s, %s]", record.exchange.sni,
-                     record.exchange.server_ip, destination(record))
+            log.info(printable(f"leakmap: TLS refused by client for {record.exchange.sni} "
+                               f"[{record.exchange.server_ip}, {destination(record)}]"))
 
 
 def read_level(chain: list[object], leakmap_log: logging.Logger = log) -> int:

@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from leakmap.core.redact import printable
 from leakmap.store.queries import FINDING_KEYS
 
 Rows = list[dict[str, Any]]
@@ -96,11 +97,6 @@ def _watched_lines(findings: Rows, flows: Rows) -> list[str]:
                   f"[{reason}]")
         for (host, place, reason), types in grouped.items()
     ]
-
-
-def printable(text: str) -> str:
-    """Captured text made safe for a terminal: control characters become '?'."""
-    return "".join(ch if ch.isprintable() else "?" for ch in text)
 
 
 def _operator_label(row: dict[str, Any]) -> str | None:

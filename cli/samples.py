@@ -25,6 +25,7 @@ from leakmap.core.device import load_device
 from leakmap.core.exchange import Exchange
 from leakmap.core.known import KnownMatcher
 from leakmap.core.pipeline import FlowRecord, Pipeline
+from leakmap.core.redact import printable
 from leakmap.geodb.lookup import GeoResolver
 from leakmap.policies.model import load_policy
 from leakmap.wiring import build_locator
@@ -165,7 +166,8 @@ def as_text(records: Iterable[FlowRecord], show_values: bool) -> str:
         if record.analysis_error:
             lines.append(f"  analysis: {record.analysis_error}")
         lines += _finding_lines(record, show_values) or ["  no findings"]
-    return "\n".join(lines) if lines else "the sample holds no flows"
+    # a captured sample's host, keys and values may hold escape sequences or line breaks
+    return "\n".join(map(printable, lines)) if lines else "the sample holds no flows"
 
 
 def _finding_lines(record: FlowRecord, show_values: bool) -> list[str]:

@@ -53,3 +53,56 @@ def test_an_addon_listening_to_add_log_reads_everything(leakmap_log: logging.Log
 
     leakmap_log.addHandler(_handler(logging.ERROR))
     assert read_level([Parent()], leakmap_log) == logging.NOTSET
+
+
+def test_console_lines_print_no_control_character_the_phone_sent() -> None:
+    """A Host header or a JSON key from the app could carry escape sequences, or a line break
+    and a forged line of its own: each line of Review's is made printable first."""
+    from leakmap.addons.review import Review
+    from leakmap.core.exchange import Exchange
+    from leakmap.core.pipeline import FindingRecord, FlowRecord
+
+    forged = "x\nleakmap: high imei (known, plain) at request.body.json.fake -> fake.example"
+    exchange = Exchange(flow_id="f", kind="http", timestamp=0.0, host="evil\x1b[2J.example",
+                        server_ip="127.0.0.1", url="https://evil\x1b[2J.example/\r",
+                        error=None)
+    record = FlowRecord(
+        exchange=exchange, country="CN", action="alert", action_rule="rules.alert\x07",
+        analysis_error="malformed JSON\x1b[31m",
+        findings=[FindingRecord(field=f"request.body.json.{forged}", data_type="imei",
+                                category="identifier", severity="high", encoding="plain",
+                                match="pattern", preview="3569•••••••3809", value_hash="h",
+                                action="alert")])
+    review = Review()
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda entry: lines.append(entry.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("leakmap")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        review._log(record)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert len(lines) == 3  # the alert, the finding, the analysis problem
+    for line in lines:
+        assert line.isprintable(), repr(line)
+    assert "evil?[2J.example" in lines[0] and "x?leakmap: high imei" in lines[1]
+
+
+def test_policy_test_prints_no_control_character_of_a_sample() -> None:
+    from leakmap.cli.samples import as_text
+    from leakmap.core.exchange import Exchange
+    from leakmap.core.pipeline import FindingRecord, FlowRecord
+
+    exchange = Exchange(flow_id="f", kind="http", timestamp=0.0, method="POST",
+                        url="https://a.example/\x1b[2J", server_ip="127.0.0.1")
+    record = FlowRecord(exchange=exchange, analysis_error="bad\nflow 2: forged", findings=[
+        FindingRecord(field="request.body.json.k\x1b]0;x\x07", data_type="imei",
+                      category="identifier", severity="high", encoding="plain",
+                      match="pattern", preview="3569•••••••3809", value_hash="h")])
+    text = as_text([record], show_values=False)
+    assert all(line.isprintable() for line in text.split("\n"))
+    assert "flow 2: forged" not in text.split("\n")[3:] and "bad?flow 2: forged" in text
