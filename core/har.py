@@ -215,7 +215,8 @@ def read_har(path: Path, keep: int | None = None) -> Iterator[Exchange]:
 BIG_HAR = 64 * 2**20
 _CHUNK = 8 * 2**20
 _STRUCTURE = re.compile(rb'[^"]*+')  # outside strings: up to the next quote
-_STRING_BODY = re.compile(rb'(?:[^"\\]++|\\.)*+', re.DOTALL)  # inside: up to the closing quote
+# inside a string: up to its closing quote (unrolled: plain runs, each escape then a plain run)
+_STRING_BODY = re.compile(rb'[^"\\]*+(?:\\.[^"\\]*+)*+', re.DOTALL)
 CUT_MARK = "\x00leakmap-cut:"  # how a cut string ends once parsed: then its length in the file
 
 
@@ -274,9 +275,11 @@ def _cut_at(out: bytearray, start: int, keep: int) -> int:
     at least ``keep`` bytes where it can: not inside an escape, a character or an escaped
     surrogate pair (at the end of what was read, before the one it splits)."""
     low, high = start + keep, len(out)  # the shortest cut whose text decodes to keep or more
+    # what the first keep bytes decode to, counted once; less 5 for an escape the split cuts
+    head = _at_most(out, start, low) - 5
     while low < high:
         middle = (low + high) // 2
-        if _at_most(out, start, _past_escape(out, start, middle)) >= keep:
+        if head + _at_most(out, start + keep, _past_escape(out, start, middle)) >= keep:
             high = middle
         else:
             low = middle + 1
@@ -284,7 +287,7 @@ def _cut_at(out: bytearray, start: int, keep: int) -> int:
     while cut < len(out) and out[cut] & 0xC0 == 0x80:  # a UTF-8 character's continuation byte
         cut += 1
     if _HIGH_SURROGATE.match(out, max(start, cut - 6), cut):  # the first half of a pair
-        cut = _past_escape(out, start, cut + 1)
+        cut = _past_escape(out, start, min(cut + 1, len(out)))
     return _whole(out, start, min(cut, len(out)))
 
 
@@ -313,6 +316,7 @@ def _past_escape(out: bytearray, start: int, cut: int) -> int:
 
 def _split_escape(out: bytearray, start: int, cut: int) -> tuple[int, int] | None:
     """(begin, end) of the escape nearest before ``cut`` if it may reach it, else None."""
+    cut = min(cut, len(out))
     for begin in range(cut - 1, max(start, cut - 6) - 1, -1):
         if out[begin] != 0x5C:
             continue
