@@ -111,6 +111,8 @@ def _bodies_apart(state: dict[str, Any]) -> dict[str, Any]:
             changed = changed or dict(state)
             changed[part] = {**message, "content": pickle.PickleBuffer(content)}
     return changed or state
+
+
 _IOV_MAX = 1024  # buffers per writev (Linux's limit)
 _SMALL = 1 << 16  # parts up to this size are joined before they are written
 
