@@ -259,6 +259,7 @@ def flow_records(path: Path, keep: int | None = None) -> Iterator[bytes]:
 
 
 _CUT_SLACK = 1 << 20  # a flow at most this much over the cap is read whole
+_LONGEST_SCALAR = 1 << 16  # a longer number (or true, false, null) is damage, not a flow
 CUT_KEY = "leakmap_cut"  # in a cut flow's metadata: [where, bytes in the capture, bytes kept]...
 
 
@@ -338,8 +339,15 @@ def _read_value(handle: BinaryIO, limit: int, keep: int, cuts: list[list[Any]], 
     elif tag in (b",", b";"):
         value = _kept(handle.read(keep), tag == b";", path)
         cuts.append([where, length, len(value.encode() if isinstance(value, str) else value)])
-    else:
-        raise _unreadable(path)
+    elif length <= _LONGEST_SCALAR:  # a number, true, false, null: read whole
+        handle.seek(start)
+        data = handle.read(length + 1)
+        try:
+            value = tnetstring_loads(b"%d:%b" % (length, data))
+        except (ValueError, TypeError, IndexError) as e:
+            raise _unreadable(path) from e
+    else:  # a number of megabytes: no flow holds one
+        raise _unreadable(path, f"a value of {length} bytes at {where}")
     handle.seek(start + length + 1)
     return value
 
