@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from dataclasses import field as dataclass_field
 from functools import lru_cache, partial
+from itertools import islice
 from urllib.parse import unquote_plus
 
 import phonenumbers
@@ -67,6 +68,8 @@ _PHONE_SPAN = re.compile(r"(?<![\w+])(?:\+|\(\+?)?\d[\d ()./-]{5,22}\d(?![\w])")
 # The other detectors take values in chunks of about this many characters: few calls
 # for a flow of small values, and a look at the clock between two chunks.
 _DETECT_CHUNK_CHARS = 4096
+# Chunks each detector reads even once the flow's time is up (Classifier._detect)
+_GRACE_CHUNKS = 4
 # How many quiet URL paths and header values a classifier remembers (Classifier._remember_quiet)
 _QUIET_MEMORY = 4096
 # A JSON body up to this size may be found to hold nothing and not be walked: it
@@ -606,18 +609,20 @@ class Classifier:
         def late() -> bool:
             return collector.expired(exact=True)
 
-        if late():
-            return
+        # Out of time already (decoding a giant body can take it all): each detector still
+        # reads the first few chunks, the URL, headers and the start of the body, so that an
+        # IMEI at the start of a 16 MB body is found (bounded: about a millisecond).
+        parts = _chunked(collector.leaves, _DETECT_CHUNK_CHARS)
         chunks = [(part, Joined([leaf.value for leaf in part]))
-                  for part in _chunked(collector.leaves, _DETECT_CHUNK_CHARS)]
+                  for part in (islice(parts, _GRACE_CHUNKS) if late() else parts)]
         passes: list[Callable[[list[Leaf], Joined, list[str]], Iterator[Finding]]] = []
         if self.known.known_phones:
             passes.append(self._known_phone_numbers)
         passes += [self._keys_in, self._pattern_batch]
         for detector in passes:
-            for part, joined in chunks:
-                if late():
-                    return
+            for index, (part, joined) in enumerate(chunks):
+                if index >= _GRACE_CHUNKS and late():
+                    break
                 keep(list(detector(part, joined, errors)))
         keep(list(self._location_hits(chunks, late)))
 

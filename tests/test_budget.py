@@ -180,3 +180,17 @@ def test_protobuf_parsing_stops_at_its_deadline() -> None:
     late = protobuf.parse(message, notes=notes, deadline=time.monotonic() - 1)
     assert late is not None and len(late) < 2_000
     assert notes == []  # running out of time is the caller's to note
+
+
+def test_out_of_time_the_detectors_still_read_the_start_of_the_flow() -> None:
+    """Decoding a 16 MB text takes the whole budget; an IMEI that only its pattern finds
+    (not the device's) at the start of the body is still found: each detector reads the
+    first chunks of values whatever the clock says."""
+    pattern_only = "356938035643809"  # a valid IMEI, not the sample device's
+    body = b'{"imei": "' + pattern_only.encode() + b'", "pad": "' + b"A" * (16 << 20)
+    exchange = corpus.request("giant", body, "application/json")
+    analysis, took = timed(classifier(1), exchange)
+    assert took < HANG
+    assert budget_notes(analysis) == ["analysis budget of 1 ms exhausted; findings so far kept"]
+    assert [(f.data_type, f.match, f.value) for f in analysis.findings] == [
+        ("imei", "pattern", pattern_only)]
