@@ -325,14 +325,7 @@ def _read_value(handle: BinaryIO, limit: int, keep: int, cuts: list[list[Any]], 
     if start + length >= limit:
         raise _unreadable(path)
     if length <= keep + _CUT_SLACK:  # small enough: read and parsed whole
-        handle.seek(start)
-        data = handle.read(length + 1)
-        if len(data) != length + 1:
-            raise _unreadable(path)
-        try:
-            return tnetstring_loads(b"%d:%b" % (length, data))
-        except (ValueError, TypeError, IndexError) as e:
-            raise _unreadable(path) from e
+        return _read_whole(handle, start, length, path)
     tag = _peek_type(handle, start, length, path)
     if tag in (b"}", b"]"):
         value = _read_items(handle, start + length, keep, cuts, where, path, as_dict=tag == b"}")
@@ -340,16 +333,23 @@ def _read_value(handle: BinaryIO, limit: int, keep: int, cuts: list[list[Any]], 
         value = _kept(handle.read(keep), tag == b";", path)
         cuts.append([where, length, len(value.encode() if isinstance(value, str) else value)])
     elif length <= _LONGEST_SCALAR:  # a number, true, false, null: read whole
-        handle.seek(start)
-        data = handle.read(length + 1)
-        try:
-            value = tnetstring_loads(b"%d:%b" % (length, data))
-        except (ValueError, TypeError, IndexError) as e:
-            raise _unreadable(path) from e
+        return _read_whole(handle, start, length, path)
     else:  # a number of megabytes: no flow holds one
         raise _unreadable(path, f"a value of {length} bytes at {where}")
     handle.seek(start + length + 1)
     return value
+
+
+def _read_whole(handle: BinaryIO, start: int, length: int, path: Path) -> Any:
+    """The value whose ``length``-byte payload starts at ``start``, read and parsed whole."""
+    handle.seek(start)
+    data = handle.read(length + 1)
+    if len(data) != length + 1:
+        raise _unreadable(path)
+    try:
+        return tnetstring_loads(b"%d:%b" % (length, data))
+    except (ValueError, TypeError, IndexError) as e:
+        raise _unreadable(path) from e
 
 
 def _kept(data: bytes, text: bool, path: Path) -> bytes | str:

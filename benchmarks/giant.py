@@ -65,7 +65,7 @@ def write_har(path: Path, count: int, size: int) -> None:
                      '"entries": [')
         for body in _bodies(count, size):
             handle.write(json.dumps(entry(body.decode())) + ", ")
-        handle.write(json.dumps(entry('{"imei": "%s"}' % IMEI)) + "]}}")  # noqa: UP031
+        handle.write(json.dumps(entry(json.dumps({"imei": IMEI}))) + "]}}")
 
 
 def measure(capture: Path, folder: Path, flows: int) -> dict:

@@ -74,7 +74,8 @@ class Exchange:
         first ``limit`` bytes, the only ones the analysis scans, noted as the decoder notes
         them; itself when nothing is longer.  What a 300 MB upload costs to hand over."""
         long_body = len(self.request_body) > limit
-        if not long_body and all(len(m.content) <= limit for m in self.messages):
+        if not long_body and (not self.messages  # an HTTP flow: no generator, once per flow
+                              or all(len(m.content) <= limit for m in self.messages)):
             return self
         notes = [*self.reader_notes]
         if long_body:
