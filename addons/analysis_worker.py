@@ -8,14 +8,21 @@ interpreter's 5 ms switch interval at a time) and all of it shares one core.
 instead, and the proxy's side of it runs on the event loop alone, with no
 thread of its own to take the GIL:
 
-* the exchanges handed over during a twentieth of a second (``HAND_OVER_S``;
-  at once when a hook waits for one) go out together, as one pickled frame,
-  written to a non-blocking pipe (``loop.add_writer`` finishes a frame the
-  pipe could not take at once): every frame costs both processes system
-  calls and a wake-up, so not one per flow (one per turn of the loop took
-  3.3 % of the loop's samples, one per 50 ms 0.7 %);
-* each exchange is handed over as a plain future (:meth:`AnalysisWorker.submit`),
-  not a coroutine in a task, which cost the loop about 17 µs a flow;
+* a finished flow goes over as the state the capture writes too
+  (:meth:`AnalysisWorker.submit_flow`): ``addons/handover.py`` takes it once
+  and writes the states of a twentieth of a second to both processes as one
+  frame, on non-blocking pipes (``loop.add_writer`` finishes a frame the
+  pipe could not take at once), with only the start of a giant upload and
+  none of a large response sent here.  Every frame costs both processes
+  system calls and a wake-up, so not one per flow (one per turn of the loop
+  took 3.3 % of the loop's samples, one per 50 ms 0.7 %).  The child makes
+  the exchange from the state, as ``leakmap analyze`` does from a flow
+  file: the proxy no longer makes one per flow (about 20 µs of its loop);
+* when a hook waits for the result (flows saved with ``-w``), the flow's
+  exchange goes over instead (:meth:`AnalysisWorker.submit`), at the end of
+  the loop's turn;
+* each flow is handed over as a plain future, not a coroutine in a task,
+  which cost the loop about 17 µs a flow;
 * the child answers each frame with one frame of records, read by
   ``loop.add_reader``; the records come back in order, so each one settles
   the oldest waiting future.
@@ -42,6 +49,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import multiprocessing
 import os
 import pickle
@@ -49,12 +57,34 @@ import signal
 import struct
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 from typing import Any
 
+from mitmproxy.flow import Flow
+
+from leakmap.addons.flows import exchange_from_state, note_cuts
+from leakmap.addons.handover import (
+    ANALYSE,
+    ENFORCED_KEY,
+    STORE,
+    Entry,
+    Frame,
+    PipeOut,
+    StateFeed,
+    cut_frame,
+    framed,
+    read_message,
+    whole_bodies,
+)
 from leakmap.core.exchange import Exchange
-from leakmap.core.pipeline import FlowRecord, mark_enforced, record_from_summary, record_summary
+from leakmap.core.pipeline import (
+    FlowRecord,
+    Pipeline,
+    mark_enforced,
+    record_from_summary,
+    record_summary,
+)
 
 _HEADER = struct.Struct("!Q")  # the length of the pickled frame that follows
 _MAX_BATCH = 64  # exchanges per frame: the child answers a frame once all of it is done
@@ -114,25 +144,54 @@ class _Child:
             return
         serving.set()
         self.send(("ready",))
-        while (frame := _read_frame(requests_fd)) is not None:
-            message = pickle.loads(frame)  # our own parent's frames
+        while (read := read_message(requests_fd)) is not None:
+            message, lengths = read
             if message[0] == "store":
                 self.open_store(message[1])
+            elif message[0] == "analyse":  # exchanges a hook waits for
+                self.send(("results", [self._analysed(pipeline, functools.partial(_given, exchange),
+                                                      enforced, store)
+                                       for exchange, enforced, store in message[1]]))
+            else:  # the states of a frame (addons/handover.py)
+                states, marks = message
+                self.send(("results", self._analysed_states(pipeline, states, marks, iter(lengths))))
+
+    def _analysed_states(self, pipeline: Pipeline, states: list[dict[str, Any]],
+                         marks: list[int], lengths: Iterator[int]) -> list[tuple[bool, Any, bool]]:
+        """The answers for the states marked ``ANALYSE``, in order.  The exchange is made
+        from the state, as ``leakmap analyze`` makes it from a flow file, with a note for
+        each body the proxy sent only the start of."""
+        answers = []
+        for state, mark in zip(states, marks, strict=True):
+            cuts = whole_bodies(state, lengths)
+            if not mark & ANALYSE:
                 continue
-            answers: list[tuple[bool, Any, bool]] = []
-            for exchange, enforced, store in message[1]:
-                try:
-                    record = pipeline.process(exchange)
-                    mark_enforced(record, enforced)
-                    summary = record_summary(record)
-                except Exception as e:  # the proxy analyses this one on a thread instead
-                    answers.append((False, f"{type(e).__name__}: {e}", False))
-                    continue
-                stored = store and self.writer is not None
-                if stored:
-                    self.writer.submit(record)
-                answers.append((True, summary, stored))
-            self.send(("results", answers))
+
+            def exchange(state: dict[str, Any] = state, cuts: list[list[Any]] = cuts) -> Exchange:
+                made = exchange_from_state(state)
+                if made is None:
+                    raise ValueError(f"a {state.get('type')} flow is not analysed")
+                note_cuts(made, cuts)
+                return made.within(pipeline.classifier.limits.max_body_bytes)
+
+            metadata = state.get("metadata") or {}
+            answers.append(self._analysed(pipeline, exchange, metadata.get(ENFORCED_KEY),
+                                          bool(mark & STORE)))
+        return answers
+
+    def _analysed(self, pipeline: Pipeline, exchange: Callable[[], Exchange],
+                  enforced: dict[str, Any] | None, store: bool) -> tuple[bool, Any, bool]:
+        """One answer: (True, the record's summary, whether it was stored), or (False, why)."""
+        try:
+            record = pipeline.process(exchange())
+            mark_enforced(record, enforced)
+            summary = record_summary(record)
+        except Exception as e:  # the proxy analyses this one on a thread instead
+            return False, f"{type(e).__name__}: {e}", False
+        stored = store and self.writer is not None
+        if stored:
+            self.writer.submit(record)
+        return True, summary, stored
 
     def open_store(self, store: dict[str, Any]) -> None:
         """Write what is analysed from now on to the run ``store`` names (see
@@ -162,6 +221,10 @@ class _Child:
         spilled = self.writer.close()
         with contextlib.suppress(OSError):
             self.send(("closed", self.writer.written, spilled))
+
+
+def _given(exchange: Exchange) -> Exchange:
+    return exchange
 
 
 BACKGROUND_NICENESS = 10
@@ -196,24 +259,6 @@ def _write_frame(fd: int, message: object) -> None:
         view = view[os.write(fd, view):]
 
 
-def _read_exactly(fd: int, size: int) -> bytearray | None:
-    """``size`` bytes read into one buffer (a frame of a 300 MB flow is not held twice)."""
-    data = bytearray(size)
-    view, filled = memoryview(data), 0
-    with view:
-        while filled < size:
-            got = os.readv(fd, [view[filled:]])
-            if not got:
-                return None
-            filled += got
-    return data
-
-
-def _read_frame(fd: int) -> bytearray | None:
-    """The next frame, or None at end-of-file (the proxy closed the pipe or died)."""
-    header = _read_exactly(fd, _HEADER.size)
-    return None if header is None else _read_exactly(fd, _HEADER.unpack(header)[0])
-
 
 # --------------------------------------------------------------------------
 # the proxy's side
@@ -229,7 +274,12 @@ def wanted(choice: str) -> bool:
 class AnalysisWorker:
     """One child process running ``Pipeline.process`` on the flows handed to it, in order."""
 
-    def __init__(self, settings: dict[str, Any]) -> None:
+    def __init__(self, settings: dict[str, Any], body_cap: int | None = None,
+                 exchange_of: Callable[[Flow], Exchange | None] | None = None) -> None:
+        """``body_cap``: the bytes of a request body the child scans (it is sent no more of a
+        flow's state); ``exchange_of``: a flow's exchange as the child would make it, for a
+        record it stored but did not confirm before it died (see :meth:`store`)."""
+        self.body_cap, self.exchange_of = body_cap, exchange_of
         context = multiprocessing.get_context("spawn")  # not fork: the proxy holds threads
         requests_in, self._requests = context.Pipe(duplex=False)
         self._results, results_out = context.Pipe(duplex=False)
@@ -245,8 +295,9 @@ class AnalysisWorker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queued: list[tuple[Handed, asyncio.Future[Answer]]] = []
         self._timer: asyncio.Handle | None = None
-        self._waiting: deque[tuple[Exchange, asyncio.Future[Answer]]] = deque()
-        self._outgoing = bytearray()
+        # what each answer to come is for, in order: an exchange, or a flow handed as its state
+        self._waiting: deque[tuple[Exchange | Flow, asyncio.Future[Answer]]] = deque()
+        self.pipe = PipeOut(self._requests_fd, self._broken, self._drained)
         self._incoming = bytearray()
         self._started = False
         self._error: str | None = None
@@ -258,7 +309,7 @@ class AnalysisWorker:
         self._store_closed: asyncio.Future[tuple[int, int] | None] | None = None
         # records the child stored, in its order, until it says they are committed or spilled;
         # if it dies first they go to ``orphaned`` (the proxy's own writer)
-        self._unconfirmed: deque[tuple[Exchange, dict[str, Any]]] = deque()
+        self._unconfirmed: deque[tuple[Exchange | Flow, dict[str, Any]]] = deque()
         self._confirmed_ahead = 0  # confirmed by the child before their answers arrived here
         self._orphaned: Callable[[list[FlowRecord]], None] | None = None
 
@@ -299,6 +350,42 @@ class AnalysisWorker:
             self._send_soon(HAND_OVER_S)  # the next flows join the frame
         return answer
 
+    def submit_flow(self, feed: StateFeed, flow: Flow) -> asyncio.Future[Answer]:
+        """:meth:`submit` for a finished flow, handed over as the state ``feed`` takes of it
+        (the one the capture writes): the child makes the exchange.  The feed must have this
+        worker among its readers, and no other."""
+        loop = self._attach()
+        if self._error is not None or self._closing or loop is None:
+            raise WorkerBroken(self._error or ("closed" if self._closing else "no event loop"))
+        answer: asyncio.Future[Answer] = loop.create_future()
+        feed.take(flow, (ANALYSE | STORE) if self._storing else ANALYSE, answer)
+        return answer
+
+    def read(self, frame: Frame, entries: list[Entry]) -> None:
+        """Hand over the frame of ``entries`` if some are to be analysed here (they carry
+        their answers' futures), with only what the child reads of their bodies."""
+        handed = [(entry.flow, entry.answer) for entry in entries if entry.answer is not None]
+        if not handed:
+            return
+        if self._error is not None or self._requests.closed:
+            _fail([answer for _, answer in handed], self._error or "closed")
+            return
+        self.pipe.add(cut_frame(frame, self._keep(entries)))
+        self._waiting.extend(handed)
+        self._write()
+
+    def _keep(self, entries: list[Entry]) -> Callable[[int, str, int], int]:
+        """How much of each large body of a frame the child gets: of a request analysed
+        here, up to the cap; of the rest (responses: only their size counts), nothing."""
+        cap = self.body_cap
+
+        def keep(index: int, part: str, length: int) -> int:
+            if part != "request" or entries[index].answer is None:
+                return 0
+            return length if cap is None else min(length, cap)
+
+        return keep
+
     @property
     def storing(self) -> bool:
         """Whether the child was given a store (:meth:`store`)."""
@@ -314,7 +401,7 @@ class AnalysisWorker:
             return
         self._orphaned = orphaned
         self._send_queued()  # those go unstored
-        self._frame(("store", store))
+        self.pipe.add(framed(("store", store)))
         self._storing = True
         self._store_closed = loop.create_future()
         self._write()
@@ -357,8 +444,18 @@ class AnalysisWorker:
         """Hand the records the child has not confirmed to the proxy's writer (a record
         written twice replaces itself: nothing is stored twice)."""
         if self._unconfirmed and self._orphaned is not None:
-            self._orphaned([record_from_summary(*pair) for pair in self._unconfirmed])
+            records = []
+            for source, summary in self._unconfirmed:
+                exchange = self._exchange(source)
+                if exchange is not None:
+                    records.append(record_from_summary(exchange, summary))
+            self._orphaned(records)
         self._unconfirmed.clear()
+
+    def _exchange(self, source: Exchange | Flow) -> Exchange | None:
+        if isinstance(source, Exchange):
+            return source
+        return self.exchange_of(source) if self.exchange_of is not None else None
 
     def close(self) -> None:
         """Let the child finish (and store) what it was given, then end (without waiting
@@ -366,7 +463,7 @@ class AnalysisWorker:
         if self._queued and self._loop is not None:
             self._send_queued()
         self._closing = True
-        if not self._queued and not self._outgoing:
+        if not self._queued and not self.pipe.outgoing:
             self._close_requests()
 
     # -- the event loop's side --------------------------------------------
@@ -399,34 +496,17 @@ class AnalysisWorker:
             return
         for start in range(0, len(queued), _MAX_BATCH):
             batch = queued[start : start + _MAX_BATCH]
-            data, batch = _pickled(batch)
-            if batch:
-                self._outgoing += _HEADER.pack(len(data))
-                self._outgoing += data
+            frame, batch = _pickled(batch)
+            if frame is not None and batch:
+                self.pipe.add(frame)
                 self._waiting.extend((handed[0], answer) for handed, answer in batch)
         self._write()
 
-    def _frame(self, message: object) -> None:
-        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-        self._outgoing += _HEADER.pack(len(data))
-        self._outgoing += data
-
     def _write(self) -> None:
-        if self._error is not None or self._requests.closed:
-            return
-        try:
-            written = os.write(self._requests_fd, self._outgoing) if self._outgoing else 0
-        except BlockingIOError:
-            written = 0
-        except OSError as e:  # the child is gone; its results pipe says how
-            self._broken(f"writing to it failed: {e}")
-            return
-        del self._outgoing[:written]
-        assert self._loop is not None
-        if self._outgoing:
-            self._loop.add_writer(self._requests_fd, self._write)
-            return
-        self._loop.remove_writer(self._requests_fd)
+        if self._error is None and not self._requests.closed:
+            self.pipe.write()  # the child is gone if it fails; its results pipe says how
+
+    def _drained(self) -> None:
         if self._closing and not self._queued:
             self._close_requests()
 
@@ -500,7 +580,7 @@ class AnalysisWorker:
         self._orphan()
         self._waiting.clear()
         self._queued.clear()
-        self._outgoing.clear()
+        self.pipe.outgoing.clear()
         self._close_requests()
         if not self._results.closed:
             if self._loop is not None:
@@ -510,8 +590,7 @@ class AnalysisWorker:
     def _close_requests(self) -> None:
         """End-of-file for the child: it finishes what it has and exits."""
         if not self._requests.closed:
-            if self._loop is not None:
-                self._loop.remove_writer(self._requests_fd)  # before the number can be reused
+            self.pipe.stop_watching()  # before the number can be reused
             self._requests.close()
 
     def _death(self) -> str:
@@ -525,11 +604,11 @@ class AnalysisWorker:
 
 
 def _pickled(batch: list[tuple[Handed, asyncio.Future[Answer]]],
-             ) -> tuple[bytes, list[tuple[Handed, asyncio.Future[Answer]]]]:
+             ) -> tuple[Frame | None, list[tuple[Handed, asyncio.Future[Answer]]]]:
     """The frame of ``batch``, and what went into it: an exchange that will not pickle
     fails alone (the Inspector analyses it on a thread), the rest still go."""
     try:
-        return _analyse_frame([handed for handed, _ in batch]), batch
+        return framed(("analyse", [handed for handed, _ in batch])), batch
     except Exception:  # find which: pickling each is rare and cheap next to analysing
         kept = []
         for handed, answer in batch:
@@ -540,14 +619,10 @@ def _pickled(batch: list[tuple[Handed, asyncio.Future[Answer]]],
             else:
                 kept.append((handed, answer))
         try:
-            return _analyse_frame([handed for handed, _ in kept]), kept
+            return framed(("analyse", [handed for handed, _ in kept])), kept
         except Exception as e:  # each pickles alone, not together (memory?): threads take them
             _fail([answer for _, answer in kept], f"cannot hand over: {type(e).__name__}: {e}")
-            return b"", []
-
-
-def _analyse_frame(handed: list[Handed]) -> bytes:
-    return pickle.dumps(("analyse", handed), protocol=pickle.HIGHEST_PROTOCOL)
+            return None, []
 
 
 def _fail(answers: list[asyncio.Future[Any]], why: str) -> None:

@@ -20,16 +20,15 @@ actions), so that judging the run again sees the original.
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 import os
 import queue
 import re
 import threading
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
-from mitmproxy import connection, ctx, http, version
+from mitmproxy import ctx, http
 from mitmproxy.flow import Flow
 from sqlalchemy.engine import make_url
 
@@ -37,7 +36,8 @@ from leakmap.addons import options
 from leakmap.addons.analysis_worker import wanted
 from leakmap.addons.capture_writer import CaptureWriter, complete_length
 from leakmap.addons.flows import OpenFlows, tnetstring_dumps
-from leakmap.addons.inspector import AS_SENT_REQUEST, refuse
+from leakmap.addons.handover import CAPTURE, CAPTURED_KEY, StateFeed
+from leakmap.addons.inspector import refuse
 from leakmap.addons.recorder import Recorder
 from leakmap.core.digest import file_sha256
 from leakmap.store.db import default_db_url, leakmap_home, set_run_captures
@@ -78,82 +78,16 @@ def capture_file(folder: Path, run_name: str) -> Path:
     raise OSError(f"no free capture file name for {run_name!r} in {folder}")
 
 
-class FlowStates:
-    """``flow.get_state()`` of HTTP flows, with each connection's state remembered while the
-    connection does not change: most of ``get_state``'s time (about 50 of 60 µs) goes to the
-    two connections, which keep-alive traffic shares flow after flow.  A connection counts as
-    unchanged while every one of its attributes is equal (lists compared by content)."""
-
-    def __init__(self) -> None:
-        self.known: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
-
-    def connection(self, conn: connection.Connection) -> dict[str, Any]:
-        attributes = vars(conn)
-        seen = self.known.get(conn.id)
-        if seen is not None and seen[0] == attributes:  # compared in C, lists by content
-            return seen[1]
-        state = conn.get_state()
-        if len(self.known) >= _KNOWN_CONNECTIONS:
-            self.known.clear()
-        # a copy whose lists are copies too: a list changed in place must not go unseen
-        self.known[conn.id] = ({k: v.copy() if type(v) is list else v
-                                for k, v in attributes.items()}, state)
-        return state
-
-    def of_http(self, flow: http.HTTPFlow) -> dict[str, Any]:
-        """What ``HTTPFlow.get_state`` gives (mitmproxy 12.2; tests/test_capture.py compares
-        the two)."""
-        state: dict[str, Any] = {
-            "version": version.FLOW_FORMAT_VERSION,
-            "type": flow.type,
-            "id": flow.id,
-            "error": flow.error.get_state() if flow.error else None,
-            "client_conn": self.connection(flow.client_conn),
-            "server_conn": self.connection(flow.server_conn),
-            "intercepted": flow.intercepted,
-            "is_replay": flow.is_replay,
-            "marked": flow.marked,
-            "metadata": _copied(flow.metadata),
-            "comment": flow.comment,
-            "timestamp_created": flow.timestamp_created,
-        }
-        backup = flow._backup
-        state["backup"] = copy.deepcopy(backup) if backup != state else None
-        state["request"] = flow.request.get_state()
-        state["response"] = flow.response.get_state() if flow.response else None
-        state["websocket"] = flow.websocket.get_state() if flow.websocket else None
-        return state
-
-
-_SCALARS = frozenset({str, int, float, bool, type(None), bytes})
-
-
-def _copied(metadata: dict[str, Any]) -> dict[str, Any]:
-    """A copy of ``metadata`` that later changes to the flow's cannot reach: ``dict`` where
-    every value is a scalar (most flows when they are saved: 0.2 against 5.5 µs), else a
-    deep copy, as ``get_state`` makes."""
-    if all(type(value) in _SCALARS for value in metadata.values()):
-        return dict(metadata)
-    return copy.deepcopy(metadata)
-
-
-def _body_size(state: dict[str, Any]) -> int:
-    """About how many bytes a flow's state holds: its bodies (the rest is small)."""
-    size = 0
-    for part in (state.get("request"), state.get("response")):
-        if isinstance(part, dict) and isinstance(part.get("content"), bytes):
-            size += len(part["content"])
-    return size
-
-
 _HAND_OVER_S = 0.1  # a crash loses at most this much of the capture (the store: flush_ms)
 _HAND_OVER_BYTES = 1 << 20
-_KNOWN_CONNECTIONS = 4096  # remembered connection states; a long run forgets the oldest at once
 
 
 class Capture:
-    def __init__(self, recorder: Recorder) -> None:
+    def __init__(self, recorder: Recorder, feed: StateFeed | None = None) -> None:
         self.recorder = recorder
+        # takes each flow's state once, for this capture and the analysis process (the
+        # Inspector's, shared by the script)
+        self.feed = feed if feed is not None else StateFeed()
         self.path: Path | None = None
         self.states: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
         self.thread: threading.Thread | None = None
@@ -161,7 +95,6 @@ class Capture:
         self.write_error: str | None = None  # why the thread could not write the file
         self.open_flows = OpenFlows()  # saved at a clean stop, as the Inspector records them
         self.saved = 0
-        self.states_of = FlowStates()
         self.pending: list[bytes] = []  # serialised flows not yet handed to the writer
         self.pending_bytes = 0
         self.timer: asyncio.TimerHandle | None = None
@@ -195,6 +128,7 @@ class Capture:
         else:
             try:
                 self.process = CaptureWriter(self.path)
+                self.feed.readers.append(self.process)
             except OSError as e:  # no process to be had: this one writes it
                 log.warning("leakmap: capture process not started (%s); writing it here", e)
                 self._start_thread()
@@ -209,6 +143,8 @@ class Capture:
     def _take_back(self, process: CaptureWriter) -> None:
         """The capture process died: write the file here, from its last whole flow."""
         assert self.path is not None
+        self.feed.flush()  # the flows gathered for it are in its leftover then
+        self.feed.readers.remove(process)
         self.process = None
         length = complete_length(self.path)
         with self.path.open("r+b") as handle:
@@ -222,29 +158,20 @@ class Capture:
 
     def _save(self, flow: Flow) -> None:
         self.open_flows.discard(flow)
-        if (self.thread is None and self.process is None) or flow.metadata.get("leakmap_captured"):
+        if (self.thread is None and self.process is None) or flow.metadata.get(CAPTURED_KEY):
             return
-        flow.metadata["leakmap_captured"] = True
-        sent = getattr(flow, AS_SENT_REQUEST, None)
-        if sent is not None:  # redacted on its way out: keep what the phone sent
-            original, flow = flow, flow.copy()
-            flow.id = original.id  # the same flow: reanalysis matches it to the stored one
-            flow.request = sent  # type: ignore[attr-defined]
-            flow.metadata["leakmap_redacted_before_sending"] = True
-        state = self.states_of.of_http(flow) if isinstance(flow, http.HTTPFlow) else flow.get_state()
+        flow.metadata[CAPTURED_KEY] = True
         self.saved += 1
         process = self.process
-        if process is not None:
-            taken = process.save(state, _body_size(state))
-            if process.failure is None:
-                return
-            self._take_back(process)  # its leftover holds this flow if it was taken
-            if taken:
-                return
+        if process is not None and process.failure is not None:
+            self._take_back(process)  # its leftover is written first
+        elif process is not None:
+            self.feed.take(flow, CAPTURE)  # as the phone sent it (StateFeed.take)
+            return
         # Serialised here, on the event loop: ~0.1 ms of Python for a small flow. On the writer
         # thread it took the GIL from the loop for up to the 5 ms switch interval at a time,
         # which cost more; the thread only writes the bytes (a system call, without the GIL).
-        self._queue_bytes(tnetstring_dumps(state))
+        self._queue_bytes(tnetstring_dumps(self.feed.states_of.of(flow)))
 
     def _queue_bytes(self, data: bytes) -> None:
         self.pending.append(data)
@@ -306,6 +233,7 @@ class Capture:
             return
         for flow in self.open_flows.drain():  # still open: saved as they are, as recorded
             self._save(flow)
+        self.feed.flush()
         process = self.process
         if process is not None:
             process.close()

@@ -6,9 +6,10 @@ the event loop that every request needs.  :class:`CaptureWriter` hands the
 states instead (plain dicts, pickled in C) to one child process, which
 serialises them and appends them to the file, in the order they came:
 
-* the states handed over during a twentieth of a second go out together, as
-  one frame on a non-blocking pipe (each frame costs both processes system
-  calls and a wake-up, which on a virtual machine cost more than the bytes);
+* the states of a twentieth of a second go out together, as one frame on a
+  non-blocking pipe (each frame costs both processes system calls and a
+  wake-up, which on a virtual machine cost more than the bytes); the frame
+  is the one the analysis process reads too (``addons/handover.py``);
 * the child writes each frame's flows with one system call and answers
   nothing: the proxy's side only writes;
 * on end-of-file (the proxy stopped, or was killed) the child writes what
@@ -22,25 +23,20 @@ had taken but not written when it died are missing from the capture.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import fcntl
 import multiprocessing
 import os
-import pickle
 import signal
-import struct
 from collections import deque
-from itertools import islice
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from leakmap.addons.analysis_worker import _read_exactly, yield_to_the_proxy
+from leakmap.addons.analysis_worker import yield_to_the_proxy
 from leakmap.addons.flows import tnetstring_parts
+from leakmap.addons.handover import CAPTURE, Entry, Frame, PipeOut, read_message
 
-HAND_OVER_S = 0.05  # states wait at most this long to go out together
-_HAND_OVER_BYTES = 1 << 20  # or until this many bytes of bodies wait
 _PIPE_SIZE = 1 << 20  # asked of the kernel, so that a burst does not wait on the child
 
 
@@ -51,8 +47,10 @@ def _write_states(path: str, requests: Connection) -> None:
     try:
         descriptor = os.open(path, os.O_WRONLY | os.O_APPEND)
         try:
-            while (states := _read_states(requests.fileno())) is not None:
-                _write_all(descriptor, tnetstring_parts(states))
+            while (read := read_message(requests.fileno())) is not None:
+                states, marks = read[0]
+                _write_all(descriptor, tnetstring_parts(
+                    [state for state, mark in zip(states, marks, strict=True) if mark & CAPTURE]))
         finally:
             os.close(descriptor)
     except Exception:  # the file cannot be written (the proxy's own try then says why), the
@@ -61,58 +59,6 @@ def _write_states(path: str, requests: Connection) -> None:
 
 
 CANNOT_WRITE = 3
-# A frame: the pickle's length and how many bodies follow it out of band, the pickle, then
-# each body as its length and its bytes.  A body travels from the flow's own bytes in the
-# proxy into the buffer its state then holds here: a 300 MB upload is not copied on the way.
-_FRAME = struct.Struct("!QQ")
-_BODY = struct.Struct("!Q")
-_OUT_OF_BAND = 1 << 16  # bodies from this size on
-
-
-def _read_states(descriptor: int) -> list[dict[str, Any]] | None:
-    """The states of the next frame, or None at end-of-file."""
-    header = _read_exactly(descriptor, _FRAME.size)
-    if header is None:
-        return None
-    size, count = _FRAME.unpack(header)
-    data = _read_exactly(descriptor, size)
-    bodies = []
-    for _ in range(count if data is not None else 0):
-        length = _read_exactly(descriptor, _BODY.size)
-        body = _read_exactly(descriptor, _BODY.unpack(length)[0]) if length is not None else None
-        if body is None:
-            return None
-        bodies.append(body)
-    return None if data is None else pickle.loads(data, buffers=bodies)  # type: ignore[no-any-return]
-
-
-def _framed(states: list[dict[str, Any]]) -> tuple[list[memoryview], int]:
-    """The frame of ``states`` as views to write, and its length; the states are not changed."""
-    bodies: list[pickle.PickleBuffer] = []
-    data = pickle.dumps([_bodies_apart(state) for state in states], protocol=5,
-                        buffer_callback=bodies.append)
-    views = [memoryview(_FRAME.pack(len(data), len(bodies))), memoryview(data)]
-    for body in bodies:
-        raw = body.raw()
-        views += (memoryview(_BODY.pack(len(raw))), raw)
-    return views, sum(len(view) for view in views)
-
-
-def _bodies_apart(state: dict[str, Any]) -> dict[str, Any]:
-    """``state``, with its large request and response bodies as out-of-band buffers (in a
-    copy of the dicts that hold them)."""
-    changed = None
-    for part in ("request", "response"):
-        message = state.get(part)
-        if not isinstance(message, dict):
-            continue
-        content = message.get("content")
-        if type(content) is bytes and len(content) >= _OUT_OF_BAND:
-            changed = changed or dict(state)
-            changed[part] = {**message, "content": pickle.PickleBuffer(content)}
-    return changed or state
-
-
 _IOV_MAX = 1024  # buffers per writev (Linux's limit)
 _SMALL = 1 << 16  # parts up to this size are joined before they are written
 
@@ -142,7 +88,8 @@ def _write_all(descriptor: int, parts: list[bytes]) -> None:
 
 
 class CaptureWriter:
-    """One child process appending the flow states handed to it to one flow file."""
+    """One child process appending the flow states it reads (``addons/handover.py``: the
+    frames a :class:`~leakmap.addons.handover.StateFeed` gives it) to one flow file."""
 
     def __init__(self, path: Path) -> None:
         context = multiprocessing.get_context("spawn")  # not fork: the proxy holds threads
@@ -151,110 +98,53 @@ class CaptureWriter:
                                         daemon=True, args=(str(path), requests_in))
         self._process.start()
         requests_in.close()
-        self._fd = self._requests.fileno()
-        os.set_blocking(self._fd, False)
+        descriptor = self._requests.fileno()
+        os.set_blocking(descriptor, False)
         with contextlib.suppress(OSError):  # a smaller pipe only means more waiting here
-            fcntl.fcntl(self._fd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
-        self._queued: list[dict[str, Any]] = []
-        self._queued_bytes = 0
-        # the bytes not yet in the pipe, frame by frame: each frame's pickle is written from
-        # where it lies (a giant body's frame is not copied once more into one buffer)
-        self._outgoing: deque[memoryview] = deque()
-        # the frames in _outgoing: where each ends in the stream of bytes, and its states
+            fcntl.fcntl(descriptor, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+        self.pipe = PipeOut(descriptor, self._broken, self._forget_written)
+        # the frames not yet wholly in the pipe: where each ends in the stream of bytes, and
+        # the states it holds for the capture
         self._unwritten: deque[tuple[int, list[dict[str, Any]]]] = deque()
-        self._handed = 0  # bytes put in _outgoing so far
-        self._sent = 0  # bytes the pipe took so far
-        self._timer: asyncio.TimerHandle | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self.failure: str | None = None
         self.leftover: list[dict[str, Any]] = []  # once failed: states it did not take
 
-    def save(self, state: dict[str, Any], size: int) -> bool:
-        """Queue ``state`` (about ``size`` bytes of bodies); False if it was not taken, the
-        child being known gone (``failure``; what it took but did not write is in
-        ``leftover``)."""
-        if self.failure is not None:
-            return False
-        self._queued.append(state)
-        self._queued_bytes += size
-        if self._queued_bytes >= _HAND_OVER_BYTES:
-            self._send()
-        elif self._timer is None:
-            self._loop = asyncio.get_running_loop()
-            self._timer = self._loop.call_later(HAND_OVER_S, self._send)
-        return True
-
-    def _send(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._queued and self.failure is None:
-            self._frame_queued()
-        self._queued, self._queued_bytes = [], 0
-        self._write()
-
-    def _frame_queued(self) -> None:
-        views, size = _framed(self._queued)
-        self._outgoing += views
-        self._handed += size
-        self._unwritten.append((self._handed, self._queued))
-
-    def _write(self) -> None:
-        if self.failure is not None:
+    def read(self, frame: Frame, entries: list[Entry]) -> None:
+        """Write the frame's flows that are for the capture; once failed, keep them in
+        ``leftover``."""
+        states = [entry.state for entry in entries if entry.marks & CAPTURE]
+        if not states:
             return
-        try:
-            written = os.writev(self._fd, list(islice(self._outgoing, _IOV_MAX))) \
-                if self._outgoing else 0
-        except BlockingIOError:
-            written = 0
-        except OSError as e:  # the child is gone
-            self._broken(f"writing to it failed: {e}")
+        if self.failure is not None:
+            self.leftover += states
             return
-        self._taken(written)
-        loop = self._loop or asyncio.get_running_loop()
-        if self._outgoing:
-            loop.add_writer(self._fd, self._write)
-        else:
-            loop.remove_writer(self._fd)
+        self.pipe.add(frame)
+        self._unwritten.append((self.pipe.handed, states))
+        self.pipe.write()
+        self._forget_written()
 
-    def _taken(self, written: int) -> None:
-        """``written`` more bytes are in the pipe: a frame wholly there is the child's to write
-        (even if this process dies); one partly there is not (its flows are ``leftover`` if
-        the child dies, and written here)."""
-        self._sent += written
-        while written and written >= len(self._outgoing[0]):
-            written -= len(self._outgoing.popleft())
-        if written:
-            self._outgoing[0] = self._outgoing[0][written:]
-        while self._unwritten and self._unwritten[0][0] <= self._sent:
+    def _forget_written(self) -> None:
+        """A frame wholly in the pipe is the child's to write (even if this process dies);
+        one partly there is not (its flows are ``leftover`` if the child dies, and written
+        by the proxy)."""
+        while self._unwritten and self._unwritten[0][0] <= self.pipe.sent:
             self._unwritten.popleft()
 
     def _broken(self, why: str) -> None:
         code = self._process.exitcode
         self.failure = why if code is None else f"{why} (exit code {code})"
         # never wholly in the pipe: the child cannot have written them
-        self.leftover = [state for _, states in self._unwritten for state in states] + self._queued
-        self._outgoing.clear()
+        self._forget_written()
+        self.leftover += [state for _, states in self._unwritten for state in states]
         self._unwritten.clear()
-        self._queued = []
-        if self._loop is not None:
-            self._loop.remove_writer(self._fd)
 
     def close(self) -> None:
-        """Hand over what is queued, wait until the child has written it all, and end it."""
+        """Wait until the child has written all it was given (the feed flushed first), and
+        end it."""
         if self.failure is None:
-            self._send()
-            if self._outgoing:  # the loop is stopping: finish the frame here, blocking
-                if self._loop is not None:
-                    self._loop.remove_writer(self._fd)
-                os.set_blocking(self._fd, True)
-                try:
-                    while self._outgoing:  # blocking: each call takes what it is given
-                        self._taken(os.writev(self._fd, list(islice(self._outgoing, _IOV_MAX))))
-                except OSError as e:
-                    self._broken(f"writing to it failed: {e}")
-        if self._loop is not None:
-            self._loop.remove_writer(self._fd)
+            self.pipe.finish()
+            self._forget_written()
+        self.pipe.stop_watching()
         self._requests.close()
         self._process.join(60)
         if self._process.exitcode not in (0, None) and self.failure is None:

@@ -28,7 +28,8 @@ from collections.abc import Awaitable
 from mitmproxy import http
 
 from leakmap.addons.flows import exchange_from_flow
-from leakmap.addons.inspector import AS_SENT_REQUEST, ENFORCED_KEY, ORIGINAL_ATTRIBUTE, Inspector
+from leakmap.addons.handover import AS_SENT_REQUEST, ENFORCED_KEY
+from leakmap.addons.inspector import ORIGINAL_ATTRIBUTE, Inspector
 from leakmap.core.actions import acts_somewhere, could_act, enforces
 from leakmap.core.decode import decompress
 from leakmap.core.enforce import (

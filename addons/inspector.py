@@ -35,6 +35,7 @@ from leakmap.addons.flows import (
     exchange_from_flow,
     exchange_from_tls_failure,
 )
+from leakmap.addons.handover import ENFORCED_KEY, StateFeed
 from leakmap.core.exchange import Exchange
 from leakmap.core.pipeline import (
     FlowRecord,
@@ -49,9 +50,7 @@ from leakmap.wiring import Assembled, build_pipeline, stale_warnings
 log = logging.getLogger(__name__)
 
 METADATA_KEY = "leakmap"
-ENFORCED_KEY = "leakmap_enforced"  # what the Enforcer did to the request: {action, rule, policy_sha256}
 ORIGINAL_ATTRIBUTE = "_leakmap_as_sent"  # the request's Exchange before the Enforcer redacted it
-AS_SENT_REQUEST = "_leakmap_request_as_sent"  # and the mitmproxy Request (addons/capture.py saves it)
 PIPELINE_SETTINGS = ("policy", "device", "geoip_dir", "geodb_max_age", "networks", "store_raw",
                      "hash_key_file", "max_body", "analysis_budget_ms")
 
@@ -65,7 +64,8 @@ STORED_KEY = "stored"  # in a summary: the analysis process wrote the record to 
 
 
 class Inspector:
-    def __init__(self, listeners: list[Listener] | None = None) -> None:
+    def __init__(self, listeners: list[Listener] | None = None,
+                 feed: StateFeed | None = None) -> None:
         # called with each flow once its analysis is in its metadata
         self.listeners: list[Listener] = listeners if listeners is not None else []
         self.pipeline: Pipeline | None = None
@@ -86,6 +86,9 @@ class Inspector:
         self.stamps: Stamps = []  # of the watched files, when built
         self.watcher: asyncio.Task[None] | None = None  # hot reload (_watch_files)
         self.saving = False  # flows are saved (mitmdump -w): hooks wait for their analysis
+        # takes each flow's state once for the analysis process and the capture (shared with
+        # the Capture addon by the script)
+        self.feed = feed if feed is not None else StateFeed()
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
         options.declare(loader, (*PIPELINE_SETTINGS, "workers"))
@@ -171,7 +174,11 @@ class Inspector:
         """A fresh analysis process for ``settings`` (None: analyse on threads)."""
         if self.worker is not None:
             self._retire(self.worker)  # it finishes the flows it was given
-        self.worker = AnalysisWorker(settings) if settings is not None else None
+        self.worker = None
+        if settings is not None and self.pipeline is not None:
+            self.worker = AnalysisWorker(settings, self.pipeline.classifier.limits.max_body_bytes,
+                                         self._exchange_of)
+            self.feed.readers.append(self.worker)
         if self.worker is not None and self.store is not None and self.orphaned is not None:
             self.worker.store(self.store, self.orphaned)
 
@@ -193,6 +200,9 @@ class Inspector:
         return None
 
     def _retire(self, worker: AnalysisWorker) -> None:
+        if worker in self.feed.readers:  # the flows given to it go to it first
+            self.feed.flush()
+            self.feed.readers.remove(worker)
         worker.close()
         if worker not in self.retired:
             self.retired.append(worker)
@@ -227,12 +237,13 @@ class Inspector:
             previous and previous.get("session") == self.session
         )
 
-    def _keep(self, flow: Flow, analysed: FlowRecord | Exchange, summary: dict[str, Any] | None = None,
-              stored: bool = False) -> None:
-        """The analysis of ``flow``: its record, or its exchange and ``summary`` as the
-        analysis process made it (with what the Enforcer did); the summary goes to the
-        metadata, the record is made when a listener asks for it (:func:`flow_record`).
-        ``stored``: that process also wrote it to the run's store."""
+    def _keep(self, flow: Flow, analysed: FlowRecord | Exchange | None,
+              summary: dict[str, Any] | None = None, stored: bool = False) -> None:
+        """The analysis of ``flow``: its record, or its exchange (None: handed over as its
+        state, made again if needed) and ``summary`` as the analysis process made it (with what
+        the Enforcer did); the summary goes to the metadata, the record is made when a listener
+        asks for it (:func:`flow_record`).  ``stored``: that process also wrote it to the run's
+        store."""
         record = analysed if isinstance(analysed, FlowRecord) else None
         if summary is None:
             assert record is not None
@@ -241,8 +252,9 @@ class Inspector:
         summary["session"] = self.session
         summary[STORED_KEY] = stored
         flow.metadata[METADATA_KEY] = summary
-        # the live objects for Review and Recorder; flow files keep only the summary
-        exchange = record.exchange if record is not None else analysed
+        # the live objects for Review and Recorder; flow files keep only the summary.  A flow
+        # handed over as its state has its exchange made only if a listener needs the record
+        exchange = record.exchange if record is not None else analysed or self._exchange_of
         flow._leakmap_record = [summary, record, exchange]  # type: ignore[attr-defined]
 
     def running(self) -> None:
@@ -256,26 +268,34 @@ class Inspector:
     def _inspect(self, flow: Flow) -> Awaitable[None] | None:
         """Start the analysis of ``flow``; what to await when flows are saved (``-w``), so
         that the saved flow carries its result."""
-        exchange = exchange_from_flow(flow) if self._pending(flow) else None
-        if exchange is None or self.pipeline is None:
+        if not self._pending(flow) or self.pipeline is None:
             return None
-        # a giant body is handed over cut to the cap: the rest is never scanned
-        exchange = as_sent(flow, exchange).within(self.pipeline.classifier.limits.max_body_bytes)
-        enforced = flow.metadata.get(ENFORCED_KEY)
         worker = self._worker_ready()
-        if worker is not None and not self.saving:  # the common case: a future, no task
+        if worker is not None and not self.saving:  # the common case: its state, a future
             try:
-                answer = worker.submit(exchange, enforced)
+                answer = worker.submit_flow(self.feed, flow)
             except WorkerBroken:  # closed meanwhile: a thread
                 pass
             else:
                 self.in_flight.add(answer)
-                answer.add_done_callback(lambda done: self._answered(flow, exchange, worker, done))
+                answer.add_done_callback(lambda done: self._answered(flow, None, worker, done))
                 return None
+        exchange = self._exchange_of(flow)
+        if exchange is None:
+            return None
+        enforced = flow.metadata.get(ENFORCED_KEY)
         job = asyncio.ensure_future(self._analyse(exchange, self.pipeline, enforced, self.saving))
         self._follow(flow, exchange, job)
         # shielded: a stop that cancels this hook must not lose the analysis
         return _waited(asyncio.shield(job)) if self.saving else None
+
+    def _exchange_of(self, flow: Flow) -> Exchange | None:
+        """What is analysed of ``flow``: its exchange as the phone sent it, a giant body cut
+        to the cap (the rest is never scanned); None for a flow leakmap does not log."""
+        exchange = exchange_from_flow(flow)
+        if exchange is None or self.pipeline is None:
+            return exchange
+        return as_sent(flow, exchange).within(self.pipeline.classifier.limits.max_body_bytes)
 
     def _follow(self, flow: Flow, exchange: Exchange, job: asyncio.Future[Analysed]) -> None:
         self.in_flight.add(job)
@@ -296,9 +316,10 @@ class Inspector:
             log.info("leakmap: analysis process ready; flows are analysed there from now on")
         return worker
 
-    def _answered(self, flow: Flow, exchange: Exchange, worker: AnalysisWorker,
+    def _answered(self, flow: Flow, exchange: Exchange | None, worker: AnalysisWorker,
                   answer: asyncio.Future[Answer]) -> None:
-        """The analysis process's answer for ``flow``; if it has none, a thread analyses it."""
+        """The analysis process's answer for ``flow`` (handed over as ``exchange``, or as its
+        state: None); if it has none, a thread analyses it."""
         self.in_flight.discard(answer)
         if answer.cancelled():
             return
@@ -312,7 +333,8 @@ class Inspector:
             self._drop_worker(worker, worker.failure)
         elif not isinstance(problem, WorkerBroken):  # unexpected: threads from now on
             self._drop_worker(worker, problem)
-        if self.pipeline is not None:
+        exchange = exchange or self._exchange_of(flow)
+        if self.pipeline is not None and exchange is not None:
             self._follow(flow, exchange, asyncio.ensure_future(self._on_thread(exchange, self.pipeline)))
 
     async def _on_thread(self, exchange: Exchange, pipeline: Pipeline) -> Analysed:
@@ -371,6 +393,7 @@ class Inspector:
 
     async def settle(self) -> None:
         """Wait until no analysis is under way; each one has handed its flow on by then."""
+        self.feed.flush()
         while self.in_flight:
             await asyncio.gather(*self.in_flight, return_exceptions=True)
             await asyncio.sleep(0)  # the jobs' done-callbacks (_finish) run first
@@ -454,7 +477,8 @@ def flow_record(flow: Flow) -> FlowRecord | None:
     cached = getattr(flow, "_leakmap_record", None)
     if cached is not None and cached[0] is summary:
         if cached[1] is None:  # made once asked for
-            cached[1] = record_from_summary(cached[2], summary)
+            made = cached[2] if isinstance(cached[2], Exchange) else cached[2](flow)
+            cached[1] = record_from_summary(made, summary) if made is not None else None
         return cached[1]  # type: ignore[no-any-return]
     exchange = exchange_from_flow(flow) if summary else None
     return record_from_summary(exchange, summary) if exchange and summary else None

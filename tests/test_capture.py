@@ -84,7 +84,7 @@ def test_a_postgresql_store_needs_a_capture_folder(tmp_path: Path) -> None:
 def test_flow_states_are_mitmproxy_s_own_even_as_connections_change() -> None:
     from mitmproxy.test import tflow
 
-    from leakmap.addons.capture import FlowStates
+    from leakmap.addons.handover import FlowStates
 
     states = FlowStates()
     first, second = tflow.tflow(resp=True), tflow.tflow(resp=True)
@@ -122,24 +122,34 @@ def test_a_capture_cut_short_by_a_dying_writer_is_taken_back_from_its_last_whole
 def test_a_dead_capture_process_leaves_only_the_flows_not_wholly_in_its_pipe() -> None:
     """Frames the pipe took whole are the child's (it wrote them, or they are lost with it);
     a frame the pipe took only part of never reached the file, so its flows are written
-    again by the proxy, and a whole one is not written twice."""
+    again by the proxy, and a whole one is not written twice; nor are the flows of a frame
+    that were not for the capture."""
     from collections import deque
     from types import SimpleNamespace
 
     from leakmap.addons.capture_writer import CaptureWriter
+    from leakmap.addons.handover import ANALYSE, CAPTURE, Entry, PipeOut, framed
 
     writer = CaptureWriter.__new__(CaptureWriter)  # its pipe's side only, no child
-    writer._outgoing, writer._unwritten, writer._handed, writer._sent = deque(), deque(), 0, 0
-    writer._queued, writer._loop, writer.failure = [], None, None
+    writer.pipe = PipeOut(-1, writer._broken, writer._forget_written)
+    writer._unwritten, writer.failure, writer.leftover = deque(), None, []
     writer._process = SimpleNamespace(exitcode=-9)
-    writer._queued = [{"id": "a"}, {"id": "b"}]
-    writer._frame_queued()
-    first_frame = writer._handed
-    writer._queued = [{"id": "c"}]
-    writer._frame_queued()
-    writer._queued = [{"id": "d"}]  # not yet framed
-    writer._taken(first_frame + 3)  # the first frame whole, three bytes of the second
-    writer._broken("writing to it failed: [Errno 32] Broken pipe")
+
+    def frame_of(*entries: Entry) -> None:
+        frame = framed(([e.state for e in entries], [e.marks for e in entries]))
+        writer.pipe.add(frame)  # as read() does, without writing
+        writer._unwritten.append((writer.pipe.handed, [e.state for e in entries
+                                                       if e.marks & CAPTURE]))
+
+    def entry(name: str, marks: int = CAPTURE) -> Entry:
+        return Entry(SimpleNamespace(), {"id": name}, marks)  # type: ignore[arg-type]
+
+    frame_of(entry("a"), entry("b"))
+    first_frame = writer.pipe.handed
+    frame_of(entry("c"), entry("analysed only", ANALYSE))
+    writer.pipe._taken(first_frame + 3)  # the first frame whole, three bytes of the second
+    writer.pipe.fail("writing to it failed: [Errno 32] Broken pipe")
+    writer.read(framed(([{"id": "d"}], [CAPTURE])), [entry("d")])  # framed after it failed
     assert [state["id"] for state in writer.leftover] == ["c", "d"]
     assert writer.failure is not None and "exit code -9" in writer.failure
 
@@ -168,26 +178,37 @@ def test_a_frame_carries_large_bodies_out_of_band_and_leaves_the_states_as_they_
     import os
     import threading
 
-    from leakmap.addons.capture_writer import _framed, _read_states
+    from leakmap.addons.handover import CAPTURE, cut_frame, framed, read_message, whole_bodies
 
     big, small = b"B" * 200_000, b"s" * 10
     states = [{"id": "a", "request": {"content": big, "path": "/"},
                "response": {"content": small}},
               {"id": "b", "request": {"content": b"C" * 70_000}, "response": None}]
-    views, size = _framed(states)
-    assert size == sum(len(view) for view in views) < 300_000 + 1_000
-    assert any(view.obj is big for view in views)  # written from the flow's own bytes
+    frame = framed((states, [CAPTURE, CAPTURE]))
+    assert frame.size == sum(len(view) for view in frame.views) < 300_000 + 1_000
+    assert any(view.obj is big for view in frame.views)  # written from the flow's own bytes
     assert states[0]["request"]["content"] is big  # the states themselves are not changed
+    # a reader sent only the start of the first body
+    cut = cut_frame(frame, lambda index, part, length: 1_000 if index == 0 else length)
     read, write = os.pipe()
-    writer = threading.Thread(target=lambda: [os.write(write, view) for view in views])
+    writer = threading.Thread(target=lambda: [os.write(write, view) for frame_views in
+                                              (frame.views, cut.views) for view in frame_views])
     writer.start()
-    got = _read_states(read)
+    got, whole = read_message(read), read_message(read)
     writer.join()
     os.close(write)
-    assert _read_states(read) is None  # end-of-file
+    assert read_message(read) is None  # end-of-file
     os.close(read)
-    assert got is not None
-    assert [bytes(state["request"]["content"]) for state in got] == [big, b"C" * 70_000]
-    assert got[0]["response"]["content"] == small and got[0]["request"]["path"] == "/"
+    assert got is not None and whole is not None
+    (got_states, marks), lengths = got
+    assert marks == [CAPTURE, CAPTURE] and lengths == [200_000, 70_000]
+    assert [bytes(state["request"]["content"]) for state in got_states] == [big, b"C" * 70_000]
+    assert got_states[0]["response"]["content"] == small and got_states[0]["request"]["path"] == "/"
     from leakmap.addons.flows import tnetstring_dumps  # and they are written as they came
-    assert [tnetstring_dumps(state) for state in got] == [tnetstring_dumps(s) for s in states]
+    assert [tnetstring_dumps(state) for state in got_states] == [tnetstring_dumps(s) for s in states]
+    (cut_states, _), cut_lengths = whole
+    lengths_left = iter(cut_lengths)
+    assert whole_bodies(cut_states[0], lengths_left) == [["request.content", 200_000, 1_000]]
+    assert cut_states[0]["request"]["content"] == big[:1_000]
+    assert whole_bodies(cut_states[1], lengths_left) == []
+    assert cut_states[1]["request"]["content"] == b"C" * 70_000

@@ -9,15 +9,18 @@ installed ``leakmap`` package.
 from leakmap.addons.capture import Capture
 from leakmap.addons.dispatch import Leakmap
 from leakmap.addons.enforcer import Enforcer
+from leakmap.addons.handover import StateFeed
 from leakmap.addons.inspector import Inspector
 from leakmap.addons.recorder import Recorder
 from leakmap.addons.review import Review
 from leakmap.addons.scenario import ScenarioWalk
 
-inspector = Inspector()
+feed = StateFeed()  # each finished flow's state, taken once for the analysis and the capture
+inspector = Inspector(feed=feed)
 review, recorder = Review(), Recorder(inspector)
 inspector.listeners += [review.show, recorder.record]  # each analysed flow: marked, then stored
-parts = [inspector, Enforcer(inspector), review, recorder, ScenarioWalk(recorder), Capture(recorder)]
+parts = [inspector, Enforcer(inspector), review, recorder, ScenarioWalk(recorder),
+         Capture(recorder, feed=feed)]
 # One addon in mitmproxy's chain, not six: mitmproxy walks every addon for every event.
 # A response's work runs in batches, except when flows are saved with -w: then mitmproxy
 # waits for each flow's analysis, so that the saved flow carries it (addons/dispatch.py).

@@ -19,7 +19,15 @@ from typing import Any
 
 from mitmproxy import ctx
 
-from leakmap.addons import analysis_worker, capture, capture_writer, enforcer, inspector, recorder
+from leakmap.addons import (
+    analysis_worker,
+    capture,
+    capture_writer,
+    enforcer,
+    handover,
+    inspector,
+    recorder,
+)
 
 TOTALS: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])  # name -> [calls, ns]
 
@@ -40,10 +48,12 @@ def _timed(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
 
 METHODS = {
     inspector.Inspector: ("request", "response", "error", "_answered", "_finish", "_keep", "_tell"),
-    analysis_worker.AnalysisWorker: ("submit", "_send_queued", "_receive", "_write"),
+    analysis_worker.AnalysisWorker: ("submit", "submit_flow", "read", "_send_queued", "_receive",
+                                     "_write"),
     capture.Capture: ("request", "response", "_save"),
-    capture.FlowStates: ("of_http", "connection"),
-    capture_writer.CaptureWriter: ("save", "_send"),
+    handover.FlowStates: ("of_http", "connection"),
+    handover.StateFeed: ("take", "flush"),
+    capture_writer.CaptureWriter: ("read",),
     recorder.Recorder: ("request", "record"),
     enforcer.Enforcer: ("request",),
 }

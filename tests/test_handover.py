@@ -1,0 +1,114 @@
+"""One state per flow, framed once, read by the capture and the analysis process
+(addons/handover.py).
+
+The analysis process now makes each live flow's exchange from the state the
+proxy took of it: here that exchange must be the one the proxy would have
+made of the flow itself (as the phone sent it), for every kind of flow; and a
+real analysis process, fed by a real feed, must answer what it was given, with
+only the start of a giant upload sent to it and the cut noted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from mitmproxy import http
+from mitmproxy.test import tflow
+from test_flow_records import http_flows
+
+from leakmap.addons.analysis_worker import AnalysisWorker
+from leakmap.addons.flows import exchange_from_flow, exchange_from_state
+from leakmap.addons.handover import (
+    AS_SENT_REQUEST,
+    CAPTURE,
+    CAPTURED_KEY,
+    ENFORCED_KEY,
+    FlowStates,
+    StateFeed,
+)
+
+IMEI = "865312345678901"
+
+
+def _as_the_child_gets_it(state: dict[str, Any]) -> dict[str, Any]:
+    return pickle.loads(pickle.dumps(state, protocol=5))  # type: ignore[no-any-return]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(http_flows())
+def test_the_exchange_made_from_a_live_state_is_the_one_made_from_the_flow(
+        flow: http.HTTPFlow) -> None:
+    state = _as_the_child_gets_it(FlowStates().of(flow))
+    assert exchange_from_state(state) == exchange_from_flow(flow)
+
+
+def test_other_kinds_of_flow_and_a_redacted_request_too() -> None:
+    for flow in (tflow.twebsocketflow(), tflow.ttcpflow(), tflow.tudpflow(),
+                 tflow.tdnsflow(resp=True), tflow.tflow(resp=True, err=True)):
+        state = _as_the_child_gets_it(FlowStates().of(flow))
+        assert exchange_from_state(state) == exchange_from_flow(flow), flow.type
+    redacted = tflow.tflow(resp=True)
+    as_sent = redacted.request.copy()
+    as_sent.content = b'{"imei": "%s"}' % IMEI.encode()
+    setattr(redacted, AS_SENT_REQUEST, as_sent)
+    redacted.request.content = b'{"imei": "[redacted]"}'
+    state = FlowStates().of(redacted)
+    exchange = exchange_from_state(_as_the_child_gets_it(state))
+    assert exchange is not None and IMEI.encode() in exchange.request_body
+    assert state["id"] == redacted.id and state["metadata"]["leakmap_redacted_before_sending"]
+    assert b"redacted" in (redacted.request.content or b"")  # the live flow is untouched
+
+
+@pytest.fixture(autouse=True)
+def _home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LEAKMAP_HOME", str(tmp_path / "home"))  # the child inherits it
+
+
+def _upload(body: bytes, response: bytes = b"ok") -> http.HTTPFlow:
+    flow = tflow.tflow(resp=True)
+    flow.request.host, flow.request.method = "api.account.xiaomi.com", "POST"
+    flow.request.headers["content-type"] = "application/json"
+    flow.request.raw_content = body
+    assert flow.response is not None
+    flow.response.raw_content = response
+    return flow
+
+
+def test_a_fed_analysis_process_answers_its_flows_with_only_the_start_of_a_giant_body() -> None:
+    """Three flows in one frame: a 300 kB upload (the child gets its first 4,096 bytes and
+    notes the cut), a small one the Enforcer blocked (what it did travels in the state's
+    metadata), and one for the capture only (no answer is due for it)."""
+    giant = b'{"imei": "%s", "pad": "%s"}' % (IMEI.encode(), b"x" * 300_000)
+    blocked = _upload(b'{"imei": "%s"}' % IMEI.encode())
+    blocked.metadata[ENFORCED_KEY] = {"action": "block", "rule": "no imei", "policy_sha256": "0"}
+    flows = [_upload(giant, response=b"r" * 200_000), blocked, _upload(b"{}")]
+
+    async def scenario() -> list[dict[str, Any]]:
+        feed = StateFeed()
+        worker = AnalysisWorker({}, body_cap=4096)
+        feed.readers.append(worker)
+        deadline = time.monotonic() + 60
+        while not worker.ready and worker.failure is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert worker.ready, worker.failure
+        answers = [worker.submit_flow(feed, flow) for flow in flows[:2]]
+        feed.take(flows[2], CAPTURE)
+        assert len(worker.pipe.outgoing) == 0  # gathered, not yet sent
+        feed.flush()
+        assert worker.pipe.handed < 100_000  # the response and most of the upload stay here
+        done = await asyncio.wait_for(asyncio.gather(*answers), timeout=30)
+        worker.close()
+        return [summary for summary, _stored in done]
+
+    giant_summary, blocked_summary = asyncio.run(scenario())
+    assert [f["data_type"] for f in giant_summary["findings"]] == ["imei"]
+    assert giant_summary["truncated"]
+    assert "only the first 4096 scanned" in (giant_summary["analysis_error"] or "")
+    assert blocked_summary["action"] == "block" and blocked_summary["enforced"]
+    assert CAPTURED_KEY not in flows[0].metadata  # marking the capture is the Capture's job
