@@ -350,6 +350,11 @@ class AnalysisWorker:
             self._send_soon(HAND_OVER_S)  # the next flows join the frame
         return answer
 
+    def send_now(self) -> None:
+        """Write the exchanges submitted so far now, ahead of any frame given later."""
+        if self._queued:
+            self._send_queued()
+
     def submit_flow(self, feed: StateFeed, flow: Flow) -> asyncio.Future[Answer]:
         """:meth:`submit` for a finished flow, handed over as the state ``feed`` takes of it
         (the one the capture writes): the child makes the exchange.  The feed must have this

@@ -271,23 +271,37 @@ class Inspector:
         if not self._pending(flow) or self.pipeline is None:
             return None
         worker = self._worker_ready()
-        if worker is not None and not self.saving:  # the common case: its state, a future
-            try:
+        if worker is not None and not self.saving and _small_messages(flow):
+            try:  # the common case: its state, a future
                 answer = worker.submit_flow(self.feed, flow)
             except WorkerBroken:  # closed meanwhile: a thread
                 pass
             else:
-                self.in_flight.add(answer)
-                answer.add_done_callback(lambda done: self._answered(flow, None, worker, done))
+                self._await_answer(flow, None, worker, answer)
                 return None
         exchange = self._exchange_of(flow)
         if exchange is None:
             return None
         enforced = flow.metadata.get(ENFORCED_KEY)
+        if worker is not None and not self.saving:  # long messages, cut: after the flows before
+            self.feed.flush()
+            try:
+                answer = worker.submit(exchange, enforced)
+            except WorkerBroken:
+                pass
+            else:
+                worker.send_now()  # before any later frame of the feed
+                self._await_answer(flow, exchange, worker, answer)
+                return None
         job = asyncio.ensure_future(self._analyse(exchange, self.pipeline, enforced, self.saving))
         self._follow(flow, exchange, job)
         # shielded: a stop that cancels this hook must not lose the analysis
         return _waited(asyncio.shield(job)) if self.saving else None
+
+    def _await_answer(self, flow: Flow, exchange: Exchange | None, worker: AnalysisWorker,
+                      answer: asyncio.Future[Answer]) -> None:
+        self.in_flight.add(answer)
+        answer.add_done_callback(lambda done: self._answered(flow, exchange, worker, done))
 
     def _exchange_of(self, flow: Flow) -> Exchange | None:
         """What is analysed of ``flow``: its exchange as the phone sent it, a giant body cut
@@ -449,6 +463,18 @@ def file_stamps(paths: list[Path]) -> Stamps:
             continue
         stamps.append((info.st_mtime_ns, info.st_size, info.st_ino))
     return stamps
+
+
+MESSAGES_AS_STATE = 1 << 20  # a flow's messages handed over whole up to this many bytes in all
+
+
+def _small_messages(flow: Flow) -> bool:
+    """Whether ``flow`` goes to the analysis process as its state: all but a TCP, UDP or
+    WebSocket flow whose messages hold more than ``MESSAGES_AS_STATE`` bytes (the state
+    carries them inline; its exchange, cut to the cap, goes instead)."""
+    messages = flow.websocket.messages if isinstance(flow, http.HTTPFlow) and flow.websocket \
+        else getattr(flow, "messages", None)
+    return not messages or sum(len(m.content) for m in messages) <= MESSAGES_AS_STATE
 
 
 def as_sent(flow: Flow, exchange: Exchange) -> Exchange:

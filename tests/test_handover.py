@@ -112,3 +112,38 @@ def test_a_fed_analysis_process_answers_its_flows_with_only_the_start_of_a_giant
     assert "only the first 4096 scanned" in (giant_summary["analysis_error"] or "")
     assert blocked_summary["action"] == "block" and blocked_summary["enforced"]
     assert CAPTURED_KEY not in flows[0].metadata  # marking the capture is the Capture's job
+
+
+def test_flows_with_long_messages_go_over_as_their_cut_exchange_after_the_flows_before() -> None:
+    """A TCP or WebSocket flow carries its messages inline in its state: past 1 MB in all it
+    goes over as its exchange (cut to the cap), written after the frame of the flows that
+    finished before it, so that the analysis process still sees flows in order."""
+    from leakmap.addons.inspector import _small_messages
+    from leakmap.core.exchange import Exchange
+
+    small_tcp, long_tcp, long_websocket = tflow.ttcpflow(), tflow.ttcpflow(), tflow.twebsocketflow()
+    long_tcp.messages[0].content = b"x" * (2 << 20)
+    assert long_websocket.websocket is not None
+    long_websocket.websocket.messages[0].content = b"x" * (2 << 20)
+    assert _small_messages(small_tcp) and _small_messages(tflow.tflow(resp=True))
+    assert not _small_messages(long_tcp) and not _small_messages(long_websocket)
+
+    async def scenario() -> list[dict[str, Any]]:
+        feed = StateFeed()
+        worker = AnalysisWorker({}, body_cap=4096)
+        feed.readers.append(worker)
+        deadline = time.monotonic() + 60
+        while not worker.ready and worker.failure is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        first = worker.submit_flow(feed, _upload(b'{"imei": "%s"}' % IMEI.encode()))
+        feed.flush()
+        second = worker.submit(Exchange(flow_id="long", kind="tcp", timestamp=0.0,
+                                        host="api.account.xiaomi.com"))
+        worker.send_now()
+        assert not worker._queued and [source for source, _ in worker._waiting][1].flow_id == "long"
+        done = await asyncio.wait_for(asyncio.gather(first, second), timeout=30)
+        worker.close()
+        return [summary for summary, _stored in done]
+
+    first, second = asyncio.run(scenario())
+    assert [f["data_type"] for f in first["findings"]] == ["imei"] and not second["findings"]
