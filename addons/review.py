@@ -10,6 +10,7 @@ every addon, some 150 µs a record on the development machine.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from mitmproxy import ctx, hooks, tls
 from mitmproxy import log as mitmproxy_log
@@ -73,23 +74,28 @@ class Review:
         # mitmweb and the console show flows (their "view" addon); mitmdump shows none, and
         # an update hook would walk every addon for nothing, per flow with findings
         self.flows_on_screen = True
+        # someone sees a flow's marks and comment: it is on screen, or saved (-w)
+        self.marks_seen = True
         # the lowest log level someone reads (see read_level); all until known
         self.read_from = logging.NOTSET
 
     def running(self) -> None:
         self.flows_on_screen = ctx.master.addons.get("view") is not None
+        self.marks_seen = self.flows_on_screen or bool(ctx.options.save_stream_file)
         self.read_from = read_level(ctx.master.addons.chain)
 
     def configure(self, updated: set[str]) -> None:
         if "termlog_verbosity" in updated or "eventlog_verbosity" in updated:
             self.read_from = read_level(ctx.master.addons.chain)
+        if "save_stream_file" in updated:
+            self.marks_seen = self.flows_on_screen or bool(ctx.options.save_stream_file)
 
     def show(self, flow: Flow) -> None:
         summary = flow.metadata.get("leakmap") or {}
         session = summary.get("session")
         if session is None or flow.metadata.get("leakmap_reviewed") == session:
             return  # not analysed yet, or already shown in this session
-        if quiet(summary):  # nothing to mark or say (most flows): no record needed
+        if quiet(summary) or not self._seen(summary):  # no record needed (most flows)
             flow.metadata["leakmap_reviewed"] = session
             return
         record = flow_record(flow)
@@ -103,6 +109,15 @@ class Review:
             if self.flows_on_screen:  # it may be shown already: its response went out first
                 ctx.master.addons.trigger(hooks.UpdateHook([flow]))
         self._log(record)
+
+    def _seen(self, summary: dict[str, Any]) -> bool:
+        """Whether anyone would see what :meth:`show` makes of the flow ``summary`` is of:
+        its marks, or one of the lines :meth:`_log` writes at the levels read.  mitmdump with
+        ``termlog_verbosity=error`` shows nothing of a flow that a rule did not act on."""
+        return self.marks_seen or (
+            (summary.get("action", "log") != "log" and self.read_from <= logging.ERROR)
+            or (bool(summary.get("findings")) and self.read_from <= logging.WARNING)
+            or (bool(summary.get("analysis_error")) and self.read_from <= logging.INFO))
 
     def _log(self, record: FlowRecord) -> None:
         """Each line printable: a host or a JSON key from the phone could otherwise carry

@@ -106,3 +106,29 @@ def test_policy_test_prints_no_control_character_of_a_sample() -> None:
     text = as_text([record], show_values=False)
     assert all(line.isprintable() for line in text.split("\n"))
     assert "flow 2: forged" not in text.split("\n")[3:] and "bad?flow 2: forged" in text
+
+
+def test_review_makes_nothing_no_one_would_see() -> None:
+    """In mitmdump (no flow on screen, none saved) reading only errors, a flow with findings
+    that no rule acted on shows nothing: Review leaves it unmarked without making its
+    record; a rule's action, a lower level read, or marks someone sees, and it is shown."""
+    from mitmproxy.test import tflow
+
+    from leakmap.addons.review import Review
+
+    finding = {"data_type": "imei", "field": "request.body.json.imei"}
+    review = Review()
+    review.marks_seen, review.read_from = False, logging.ERROR
+    assert not review._seen({"findings": [finding], "action": "log"})
+    assert review._seen({"findings": [finding], "action": "alert"})
+    assert not review._seen({"analysis_error": "malformed JSON", "action": "log"})
+    review.read_from = logging.WARNING
+    assert review._seen({"findings": [finding], "action": "log"})
+    review.read_from, review.marks_seen = logging.ERROR, True
+    assert review._seen({"findings": [finding], "action": "log"})
+
+    review.marks_seen = False
+    flow = tflow.tflow(resp=True)
+    flow.metadata["leakmap"] = {"session": "s", "findings": [finding], "action": "log"}
+    review.show(flow)  # no record could be made of this summary: none is tried
+    assert flow.metadata["leakmap_reviewed"] == "s" and not flow.marked
