@@ -21,11 +21,19 @@ thread of its own to take the GIL:
 * when a hook waits for the result (flows saved with ``-w``), the flow's
   exchange goes over instead (:meth:`AnalysisWorker.submit`), at the end of
   the loop's turn;
-* each flow is handed over as a plain future, not a coroutine in a task,
-  which cost the loop about 17 µs a flow;
-* the child answers each frame with one frame of records, read by
-  ``loop.add_reader``; the records come back in order, so each one settles
-  the oldest waiting future.
+* each exchange is handed over as a plain future, not a coroutine in a
+  task, which cost the loop about 17 µs a flow; a flow handed over as its
+  state has no future at all, but a function to call with its answer;
+* the child answers each frame with one frame, read by ``loop.add_reader``:
+  for exchanges, every record in order, each settling the oldest waiting
+  future; for states, only the flows an answer is wanted for
+  (``handover.answer_wanted``: those it did not store, and those a listener
+  would show, as Review says: with findings, an action or a problem at the
+  log levels someone reads, or all where flows are on screen or saved).  A
+  quiet flow stored by the child costs the proxy nothing more once handed
+  over.  If the child dies, the flows it stored but had not committed are
+  written by the proxy: from their answers, or analysed again
+  (``remake``).
 
 Once the proxy's run has started, the child also stores what it analysed
 (:meth:`AnalysisWorker.store`): it keeps its own
@@ -50,6 +58,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import multiprocessing
 import os
 import pickle
@@ -58,6 +67,7 @@ import struct
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -70,8 +80,10 @@ from leakmap.addons.handover import (
     STORE,
     Entry,
     Frame,
+    OnAnswer,
     PipeOut,
     StateFeed,
+    answer_wanted,
     cut_frame,
     framed,
     read_message,
@@ -85,6 +97,8 @@ from leakmap.core.pipeline import (
     record_from_summary,
     record_summary,
 )
+
+log = logging.getLogger(__name__)
 
 _HEADER = struct.Struct("!Q")  # the length of the pickled frame that follows
 _MAX_BATCH = 64  # exchanges per frame: the child answers a frame once all of it is done
@@ -154,18 +168,23 @@ class _Child:
                                        for exchange, enforced, store in message[1]]))
             else:  # the states of a frame (addons/handover.py)
                 states, marks = message
-                self.send(("results", self._analysed_states(pipeline, states, marks, iter(lengths))))
+                self.send(("answered", self._analysed_states(pipeline, states, marks,
+                                                             iter(lengths))))
 
     def _analysed_states(self, pipeline: Pipeline, states: list[dict[str, Any]],
-                         marks: list[int], lengths: Iterator[int]) -> list[tuple[bool, Any, bool]]:
-        """The answers for the states marked ``ANALYSE``, in order.  The exchange is made
-        from the state, as ``leakmap analyze`` makes it from a flow file, with a note for
-        each body the proxy sent only the start of."""
+                         marks: list[int], lengths: Iterator[int],
+                         ) -> list[tuple[int, bool, Any, bool]]:
+        """The answers wanted (``answer_wanted``) for the states marked ``ANALYSE``, each
+        with its place among them.  The exchange is made from the state, as ``leakmap
+        analyze`` makes it from a flow file, with a note for each body the proxy sent only
+        the start of."""
         answers = []
+        place = -1
         for state, mark in zip(states, marks, strict=True):
             cuts = whole_bodies(state, lengths)
             if not mark & ANALYSE:
                 continue
+            place += 1
 
             def exchange(state: dict[str, Any] = state, cuts: list[list[Any]] = cuts) -> Exchange:
                 made = exchange_from_state(state)
@@ -175,8 +194,10 @@ class _Child:
                 return made.within(pipeline.classifier.limits.max_body_bytes)
 
             metadata = state.get("metadata") or {}
-            answers.append(self._analysed(pipeline, exchange, metadata.get(ENFORCED_KEY),
-                                          bool(mark & STORE)))
+            ok, value, stored = self._analysed(pipeline, exchange, metadata.get(ENFORCED_KEY),
+                                               bool(mark & STORE))
+            if not ok or answer_wanted(mark, value, stored):
+                answers.append((place, ok, value, stored))
         return answers
 
     def _analysed(self, pipeline: Pipeline, exchange: Callable[[], Exchange],
@@ -275,11 +296,13 @@ class AnalysisWorker:
     """One child process running ``Pipeline.process`` on the flows handed to it, in order."""
 
     def __init__(self, settings: dict[str, Any], body_cap: int | None = None,
-                 exchange_of: Callable[[Flow], Exchange | None] | None = None) -> None:
+                 exchange_of: Callable[[Flow], Exchange | None] | None = None,
+                 remake: Callable[[Flow], FlowRecord | None] | None = None) -> None:
         """``body_cap``: the bytes of a request body the child scans (it is sent no more of a
-        flow's state); ``exchange_of``: a flow's exchange as the child would make it, for a
-        record it stored but did not confirm before it died (see :meth:`store`)."""
-        self.body_cap, self.exchange_of = body_cap, exchange_of
+        flow's state).  For a record the child stored but did not confirm before it died
+        (see :meth:`store`): ``exchange_of`` makes a flow's exchange as the child did, and
+        ``remake`` its whole record, for a flow that was not answered."""
+        self.body_cap, self.exchange_of, self.remake = body_cap, exchange_of, remake
         context = multiprocessing.get_context("spawn")  # not fork: the proxy holds threads
         requests_in, self._requests = context.Pipe(duplex=False)
         self._results, results_out = context.Pipe(duplex=False)
@@ -295,8 +318,10 @@ class AnalysisWorker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queued: list[tuple[Handed, asyncio.Future[Answer]]] = []
         self._timer: asyncio.Handle | None = None
-        # what each answer to come is for, in order: an exchange, or a flow handed as its state
-        self._waiting: deque[tuple[Exchange | Flow, asyncio.Future[Answer]]] = deque()
+        # what each answer to come is for, in order: an exchange and its future, or a frame of
+        # states (the flows in it, with what to call with their answers)
+        self._waiting: deque[tuple[Exchange, asyncio.Future[Answer]] | _Sent] = deque()
+        self._idle: list[asyncio.Future[None]] = []  # settled once nothing is waiting
         self.pipe = PipeOut(self._requests_fd, self._broken, self._drained)
         self._incoming = bytearray()
         self._started = False
@@ -309,7 +334,8 @@ class AnalysisWorker:
         self._store_closed: asyncio.Future[tuple[int, int] | None] | None = None
         # records the child stored, in its order, until it says they are committed or spilled;
         # if it dies first they go to ``orphaned`` (the proxy's own writer)
-        self._unconfirmed: deque[tuple[Exchange | Flow, dict[str, Any]]] = deque()
+        # (an unanswered flow has no summary: its record is made again)
+        self._unconfirmed: deque[tuple[Exchange | Flow, dict[str, Any] | None]] = deque()
         self._confirmed_ahead = 0  # confirmed by the child before their answers arrived here
         self._orphaned: Callable[[list[FlowRecord]], None] | None = None
 
@@ -355,29 +381,46 @@ class AnalysisWorker:
         if self._queued:
             self._send_queued()
 
-    def submit_flow(self, feed: StateFeed, flow: Flow) -> asyncio.Future[Answer]:
-        """:meth:`submit` for a finished flow, handed over as the state ``feed`` takes of it
-        (the one the capture writes): the child makes the exchange.  The feed must have this
-        worker among its readers, and no other."""
-        loop = self._attach()
-        if self._error is not None or self._closing or loop is None:
+    def submit_flow(self, feed: StateFeed, flow: Flow, wanted: int, on_answer: OnAnswer) -> None:
+        """Hand over a finished flow as the state ``feed`` takes of it (the one the capture
+        writes): the child makes the exchange.  ``on_answer`` is called with (the summary of
+        its record, whether the child stored it), or with why it could not be analysed there
+        (:class:`WorkerBroken`: the child died, or failed on it) -- but for a flow the child
+        stored, only if ``wanted`` (``ANSWER_*`` marks) asks for it (``answer_wanted``).
+        No future: a flow that needs no answer costs the loop nothing more.  The feed must
+        have this worker among its readers, and no other."""
+        if self._error is not None or self._closing or self._attach() is None:
             raise WorkerBroken(self._error or ("closed" if self._closing else "no event loop"))
-        answer: asyncio.Future[Answer] = loop.create_future()
-        feed.take(flow, (ANALYSE | STORE) if self._storing else ANALYSE, answer)
-        return answer
+        feed.take(flow, ANALYSE | (STORE | wanted if self._storing else 0), on_answer)
 
     def read(self, frame: Frame, entries: list[Entry]) -> None:
         """Hand over the frame of ``entries`` if some are to be analysed here (they carry
-        their answers' futures), with only what the child reads of their bodies."""
-        handed = [(entry.flow, entry.answer) for entry in entries if entry.answer is not None]
-        if not handed:
+        what to call with their answers), with only what the child reads of their bodies."""
+        handed = _Sent([(entry.flow, entry.on_answer) for entry in entries
+                        if entry.on_answer is not None])
+        if not handed.flows:
             return
         if self._error is not None or self._requests.closed:
-            _fail([answer for _, answer in handed], self._error or "closed")
+            handed.fail(self._error or "closed")
             return
         self.pipe.add(cut_frame(frame, self._keep(entries)))
-        self._waiting.extend(handed)
+        self._waiting.append(handed)
         self._write()
+
+    @property
+    def waiting(self) -> bool:
+        """Whether answers are still to come (a frame of states may bring none)."""
+        return bool(self._waiting or self._queued)
+
+    def answered(self) -> asyncio.Future[None]:
+        """A future settled once no answer is still to come (or the child is gone)."""
+        loop = self._attach() or asyncio.get_running_loop()
+        idle: asyncio.Future[None] = loop.create_future()
+        if self.waiting and self._error is None:
+            self._idle.append(idle)
+        else:
+            idle.set_result(None)
+        return idle
 
     def _keep(self, entries: list[Entry]) -> Callable[[int, str, int], int]:
         """How much of each large body of a frame the child gets: of a request analysed
@@ -385,7 +428,7 @@ class AnalysisWorker:
         cap = self.body_cap
 
         def keep(index: int, part: str, length: int) -> int:
-            if part != "request" or entries[index].answer is None:
+            if part != "request" or entries[index].on_answer is None:
                 return 0
             return length if cap is None else min(length, cap)
 
@@ -451,11 +494,18 @@ class AnalysisWorker:
         if self._unconfirmed and self._orphaned is not None:
             records = []
             for source, summary in self._unconfirmed:
-                exchange = self._exchange(source)
-                if exchange is not None:
-                    records.append(record_from_summary(exchange, summary))
+                record = self._record(source, summary)
+                if record is not None:
+                    records.append(record)
             self._orphaned(records)
         self._unconfirmed.clear()
+
+    def _record(self, source: Exchange | Flow, summary: dict[str, Any] | None) -> FlowRecord | None:
+        if summary is None:  # not answered: analysed again
+            return self.remake(source) if self.remake is not None and isinstance(source, Flow) \
+                else None
+        exchange = self._exchange(source)
+        return record_from_summary(exchange, summary) if exchange is not None else None
 
     def _exchange(self, source: Exchange | Flow) -> Exchange | None:
         if isinstance(source, Exchange):
@@ -560,9 +610,15 @@ class AnalysisWorker:
             self.store_failing = None
             if self._store_closed is not None and not self._store_closed.done():
                 self._store_closed.set_result((message[1], message[2]))
+        elif kind == "answered":  # a frame of states
+            sent = self._waiting.popleft()
+            assert isinstance(sent, _Sent)
+            self._answer_frame(sent, message[1])
         else:
             for ok, value, stored in message[1]:
-                exchange, answer = self._waiting.popleft()
+                item = self._waiting.popleft()
+                assert not isinstance(item, _Sent)
+                exchange, answer = item
                 if stored:  # kept until the child says it is committed (see _orphan)
                     self._unconfirmed.append((exchange, value))
                 if answer.done():
@@ -572,13 +628,44 @@ class AnalysisWorker:
                 else:
                     answer.set_exception(WorkerBroken(value))
             self._confirm(0)
+        if not self._waiting:
+            self._settle_idle()
+
+    def _answer_frame(self, sent: _Sent, answers: list[tuple[int, bool, Any, bool]]) -> None:
+        """The child's answers for the flows of ``sent``, by their places; a flow without one
+        was stored by the child and needs none."""
+        by_place = {answer[0]: answer for answer in answers}
+        for place, (flow, on_answer) in enumerate(sent.flows):
+            answer = by_place.get(place)
+            if answer is None:
+                self._unconfirmed.append((flow, None))  # kept until committed (see _orphan)
+                continue
+            _, ok, value, stored = answer
+            if stored:
+                self._unconfirmed.append((flow, value))
+            try:
+                on_answer((value, stored) if ok else None, None if ok else WorkerBroken(value))
+            except Exception:  # one flow's bug must not cost the others their answers
+                log.exception("leakmap: handling the analysis of flow %s failed", flow.id)
+        self._confirm(0)
+
+    def _settle_idle(self) -> None:
+        idle, self._idle = self._idle, []
+        for future in idle:
+            if not future.done():
+                future.set_result(None)
 
     def _broken(self, why: str) -> None:
         """The child is gone: every flow waiting on it fails over to a thread."""
         if self._error is None:
             self._error = why
-        _fail([*(answer for _, answer in self._waiting), *(answer for _, answer in self._queued)],
-              self._error)
+        for item in self._waiting:
+            if isinstance(item, _Sent):
+                item.fail(self._error)
+            else:
+                _fail([item[1]], self._error)
+        _fail([answer for _, answer in self._queued], self._error)
+        self._settle_idle()
         if self._store_closed is not None and not self._store_closed.done():
             self._store_closed.set_result(None)  # its writer's spill is replayed by the next run
         self.store_failing = None  # it no longer writes: nothing to wait for
@@ -606,6 +693,21 @@ class AnalysisWorker:
         how = (f"killed by signal {-code}" if code is not None and code < 0
                else f"exit code {code}" if code is not None else "its pipe closed")
         return f"the analysis process stopped ({how})"
+
+
+@dataclass(slots=True)
+class _Sent:
+    """The flows of a frame of states handed to the child, with what to call with their
+    answers, until it answers."""
+
+    flows: list[tuple[Flow, OnAnswer]]
+
+    def fail(self, why: str) -> None:
+        """The child is gone: each flow is told so, on the loop's next turn (not from inside
+        the worker's own bookkeeping)."""
+        loop = asyncio.get_running_loop()
+        for _flow, on_answer in self.flows:
+            loop.call_soon(on_answer, None, WorkerBroken(why))
 
 
 def _pickled(batch: list[tuple[Handed, asyncio.Future[Answer]]],

@@ -48,6 +48,9 @@ ENFORCED_KEY = "leakmap_enforced"  # what the Enforcer did to the request: {acti
 CAPTURED_KEY = "leakmap_captured"  # in a flow's metadata: it is in the run's capture
 
 CAPTURE, ANALYSE, STORE = 1, 2, 4  # a state's marks in a frame
+# and, for one to analyse, what the proxy wants answered of it when it is stored: every flow,
+# or those with findings, with an action taken, with an analysis problem (see answer_wanted)
+ANSWER_ALL, ANSWER_FINDINGS, ANSWER_ACTION, ANSWER_PROBLEM = 8, 16, 32, 64
 
 HAND_OVER_S = 0.05  # states wait at most this long to go out together
 HAND_OVER_BYTES = 1 << 20  # or until this many bytes of bodies wait
@@ -124,6 +127,18 @@ def _copied(metadata: dict[str, Any]) -> dict[str, Any]:
     if all(type(value) in _SCALARS for value in metadata.values()):
         return dict(metadata)
     return copy.deepcopy(metadata)
+
+
+def answer_wanted(marks: int, summary: dict[str, Any], stored: bool) -> bool:
+    """Whether the analysis process answers for a flow of a frame (``marks``), once analysed
+    (``summary``, ``stored`` by it): always if it did not store it (the proxy then does),
+    else only as ``marks`` ask.  Most flows need no answer: no listener would do anything
+    with it, and each answer costs the proxy's loop."""
+    if not stored or marks & ANSWER_ALL:
+        return True
+    return bool((marks & ANSWER_FINDINGS and summary.get("findings"))
+                or (marks & ANSWER_ACTION and summary.get("action", "log") != "log")
+                or (marks & ANSWER_PROBLEM and summary.get("analysis_error")))
 
 
 def body_size(state: dict[str, Any]) -> int:
@@ -333,15 +348,20 @@ class PipeOut:
 # the feed
 
 
+# what a flow's analysis gives its reader back: (its summary, whether it was stored), or why
+# not (then the proxy analyses it itself)
+OnAnswer = Callable[[tuple[dict[str, Any], bool] | None, BaseException | None], None]
+
+
 @dataclass(slots=True)
 class Entry:
     """One flow's state in the frame being gathered, whom it is for (``marks``), and, if it
-    is to be analysed, the future its answer settles."""
+    is to be analysed, what to call with its answer (if one is wanted: ``answer_wanted``)."""
 
     flow: Flow
     state: dict[str, Any]
     marks: int = 0
-    answer: asyncio.Future[Any] | None = None
+    on_answer: OnAnswer | None = None
 
 
 class Reader(Protocol):
@@ -363,10 +383,10 @@ class StateFeed:
         self.waiting_bytes = 0
         self.timer: asyncio.TimerHandle | None = None
 
-    def take(self, flow: Flow, marks: int, answer: asyncio.Future[Any] | None = None) -> None:
+    def take(self, flow: Flow, marks: int, on_answer: OnAnswer | None = None) -> None:
         """Put ``flow``'s state in the coming frame for whom ``marks`` say; its state is taken
-        at the first call for it, once for every reader.  ``answer``: the future its analysis
-        settles."""
+        at the first call for it, once for every reader.  ``on_answer``: what to call with
+        its analysis."""
         entry: Entry | None = getattr(flow, "_leakmap_entry", None)
         if entry is None:
             if self.waiting_bytes >= HAND_OVER_BYTES or len(self.entries) >= HAND_OVER_FLOWS:
@@ -378,8 +398,8 @@ class StateFeed:
         entry.marks |= marks
         if marks & CAPTURE:  # as the capture keeps it, whoever took the state first
             entry.state["metadata"][CAPTURED_KEY] = True
-        if answer is not None:
-            entry.answer = answer
+        if on_answer is not None:
+            entry.on_answer = on_answer
         if self.timer is None:
             self.timer = asyncio.get_running_loop().call_later(HAND_OVER_S, self.flush)
 

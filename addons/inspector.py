@@ -35,7 +35,7 @@ from leakmap.addons.flows import (
     exchange_from_flow,
     exchange_from_tls_failure,
 )
-from leakmap.addons.handover import ENFORCED_KEY, StateFeed
+from leakmap.addons.handover import ANSWER_ALL, ENFORCED_KEY, StateFeed
 from leakmap.core.exchange import Exchange
 from leakmap.core.pipeline import (
     FlowRecord,
@@ -89,6 +89,9 @@ class Inspector:
         # takes each flow's state once for the analysis process and the capture (shared with
         # the Capture addon by the script)
         self.feed = feed if feed is not None else StateFeed()
+        # what the listeners need answered of a flow the analysis process stored (the
+        # handover's ANSWER_* marks; Review's, set by the script)
+        self.answers_wanted: Callable[[], int] = lambda: ANSWER_ALL
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
         options.declare(loader, (*PIPELINE_SETTINGS, "workers"))
@@ -177,7 +180,7 @@ class Inspector:
         self.worker = None
         if settings is not None and self.pipeline is not None:
             self.worker = AnalysisWorker(settings, self.pipeline.classifier.limits.max_body_bytes,
-                                         self._exchange_of)
+                                         self._exchange_of, self._remake)
             self.feed.readers.append(self.worker)
         if self.worker is not None and self.store is not None and self.orphaned is not None:
             self.worker.store(self.store, self.orphaned)
@@ -272,12 +275,13 @@ class Inspector:
             return None
         worker = self._worker_ready()
         if worker is not None and not self.saving and _small_messages(flow):
-            try:  # the common case: its state, a future
-                answer = worker.submit_flow(self.feed, flow)
+            try:  # the common case: its state, and an answer only if one is wanted
+                worker.submit_flow(self.feed, flow, self.answers_wanted(),
+                                   lambda answer, problem: self._on_answer(flow, None, worker,
+                                                                           answer, problem))
             except WorkerBroken:  # closed meanwhile: a thread
                 pass
             else:
-                self._await_answer(flow, None, worker, answer)
                 return None
         exchange = self._exchange_of(flow)
         if exchange is None:
@@ -298,7 +302,7 @@ class Inspector:
         # shielded: a stop that cancels this hook must not lose the analysis
         return _waited(asyncio.shield(job)) if self.saving else None
 
-    def _await_answer(self, flow: Flow, exchange: Exchange | None, worker: AnalysisWorker,
+    def _await_answer(self, flow: Flow, exchange: Exchange, worker: AnalysisWorker,
                       answer: asyncio.Future[Answer]) -> None:
         self.in_flight.add(answer)
         answer.add_done_callback(lambda done: self._answered(flow, exchange, worker, done))
@@ -330,23 +334,37 @@ class Inspector:
             log.info("leakmap: analysis process ready; flows are analysed there from now on")
         return worker
 
-    def _answered(self, flow: Flow, exchange: Exchange | None, worker: AnalysisWorker,
+    def _answered(self, flow: Flow, exchange: Exchange, worker: AnalysisWorker,
                   answer: asyncio.Future[Answer]) -> None:
-        """The analysis process's answer for ``flow`` (handed over as ``exchange``, or as its
-        state: None); if it has none, a thread analyses it."""
+        """The analysis process's answer for ``flow``, handed over as ``exchange``."""
         self.in_flight.discard(answer)
-        if answer.cancelled():
-            return
-        problem = answer.exception()
-        if problem is None:
-            summary, stored = answer.result()
+        if not answer.cancelled():
+            problem = answer.exception()
+            self._on_answer(flow, exchange, worker, None if problem else answer.result(), problem)
+
+    def _remake(self, flow: Flow) -> FlowRecord | None:
+        """The record of ``flow`` made here: the analysis process stored it without an answer,
+        and died before it was committed."""
+        exchange = self._exchange_of(flow)
+        if exchange is None or self.pipeline is None:
+            return None
+        record = self.pipeline.process(exchange)
+        mark_enforced(record, flow.metadata.get(ENFORCED_KEY))
+        return record
+
+    def _on_answer(self, flow: Flow, exchange: Exchange | None, worker: AnalysisWorker,
+                   answer: Answer | None, problem: BaseException | None) -> None:
+        """The analysis process's answer for ``flow`` (handed over as ``exchange``, or as its
+        state: None); if it has none (``problem``), a thread analyses it."""
+        if answer is not None:
+            summary, stored = answer
             self._keep(flow, exchange, summary, stored)
             self._tell(flow)
             return
         if worker.failure is not None:
             self._drop_worker(worker, worker.failure)
-        elif not isinstance(problem, WorkerBroken):  # unexpected: threads from now on
-            self._drop_worker(worker, problem)
+        elif problem is not None and not isinstance(problem, WorkerBroken):  # unexpected:
+            self._drop_worker(worker, problem)  # threads from now on
         exchange = exchange or self._exchange_of(flow)
         if self.pipeline is not None and exchange is not None:
             self._follow(flow, exchange, asyncio.ensure_future(self._on_thread(exchange, self.pipeline)))
@@ -407,10 +425,15 @@ class Inspector:
 
     async def settle(self) -> None:
         """Wait until no analysis is under way; each one has handed its flow on by then."""
-        self.feed.flush()
-        while self.in_flight:
-            await asyncio.gather(*self.in_flight, return_exceptions=True)
-            await asyncio.sleep(0)  # the jobs' done-callbacks (_finish) run first
+        while True:
+            self.feed.flush()
+            workers = [worker for worker in (self.worker, *self.retired)
+                       if worker is not None and worker.waiting]
+            waits = [*self.in_flight, *(worker.answered() for worker in workers)]
+            if not waits:
+                return
+            await asyncio.gather(*waits, return_exceptions=True)
+            await asyncio.sleep(0)  # the done-callbacks (_finish, _on_answer) run first
 
     async def done(self) -> None:
         """Finish analyses under way and analyse the flows still open, so that a

@@ -17,6 +17,7 @@ from mitmproxy import log as mitmproxy_log
 from mitmproxy.addonmanager import traverse
 from mitmproxy.flow import Flow
 
+from leakmap.addons.handover import ANSWER_ACTION, ANSWER_ALL, ANSWER_FINDINGS, ANSWER_PROBLEM
 from leakmap.addons.inspector import flow_record, quiet, tls_records
 from leakmap.core.pipeline import FlowRecord
 from leakmap.core.redact import printable
@@ -83,6 +84,15 @@ class Review:
         self.flows_on_screen = ctx.master.addons.get("view") is not None
         self.marks_seen = self.flows_on_screen or bool(ctx.options.save_stream_file)
         self.read_from = read_level(ctx.master.addons.chain)
+
+    def answers_wanted(self) -> int:
+        """Which flows the analysis process stored Review needs to see (the handover's
+        ``ANSWER_*`` marks): those of which :meth:`_seen` could be true."""
+        if self.marks_seen:
+            return ANSWER_ALL
+        return ((ANSWER_ACTION if self.read_from <= logging.ERROR else 0)
+                | (ANSWER_FINDINGS if self.read_from <= logging.WARNING else 0)
+                | (ANSWER_PROBLEM if self.read_from <= logging.INFO else 0))
 
     def configure(self, updated: set[str]) -> None:
         if "termlog_verbosity" in updated or "eventlog_verbosity" in updated:

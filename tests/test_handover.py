@@ -25,6 +25,8 @@ from test_flow_records import http_flows
 from leakmap.addons.analysis_worker import AnalysisWorker
 from leakmap.addons.flows import exchange_from_flow, exchange_from_state
 from leakmap.addons.handover import (
+    ANSWER_ALL,
+    ANSWER_FINDINGS,
     AS_SENT_REQUEST,
     CAPTURE,
     CAPTURED_KEY,
@@ -70,6 +72,28 @@ def _home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LEAKMAP_HOME", str(tmp_path / "home"))  # the child inherits it
 
 
+def _answer_of(worker: AnalysisWorker, feed: StateFeed, flow: http.HTTPFlow,
+               wanted: int = ANSWER_ALL) -> asyncio.Future[Any]:
+    """A future of what the worker calls back with for ``flow``."""
+    answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    def on_answer(got: Any, problem: BaseException | None) -> None:
+        if problem is not None:
+            answer.set_exception(problem)
+        else:
+            answer.set_result(got)
+
+    worker.submit_flow(feed, flow, wanted, on_answer)
+    return answer
+
+
+async def _ready(worker: AnalysisWorker) -> None:
+    deadline = time.monotonic() + 60
+    while not worker.ready and worker.failure is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert worker.ready, worker.failure
+
+
 def _upload(body: bytes, response: bytes = b"ok") -> http.HTTPFlow:
     flow = tflow.tflow(resp=True)
     flow.request.host, flow.request.method = "api.account.xiaomi.com", "POST"
@@ -93,11 +117,8 @@ def test_a_fed_analysis_process_answers_its_flows_with_only_the_start_of_a_giant
         feed = StateFeed()
         worker = AnalysisWorker({}, body_cap=4096)
         feed.readers.append(worker)
-        deadline = time.monotonic() + 60
-        while not worker.ready and worker.failure is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        assert worker.ready, worker.failure
-        answers = [worker.submit_flow(feed, flow) for flow in flows[:2]]
+        await _ready(worker)
+        answers = [_answer_of(worker, feed, flow) for flow in flows[:2]]
         feed.take(flows[2], CAPTURE)
         assert len(worker.pipe.outgoing) == 0  # gathered, not yet sent
         feed.flush()
@@ -132,18 +153,53 @@ def test_flows_with_long_messages_go_over_as_their_cut_exchange_after_the_flows_
         feed = StateFeed()
         worker = AnalysisWorker({}, body_cap=4096)
         feed.readers.append(worker)
-        deadline = time.monotonic() + 60
-        while not worker.ready and worker.failure is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        first = worker.submit_flow(feed, _upload(b'{"imei": "%s"}' % IMEI.encode()))
+        await _ready(worker)
+        first = _answer_of(worker, feed, _upload(b'{"imei": "%s"}' % IMEI.encode()))
         feed.flush()
         second = worker.submit(Exchange(flow_id="long", kind="tcp", timestamp=0.0,
                                         host="api.account.xiaomi.com"))
         worker.send_now()
-        assert not worker._queued and [source for source, _ in worker._waiting][1].flow_id == "long"
+        assert not worker._queued and worker._waiting[1][0].flow_id == "long"  # type: ignore[index,union-attr]
         done = await asyncio.wait_for(asyncio.gather(first, second), timeout=30)
         worker.close()
         return [summary for summary, _stored in done]
 
     first, second = asyncio.run(scenario())
     assert [f["data_type"] for f in first["findings"]] == ["imei"] and not second["findings"]
+
+
+def test_a_flow_the_child_stored_is_answered_only_if_wanted(tmp_path: Path) -> None:
+    """With the run's store given to the child, a flow it stored is answered only if what
+    the proxy wants (here: flows with findings) holds; a quiet one is not, yet the proxy
+    knows when all are done (``answered``), and every flow is in the store."""
+    from sqlalchemy import text
+
+    from leakmap.store.db import open_store, start_run
+
+    url = f"sqlite:///{tmp_path / 'run.db'}"
+    engine = open_store(url)
+    run_id = start_run(engine, "handover", "run", "0")
+    leaky, quiet = _upload(b'{"imei": "%s"}' % IMEI.encode()), _upload(b'{"event": "open"}')
+    called: list[str] = []
+
+    async def scenario() -> None:
+        feed = StateFeed()
+        worker = AnalysisWorker({}, body_cap=4096)
+        feed.readers.append(worker)
+        await _ready(worker)
+        worker.store({"db": url, "run_id": run_id, "interval": 0.05}, lambda records: None)
+        for flow in (leaky, quiet):
+            worker.submit_flow(feed, flow, ANSWER_FINDINGS,
+                               lambda got, problem, flow=flow: called.append(flow.id))
+        feed.flush()
+        assert worker.waiting
+        await asyncio.wait_for(worker.answered(), timeout=30)
+        assert not worker.waiting
+        worker.close()
+        assert await worker.stored(30) == (2, 0)  # both written, none left in a spill file
+
+    asyncio.run(scenario())
+    assert called == [leaky.id]
+    with engine.connect() as connection:
+        stored = {row[0] for row in connection.execute(text("SELECT flow_id FROM flows"))}
+    assert stored == {leaky.id, quiet.id}

@@ -19,6 +19,8 @@ feed = StateFeed()  # each finished flow's state, taken once for the analysis an
 inspector = Inspector(feed=feed)
 review, recorder = Review(), Recorder(inspector)
 inspector.listeners += [review.show, recorder.record]  # each analysed flow: marked, then stored
+# a flow the analysis process stored is answered only if Review would show something of it
+inspector.answers_wanted = review.answers_wanted
 parts = [inspector, Enforcer(inspector), review, recorder, ScenarioWalk(recorder),
          Capture(recorder, feed=feed)]
 # One addon in mitmproxy's chain, not six: mitmproxy walks every addon for every event.
