@@ -83,6 +83,7 @@ from leakmap.addons.handover import (
     OnAnswer,
     PipeOut,
     StateFeed,
+    WorkerBroken,
     answer_wanted,
     cut_frame,
     framed,
@@ -104,10 +105,6 @@ _HEADER = struct.Struct("!Q")  # the length of the pickled frame that follows
 _MAX_BATCH = 64  # exchanges per frame: the child answers a frame once all of it is done
 HAND_OVER_S = 0.05  # exchanges wait at most this long to go out together
 _READ_SIZE = 1 << 20
-
-
-class WorkerBroken(RuntimeError):
-    """The analysis process is gone or refused an exchange."""
 
 
 # what goes to the child: the exchange, what the proxy did to its request, whether to store it

@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import io
+import logging
 import os
 import pickle
 import struct
@@ -42,6 +44,8 @@ from typing import Any, Protocol
 
 from mitmproxy import connection, http, version
 from mitmproxy.flow import Flow
+
+log = logging.getLogger(__name__)
 
 AS_SENT_REQUEST = "_leakmap_request_as_sent"  # the Request before the Enforcer redacted it
 ENFORCED_KEY = "leakmap_enforced"  # what the Enforcer did to the request: {action, rule, policy_sha256}
@@ -154,7 +158,8 @@ def body_size(state: dict[str, Any]) -> int:
 # frames
 
 
-_FRAME = struct.Struct("!QQ")  # the pickle's length, and how many bodies follow it
+_FRAME = struct.Struct("!QQ")  # the data's length, and how many bodies follow it
+_HEAD = struct.Struct("!Q")  # in the data: the length of the message's pickle
 _BODY = struct.Struct("!QQ")  # a body's length here, and the length it had in the flow
 _OUT_OF_BAND = 1 << 16  # bodies from this size on
 _IOV_MAX = 1024  # buffers per writev (Linux's limit)
@@ -171,21 +176,53 @@ class Frame:
 
 
 def framed(message: object) -> Frame:
-    """The frame of ``message``; large bodies in the states of a ``(states, marks)``
-    message go out of band, the states themselves unchanged."""
-    places: list[tuple[int, str]] = []
+    """The frame of ``message``: a ``(states, marks)`` message as :class:`StateStream`
+    frames it, any other as its pickle alone."""
     if isinstance(message, tuple) and len(message) == 2 and isinstance(message[0], list):
-        message = ([_bodies_apart(state, index, places) for index, state in enumerate(message[0])],
-                   message[1])
-    buffers: list[pickle.PickleBuffer] = []
-    data = pickle.dumps(message, protocol=5, buffer_callback=buffers.append)
-    views = [memoryview(_FRAME.pack(len(data), len(buffers))), memoryview(data)]
-    bodies = []
-    for buffer, (state_index, part) in zip(buffers, places, strict=True):
-        raw = buffer.raw()
-        bodies.append((len(views) + 1, state_index, part))
-        views += (memoryview(_BODY.pack(len(raw), len(raw))), raw)
-    return Frame(views, sum(len(view) for view in views), bodies)
+        stream = StateStream()
+        for state in message[0]:
+            stream.add(state)
+        return stream.frame(message[1])
+    head = pickle.dumps(message, protocol=5)
+    views = [memoryview(_FRAME.pack(_HEAD.size + len(head), 0)), memoryview(_HEAD.pack(len(head))),
+             memoryview(head)]
+    return Frame(views, sum(len(view) for view in views), [])
+
+
+class StateStream:
+    """The states of one frame, each pickled as soon as it is complete, into one stream.
+
+    Pickled while its objects are still in the processor's caches: the same
+    states pickled together 50 ms later, after mitmproxy's own work for the
+    requests in between, cost several times more.  One pickler for the whole
+    stream: its memo keeps an object shared by several states (a keep-alive
+    connection's state) once, and the reader's single unpickler resolves it.
+    Large bodies go out of band, the states themselves unchanged."""
+
+    def __init__(self) -> None:
+        self.data = io.BytesIO()
+        self.buffers: list[pickle.PickleBuffer] = []
+        self.places: list[tuple[int, str]] = []  # of each out-of-band body: its state, part
+        self.pickler = pickle.Pickler(self.data, protocol=5, buffer_callback=self.buffers.append)
+        self.count = 0
+
+    def add(self, state: dict[str, Any]) -> None:
+        """Pickle ``state`` now; raises if it will not pickle (then the stream is spoilt)."""
+        self.pickler.dump(_bodies_apart(state, self.count, self.places))
+        self.count += 1
+
+    def frame(self, marks: list[int]) -> Frame:
+        """The frame of the states added, one mark each."""
+        head = pickle.dumps(("states", marks), protocol=5)
+        states = memoryview(self.data.getvalue())  # a copy: no export left on the stream
+        views = [memoryview(_FRAME.pack(_HEAD.size + len(head) + len(states), len(self.buffers))),
+                 memoryview(_HEAD.pack(len(head))), memoryview(head), states]
+        bodies = []
+        for buffer, (state_index, part) in zip(self.buffers, self.places, strict=True):
+            raw = buffer.raw()
+            bodies.append((len(views) + 1, state_index, part))
+            views += (memoryview(_BODY.pack(len(raw), len(raw))), raw)
+        return Frame(views, sum(len(view) for view in views), bodies)
 
 
 def cut_frame(frame: Frame, keep: Callable[[int, str, int], int]) -> Frame:
@@ -240,7 +277,13 @@ def read_message(descriptor: int) -> tuple[Any, list[int]] | None:
         lengths.append(had)
     if data is None:
         return None
-    return pickle.loads(data, buffers=bodies), lengths  # our own parent's frames
+    with memoryview(data) as view:  # our own parent's frames
+        end = _HEAD.size + _HEAD.unpack_from(view)[0]
+        message = pickle.loads(view[_HEAD.size:end])
+        if message[0] != "states":
+            return message, lengths
+        states = pickle.Unpickler(io.BytesIO(view[end:]), buffers=bodies)
+        return ([states.load() for _ in message[1]], message[1]), lengths
 
 
 def whole_bodies(state: dict[str, Any], lengths: Iterator[int]) -> list[list[Any]]:
@@ -348,6 +391,10 @@ class PipeOut:
 # the feed
 
 
+class WorkerBroken(RuntimeError):
+    """The analysis process is gone or refused a flow."""
+
+
 # what a flow's analysis gives its reader back: (its summary, whether it was stored), or why
 # not (then the proxy analyses it itself)
 OnAnswer = Callable[[tuple[dict[str, Any], bool] | None, BaseException | None], None]
@@ -382,6 +429,19 @@ class StateFeed:
         self.entries: list[Entry] = []
         self.waiting_bytes = 0
         self.timer: asyncio.TimerHandle | None = None
+        self.stream = StateStream()  # the entries' states, pickled as each is complete
+        self.spoilt = False  # a state would not pickle: the frame is made the slow way
+
+    def _pickle_complete(self, upto: int) -> None:
+        """Pickle the states of ``entries[:upto]`` not pickled yet: their flows' hooks are
+        done, so their marks and metadata are final."""
+        if self.spoilt:
+            return
+        try:
+            while self.stream.count < upto:
+                self.stream.add(self.entries[self.stream.count].state)
+        except Exception:  # a state that will not pickle: found and left out at the flush
+            self.spoilt = True
 
     def take(self, flow: Flow, marks: int, on_answer: OnAnswer | None = None) -> None:
         """Put ``flow``'s state in the coming frame for whom ``marks`` say; its state is taken
@@ -391,6 +451,8 @@ class StateFeed:
         if entry is None:
             if self.waiting_bytes >= HAND_OVER_BYTES or len(self.entries) >= HAND_OVER_FLOWS:
                 self.flush()  # the flows before it, with all their marks
+            else:
+                self._pickle_complete(len(self.entries))
             entry = Entry(flow, self.states_of.of(flow))
             flow._leakmap_entry = entry  # type: ignore[attr-defined]
             self.entries.append(entry)
@@ -408,11 +470,34 @@ class StateFeed:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        self._pickle_complete(len(self.entries))
         entries, self.entries, self.waiting_bytes = self.entries, [], 0
+        stream, self.stream, spoilt, self.spoilt = self.stream, StateStream(), self.spoilt, False
         for entry in entries:
             del entry.flow._leakmap_entry  # type: ignore[attr-defined]
+        if spoilt:
+            entries = _picklable(entries)
         if not entries:
             return
-        frame = framed(([entry.state for entry in entries], [entry.marks for entry in entries]))
+        marks = [entry.marks for entry in entries]
+        frame = framed(([entry.state for entry in entries], marks)) if spoilt else stream.frame(marks)
         for reader in list(self.readers):
             reader.read(frame, entries)
+
+
+def _picklable(entries: list[Entry]) -> list[Entry]:
+    """``entries`` without those whose state will not pickle (said, and told to whoever waits
+    for their analysis: the proxy analyses those itself)."""
+    kept = []
+    for entry in entries:
+        try:
+            pickle.dumps(entry.state, protocol=5)
+        except Exception as e:
+            log.error("leakmap: flow %s cannot be handed over (%s: %s); it is not in the capture",
+                      entry.flow.id, type(e).__name__, e)
+            if entry.on_answer is not None:  # on the loop's next turn, not from inside a flush
+                asyncio.get_running_loop().call_soon(
+                    entry.on_answer, None, WorkerBroken(f"cannot hand over: {type(e).__name__}: {e}"))
+        else:
+            kept.append(entry)
+    return kept

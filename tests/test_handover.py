@@ -203,3 +203,50 @@ def test_a_flow_the_child_stored_is_answered_only_if_wanted(tmp_path: Path) -> N
     with engine.connect() as connection:
         stored = {row[0] for row in connection.execute(text("SELECT flow_id FROM flows"))}
     assert stored == {leaky.id, quiet.id}
+
+
+def test_a_state_that_will_not_pickle_leaves_the_frame_to_the_others() -> None:
+    """Each state is pickled as soon as its flow's hooks are done; one that will not pickle
+    (an addon's object in its metadata) is left out at the flush, its analysis is handed
+    back to the proxy, and the other states still make one readable frame."""
+    import os
+    import threading
+
+    from leakmap.addons.handover import ANALYSE, Entry, Frame, WorkerBroken, read_message
+
+    frames: list[tuple[Frame, list[Entry]]] = []
+
+    class Reader:
+        def read(self, frame: Frame, entries: list[Entry]) -> None:
+            frames.append((frame, entries))
+
+    flows = [_upload(b'{"n": %d}' % n) for n in range(3)]
+    flows[1].metadata["addon"] = lambda: None  # copied with the state, never pickled
+    problems: list[BaseException | None] = []
+
+    async def scenario() -> None:
+        feed = StateFeed()
+        feed.readers.append(Reader())
+        for flow in flows:
+            feed.take(flow, CAPTURE | ANALYSE, lambda _got, problem: problems.append(problem))
+        feed.take(flows[2], CAPTURE)  # its marks still change: not pickled yet
+        assert feed.stream.count == 1 and feed.spoilt  # the first pickled, the second not
+        feed.flush()
+        await asyncio.sleep(0)  # the refused flow is told on the loop's next turn
+
+    asyncio.run(scenario())
+    assert len(problems) == 1 and isinstance(problems[0], WorkerBroken)
+    (frame, entries), = frames
+    assert [entry.flow for entry in entries] == [flows[0], flows[2]]
+    read, write = os.pipe()
+    writer = threading.Thread(target=lambda: [os.write(write, view) for view in frame.views])
+    writer.start()
+    got = read_message(read)
+    writer.join()
+    os.close(read)
+    os.close(write)
+    assert got is not None
+    (states, marks), _lengths = got
+    assert marks == [CAPTURE | ANALYSE] * 2
+    assert [state["id"] for state in states] == [flows[0].id, flows[2].id]
+    assert states[1]["metadata"][CAPTURED_KEY] is True
