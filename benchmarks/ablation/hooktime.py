@@ -47,7 +47,8 @@ def _timed(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
 
 
 METHODS = {
-    inspector.Inspector: ("request", "response", "error", "_answered", "_finish", "_keep", "_tell"),
+    inspector.Inspector: ("request", "response", "error", "_answered", "_on_answer", "_finish",
+                          "_keep", "_tell"),
     analysis_worker.AnalysisWorker: ("submit", "submit_flow", "read", "_send_queued", "_receive",
                                      "_write"),
     capture.Capture: ("request", "response", "_save"),
