@@ -13,14 +13,17 @@ analysis process makes the exchange from the state, as ``leakmap analyze``
 does from a flow file, so the same flow is judged the same way live and
 again from its capture.
 
-A frame is the pickle's length and how many bodies follow it out of band,
-the pickle, then each body as its length and its bytes: a body travels from
+A frame is its data's length and how many bodies follow it out of band,
+the data, then each body as its lengths and its bytes: a body travels from
 the flow's own bytes in the proxy into the buffer its state then holds in
-the child, not copied on the way.  The pickle holds ``(states, marks)``: per
-state, whom it is for (``CAPTURE``, ``ANALYSE``, ``STORE``), since a flow
-may be captured and not analysed (its analysis still to start, or done on a
-thread) or the reverse (no capture).  Other messages to the analysis process
-(a store to open, exchanges a hook waits for) are frames without bodies.
+the child, not copied on the way.  The data is a message's pickle (with its
+length first) and, for ``("states", marks)``, the states' pickles, one per
+flow, pickled as each flow's hooks end (:class:`StateStream`).  The marks
+say per state whom it is for (``CAPTURE``, ``ANALYSE``, ``STORE``, and what
+to answer), since a flow may be captured and not analysed (its analysis
+still to start, or done on a thread) or the reverse (no capture).  Other
+messages to the analysis process (a store to open, exchanges a hook waits
+for) are frames without states.
 
 :class:`PipeOut` writes frames to a non-blocking pipe from the event loop,
 from where they lie (``writev`` of views), finishing what the pipe could not
@@ -470,6 +473,8 @@ class StateFeed:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        if not self.entries:
+            return
         self._pickle_complete(len(self.entries))
         entries, self.entries, self.waiting_bytes = self.entries, [], 0
         stream, self.stream, spoilt, self.spoilt = self.stream, StateStream(), self.spoilt, False

@@ -85,6 +85,8 @@ def total_instructions(out: Path) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--keep", type=Path, help="copy callgrind's output files here "
+                        "(for callgrind_annotate: which C functions the extra goes to)")
     args = parser.parse_args()
     if not shutil.which("valgrind"):
         print("valgrind not installed (apt-get install valgrind)", file=sys.stderr)
@@ -105,6 +107,10 @@ def main() -> int:
             first.wait()
             counts = {variant: count(variant, args.requests, workdir, origin, device, env)
                       for variant in ("bare", "leakmap")}
+            if args.keep is not None:
+                args.keep.mkdir(parents=True, exist_ok=True)
+                for variant in counts:
+                    shutil.copy(workdir / f"callgrind-{variant}.out", args.keep)
         finally:
             origin.stop()
     per_request = {variant: total / args.requests for variant, total in counts.items()}
