@@ -386,7 +386,7 @@ class AnalysisWorker:
         stored, only if ``wanted`` (``ANSWER_*`` marks) asks for it (``answer_wanted``).
         No future: a flow that needs no answer costs the loop nothing more.  The feed must
         have this worker among its readers, and no other."""
-        if self._error is not None or self._closing or self._attach() is None:
+        if self._error is not None or self._closing or (self._loop is None and self._attach() is None):
             raise WorkerBroken(self._error or ("closed" if self._closing else "no event loop"))
         feed.take(flow, ANALYSE | (STORE | wanted if self._storing else 0), on_answer)
 

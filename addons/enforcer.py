@@ -52,16 +52,20 @@ _MAX_REDACTED_BODY = 32 * 2**20  # a body that inflates beyond this is blocked, 
 class Enforcer:
     def __init__(self, inspector: Inspector) -> None:
         self.inspector = inspector
+        self.judged_by: tuple[Pipeline | None, bool] = (None, False)  # and whether it enforces
 
     def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         """A sync hook: without block or redact rules (most runs) a request costs one test.
         With them it returns the judgement, which mitmproxy awaits before the request goes on
         (an awaitable a sync hook returns is awaited, addonmanager.invoke_addon)."""
         pipeline = self.inspector.pipeline
+        if pipeline is None:
+            return None
+        if self.judged_by[0] is not pipeline:  # a new policy: asked once, not per request
+            self.judged_by = (pipeline, enforces(pipeline.classifier.policy.actions))
         # a replayed request leaves too, so it is judged like any other; a response already
         # there (server replay, another addon) means nothing leaves
-        if (pipeline is None or flow.response is not None
-                or not enforces(pipeline.classifier.policy.actions)):
+        if flow.response is not None or not self.judged_by[1]:
             return None
         return self._enforce(flow, pipeline)
 

@@ -104,7 +104,7 @@ class FlowStates:
             "timestamp_created": flow.timestamp_created,
         }
         backup = flow._backup
-        state["backup"] = copy.deepcopy(backup) if backup != state else None
+        state["backup"] = None if backup is None or backup == state else copy.deepcopy(backup)
         state["request"] = flow.request.get_state()
         state["response"] = flow.response.get_state() if flow.response else None
         state["websocket"] = flow.websocket.get_state() if flow.websocket else None

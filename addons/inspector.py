@@ -324,10 +324,9 @@ class Inspector:
         worker = self.worker
         if worker is None:
             return None
-        if worker.failure is not None:
-            self._drop_worker(worker, worker.failure)
-            return None
-        if not worker.ready:
+        if not worker.ready:  # starting, closed or failed
+            if worker.failure is not None:
+                self._drop_worker(worker, worker.failure)
             return None
         if not self.worker_announced:
             self.worker_announced = True
