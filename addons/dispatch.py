@@ -75,6 +75,7 @@ class Leakmap:
         self.timer: asyncio.TimerHandle | None = None
         # awaitables a batched hook returned (not "running": that is a hook's name)
         self.tasks: set[asyncio.Future[Any]] = set()
+        self.hooks: dict[str, Handler] = {}  # each hook made, by name (the attributes set)
         for name in hook_names():
             handlers = [handler for part in parts
                         if callable(handler := getattr(part, name, None))]
@@ -88,6 +89,7 @@ class Leakmap:
             if name == "done":  # the one hook of leakmap's that returns an awaitable
                 hook = scheduled(hook)
             setattr(self, name, hook)
+            self.hooks[name] = hook
 
     def _deferring(self, hook: Handler) -> Handler:
         at_once = self._after_batch(hook)

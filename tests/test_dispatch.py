@@ -91,18 +91,23 @@ def test_every_hook_mitmproxy_knows_is_looked_for() -> None:
 
 
 def test_the_script_gives_mitmproxy_one_addon_with_every_hook_of_the_six() -> None:
+    """The script's module is that addon: it carries the one addon's hooks itself, and no
+    ``addons`` list for mitmproxy to walk again on every event."""
     from leakmap.cli.main import addon_script_path
 
     spec = importlib.util.spec_from_file_location("leakmap_script", addon_script_path())
     assert spec is not None and spec.loader is not None
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    [one] = script.addons
+    one = script.leakmap
     assert [type(part).__name__ for part in one.parts] == [
         "Inspector", "Enforcer", "Review", "Recorder", "ScenarioWalk", "Capture"]
+    assert not hasattr(script, "addons")
     for name in dispatch.hook_names():
         has = [part for part in one.parts if callable(getattr(part, name, None))]
         assert hasattr(one, name) == bool(has), name
+        assert (getattr(script, name, None) is getattr(one, name, None)) or not has, name
+        assert hasattr(script, name) == bool(has), name
 
 
 def test_deferred_responses_are_handled_together_in_order_after_the_batch_time() -> None:

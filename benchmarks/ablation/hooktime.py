@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mitmproxy import ctx
+from mitmproxy.addonmanager import traverse
 
 from leakmap.addons import (
     analysis_worker,
@@ -28,6 +29,7 @@ from leakmap.addons import (
     inspector,
     recorder,
 )
+from leakmap.addons.dispatch import Leakmap
 
 TOTALS: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])  # name -> [calls, ns]
 
@@ -68,10 +70,13 @@ inspector.exchange_from_flow = _timed("exchange_from_flow", inspector.exchange_f
 class Report:
     def running(self) -> None:
         # leakmap's script made its one addon (addons/dispatch.py) before this script
-        # wrapped the methods: made again, it holds the wrapped ones
-        one = ctx.master.addons.get("leakmap")
-        if one is not None:
-            one.__init__(*one.parts, deferred=one.deferred, defer_while=one.defer_while)
+        # wrapped the methods: made again, it holds the wrapped ones, and the script's
+        # module (the addon mitmproxy calls) is given them
+        for addon in traverse(ctx.master.addons.chain):
+            one = getattr(addon, "leakmap", None)
+            if isinstance(one, Leakmap):
+                one.__init__(*one.parts, deferred=one.deferred, defer_while=one.defer_while)
+                vars(addon).update(one.hooks)
 
     def done(self) -> None:
         requests = max(1, TOTALS["Inspector.response"][0])
