@@ -35,7 +35,7 @@ from typing import Any
 
 from leakmap.addons.analysis_worker import yield_to_the_proxy
 from leakmap.addons.flows import tnetstring_parts
-from leakmap.addons.handover import CAPTURE, Entry, Frame, PipeOut, read_message
+from leakmap.addons.handover import CAPTURE, IOV_MAX, Entry, Frame, PipeOut, read_message
 
 _PIPE_SIZE = 1 << 20  # asked of the kernel, so that a burst does not wait on the child
 
@@ -59,7 +59,6 @@ def _write_states(path: str, requests: Connection) -> None:
 
 
 CANNOT_WRITE = 3
-_IOV_MAX = 1024  # buffers per writev (Linux's limit)
 _SMALL = 1 << 16  # parts up to this size are joined before they are written
 
 
@@ -80,7 +79,7 @@ def _write_all(descriptor: int, parts: list[bytes]) -> None:
         pieces.append(b"".join(small))
     views = [memoryview(piece) for piece in pieces]
     while views:
-        written = os.writev(descriptor, views[:_IOV_MAX])
+        written = os.writev(descriptor, views[:IOV_MAX])
         while views and written >= len(views[0]):
             written -= len(views.pop(0))
         if written:

@@ -165,7 +165,7 @@ _FRAME = struct.Struct("!QQ")  # the data's length, and how many bodies follow i
 _HEAD = struct.Struct("!Q")  # in the data: the length of the message's pickle
 _BODY = struct.Struct("!QQ")  # a body's length here, and the length it had in the flow
 _OUT_OF_BAND = 1 << 16  # bodies from this size on
-_IOV_MAX = 1024  # buffers per writev (Linux's limit)
+IOV_MAX = 1024  # buffers per writev (Linux's limit)
 
 
 @dataclass(slots=True)
@@ -231,6 +231,8 @@ class StateStream:
 def cut_frame(frame: Frame, keep: Callable[[int, str, int], int]) -> Frame:
     """``frame`` with each out-of-band body cut to ``keep(state index, part, length)`` bytes:
     what a reader that scans only the start of request bodies needs of it."""
+    if not frame.bodies:  # most frames: small flows only
+        return frame
     views = list(frame.views)
     for at, state_index, part in frame.bodies:
         raw = views[at]
@@ -343,7 +345,7 @@ class PipeOut:
         if self.broken:
             return
         try:
-            written = os.writev(self.descriptor, list(islice(self.outgoing, _IOV_MAX))) \
+            written = os.writev(self.descriptor, list(islice(self.outgoing, IOV_MAX))) \
                 if self.outgoing else 0
         except BlockingIOError:
             written = 0
@@ -366,7 +368,7 @@ class PipeOut:
         os.set_blocking(self.descriptor, True)
         try:
             while self.outgoing:  # blocking: each call takes what it is given
-                self._taken(os.writev(self.descriptor, list(islice(self.outgoing, _IOV_MAX))))
+                self._taken(os.writev(self.descriptor, list(islice(self.outgoing, IOV_MAX))))
         except OSError as e:
             self.fail(f"writing to it failed: {e}")
 

@@ -17,7 +17,13 @@ from mitmproxy import log as mitmproxy_log
 from mitmproxy.addonmanager import traverse
 from mitmproxy.flow import Flow
 
-from leakmap.addons.handover import ANSWER_ACTION, ANSWER_ALL, ANSWER_FINDINGS, ANSWER_PROBLEM
+from leakmap.addons.handover import (
+    ANSWER_ACTION,
+    ANSWER_ALL,
+    ANSWER_FINDINGS,
+    ANSWER_PROBLEM,
+    answer_wanted,
+)
 from leakmap.addons.inspector import flow_record, quiet, tls_records
 from leakmap.core.pipeline import FlowRecord
 from leakmap.core.redact import printable
@@ -123,11 +129,9 @@ class Review:
     def _seen(self, summary: dict[str, Any]) -> bool:
         """Whether anyone would see what :meth:`show` makes of the flow ``summary`` is of:
         its marks, or one of the lines :meth:`_log` writes at the levels read.  mitmdump with
-        ``termlog_verbosity=error`` shows nothing of a flow that a rule did not act on."""
-        return self.marks_seen or (
-            (summary.get("action", "log") != "log" and self.read_from <= logging.ERROR)
-            or (bool(summary.get("findings")) and self.read_from <= logging.WARNING)
-            or (bool(summary.get("analysis_error")) and self.read_from <= logging.INFO))
+        ``termlog_verbosity=error`` shows nothing of a flow that a rule did not act on.
+        The same test the analysis process makes before it answers (:meth:`answers_wanted`)."""
+        return answer_wanted(self.answers_wanted(), summary, stored=True)
 
     def _log(self, record: FlowRecord) -> None:
         """Each line printable: a host or a JSON key from the phone could otherwise carry
