@@ -164,7 +164,11 @@ _BASE64_CHARACTERS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01234
 # every byte as "A" if base64 can hold it (either alphabet, padding), else NUL
 _RUN_MARKS = bytes(0x41 if byte in _BASE64_CHARACTERS else 0 for byte in range(256))
 _RUN_START = b"A" * _MIN_RUN
-_HEX_RUN = re.compile(r"[0-9A-Fa-f]{32,}")
+_HEX_RUN = re.compile(rb"[0-9A-Fa-f]{32,}")
+# every byte as "H" if it is a hex digit, else NUL: a run holds a hex token only if it
+# holds 32 "H" in a row
+_HEX_MARKS = bytes(0x48 if byte in b"0123456789ABCDEFabcdef" else 0 for byte in range(256))
+_HEX_START = b"H" * 32
 _HEX_SIZES = (32, 40, 64)
 # Base64 of a 16/20/32-byte digest, or of a 32/40/64-character hex digest, has this many
 # characters before its padding; no other length can decode to a digest.
@@ -190,38 +194,45 @@ def base64_runs(data: bytes) -> Iterator[tuple[int, int]]:
         start = marks.find(_RUN_START, end)
 
 
-def digest_spans(data: bytes) -> Iterator[tuple[int, int, bytes, str]]:
+def digest_spans(data: bytes) -> list[tuple[int, int, bytes, str]]:
     """(start, end, raw digest, outer encoding) for each hash-shaped token in ``data``.
 
     The outer encoding is ``""`` for hex, ``"base64"`` for base64 of the raw
     digest or of its hex.  A hex token is a run of exactly 32, 40 or 64 hex
     digits; a base64 token is the last ``=``-separated part of a run of
-    base64 characters, with at most two ``=`` of padding.
+    base64 characters, with at most two ``=`` of padding.  A list, and bytes
+    throughout: most runs (a uuid, a long key name) are turned down by a
+    length or a native ``translate``/``find``, without a regular expression.
     """
+    found: list[tuple[int, int, bytes, str]] = []
     for start, end in base64_runs(data):
-        run = data[start:end].decode("ascii")
-        for hex_match in _HEX_RUN.finditer(run) if end - start >= 32 else ():
-            if len(hex_match.group()) in _HEX_SIZES:
-                yield (start + hex_match.start(), start + hex_match.end(),
-                       bytes.fromhex(hex_match.group()), "")
-        for digest in _base64_digest(run):
-            yield start, end, digest, "base64"
+        run = data[start:end]
+        if end - start >= 32 and run.translate(_HEX_MARKS).find(_HEX_START) >= 0:
+            found += [(start + hex_match.start(), start + hex_match.end(),
+                       bytes.fromhex(hex_match.group().decode("ascii")), "")
+                      for hex_match in _HEX_RUN.finditer(run)
+                      if hex_match.end() - hex_match.start() in _HEX_SIZES]
+        digest = _base64_digest(run)
+        if digest is not None:
+            found.append((start, end, digest, "base64"))
+    return found
 
 
-def _base64_digest(run: str) -> Iterator[bytes]:
-    core = run.rstrip("=")
+def _base64_digest(run: bytes) -> bytes | None:
+    core = run.rstrip(b"=")
     if len(run) - len(core) > 2:
-        return
-    core = core.rsplit("=", 1)[-1]
-    if len(core) not in _B64_CORES:
-        return
-    raw = base64_bytes(core)
+        return None
+    cut = core.rfind(b"=") + 1
+    if len(core) - cut not in _B64_CORES:
+        return None
+    raw = base64_bytes(core[cut:].decode("ascii"))
     if raw is None:
-        return
+        return None
     if len(raw) in _DIGEST_SIZES:
-        yield raw
-    elif len(raw) in _HEX_SIZES and _HEX_RUN.fullmatch(raw.decode("latin-1")):
-        yield bytes.fromhex(raw.decode("ascii"))
+        return raw
+    if len(raw) in _HEX_SIZES and _HEX_RUN.fullmatch(raw):
+        return bytes.fromhex(raw.decode("ascii"))
+    return None
 
 
 def _imei_forms(imei: str) -> list[str]:

@@ -654,6 +654,49 @@ def test_base64_runs_are_the_maximal_runs_of_22_or_more(data: bytes) -> None:
     assert list(base64_runs(data)) == expected
 
 
+_DIGEST_PIECES = [b"a" * 21, b"Zz09+/_=-" * 3, b"-", b"\x00", b" ", b"=", b"==", b"===",
+                  b"0123456789abcdef" * 2, b"0123456789ABCDEF" * 4, b"deadbeef" * 5, b"x"]
+for _size in (16, 20, 32):
+    _digest = bytes(range(_size))
+    _DIGEST_PIECES += [base64.b64encode(_digest), base64.urlsafe_b64encode(_digest).rstrip(b"="),
+                       base64.b64encode(_digest.hex().encode()), _digest.hex().encode()]
+
+
+def _digest_tokens_by_regex(data: bytes) -> list[tuple[int, bytes, str]]:
+    """What digest_spans must find, said with regular expressions: every maximal run of
+    exactly 32, 40 or 64 hex digits; the last ``=``-separated part of every maximal run
+    of 22 or more base64 characters, with at most two ``=`` after it, that decodes to a
+    digest or to its hex."""
+    import re
+
+    tokens = [(m.end(), bytes.fromhex(m.group().decode()), "")
+              for m in re.finditer(rb"[0-9A-Fa-f]+", data) if len(m.group()) in (32, 40, 64)]
+    for run in re.finditer(rb"[A-Za-z0-9+/_=-]{22,}", data):
+        shape = re.fullmatch(rb"(?:.*=)?([A-Za-z0-9+/_-]+)(=?=?)", run.group(), re.DOTALL)
+        if shape is None:
+            continue
+        core = shape.group(1).replace(b"-", b"+").replace(b"_", b"/")
+        try:
+            raw = base64.b64decode(core + b"=" * (-len(core) % 4), validate=True)
+        except ValueError:
+            continue
+        if len(raw) in (16, 20, 32):
+            tokens.append((run.end(), raw, "base64"))
+        elif len(raw) in (32, 40, 64) and re.fullmatch(rb"[0-9A-Fa-f]+", raw):
+            tokens.append((run.end(), bytes.fromhex(raw.decode()), "base64"))
+    return sorted(tokens)
+
+
+@HYPOTHESIS
+@given(st.lists(st.sampled_from(_DIGEST_PIECES), max_size=12).map(b"".join)
+       | st.binary(max_size=200))
+def test_digest_spans_finds_every_hash_shaped_token(data: bytes) -> None:
+    from leakmap.core.known import digest_spans
+
+    found = sorted((end, digest, outer) for _start, end, digest, outer in digest_spans(data))
+    assert found == _digest_tokens_by_regex(data)
+
+
 @HYPOTHESIS
 @given(st.lists(st.sampled_from([b"9812345678", b"98123 45678", b"(981) 234-5678", b"98.12.3",
                                  b"9988776655", b"-", b" ", b".", b"()", b'"', b"x", b"\xff"]),
