@@ -492,32 +492,49 @@ _KEYS_PER_SELECT = 500  # flow ids bound in one IN (...): well under every drive
 def write_rows(engine: Engine, rows: Sequence[dict[str, Any]]) -> int:
     """Write rows of :func:`record_row` in one transaction, replacing by (run, flow id).
 
-    Core inserts (executemany with RETURNING), not ORM objects: the writer
-    thread shares the interpreter with the proxy, so its per-row cost counts.
+    Core inserts (executemany), not ORM objects: the writer shares its process
+    with the proxy's or the reader's work, so its per-row cost counts.  Rows are
+    inserted first; only if one of them is already stored (the unique (run, flow
+    id) refuses it: a spill replayed, a flow analysed again) is the transaction
+    rolled back and the batch written again with its old rows deleted first.
+    New flows, nearly all of them, so cost three statements, not five.
     """
     latest = {(row["flow"]["run_id"], row["flow"]["flow_id"]): row for row in rows}  # last wins
     if not latest:
         return 0
     batch = list(latest.values())
-    with engine.begin() as connection:
-        for run_id in {run for run, _ in latest}:
-            ids = [flow_id for run, flow_id in latest if run == run_id]
-            stored = select(Flow.id).where(Flow.run_id == run_id, Flow.flow_id.in_(ids))
-            connection.execute(delete(Finding).where(Finding.flow_pk.in_(stored)))
-            connection.execute(delete(Flow).where(Flow.run_id == run_id, Flow.flow_id.in_(ids)))
-        # A plain executemany, then the new keys in one SELECT: RETURNING would cost
-        # SQLite one statement per row.
-        connection.execute(
-            insert(Flow),
-            [{**row["flow"], "timestamp": utc_from_timestamp(row["flow"]["timestamp"])}
-             for row in batch],
-        )
-        keys = _flow_keys(connection, [row for row in batch if row["findings"]])
-        findings = [
-            {**finding, "flow_pk": keys[row["flow"]["run_id"], row["flow"]["flow_id"]]}
-            for row in batch if row["findings"]
-            for finding in row["findings"]
-        ]
-        if findings:
-            connection.execute(insert(Finding), findings)
+    try:
+        with engine.begin() as connection:
+            _insert_rows(connection, batch)
+    except IntegrityError:
+        with engine.begin() as connection:
+            _delete_flows(connection, list(latest))
+            _insert_rows(connection, batch)
     return len(batch)
+
+
+def _delete_flows(connection: Connection, keys: Sequence[tuple[int, str]]) -> None:
+    """Delete the flows of ``keys`` ((run id, flow id)) with their findings."""
+    for run_id in {run for run, _ in keys}:
+        ids = [flow_id for run, flow_id in keys if run == run_id]
+        stored = select(Flow.id).where(Flow.run_id == run_id, Flow.flow_id.in_(ids))
+        connection.execute(delete(Finding).where(Finding.flow_pk.in_(stored)))
+        connection.execute(delete(Flow).where(Flow.run_id == run_id, Flow.flow_id.in_(ids)))
+
+
+def _insert_rows(connection: Connection, batch: Sequence[dict[str, Any]]) -> None:
+    # A plain executemany, then the new keys in one SELECT: RETURNING would cost
+    # SQLite one statement per row.
+    connection.execute(
+        insert(Flow),
+        [{**row["flow"], "timestamp": utc_from_timestamp(row["flow"]["timestamp"])}
+         for row in batch],
+    )
+    keys = _flow_keys(connection, [row for row in batch if row["findings"]])
+    findings = [
+        {**finding, "flow_pk": keys[row["flow"]["run_id"], row["flow"]["flow_id"]]}
+        for row in batch if row["findings"]
+        for finding in row["findings"]
+    ]
+    if findings:
+        connection.execute(insert(Finding), findings)

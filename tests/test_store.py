@@ -86,6 +86,34 @@ def test_rewriting_a_flow_replaces_it(db_url: str) -> None:
     rows = queries.flows(engine, "replace")
     assert len(rows) == 1 and rows[0]["finding_count"] == 1
     assert len(queries.findings(engine, "replace")) == 1
+    # a batch of a stored flow and a new one: the insert is refused, the batch replaces
+    write_records(engine, run_id, [record("new", findings=1), record("same", findings=3)])
+    counts = {row["flow_id"]: row["finding_count"] for row in queries.flows(engine, "replace")}
+    assert counts == {"same": 3, "new": 1}
+    found = [f["flow_id"] for f in queries.findings(engine, "replace")]
+    assert sorted(found) == ["new", "same", "same", "same"]
+    engine.dispose()
+
+
+def test_a_row_the_database_refuses_is_stored_without_its_findings(db_url: str) -> None:
+    """Two findings of one field and type break the findings' unique key: that flow
+    is stored alone, without findings and with the reason; the rest of its batch whole."""
+    from leakmap.store.db import record_row
+    from leakmap.store.writer import write_batch
+
+    engine = open_store(db_url)
+    run_id = start_run(engine, "refused", "run", "0.1.0")
+    broken = record_row(run_id, record("broken", findings=1))
+    broken["findings"] *= 2
+    rows = [record_row(run_id, record("before", findings=2)), broken,
+            record_row(run_id, record("after", findings=1))]
+    assert write_batch(engine, rows) == 3
+    stored = {row["flow_id"]: row for row in queries.flows(engine, "refused")}
+    assert {key: row["finding_count"] for key, row in stored.items()} == {
+        "before": 2, "broken": 0, "after": 1}
+    assert "findings not stored" in stored["broken"]["analysis_error"]
+    assert sorted(f["flow_id"] for f in queries.findings(engine, "refused")) == [
+        "after", "before", "before"]
     engine.dispose()
 
 
