@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 from urllib.parse import SplitResult, urlsplit
 
 from leakmap.core.exchange import Exchange, Message
@@ -177,20 +177,16 @@ def read_har(path: Path, keep: int | None = None) -> Iterator[Exchange]:
     The file is parsed whole with the standard json module: a streaming
     parser (ijson) was measured 20 times slower on large bodies and built
     gigabytes for deeply nested junk (docs/performance.md).  With ``keep`` (the
-    body cap), a file larger than :data:`BIG_HAR` is first read string by string,
-    and a string that decodes to more than the cap (four thirds of it: base64)
-    keeps about that much (:func:`cut_strings`); a body is then cut to the cap and
-    noted: memory stays bounded by the cap, not by a 500 MB body.
+    body cap), a file larger than :data:`BIG_HAR` is read entry by entry
+    (:func:`har_entries`), each entry parsed alone, and a string that decodes to
+    more than the cap (four thirds of it: base64) keeps about that much; a body
+    is then cut to the cap and noted.  Memory stays bounded by the largest entry
+    within the cap, not by a 500 MB body or by a file of many bodies.
     """
-    raw: bytes | bytearray
-    with path.open("rb") as handle:
-        if keep is not None and path.stat().st_size > BIG_HAR:
-            digest = hashlib.sha256()
-            # a base64 body (HAR's "encoding") takes 4 characters for 3 bytes
-            raw, cuts = cut_strings(handle, keep * 4 // 3 + 4, digest)
-        else:
-            raw, cuts = handle.read(), 0
-            digest = hashlib.sha256(raw)
+    if keep is not None and path.stat().st_size > BIG_HAR:
+        yield from _read_large_har(path, keep)
+        return
+    raw = path.read_bytes()
     try:
         entries = json.loads(raw)["log"]["entries"]
     except RecursionError as e:
@@ -199,64 +195,192 @@ def read_har(path: Path, keep: int | None = None) -> Iterator[Exchange]:
         raise ValueError(f"{path}: not a HAR 1.2 file ({_short(e)})") from e
     if not isinstance(entries, list):
         raise ValueError(f"{path}: not a HAR 1.2 file (log.entries is not a list)")
+    file_sha256 = hashlib.sha256(raw).hexdigest()
     del raw
-    file_sha256 = digest.hexdigest()
     for index in range(len(entries)):
         entry, entries[index] = entries[index], None  # let each entry go once it is read
-        found = _uncut(entry) if cuts else []
-        exchange = _exchange_or_note(entry, index, _flow_id(file_sha256, index))
-        _note_cuts(exchange, found, keep)
-        cuts -= len(found)
-        yield exchange
+        yield _exchange_or_note(entry, index, _flow_id(file_sha256, index))
 
 
-# A HAR file larger than this is read with its giant strings cut (no body of the cap's
-# size fits in a smaller one together with the rest of a HAR worth cutting)
+def _read_large_har(path: Path, keep: int) -> Iterator[Exchange]:
+    """:func:`read_har` of a large file: hashed first (the flow ids need the file's
+    digest), then read entry by entry.  An entry that is not JSON is a flow with a note;
+    where the file stops being HAR, the entries before are kept and ValueError says where."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    file_sha256 = digest.hexdigest()
+    with path.open("rb") as handle:
+        # a base64 body (HAR's "encoding") takes 4 characters for 3 bytes
+        entries = har_entries(handle, keep * 4 // 3 + 4, _CHUNK)
+        index = 0
+        while True:
+            try:
+                text, cuts = next(entries)
+            except StopIteration:
+                return
+            except ValueError as e:
+                raise ValueError(f"{path}: not a HAR 1.2 file after {index} entries "
+                                 f"({_short(e)})") from e
+            flow_id = _flow_id(file_sha256, index)
+            try:
+                entry = json.loads(text)
+            except (ValueError, RecursionError) as e:
+                yield _unreadable(index, flow_id, e)
+            else:
+                found = _uncut(entry) if cuts and isinstance(entry, dict | list) else []
+                exchange = _exchange_or_note(entry, index, flow_id)
+                _note_cuts(exchange, found, keep)
+                yield exchange
+            index += 1
+
+
+# A HAR file larger than this is read entry by entry, with its giant strings cut (no body of
+# the cap's size fits in a smaller one together with the rest of a HAR worth cutting)
 BIG_HAR = 64 * 2**20
 _CHUNK = 8 * 2**20
 _STRUCTURE = re.compile(rb'[^"]*+')  # outside strings: up to the next quote
 # inside a string: up to its closing quote (unrolled: plain runs, each escape then a plain run)
 _STRING_BODY = re.compile(rb'[^"\\]*+(?:\\.[^"\\]*+)*+', re.DOTALL)
+_PUNCTUATION = re.compile(rb"[{}\[\],:]")
 CUT_MARK = "\x00leakmap-cut:"  # how a cut string ends once parsed: then its length in the file
+_NAME_BYTES = 256  # a longer string is no name that matters here ("log", "entries")
 
 
-def cut_strings(handle: BinaryIO, keep: int, digest: Any,
-                chunk_size: int = _CHUNK) -> tuple[bytearray, int]:
-    """The JSON text read from ``handle`` with each string that decodes to more than ``keep``
-    bytes cut after at least ``keep`` (whole characters and escapes), then
-    :data:`CUT_MARK` and its length in the file; and how many were cut.  ``digest`` sees
-    every byte read."""
-    out, cuts, buffer, position, eof = bytearray(), 0, b"", 0, False
-    start: int | None = None  # in a string: where its text begins in ``out``
+class _Piece(NamedTuple):
+    """Text between strings (``string`` False), or one whole string with its quotes; ``cut``:
+    the string was cut (:data:`CUT_MARK`)."""
+
+    text: bytes | bytearray
+    string: bool = False
+    cut: bool = False
+
+
+def json_pieces(handle: BinaryIO, keep: int, chunk_size: int = _CHUNK) -> Iterator[_Piece]:
+    """The JSON text read from ``handle`` as pieces, each string whole; a string that decodes
+    to more than ``keep`` bytes is cut after at least ``keep`` (whole characters and
+    escapes), then :data:`CUT_MARK` and its length in the file.  Memory: one string within
+    ``keep``, and a chunk.  A string the file ends in comes last, without its closing quote."""
+    buffer, position, eof = b"", 0, False
+    string: bytearray | None = None  # in a string: its text so far, from its opening quote
     length = 0  # bytes of the string so far, in the file
     decoded = 0  # at most the bytes they decode to (_at_most)
     while True:
-        if start is None:
+        if string is None:
             end = _STRUCTURE.match(buffer, position).end()  # type: ignore[union-attr]
-            out += buffer[position:end]
+            if end > position:
+                yield _Piece(buffer[position:end])
         else:
             end = _STRING_BODY.match(buffer, position).end()  # type: ignore[union-attr]
             if decoded <= keep:
-                out += buffer[position:end]
+                string += buffer[position:end]
                 decoded += _at_most(buffer, position, end)
                 if decoded > keep:
-                    del out[_cut_at(out, start, keep):]
+                    del string[_cut_at(string, 1, keep):]
             length += end - position
         position = end
         if position < len(buffer) and not buffer.startswith(b"\\", position):
-            out.append(0x22)  # a quote: a string starts or ends
-            position += 1
-            if start is not None and decoded > keep:
-                out[-1:] = b"\\u0000" + CUT_MARK[1:].encode() + b"%d\"" % length
-                cuts += 1
-            start, length, decoded = (len(out), 0, 0) if start is None else (None, 0, 0)
+            position += 1  # a quote: a string starts or ends
+            if string is None:
+                string, length, decoded = bytearray(b'"'), 0, 0
+                continue
+            cut = decoded > keep
+            string += (b"\\u0000" + CUT_MARK[1:].encode() + b"%d" % length) if cut else b""
+            string.append(0x22)
+            yield _Piece(string, True, cut)
+            string = None
             continue
         if eof:
-            return out, cuts
+            if string is not None:
+                yield _Piece(string, True)
+            return
         chunk = handle.read(chunk_size)
-        digest.update(chunk)
         eof = not chunk
         buffer, position = buffer[position:] + chunk, 0  # a lone backslash waits for its escape
+
+
+def har_entries(handle: BinaryIO, keep: int,
+                chunk_size: int = _CHUNK) -> Iterator[tuple[bytearray, int]]:
+    """The JSON text of each element of ``log.entries`` in the HAR read from ``handle``, with
+    strings cut as :func:`json_pieces` cuts them, and how many were cut in it; in order, one
+    at a time.  Every array named ``entries`` in the root's ``log`` object is read (of
+    repeated names, ``json.loads`` keeps the last).  Raises ValueError where brackets do
+    not match, where the text ends inside a value, or at its end if there was no
+    ``log.entries``."""
+    reader = _EntryReader()
+    for piece in json_pieces(handle, keep, chunk_size):
+        if piece.string:
+            reader.string(piece)
+        else:
+            yield from reader.structure(piece.text)
+    if reader.open or reader.entry is not None:
+        raise ValueError("the text ends inside a value")
+    if not reader.found:
+        raise ValueError("no log.entries list")
+
+
+_OPEN_OBJECT, _OPEN_ARRAY, _COMMA, _CLOSE_ARRAY, _COLON = b"{[,]:"
+
+
+class _EntryReader:
+    """Where :func:`har_entries` is in the HAR's structure, and the entry being read."""
+
+    def __init__(self) -> None:
+        self.open: list[tuple[int, str | None]] = []  # open containers: "{" or "[", its name
+        self.name: str | None = None  # after a colon: the name of the value that follows
+        self.last: str | None = None  # the last string outside entries, if short
+        self.entry: bytearray | None = None  # in log.entries: the text since "[" or ","
+        self.cuts = 0  # strings cut in it
+        self.found = False
+
+    def string(self, piece: _Piece) -> None:
+        if self.entry is None:
+            self.last = _name(piece.text)
+        else:
+            self.entry += piece.text
+            self.cuts += piece.cut
+
+    def structure(self, text: bytes | bytearray) -> Iterator[tuple[bytearray, int]]:
+        """Each entry that ends in ``text`` (a piece between strings)."""
+        at = 0
+        for mark in _PUNCTUATION.finditer(text):
+            sign = text[mark.start()]
+            if self.entry is not None and len(self.open) == 3 and sign in (_COMMA, _CLOSE_ARRAY):
+                self.entry += text[at : mark.start()]
+                at = mark.end()
+                if self.entry.strip():
+                    yield self.entry, self.cuts
+                self.entry, self.cuts = (bytearray(), 0) if sign == _COMMA else (None, 0)
+                if sign == _CLOSE_ARRAY:
+                    self.open.pop()
+            elif sign in (_OPEN_OBJECT, _OPEN_ARRAY):
+                in_object = bool(self.open) and self.open[-1][0] == _OPEN_OBJECT
+                self.open.append((sign, self.name if in_object else None))
+                if _is_entries(self.open):
+                    self.found, self.entry, self.cuts, at = True, bytearray(), 0, mark.end()
+            elif sign != _COMMA and sign != _COLON and (  # a closing bracket
+                    not self.open or self.open.pop()[0] != sign - 2):  # "{" + 2 is "}"
+                raise ValueError(f"an unmatched {chr(sign)!r}")
+            self.name = self.last if sign == _COLON else None
+        if self.entry is not None:
+            self.entry += text[at:]
+
+
+def _name(text: bytes | bytearray) -> str | None:
+    if len(text) > _NAME_BYTES:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, str) else None
+
+
+def _is_entries(open_: list[tuple[int, str | None]]) -> bool:
+    """Whether the container just opened is the root's ``log.entries`` list."""
+    return (len(open_) == 3 and open_[0][0] == 0x7B and open_[1] == (0x7B, "log")
+            and open_[2] == (0x5B, "entries"))
 
 
 def _at_most(text: bytes | bytearray, start: int, end: int) -> int:
@@ -366,7 +490,7 @@ def _uncut(entry: Any) -> list[tuple[str, int, int]]:
 
 
 def _note_cuts(exchange: Exchange, found: list[tuple[str, int, int]], keep: int | None) -> None:
-    """What :func:`cut_strings` left out of ``exchange``'s entry: its body within the cap,
+    """What :func:`json_pieces` left out of ``exchange``'s entry: its body within the cap,
     and one note per string."""
     for where, length, kept in found:
         if where == "request.postData.text" and keep is not None:
@@ -391,9 +515,13 @@ def _exchange_or_note(entry: Any, index: int, flow_id: str) -> Exchange:
             raise TypeError("not an object")
         return exchange_from_entry(entry, flow_id)
     except (TypeError, AttributeError, ValueError, RecursionError) as e:
-        # still a flow in the capture: logged, with what was wrong
-        return Exchange(flow_id=flow_id, kind="http", timestamp=0.0,
-                        error=f"HAR entry {index} unreadable: {_short(e)}")
+        return _unreadable(index, flow_id, e)
+
+
+def _unreadable(index: int, flow_id: str, error: BaseException) -> Exchange:
+    """Still a flow in the capture: logged, with what was wrong."""
+    return Exchange(flow_id=flow_id, kind="http", timestamp=0.0,
+                    error=f"HAR entry {index} unreadable: {_short(error)}")
 
 
 def _short(error: BaseException) -> str:

@@ -9,7 +9,6 @@ flow with the size the value had, and the flow keeps its true request size.
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
 import json
 import ssl
@@ -128,11 +127,12 @@ _TEXT = st.lists(st.sampled_from(["a", "é", "€", "😀", "\\", '"', "\n", "\x
                              max_leaves=12),
        keep=st.integers(8, 40), chunk=st.sampled_from([1, 3, 7, 64, 1 << 20]),
        ascii_only=st.booleans())
-def test_cut_strings_keeps_json_whole_and_cuts_only_long_strings(
+def test_json_pieces_keep_json_whole_and_cut_only_long_strings(
         document: object, keep: int, chunk: int, ascii_only: bool) -> None:
     text = json.dumps(document, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
-    out, cuts = har.cut_strings(io.BytesIO(text), keep, hashlib.sha256(), chunk)
-    read = json.loads(out)
+    pieces = list(har.json_pieces(io.BytesIO(text), keep, chunk))
+    read = json.loads(b"".join(piece.text for piece in pieces))
+    cuts = sum(piece.cut for piece in pieces)
     found = []
 
     def compare(original: object, got: object) -> None:
@@ -193,6 +193,85 @@ def test_a_large_har_is_read_with_its_giant_bodies_cut(tmp_path: Path, monkeypat
         assert exchange.reader_notes[0].endswith(f"only the first {KEEP} scanned")
         assert exchange.request_size >= BIG
     assert cut[2] == whole[2]
+
+
+_ENTRY = st.recursive(_TEXT | st.integers() | st.booleans() | st.none(),
+                      lambda inner: st.lists(inner, max_size=3)
+                      | st.dictionaries(st.sampled_from(["log", "entries", "k", ":", "{"]),
+                                        inner, max_size=3), max_leaves=8)
+
+
+@settings(max_examples=200, deadline=None)
+@given(entries=st.lists(_ENTRY, max_size=5), before=st.dictionaries(
+           st.sampled_from(["version", "pages", "entriez"]), _ENTRY, max_size=2),
+       chunk=st.sampled_from([1, 5, 64, 1 << 20]), spaced=st.booleans())
+def test_har_entries_are_the_entries_json_loads_finds(entries: list[object], before: dict,
+                                                      chunk: int, spaced: bool) -> None:
+    """Entry by entry, the same values as json.loads of the whole file, whatever the entries
+    hold (names like "log" and "entries" inside them, brackets in strings) and wherever the
+    reads end."""
+    document = {"log": {**before, "entries": entries, "after": [before]}, "x": before}
+    text = json.dumps(document, indent=1 if spaced else None).encode("utf-8", "surrogatepass")
+    read = [(json.loads(entry), cuts) for entry, cuts in
+            har.har_entries(io.BytesIO(text), keep=1 << 20, chunk_size=chunk)]
+    assert read == [(entry, 0) for entry in json.loads(text)["log"]["entries"]]
+
+
+@pytest.mark.parametrize("text, problem", [
+    (b'{"log": {"entries": [{"a": 1}, {"b": [2}]}}', "an unmatched '}'"),
+    (b'{"log": {"entries": [{"a": 1}, {"b": "unterminated', "ends inside a value"),
+    (b'{"log": {"entries": [{"a": 1}, {"b": 2}', "ends inside a value"),
+    (b'{"log": {"pages": []}}', "no log.entries list"),
+    (b'[{"log": {"entries": [{"a": 1}]}}]', "no log.entries list"),
+])
+def test_har_entries_keep_what_came_before_a_break(text: bytes, problem: str) -> None:
+    reader = har.har_entries(io.BytesIO(text), keep=100)
+    read = []
+    with pytest.raises(ValueError, match=problem):
+        for entry, _cuts in reader:
+            read.append(json.loads(entry))
+    assert read == ([{"a": 1}] if b"entries" in text and not text.startswith(b"[") else [])
+
+
+def test_a_large_har_of_many_bodies_is_read_one_entry_at_a_time(tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    """60 bodies of 200 kB, each under the cap: memory follows one entry and a read, not
+    the file (parsed whole, the file's 12 MB would be held twice over)."""
+    import tracemalloc
+
+    body = "x" * 200_000
+    path = tmp_path / "many.har"
+    _har(path, [(f"{body} {index} imei={IMEI}", None) for index in range(60)])
+    whole = list(har.read_har(path, KEEP * 100))
+    monkeypatch.setattr(har, "BIG_HAR", 0)
+    monkeypatch.setattr(har, "_CHUNK", 1 << 16)  # reads of 8 MB would outweigh a 12 MB file
+    tracemalloc.start()
+    try:
+        streamed = [(e.flow_id, len(e.request_body), e.reader_notes, e.error)
+                    for e in har.read_har(path, KEEP * 100)]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert streamed == [(e.flow_id, len(e.request_body), e.reader_notes, e.error) for e in whole]
+    assert peak < path.stat().st_size / 4, peak
+
+
+def test_a_large_har_with_a_broken_entry_and_a_cut_end(tmp_path: Path, monkeypatch) -> None:
+    """An entry that is not JSON is a flow with a note; where the file breaks off, the
+    entries before it are kept and the error says how many."""
+    path = tmp_path / "broken.har"
+    _har(path, [(json.dumps({"imei": IMEI}), None)] * 3)
+    text = path.read_text()
+    first = text.index('{"startedDateTime"', 1)
+    second = text.index('{"startedDateTime"', first + 1)
+    broken = text[:second] + '{"startedDateTime": tru, "x": 1}, ' + text[second:]
+    path.write_text(broken[: len(broken) - 20])  # and cut short in the last entry
+    monkeypatch.setattr(har, "BIG_HAR", 0)
+    read = []
+    with pytest.raises(ValueError, match=r"after 3 entries \(the text ends inside a value\)"):
+        read.extend(har.read_har(path, KEEP))
+    assert [bool(e.error and "unreadable" in e.error) for e in read] == [False, True, False]
+    assert read[0].request_body == read[2].request_body == json.dumps({"imei": IMEI}).encode()
 
 
 # -- live, and the hand-over ---------------------------------------------------
