@@ -283,6 +283,11 @@ def json_pieces(handle: BinaryIO, keep: int, chunk_size: int = _CHUNK) -> Iterat
         if position < len(buffer) and not buffer.startswith(b"\\", position):
             position += 1  # a quote: a string starts or ends
             if string is None:
+                end = _STRING_BODY.match(buffer, position).end()  # type: ignore[union-attr]
+                if end - position <= keep and buffer[end : end + 1] == b'"':  # whole, short
+                    yield _Piece(buffer[position - 1 : end + 1], True)
+                    position = end + 1
+                    continue
                 string, length, decoded = bytearray(b'"'), 0, 0
                 continue
             cut = decoded > keep
@@ -320,7 +325,7 @@ def har_entries(handle: BinaryIO, keep: int,
         raise ValueError("no log.entries list")
 
 
-_OPEN_OBJECT, _OPEN_ARRAY, _COMMA, _CLOSE_ARRAY, _COLON = b"{[,]:"
+_OPEN_OBJECT, _OPEN_ARRAY, _COMMA, _CLOSE_OBJECT, _CLOSE_ARRAY, _COLON = b"{[,}]:"
 
 
 class _EntryReader:
@@ -331,6 +336,7 @@ class _EntryReader:
         self.name: str | None = None  # after a colon: the name of the value that follows
         self.last: str | None = None  # the last string outside entries, if short
         self.entry: bytearray | None = None  # in log.entries: the text since "[" or ","
+        self.nested = 0  # containers open inside the entry (only counted: json.loads checks)
         self.cuts = 0  # strings cut in it
         self.found = False
 
@@ -343,10 +349,24 @@ class _EntryReader:
 
     def structure(self, text: bytes | bytearray) -> Iterator[tuple[bytearray, int]]:
         """Each entry that ends in ``text`` (a piece between strings)."""
+        if self.entry is not None:
+            closing = text.count(b"}") + text.count(b"]")
+            if self.nested > closing:  # the entry goes on past this piece: counted in C
+                self.entry += text
+                self.nested += text.count(b"{") + text.count(b"[") - closing
+                return
         at = 0
         for mark in _PUNCTUATION.finditer(text):
             sign = text[mark.start()]
-            if self.entry is not None and len(self.open) == 3 and sign in (_COMMA, _CLOSE_ARRAY):
+            if self.entry is None:
+                self._outside(sign)
+                if _is_entries(self.open):
+                    self.found, self.entry, self.cuts, at = True, bytearray(), 0, mark.end()
+            elif sign in (_OPEN_OBJECT, _OPEN_ARRAY):
+                self.nested += 1
+            elif sign in (_CLOSE_OBJECT, _CLOSE_ARRAY) and self.nested:
+                self.nested -= 1
+            elif not self.nested and sign in (_COMMA, _CLOSE_ARRAY):
                 self.entry += text[at : mark.start()]
                 at = mark.end()
                 if self.entry.strip():
@@ -354,17 +374,18 @@ class _EntryReader:
                 self.entry, self.cuts = (bytearray(), 0) if sign == _COMMA else (None, 0)
                 if sign == _CLOSE_ARRAY:
                     self.open.pop()
-            elif sign in (_OPEN_OBJECT, _OPEN_ARRAY):
-                in_object = bool(self.open) and self.open[-1][0] == _OPEN_OBJECT
-                self.open.append((sign, self.name if in_object else None))
-                if _is_entries(self.open):
-                    self.found, self.entry, self.cuts, at = True, bytearray(), 0, mark.end()
-            elif sign != _COMMA and sign != _COLON and (  # a closing bracket
-                    not self.open or self.open.pop()[0] != sign - 2):  # "{" + 2 is "}"
-                raise ValueError(f"an unmatched {chr(sign)!r}")
-            self.name = self.last if sign == _COLON else None
         if self.entry is not None:
             self.entry += text[at:]
+
+    def _outside(self, sign: int) -> None:
+        """Follow the structure outside log.entries, with each container's name."""
+        if sign in (_OPEN_OBJECT, _OPEN_ARRAY):
+            in_object = bool(self.open) and self.open[-1][0] == _OPEN_OBJECT
+            self.open.append((sign, self.name if in_object else None))
+        elif sign in (_CLOSE_OBJECT, _CLOSE_ARRAY) and (
+                not self.open or self.open.pop()[0] != sign - 2):  # "{" + 2 is "}"
+            raise ValueError(f"an unmatched {chr(sign)!r}")
+        self.name = self.last if sign == _COLON else None
 
 
 def _name(text: bytes | bytearray) -> str | None:

@@ -218,7 +218,8 @@ def test_har_entries_are_the_entries_json_loads_finds(entries: list[object], bef
 
 
 @pytest.mark.parametrize("text, problem", [
-    (b'{"log": {"entries": [{"a": 1}, {"b": [2}]}}', "an unmatched '}'"),
+    (b'{"log": {"entries": [{"a": 1}]]}', "an unmatched ']'"),
+    (b'{"log": {"entries": [{"a": 1}, {"b": [2}]}}', "ends inside a value"),  # only counted
     (b'{"log": {"entries": [{"a": 1}, {"b": "unterminated', "ends inside a value"),
     (b'{"log": {"entries": [{"a": 1}, {"b": 2}', "ends inside a value"),
     (b'{"log": {"pages": []}}', "no log.entries list"),
