@@ -16,7 +16,7 @@ import ipaddress
 import json
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
@@ -244,6 +244,9 @@ _STRUCTURE = re.compile(rb'[^"]*+')  # outside strings: up to the next quote
 # inside a string: up to its closing quote (unrolled: plain runs, each escape then a plain run)
 _STRING_BODY = re.compile(rb'[^"\\]*+(?:\\.[^"\\]*+)*+', re.DOTALL)
 _PUNCTUATION = re.compile(rb"[{}\[\],:]")
+# text without brackets outside strings, and whole strings: what an entry holds between
+# its brackets, passed over in C
+_FLAT = re.compile(rb'(?:[^"{}\[\]\\]++|"[^"\\]*+(?:\\.[^"\\]*+)*+")*+', re.DOTALL)
 CUT_MARK = "\x00leakmap-cut:"  # how a cut string ends once parsed: then its length in the file
 _NAME_BYTES = 256  # a longer string is no name that matters here ("log", "entries")
 
@@ -255,18 +258,27 @@ class _Piece(NamedTuple):
     text: bytes | bytearray
     string: bool = False
     cut: bool = False
+    flat: bool = False  # strings and text between them, no bracket outside a string
 
 
-def json_pieces(handle: BinaryIO, keep: int, chunk_size: int = _CHUNK) -> Iterator[_Piece]:
+def json_pieces(handle: BinaryIO, keep: int, chunk_size: int = _CHUNK,
+                flat: Callable[[], bool] | None = None) -> Iterator[_Piece]:
     """The JSON text read from ``handle`` as pieces, each string whole; a string that decodes
     to more than ``keep`` bytes is cut after at least ``keep`` (whole characters and
     escapes), then :data:`CUT_MARK` and its length in the file.  Memory: one string within
-    ``keep``, and a chunk.  A string the file ends in comes last, without its closing quote."""
+    ``keep``, and a chunk.  A string the file ends in comes last, without its closing quote.
+    Where ``flat()`` says so, up to ``keep`` bytes of strings and the text between them
+    come as one piece, up to a bracket outside a string."""
     buffer, position, eof = b"", 0, False
     string: bytearray | None = None  # in a string: its text so far, from its opening quote
     length = 0  # bytes of the string so far, in the file
     decoded = 0  # at most the bytes they decode to (_at_most)
     while True:
+        if string is None and flat is not None and flat():
+            run = _FLAT.match(buffer, position, position + keep).end()  # type: ignore[union-attr]
+            if run > position:
+                yield _Piece(buffer[position:run], flat=True)
+                position = run
         if string is None:
             end = _STRUCTURE.match(buffer, position).end()  # type: ignore[union-attr]
             if end > position:
@@ -314,8 +326,10 @@ def har_entries(handle: BinaryIO, keep: int,
     not match, where the text ends inside a value, or at its end if there was no
     ``log.entries``."""
     reader = _EntryReader()
-    for piece in json_pieces(handle, keep, chunk_size):
-        if piece.string:
+    for piece in json_pieces(handle, keep, chunk_size, reader.flat):
+        if piece.flat:
+            reader.entry += piece.text  # type: ignore[operator]  # flat only in an entry
+        elif piece.string:
             reader.string(piece)
         else:
             yield from reader.structure(piece.text)
@@ -339,6 +353,11 @@ class _EntryReader:
         self.nested = 0  # containers open inside the entry (only counted: json.loads checks)
         self.cuts = 0  # strings cut in it
         self.found = False
+
+    def flat(self) -> bool:
+        """Whether the text that follows is inside a container of an entry, where only
+        brackets outside strings matter."""
+        return self.entry is not None and self.nested > 0
 
     def string(self, piece: _Piece) -> None:
         if self.entry is None:

@@ -195,7 +195,7 @@ def test_a_large_har_is_read_with_its_giant_bodies_cut(tmp_path: Path, monkeypat
     assert cut[2] == whole[2]
 
 
-_ENTRY = st.recursive(_TEXT | st.integers() | st.booleans() | st.none(),
+_ENTRY = st.recursive(_TEXT | st.integers(0, 70).map("s".__mul__) | st.integers() | st.none(),
                       lambda inner: st.lists(inner, max_size=3)
                       | st.dictionaries(st.sampled_from(["log", "entries", "k", ":", "{"]),
                                         inner, max_size=3), max_leaves=8)
@@ -204,17 +204,23 @@ _ENTRY = st.recursive(_TEXT | st.integers() | st.booleans() | st.none(),
 @settings(max_examples=200, deadline=None)
 @given(entries=st.lists(_ENTRY, max_size=5), before=st.dictionaries(
            st.sampled_from(["version", "pages", "entriez"]), _ENTRY, max_size=2),
-       chunk=st.sampled_from([1, 5, 64, 1 << 20]), spaced=st.booleans())
+       chunk=st.sampled_from([1, 5, 64, 1 << 20]), spaced=st.booleans(),
+       keep=st.sampled_from([8, 20, 1 << 20]))
 def test_har_entries_are_the_entries_json_loads_finds(entries: list[object], before: dict,
-                                                      chunk: int, spaced: bool) -> None:
+                                                      chunk: int, spaced: bool, keep: int) -> None:
     """Entry by entry, the same values as json.loads of the whole file, whatever the entries
     hold (names like "log" and "entries" inside them, brackets in strings) and wherever the
-    reads end."""
+    reads end; with long strings cut as json_pieces cuts them one by one."""
     document = {"log": {**before, "entries": entries, "after": [before]}, "x": before}
     text = json.dumps(document, indent=1 if spaced else None).encode("utf-8", "surrogatepass")
     read = [(json.loads(entry), cuts) for entry, cuts in
-            har.har_entries(io.BytesIO(text), keep=1 << 20, chunk_size=chunk)]
-    assert read == [(entry, 0) for entry in json.loads(text)["log"]["entries"]]
+            har.har_entries(io.BytesIO(text), keep=keep, chunk_size=chunk)]
+    pieces = list(har.json_pieces(io.BytesIO(text), keep, chunk))
+    whole = json.loads(b"".join(piece.text for piece in pieces))["log"]["entries"]
+    assert [entry for entry, _cuts in read] == whole
+    if keep > len(text):
+        assert read == [(entry, 0) for entry in json.loads(text)["log"]["entries"]]
+    assert sum(cuts for _entry, cuts in read) <= sum(piece.cut for piece in pieces)
 
 
 @pytest.mark.parametrize("text, problem", [
