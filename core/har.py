@@ -177,7 +177,8 @@ def read_har(path: Path, keep: int | None = None) -> Iterator[Exchange]:
     The file is parsed whole with the standard json module: a streaming
     parser (ijson) was measured 20 times slower on large bodies and built
     gigabytes for deeply nested junk (docs/performance.md).  With ``keep`` (the
-    body cap), a file larger than :data:`BIG_HAR` is read entry by entry
+    body cap), a file larger than :data:`BIG_HAR`, or one that is not JSON as a whole (a
+    broken entry, a cut end), is read entry by entry
     (:func:`har_entries`), each entry parsed alone, and a string that decodes to
     more than the cap (four thirds of it: base64) keeps about that much; a body
     is then cut to the cap and noted.  Memory stays bounded by the largest entry
@@ -191,8 +192,14 @@ def read_har(path: Path, keep: int | None = None) -> Iterator[Exchange]:
         entries = json.loads(raw)["log"]["entries"]
     except RecursionError as e:
         raise ValueError(f"{path}: not a HAR 1.2 file (JSON nested too deeply)") from e
+    except json.JSONDecodeError:  # not JSON as a whole (the error holds all of its text)
+        entries = _BROKEN
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{path}: not a HAR 1.2 file ({_short(e)})") from e
+    if entries is _BROKEN:  # what can be read of it, entry by entry
+        del raw
+        yield from _read_large_har(path, keep if keep is not None else path.stat().st_size)
+        return
     if not isinstance(entries, list):
         raise ValueError(f"{path}: not a HAR 1.2 file (log.entries is not a list)")
     file_sha256 = hashlib.sha256(raw).hexdigest()
@@ -203,9 +210,10 @@ def read_har(path: Path, keep: int | None = None) -> Iterator[Exchange]:
 
 
 def _read_large_har(path: Path, keep: int) -> Iterator[Exchange]:
-    """:func:`read_har` of a large file: hashed first (the flow ids need the file's
-    digest), then read entry by entry.  An entry that is not JSON is a flow with a note;
-    where the file stops being HAR, the entries before are kept and ValueError says where."""
+    """:func:`read_har` of a large file, or of one that is not JSON as a whole: hashed first
+    (the flow ids need the file's digest), then read entry by entry.  An entry that is not
+    JSON is a flow with a note; where the file stops being HAR, the entries before are kept
+    and ValueError says where."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         while chunk := handle.read(_CHUNK):
@@ -221,8 +229,8 @@ def _read_large_har(path: Path, keep: int) -> Iterator[Exchange]:
             except StopIteration:
                 return
             except ValueError as e:
-                raise ValueError(f"{path}: not a HAR 1.2 file after {index} entries "
-                                 f"({_short(e)})") from e
+                after = f" after {index} entries" if index else ""
+                raise ValueError(f"{path}: not a HAR 1.2 file{after} ({_short(e)})") from e
             flow_id = _flow_id(file_sha256, index)
             try:
                 entry = json.loads(text)
@@ -236,6 +244,7 @@ def _read_large_har(path: Path, keep: int) -> Iterator[Exchange]:
             index += 1
 
 
+_BROKEN = object()  # read_har: the file is not JSON as a whole
 # A HAR file larger than this is read entry by entry, with its giant strings cut (no body of
 # the cap's size fits in a smaller one together with the rest of a HAR worth cutting)
 BIG_HAR = 64 * 2**20

@@ -263,22 +263,45 @@ def test_a_large_har_of_many_bodies_is_read_one_entry_at_a_time(tmp_path: Path,
     assert peak < path.stat().st_size / 4, peak
 
 
-def test_a_large_har_with_a_broken_entry_and_a_cut_end(tmp_path: Path, monkeypatch) -> None:
-    """An entry that is not JSON is a flow with a note; where the file breaks off, the
-    entries before it are kept and the error says how many."""
-    path = tmp_path / "broken.har"
+def _broken_har(path: Path, cut: bool) -> None:
+    """Three entries and, second, one that is not JSON; ``cut``: the file ends
+    inside the last entry."""
     _har(path, [(json.dumps({"imei": IMEI}), None)] * 3)
     text = path.read_text()
     first = text.index('{"startedDateTime"', 1)
     second = text.index('{"startedDateTime"', first + 1)
     broken = text[:second] + '{"startedDateTime": tru, "x": 1}, ' + text[second:]
-    path.write_text(broken[: len(broken) - 20])  # and cut short in the last entry
-    monkeypatch.setattr(har, "BIG_HAR", 0)
+    path.write_text(broken[: len(broken) - 20] if cut else broken)
+
+
+@pytest.mark.parametrize("large", [True, False])
+def test_a_har_with_a_broken_entry_and_a_cut_end(tmp_path: Path, monkeypatch,
+                                                 large: bool) -> None:
+    """An entry that is not JSON is a flow with a note; where the file breaks off, the
+    entries before it are kept and the error says how many.  Large or not."""
+    path = tmp_path / "broken.har"
+    _broken_har(path, cut=True)
+    if large:
+        monkeypatch.setattr(har, "BIG_HAR", 0)
     read = []
     with pytest.raises(ValueError, match=r"after 3 entries \(the text ends inside a value\)"):
         read.extend(har.read_har(path, KEEP))
     assert [bool(e.error and "unreadable" in e.error) for e in read] == [False, True, False]
     assert read[0].request_body == read[2].request_body == json.dumps({"imei": IMEI}).encode()
+    assert len({e.flow_id for e in read}) == 3
+
+
+def test_leakmap_analyze_logs_every_entry_of_a_har_with_a_broken_one(tmp_path: Path) -> None:
+    path = tmp_path / "broken.har"
+    _broken_har(path, cut=False)
+    db = f"sqlite:///{tmp_path / 'broken.db'}"
+    leakmap_cli("analyze", str(path), "--db", db, "--run-name", "broken")
+    report = json.loads(leakmap_cli("report", "--db", db, "--run", "broken", "--format",
+                                    "json").stdout)
+    assert len(report["flows"]) == 4
+    assert sum("entry 1 unreadable" in str(f["flow_error"]) for f in report["flows"]) == 1
+    with_imei = {f["flow_id"] for f in report["findings"] if f["data_type"] == "imei"}
+    assert len(with_imei) == 3
 
 
 # -- live, and the hand-over ---------------------------------------------------
