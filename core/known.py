@@ -358,15 +358,6 @@ class KnownMatcher:
         """Whether ``text`` is one of the written forms the matcher searches for."""
         return text in self._word_ids
 
-    def anything_in(self, data: bytes) -> bool:
-        """Whether any written form or known digest occurs in ``data``, boundaries aside."""
-        if self.empty:
-            return False
-        if self._word_matches(data):
-            return True
-        return bool(self.digests) and any(
-            digest in self.digests for _start, _end, digest, _outer in digest_spans(data))
-
     def hot_ends(self, data: bytes) -> list[int]:
         """End offsets in ``data`` of every written form and known digest, boundaries aside:
         where :meth:`search_joined` could report something."""
