@@ -78,7 +78,7 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
     corpus, analyze = results.get("corpus", {}), results.get("analyze", {})
     if line["peak_rss_mb"] is not None and not corpus.get("complete"):
         line["targets_met"]["peak_rss_mb"] = False  # a broken run's peak proves nothing
-    config = results["config"]
+    config, speed = results["config"], results.get("speed", {})
     line.update(
         live_every_flow_logged=results.get("live", {}).get("every_flow_logged"),
         live_rounds=results.get("live", {}).get("live_rounds"),
@@ -92,6 +92,10 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
         analyze_flows_timed=analyze.get("leakmap_flows_timed"),
         analyze_capped=analyze.get("analyze_capped"),
         classify_mb_covered=round(results.get("speed", {}).get("classify_mb_covered", 0), 1),
+        # the machine's speed in the same minutes: json.loads beside each slice (offline.py)
+        classify_json_loads_mb_s=_round(speed.get("classify_json_loads_mb_s"), 1),
+        classify_per_json_loads=_round(speed.get("classify_per_json_loads"), 4),
+        match_per_json_loads=_round(speed.get("match_per_json_loads"), 3),
         rss_tool=corpus.get("tool"), corpus_files=list(config["corpus_files"]),
         corpus_big_body=config["corpus_big"], corpus_flows_logged=corpus.get("flows"),
         corpus_exit_code=corpus.get("code"), corpus_complete=corpus.get("complete"),

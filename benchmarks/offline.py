@@ -138,6 +138,54 @@ def _timed(function: Any, items: list[Any], budget_s: float) -> tuple[float, int
     return spent, done
 
 
+# The machine's speed moves by half within a minute here (docs/performance.md). So that a
+# run tells a slow machine from slow code, a fixed piece of work is timed beside each slice
+# of bodies: json.loads of the slice's first few JSON bodies (about 100 kB, a few ms).
+SLICE_BODIES = 500
+_REFERENCE_BODIES = 50
+
+
+class _Paced:
+    """``function`` over ``items`` slice by slice, each slice beside the reference work."""
+
+    def __init__(self, function: Any, items: list[Any], sizes: list[int],
+                 references: list[list[bytes]]) -> None:
+        self.function, self.items, self.sizes, self.references = function, items, sizes, references
+        self.spent = 0.0
+        self.done = 0
+        self.slice_mb_s: list[float] = []
+        self.reference_s = 0.0
+        self.reference_bytes = 0
+
+    def run(self, budget_s: float) -> None:
+        """Stops after the slice in which measured time reaches ``budget_s``."""
+        for first in range(0, len(self.items), SLICE_BODIES):
+            self._reference(self.references[first // SLICE_BODIES])
+            spent, done = _timed(self.function, self.items[first : first + SLICE_BODIES],
+                                 float("inf"))
+            self.spent, self.done = self.spent + spent, self.done + done
+            self.slice_mb_s.append(sum(self.sizes[first : first + done]) / 1e6 / spent)
+            if self.spent >= budget_s:
+                break
+
+    def _reference(self, bodies: list[bytes]) -> None:
+        start = time.perf_counter()
+        for body in bodies:
+            json.loads(body)
+        self.reference_s += time.perf_counter() - start
+        self.reference_bytes += sum(map(len, bodies))
+
+    def summary(self, name: str) -> dict[str, Any]:
+        """``name``'s figure over the reference's, in the same minutes, and the slices' spread."""
+        rates = sorted(self.slice_mb_s)
+        reference = self.reference_bytes / 1e6 / self.reference_s
+        mb_s = sum(self.sizes[: self.done]) / 1e6 / self.spent
+        return {f"{name}_json_loads_mb_s": reference,
+                f"{name}_per_json_loads": mb_s / reference,
+                f"{name}_slice_mb_s": {"min": rates[0], "median": rates[len(rates) // 2],
+                                       "max": rates[-1], "slices": len(rates)}}
+
+
 def classify_and_match(requests: list[Request], device: Path, budget_s: float) -> dict[str, Any]:
     """MB/s of decoding + classification, and of the known-value matcher, over the same bodies.
 
@@ -161,8 +209,13 @@ def classify_and_match(requests: list[Request], device: Path, budget_s: float) -
         for _hit in matcher.search(body.decode("utf-8", "replace")):
             pass
 
-    match_s, _ = _timed(match, bodies, float("inf"))
-    classify_s, classified = _timed(classifier.classify, exchanges, budget_s)
+    references = [[body for body in bodies[first : first + SLICE_BODIES] if body[:1] == b"{"]
+                  [:_REFERENCE_BODIES] for first in range(0, len(bodies), SLICE_BODIES)]
+    matching = _Paced(match, bodies, sizes, references)
+    matching.run(float("inf"))
+    classifying = _Paced(classifier.classify, exchanges, sizes, references)
+    classifying.run(budget_s)
+    match_s, classify_s, classified = matching.spent, classifying.spent, classifying.done
     process_s, processed = _timed(assembled.pipeline.process, exchanges, budget_s / 4)
     findings = sum(bool(classifier.classify(e).findings) for e in exchanges[:100])
     assembled.resolver.close()
@@ -179,6 +232,7 @@ def classify_and_match(requests: list[Request], device: Path, budget_s: float) -
         "first_100_bodies_with_findings": findings,
         "build_pipeline_s": build_s,
         "automaton_words": len(matcher.words), "digest_entries": len(matcher.digests),
+        **classifying.summary("classify"), **matching.summary("match"),
     }
 
 
