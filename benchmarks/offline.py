@@ -164,7 +164,8 @@ class _Paced:
             spent, done = _timed(self.function, self.items[first : first + SLICE_BODIES],
                                  float("inf"))
             self.spent, self.done = self.spent + spent, self.done + done
-            self.slice_mb_s.append(sum(self.sizes[first : first + done]) / 1e6 / spent)
+            if spent:
+                self.slice_mb_s.append(sum(self.sizes[first : first + done]) / 1e6 / spent)
             if self.spent >= budget_s:
                 break
 
@@ -177,13 +178,13 @@ class _Paced:
 
     def summary(self, name: str) -> dict[str, Any]:
         """``name``'s figure over the reference's, in the same minutes, and the slices' spread."""
-        rates = sorted(self.slice_mb_s)
-        reference = self.reference_bytes / 1e6 / self.reference_s
-        mb_s = sum(self.sizes[: self.done]) / 1e6 / self.spent
+        rates = sorted(self.slice_mb_s) or [0.0]
+        reference = self.reference_bytes / 1e6 / self.reference_s if self.reference_s else 0.0
+        mb_s = sum(self.sizes[: self.done]) / 1e6 / self.spent if self.spent else 0.0
         return {f"{name}_json_loads_mb_s": reference,
-                f"{name}_per_json_loads": mb_s / reference,
+                f"{name}_per_json_loads": mb_s / reference if reference else None,
                 f"{name}_slice_mb_s": {"min": rates[0], "median": rates[len(rates) // 2],
-                                       "max": rates[-1], "slices": len(rates)}}
+                                       "max": rates[-1], "slices": len(self.slice_mb_s)}}
 
 
 def classify_and_match(requests: list[Request], device: Path, budget_s: float) -> dict[str, Any]:
