@@ -167,7 +167,8 @@ _RUN_START = b"A" * _MIN_RUN
 _HEX_RUN = re.compile(rb"[0-9A-Fa-f]{32,}")
 # every byte as "H" if it is a hex digit, else NUL: a run holds a hex token only if it
 # holds 32 "H" in a row
-_HEX_MARKS = bytes(0x48 if byte in b"0123456789ABCDEFabcdef" else 0 for byte in range(256))
+_HEX_DIGIT_BYTES = b"0123456789ABCDEFabcdef"
+_HEX_MARKS = bytes(0x48 if byte in _HEX_DIGIT_BYTES else 0 for byte in range(256))
 _HEX_START = b"H" * 32
 _HEX_SIZES = (32, 40, 64)
 # Base64 of a 16/20/32-byte digest, or of a 32/40/64-character hex digest, has this many
@@ -207,6 +208,10 @@ def digest_spans(data: bytes) -> list[tuple[int, int, bytes, str]]:
     found: list[tuple[int, int, bytes, str]] = []
     for start, end in base64_runs(data):
         run = data[start:end]
+        if end - start in _HEX_SIZES and not run.translate(None, _HEX_DIGIT_BYTES):
+            # all one hex token (a digest as a JSON string's whole text): of no base64 length
+            found.append((start, end, bytes.fromhex(run.decode("ascii")), ""))
+            continue
         if end - start >= 32 and run.translate(_HEX_MARKS).find(_HEX_START) >= 0:
             found += [(start + hex_match.start(), start + hex_match.end(),
                        bytes.fromhex(hex_match.group().decode("ascii")), "")
@@ -274,6 +279,7 @@ class KnownMatcher:
         # digest -> the index of its hits in _digest_hit_lists
         self.digests: dict[bytes, int] = {}
         self._digest_hit_lists: list[tuple[KnownHit, ...]] = []
+        self._wrapped_hits: dict[tuple[KnownHit, str], KnownHit] = {}  # see _wrapped
         self.known_phones: dict[str, list[KnownHit]] = {}
         # While building: one object per distinct hit, word hit list and digest hit list,
         # shared wherever it recurs. A 1,000-value profile has some 330,000 hits and lists
@@ -440,8 +446,18 @@ class KnownMatcher:
             if index is None or located is None:
                 continue
             for hit in self._digest_hit_lists[index]:
-                encoding = f"{outer}({hit.encoding})" if outer else hit.encoding
-                yield (*located, KnownHit(hit.data_type, hit.canonical, encoding))
+                yield (*located, self._wrapped(hit, outer) if outer else hit)
+
+    def _wrapped(self, hit: KnownHit, outer: str) -> KnownHit:
+        """``hit`` under one more encoding (``base64(sha1)``), made once per hit."""
+        slot = (hit, outer)
+        wrapped = self._wrapped_hits.get(slot)
+        if wrapped is None:
+            if len(self._wrapped_hits) > 4096:
+                self._wrapped_hits.clear()
+            wrapped = self._wrapped_hits[slot] = KnownHit(
+                hit.data_type, hit.canonical, f"{outer}({hit.encoding})")
+        return wrapped
 
     def search(self, text: str) -> Iterator[KnownHit]:
         """Each known value found in ``text``: written forms on a word boundary, digests."""
