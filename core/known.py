@@ -421,12 +421,18 @@ class KnownMatcher:
         reported: set[tuple[int, int]] = set()
         locate = joined.locate if joined.ascii else joined.locate_bytes  # ASCII: bytes = chars
         lengths, hits_of, values = self._lengths, self._word_hits, joined.values
+        # (end, hits) of the last match that reported its one hit: the shorter forms of the
+        # same value end at the same byte with the same hits (``98123 45678`` after
+        # ``+91 98123 45678``), and are passed over without being located
+        done_at: tuple[int, tuple[tuple[int, KnownHit], ...]] | None = None
         for word_id, end in self._word_matches(data):
+            hits = hits_of[word_id]
+            if done_at is not None and done_at[0] == end and done_at[1] is hits:
+                continue
             located = locate(end - lengths[word_id], end)
             if located is None:
                 continue
             index, first, last = located
-            hits = hits_of[word_id]
             if len(hits) == 1 and (index, hits[0][0]) in reported:
                 continue
             text = values[index]
@@ -435,6 +441,8 @@ class KnownMatcher:
             for number, hit in hits:
                 if (index, number) not in reported and _stands_alone(text, first, last, hit):
                     reported.add((index, number))
+                    if len(hits) == 1:
+                        done_at = (end, hits)
                     yield index, first, last, hit
         if self.digests:
             yield from self._digest_hits(joined, data)
