@@ -105,7 +105,27 @@ def scanned_note(what: str, length: int, scanned: int) -> str:
     return f"{what} of {length} bytes: only the first {scanned} scanned"
 
 
+# The moments a datetime can hold (0001-01-01 to 9999-12-31 UTC), in epoch seconds
+_EARLIEST, _LATEST = -62135596800.0, 253402300799.0
+
+
+def is_storable_time(timestamp: object) -> bool:
+    """Whether ``timestamp`` is epoch seconds a datetime can hold: a capture's times are
+    its own fields, as hostile as the rest (``inf``, ``nan``, ``1e20``, the year 0)."""
+    return (isinstance(timestamp, int | float) and not isinstance(timestamp, bool)
+            and _EARLIEST <= timestamp <= _LATEST)  # False for nan too
+
+
+def check_time(exchange: Exchange) -> None:
+    """A flow whose time is none a datetime can hold gets 0 (1970-01-01) and a note."""
+    if not is_storable_time(exchange.timestamp):
+        exchange.reader_notes.append(
+            f"the capture's time of this flow ({str(exchange.timestamp)[:40]}) is no time: "
+            "stored as 1970-01-01")
+        exchange.timestamp = 0.0
+
+
 def iso_utc(timestamp: float) -> str:
     """ISO 8601 UTC with a ``Z``: the one time format leakmap prints."""
-    moment = datetime.fromtimestamp(timestamp, tz=UTC)
+    moment = datetime.fromtimestamp(timestamp if is_storable_time(timestamp) else 0.0, tz=UTC)
     return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")

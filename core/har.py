@@ -32,7 +32,10 @@ def _timestamp(text: Any) -> float | None:
         return None
     if moment.tzinfo is None:  # HAR requires an offset; read a bare time as UTC
         moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
+    try:
+        return moment.timestamp()
+    except (OverflowError, ValueError):  # 0001-01-01 east of UTC: before the year 1
+        return None
 
 
 def _object(value: Any) -> dict[str, Any]:
@@ -189,17 +192,22 @@ def read_har(path: Path, keep: int | None = None) -> Iterator[Exchange]:
         return
     raw = path.read_bytes()
     try:
-        entries = json.loads(raw)["log"]["entries"]
-    except RecursionError as e:
-        raise ValueError(f"{path}: not a HAR 1.2 file (JSON nested too deeply)") from e
-    except json.JSONDecodeError:  # not JSON as a whole (the error holds all of its text)
-        entries = _BROKEN
-    except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{path}: not a HAR 1.2 file ({_short(e)})") from e
-    if entries is _BROKEN:  # what can be read of it, entry by entry
+        # json.loads keeps the last of repeated names; the entry reader reads every
+        # log.entries (a second, empty list must not hide the first)
+        document: Any = json.loads(raw) if raw.count(b'"entries"') < 2 else _BROKEN
+    except (ValueError, RecursionError):
+        # not JSON as a whole (a broken entry, a cut end: the error holds all of its text),
+        # or JSON that json.loads refuses in one entry (nested too deeply, a number of
+        # 5,000 digits): each entry alone, so that the others are logged
+        document = _BROKEN
+    if document is _BROKEN:  # what can be read of it, entry by entry
         del raw
         yield from _read_large_har(path, keep if keep is not None else path.stat().st_size)
         return
+    try:
+        entries = document["log"]["entries"]
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a HAR 1.2 file ({_short(e)})") from e
     if not isinstance(entries, list):
         raise ValueError(f"{path}: not a HAR 1.2 file (log.entries is not a list)")
     file_sha256 = hashlib.sha256(raw).hexdigest()
@@ -235,7 +243,7 @@ def _read_large_har(path: Path, keep: int) -> Iterator[Exchange]:
             try:
                 entry = json.loads(text)
             except (ValueError, RecursionError) as e:
-                yield _unreadable(index, flow_id, e)
+                yield _unreadable(index, flow_id, e, bytes(text[:keep]))
             else:
                 found = _uncut(entry) if cuts and isinstance(entry, dict | list) else []
                 exchange = _exchange_or_note(entry, index, flow_id)
@@ -567,10 +575,19 @@ def _exchange_or_note(entry: Any, index: int, flow_id: str) -> Exchange:
         return _unreadable(index, flow_id, e)
 
 
-def _unreadable(index: int, flow_id: str, error: BaseException) -> Exchange:
-    """Still a flow in the capture: logged, with what was wrong."""
-    return Exchange(flow_id=flow_id, kind="http", timestamp=0.0,
-                    error=f"HAR entry {index} unreadable: {_short(error)}")
+def _unreadable(index: int, flow_id: str, error: BaseException, text: bytes = b"") -> Exchange:
+    """Still a flow in the capture: logged, with what was wrong.
+
+    ``text``: the entry's own text where it is no JSON that can be read (a broken literal,
+    nesting too deep, a number of 5,000 digits), searched as a plain-text body: what it
+    holds is still found."""
+    exchange = Exchange(flow_id=flow_id, kind="http", timestamp=0.0,
+                        error=f"HAR entry {index} unreadable: {_short(error)}")
+    if text:
+        exchange.request_headers = [("Content-Type", "text/plain")]
+        exchange.request_body = text
+        exchange.reader_notes.append(f"HAR entry {index} searched as text")
+    return exchange
 
 
 def _short(error: BaseException) -> str:

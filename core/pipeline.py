@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from leakmap.core.actions import Place, decide
 from leakmap.core.classify import Analysis, Classifier, Finding
 from leakmap.core.destination import Destination
-from leakmap.core.exchange import Exchange
+from leakmap.core.exchange import Exchange, check_time
 from leakmap.core.redact import keyed_hash, mask
 from leakmap.policies.model import ActionRule
 
@@ -87,6 +87,7 @@ class Pipeline:
         What does not depend on other flows: ``leakmap analyze`` runs it in
         several processes at once and places the records in capture order.
         """
+        check_time(exchange)  # before the notes are read: the flow's time is stored
         try:
             analysis = self.classifier.classify(exchange)
         except Exception as e:  # the record must exist even if analysis breaks

@@ -39,6 +39,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from leakmap.core.exchange import is_storable_time
 from leakmap.core.pipeline import FlowRecord, scalar_fields
 from leakmap.store.schema import Finding, Flow, Run, Step
 
@@ -71,7 +72,10 @@ def safe_url(url: str) -> str:
 
 
 def utc_from_timestamp(timestamp: float) -> datetime:
-    return datetime.fromtimestamp(timestamp, tz=UTC).replace(tzinfo=None)
+    """A naive UTC datetime; 1970-01-01 for a time none can hold (core/exchange.py:
+    check_time notes it on the flow; a row from an older spill file must not fail its batch)."""
+    moment = timestamp if is_storable_time(timestamp) else 0.0
+    return datetime.fromtimestamp(moment, tz=UTC).replace(tzinfo=None)
 
 
 def utcnow() -> datetime:

@@ -1,0 +1,118 @@
+"""Captures whose own fields are hostile: every flow is still logged, and the IMEI found.
+
+Cases from an adversarial review of ``leakmap analyze`` (2026-12-03) that had
+lost a whole capture: a flow's time that no datetime can hold, a HAR entry
+that ``json.loads`` refuses although the rest of the file is JSON, a HAR whose
+``log`` names ``entries`` twice.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from mitmproxy import io as mitm_io
+from mitmproxy.test import tflow
+
+from conftest import leakmap_cli
+
+IMEI = "865312345678901"  # samples/redmi-1s.yaml: a known value
+NOTE = "is no time: stored as 1970-01-01"
+
+
+def _report(db: str) -> dict:
+    return json.loads(leakmap_cli("report", "--db", db, "--format", "json").stdout)
+
+
+def _flows_with_imei(report: dict) -> set[str]:
+    return {f["flow_id"] for f in report["findings"] if f["data_type"] == "imei"}
+
+
+def _analyze(capture: Path, device: Path, tmp_path: Path) -> dict:
+    db = f"sqlite:///{tmp_path / 'hostile.db'}"
+    result = leakmap_cli("analyze", str(capture), "--device", str(device), "--db", db)
+    assert "Traceback" not in result.stderr
+    return _report(db)
+
+
+@pytest.mark.parametrize("moment", [float("inf"), float("nan"), 1e20, -1e13])
+def test_a_flow_at_no_possible_time_is_logged_and_so_are_the_others(
+        tmp_path: Path, device_file: Path, moment: float) -> None:
+    capture = tmp_path / "times.flow"
+    with capture.open("wb") as handle:
+        writer = mitm_io.FlowWriter(handle)
+        for index in range(3):
+            flow = tflow.tflow(resp=True)
+            flow.request.content = json.dumps({"imei": IMEI}).encode()
+            if index == 1:
+                flow.request.timestamp_start = moment
+            writer.add(flow)
+    report = _analyze(capture, device_file, tmp_path)
+    assert len(report["flows"]) == 3
+    noted = [f for f in report["flows"] if NOTE in str(f["analysis_error"])]
+    assert len(noted) == 1 and noted[0]["timestamp"].startswith("1970-01-01")
+    assert len(_flows_with_imei(report)) == 3
+
+
+def _entry(started: str = "2014-08-04T09:15:05.000Z", **extra: object) -> dict:
+    return {"startedDateTime": started, "time": 1, "request": {
+        "method": "POST", "url": "https://api.example.cn/up", "httpVersion": "HTTP/1.1",
+        "headers": [], "queryString": [], "cookies": [], "headersSize": -1, "bodySize": -1,
+        "postData": {"mimeType": "application/json", "text": json.dumps({"imei": IMEI})}},
+        "response": {"status": 200, "statusText": "OK", "httpVersion": "HTTP/1.1",
+                     "headers": [], "cookies": [], "content": {"size": 0, "mimeType": "x/y"},
+                     "redirectURL": "", "headersSize": -1, "bodySize": 0},
+        "cache": {}, "timings": {"send": 0, "wait": 0, "receive": 0}, **extra}
+
+
+def _har_text(entries: list[str]) -> str:
+    return ('{"log": {"version": "1.2", "creator": {"name": "t", "version": "1"}, '
+            f'"entries": [{", ".join(entries)}]}}}}')
+
+
+# What json.loads refuses inside one entry of a file that is JSON all the same
+REFUSED = {
+    "nested": '"_extra": ' + "[" * 200_000 + '"imei ' + IMEI + '"' + "]" * 200_000,
+    "long number": '"_extra": ' + "7" * 5_000,
+}
+
+
+@pytest.mark.parametrize("refused", sorted(REFUSED))
+def test_a_har_entry_json_loads_refuses_is_searched_as_text(
+        tmp_path: Path, device_file: Path, refused: str) -> None:
+    plain = json.dumps(_entry())
+    odd = plain[:-1] + ", " + REFUSED[refused] + "}"
+    capture = tmp_path / "refused.har"
+    capture.write_text(_har_text([plain, odd, plain]))
+    report = _analyze(capture, device_file, tmp_path)
+    assert len(report["flows"]) == 3
+    unreadable = [f for f in report["flows"] if "entry 1 unreadable" in str(f["flow_error"])]
+    assert len(unreadable) == 1
+    assert "HAR entry 1 searched as text" in unreadable[0]["analysis_error"]
+    assert len(_flows_with_imei(report)) == 3  # in the refused entry's own text too
+
+
+def test_a_second_entries_list_does_not_hide_the_first(tmp_path: Path,
+                                                       device_file: Path) -> None:
+    """json.loads keeps the last of repeated names: an empty ``entries`` after the real one
+    would leave nothing to log, and say nothing."""
+    capture = tmp_path / "twice.har"
+    entries = ", ".join(json.dumps(_entry()) for _ in range(3))
+    capture.write_text('{"log": {"version": "1.2", "creator": {"name": "t", "version": "1"}, '
+                       f'"entries": [{entries}], "entries": []}}}}')
+    report = _analyze(capture, device_file, tmp_path)
+    assert len(report["flows"]) == 3
+    assert len(_flows_with_imei(report)) == 3
+
+
+def test_a_har_time_before_the_year_one_in_utc_is_logged(tmp_path: Path,
+                                                         device_file: Path) -> None:
+    capture = tmp_path / "early.har"
+    capture.write_text(_har_text([json.dumps(_entry()),
+                                  json.dumps(_entry("0001-01-01T00:00:00+01:00")),
+                                  json.dumps(_entry("9999-12-31T23:59:59-12:00"))]))
+    report = _analyze(capture, device_file, tmp_path)
+    assert len(report["flows"]) == 3
+    assert sum(NOTE in str(f["analysis_error"]) for f in report["flows"]) == 2
+    assert len(_flows_with_imei(report)) == 3
