@@ -1293,6 +1293,11 @@ def _request_leaves(collector: Collector, exchange: Exchange) -> None:
         collector.note(f"malformed URL ({e}): scanned as text")
         expand_text(collector, "request.url", url)
         parts = None
+    if parts is not None and "@" in parts.netloc:  # https://user:secret@host/: userinfo
+        expand_text(collector, "request.userinfo", unquote(parts.netloc.rpartition("@")[0]))
+    if parts is not None and parts.hostname and exchange.header("host") is None:
+        # HTTP/2 and 3 name the host in :authority, not in a Host header read below
+        _read_place(collector, "request.host", parts.hostname, None)
     if parts is not None and parts.path:
         _read_place(collector, "request.path", unquote(parts.path), None)
     if parts is not None and parts.query:

@@ -116,13 +116,14 @@ def is_storable_time(timestamp: object) -> bool:
             and _EARLIEST <= timestamp <= _LATEST)  # False for nan too
 
 
-def check_time(exchange: Exchange) -> None:
-    """A flow whose time is none a datetime can hold gets 0 (1970-01-01) and a note."""
-    if not is_storable_time(exchange.timestamp):
-        exchange.reader_notes.append(
-            f"the capture's time of this flow ({str(exchange.timestamp)[:40]}) is no time: "
+def check_time(exchange: Exchange) -> str | None:
+    """A flow whose time is none a datetime can hold gets 0 (1970-01-01); the note says so."""
+    if is_storable_time(exchange.timestamp):
+        return None
+    note = (f"the capture's time of this flow ({str(exchange.timestamp)[:40]}) is no time: "
             "stored as 1970-01-01")
-        exchange.timestamp = 0.0
+    exchange.timestamp = 0.0
+    return note
 
 
 def iso_utc(timestamp: float) -> str:

@@ -87,15 +87,16 @@ class Pipeline:
         What does not depend on other flows: ``leakmap analyze`` runs it in
         several processes at once and places the records in capture order.
         """
-        check_time(exchange)  # before the notes are read: the flow's time is stored
+        time_note = check_time(exchange)  # a capture's own field: the flow is stored anyway
         try:
             analysis = self.classifier.classify(exchange)
         except Exception as e:  # the record must exist even if analysis breaks
             analysis = Analysis(errors=[f"analysis failed: {type(e).__name__}: {e}"])
+        errors = [*analysis.errors, time_note] if time_note else analysis.errors
         return FlowRecord(
             exchange=exchange,
             findings=[self._redact(finding) for finding in analysis.findings],
-            analysis_error="; ".join(analysis.errors) or None,
+            analysis_error="; ".join(errors) or None,
             truncated=analysis.truncated,
             policy_sha256=self.classifier.policy.sha256,
         )

@@ -556,14 +556,15 @@ def test_remembered_headers_are_not_read_again(classifier: Classifier) -> None:
 
 
 def test_a_remembered_header_still_spends_the_leaf_budget(classifier: Classifier) -> None:
-    limits = dataclasses.replace(classifier.limits, budget_ms=0, max_leaves=3)
+    limits = dataclasses.replace(classifier.limits, budget_ms=0, max_leaves=4)
     remembering = Classifier(classifier.policy, classifier.device, limits, classifier.known)
     fresh = Classifier(classifier.policy, classifier.device, limits, classifier.known)
     headers = [("User-Agent", "Dalvik/1.6.0"), ("Accept", "*/*")]
     remembering.classify(request(url="https://h.cn/v2/stat", headers=headers))
-    assert len(remembering._known_quiet) == 3  # the path and both headers
+    # the URL's host (no Host header: read as HTTP/2's :authority), the path, both headers
+    assert len(remembering._known_quiet) == 4
     body = json.dumps({"a": "x", "imei": IMEI}).encode()
     exchange = request(url="https://h.cn/v2/stat", body=body, headers=headers)
-    expected = fresh.classify(exchange)  # the 3 places fill the budget: the body is not read
+    expected = fresh.classify(exchange)  # the 4 places fill the budget: the body is not read
     assert expected.truncated and not expected.findings
     assert remembering.classify(exchange) == expected

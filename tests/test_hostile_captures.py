@@ -116,3 +116,18 @@ def test_a_har_time_before_the_year_one_in_utc_is_logged(tmp_path: Path,
     assert len(report["flows"]) == 3
     assert sum(NOTE in str(f["analysis_error"]) for f in report["flows"]) == 2
     assert len(_flows_with_imei(report)) == 3
+
+
+def test_the_host_of_a_request_without_a_host_header_and_the_userinfo_are_searched(
+        tmp_path: Path, device_file: Path) -> None:
+    """HTTP/2 names the host in ``:authority`` only; a URL may carry ``user:secret@``."""
+    quiet = {"mimeType": "application/json", "text": "{}"}
+    by_host, by_userinfo = _entry(), _entry()
+    by_host["request"].update(url=f"https://{IMEI}.tracker.example/up", postData=quiet,
+                              httpVersion="HTTP/2.0")
+    by_userinfo["request"].update(url=f"https://id:{IMEI}@api.example.cn/up", postData=quiet)
+    capture = tmp_path / "places.har"
+    capture.write_text(_har_text([json.dumps(by_host), json.dumps(by_userinfo)]))
+    report = _analyze(capture, device_file, tmp_path)
+    fields = sorted(f["field"] for f in report["findings"] if f["data_type"] == "imei")
+    assert fields == ["request.host", "request.userinfo"]
