@@ -333,7 +333,7 @@ def undo_content_encoding(
 ) -> bytes | None:
     """The body with every Content-Encoding undone, or None if it cannot be."""
     if not content_encoding:
-        return body
+        return sniffed(body, collector)
     cap = collector.limits.max_decoded_bytes
     for encoding in reversed([e for e in content_encoding.split(",") if e.strip()]):
         try:
@@ -347,6 +347,54 @@ def undo_content_encoding(
             collector.truncated = True
             collector.note(f"decompression limit hit: {encoding.strip()} body cut at {cap} bytes")
     return body
+
+
+# A body compressed without a Content-Encoding to say so, by its first bytes: gzip (its
+# magic and the deflate method) and zstd.  Brotli has no magic.
+_MAGIC = ((b"\x1f\x8b\x08", "gzip"), (b"\x28\xb5\x2f\xfd", "zstd"))
+
+
+def sniffed(body: bytes, collector: Collector) -> bytes:
+    """``body`` inflated (within the caps, as a declared encoding would be) if it starts as a
+    gzip or zstd stream does and inflates; else as it came."""
+    for magic, encoding in _MAGIC:
+        if body.startswith(magic):
+            cap = collector.limits.max_decoded_bytes
+            try:
+                inflated, hit_cap = decompress(body, encoding, cap, collector.deadline)
+            except ValueError:
+                return body  # binary that only starts like it
+            collector.note(f"{encoding} body without a Content-Encoding saying so: inflated")
+            if hit_cap:
+                collector.truncated = True
+                collector.note(f"decompression limit hit: {encoding} body cut at {cap} bytes")
+            return inflated
+    return body
+
+
+_UTF16_BOMS = {b"\xff\xfe": "utf-16", b"\xfe\xff": "utf-16"}
+
+
+def _utf16_text(body: bytes, content_type: str) -> bytes | None:
+    """A UTF-16 body (a byte-order mark, a ``charset=utf-16``, or every other byte of its
+    start NUL) as UTF-8, if it decodes to text; else None."""
+    if len(body) < 4 or len(body) % 2:
+        return None
+    head = body[:16]
+    if head[:2] in _UTF16_BOMS or "utf-16" in content_type.lower():
+        codec = "utf-16" if head[:2] in _UTF16_BOMS else (
+            "utf-16-be" if "be" in content_type.lower() or head[0] == 0 else "utf-16-le")
+    elif not head[1::2].strip(b"\0") and head[::2].strip(b"\0"):
+        codec = "utf-16-le"
+    elif not head[::2].strip(b"\0") and head[1::2].strip(b"\0"):
+        codec = "utf-16-be"
+    else:
+        return None
+    try:
+        text = body.decode(codec)
+    except UnicodeDecodeError:
+        return None
+    return text.encode("utf-8", "surrogatepass") if _mostly_text(text) else None
 
 
 # --------------------------------------------------------------------------
@@ -1251,6 +1299,12 @@ def decode_payload(collector: Collector, path: str, body: bytes, content_type: s
     """Leaves of a (decompressed) body according to its type; text when all else fails."""
     if not body or collector.full:
         return
+    if (body[:1] in (b"\xff", b"\xfe", b"\0") or body[1:2] == b"\0"
+            or "utf-16" in (content_type or "").lower()):
+        utf8 = _utf16_text(body, content_type or "")
+        if utf8 is not None:
+            collector.note("UTF-16 body: read as text")
+            body = utf8
     kind = _kind_of(content_type or "", body)
     if _decode_structured(collector, path, body, kind, content_type or ""):
         return
@@ -1311,12 +1365,15 @@ def _request_leaves(collector: Collector, exchange: Exchange) -> None:
             _cookie_leaves(collector, value)
         elif not lower.startswith(":"):
             _read_place(collector, f"request.headers.{lower}", value, lower)
+    # two Content-Encoding headers are one list, as RFC 9110 reads them
+    encodings = [value for name, value in exchange.request_headers
+                 if name.lower() == "content-encoding"]
     decode_body(
         collector,
         "request.body",
         exchange.request_body,
         exchange.header("content-type"),
-        exchange.header("content-encoding"),
+        ", ".join(encodings) if len(encodings) > 1 else exchange.header("content-encoding"),
     )
 
 
@@ -1368,6 +1425,8 @@ def _message_leaves(collector: Collector, exchange: Exchange) -> None:
             content = content[:budget]
         budget -= len(content)
         declared = "" if message.is_text else "application/octet-stream"
+        if not message.is_text:
+            content = sniffed(content, collector)
         decode_payload(collector, f"{prefix}.messages[{index}]", content, declared)
 
 

@@ -131,3 +131,46 @@ def test_the_host_of_a_request_without_a_host_header_and_the_userinfo_are_search
     report = _analyze(capture, device_file, tmp_path)
     fields = sorted(f["field"] for f in report["findings"] if f["data_type"] == "imei")
     assert fields == ["request.host", "request.userinfo"]
+
+
+def _write(capture: Path, flows: list) -> Path:
+    with capture.open("wb") as handle:
+        writer = mitm_io.FlowWriter(handle)
+        for flow in flows:
+            writer.add(flow)
+    return capture
+
+
+def test_bodies_encoded_without_saying_so_are_read(tmp_path: Path, device_file: Path) -> None:
+    """gzip with no Content-Encoding, UTF-16 with and without a byte-order mark, two
+    Content-Encoding headers, a gzip'd binary WebSocket message."""
+    import gzip
+    import zlib
+
+    from mitmproxy.websocket import WebSocketMessage
+    from wsproto.frame_protocol import Opcode
+
+    document = json.dumps({"imei": IMEI}).encode()
+    bodies = {"gzip": (gzip.compress(document), []),
+              "utf-16": (document.decode().encode("utf-16"), []),
+              "utf-16-le": (document.decode().encode("utf-16-le"), []),
+              "two headers": (gzip.compress(zlib.compress(document)),
+                              [("content-encoding", "deflate"), ("content-encoding", "gzip")])}
+    flows = []
+    for path, (body, headers) in bodies.items():
+        flow = tflow.tflow(resp=True)
+        flow.request.path = "/" + path.replace(" ", "-")
+        flow.request.headers.clear()
+        for name, value in headers:
+            flow.request.headers.add(name, value)
+        flow.request.raw_content = body
+        flows.append(flow)
+    socket = tflow.twebsocketflow()
+    socket.websocket.messages = [WebSocketMessage(Opcode.BINARY, True, gzip.compress(document))]
+    flows.append(socket)
+    report = _analyze(_write(tmp_path / "unsaid.flow", flows), device_file, tmp_path)
+    assert len(report["flows"]) == 5
+    found = {f["flow_id"] for f in report["findings"] if f["data_type"] == "imei"}
+    assert {f["url"].rsplit("/", 1)[-1] for f in report["flows"] if f["flow_id"] in found} >= {
+        "gzip", "utf-16", "utf-16-le", "two-headers"}
+    assert len(found) == 5
