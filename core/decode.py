@@ -553,6 +553,8 @@ def expand_text(
     limits = collector.limits
     if plain_value(text, limits):
         collector.add(Leaf(path, text, layers, key, parent))
+        if "eyJ" in text and depth < limits.max_depth:  # base64 of '{"': a JSON Web Token?
+            _follow_tokens(collector, path, text, layers, depth)
         return
     if depth >= limits.max_depth:
         collector.add(Leaf(path, text, layers, key, parent))
@@ -571,6 +573,25 @@ def expand_text(
         return
     for nested_path, nested_text, nested_layers in nested:
         expand_text(collector, nested_path, nested_text, nested_layers, key, parent, depth + 1)
+
+
+# A JSON Web Token (JWS compact form: header.payload.signature), as in "Bearer eyJ...": its
+# dots keep it from being read as one base64 value
+_TOKEN = re.compile(r"eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]*)?")
+_TOKEN_PARTS = ("header", "payload")
+
+
+def _follow_tokens(collector: Collector, path: str, text: str, layers: tuple[str, ...],
+                   depth: int) -> None:
+    """The header and payload of each JSON Web Token in ``text``, decoded and followed."""
+    for index, token in enumerate(_TOKEN.finditer(text)):
+        for part, segment in zip(_TOKEN_PARTS, token.group().split("."), strict=False):
+            if collector.full:
+                return
+            decoded = decode_base64_text(segment)
+            if decoded is not None:
+                expand_text(collector, f"{path}.jwt[{index}].{part}", decoded,
+                            (*layers, "base64"), depth=depth + 1)
 
 
 def _more_inside(collector: Collector, path: str, text: str, layers: tuple[str, ...]) -> bool:

@@ -174,3 +174,21 @@ def test_bodies_encoded_without_saying_so_are_read(tmp_path: Path, device_file: 
     assert {f["url"].rsplit("/", 1)[-1] for f in report["flows"] if f["flow_id"] in found} >= {
         "gzip", "utf-16", "utf-16-le", "two-headers"}
     assert len(found) == 5
+
+
+def test_a_json_web_token_is_opened(tmp_path: Path, device_file: Path) -> None:
+    """``Authorization: Bearer header.payload.signature``: base64url segments joined by dots,
+    which no single base64 reading takes."""
+    import base64
+
+    def segment(document: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(document).encode()).decode().rstrip("=")
+
+    token = ".".join([segment({"alg": "HS256", "typ": "JWT"}),
+                      segment({"sub": "device", "imei": IMEI}), "c2lnbmF0dXJl"])
+    flow = tflow.tflow(resp=True)
+    flow.request.headers["authorization"] = f"Bearer {token}"
+    report = _analyze(_write(tmp_path / "jwt.flow", [flow]), device_file, tmp_path)
+    assert [(f["field"], f["encoding"]) for f in report["findings"]
+            if f["data_type"] == "imei"] == [
+        ("request.headers.authorization.jwt[0].payload.json.imei", "base64")]
