@@ -268,6 +268,7 @@ def flow_records(path: Path, keep: int | None = None) -> Iterator[bytes]:
 
 
 _CUT_SLACK = 1 << 20  # a flow at most this much over the cap is read whole
+_MAX_ITEMS = 100_000  # entries of a list kept by the reader of a flow over the cap
 _LONGEST_SCALAR = 1 << 16  # a longer number (or true, false, null) is damage, not a flow
 CUT_KEY = "leakmap_cut"  # in a cut flow's metadata: [where, bytes in the capture, bytes kept]...
 
@@ -303,9 +304,18 @@ def _peek_type(handle: BinaryIO, start: int, length: int, path: Path) -> bytes:
 
 def _read_items(handle: BinaryIO, end: int, keep: int, cuts: list[list[Any]], where: str,
                 path: Path, as_dict: bool) -> Any:
-    """The entries of a dict or list whose payload ends at ``end``, read from ``handle``."""
+    """The entries of a dict or list whose payload ends at ``end``, read from ``handle``.
+
+    A list keeps its first :data:`_MAX_ITEMS` entries (3 million headers or WebSocket
+    messages of one byte would be gigabytes of objects; the analysis reads at most
+    ``max_leaves`` values anyway), and the cut is noted like a long value's."""
     entries: list[Any] = []
+    start = handle.tell()
     while handle.tell() < end:
+        if not as_dict and len(entries) >= _MAX_ITEMS:
+            cuts.append([where, end - start, handle.tell() - start])
+            handle.seek(end)
+            break
         # where the entry sits: a dict's value by its key (the entry before it), a list's by index
         name = entries[-1] if as_dict and len(entries) % 2 else len(entries)
         at = f"{where}.{name}" if where else str(name)

@@ -192,3 +192,25 @@ def test_a_json_web_token_is_opened(tmp_path: Path, device_file: Path) -> None:
     assert [(f["field"], f["encoding"]) for f in report["findings"]
             if f["data_type"] == "imei"] == [
         ("request.headers.authorization.jwt[0].payload.json.imei", "base64")]
+
+
+def test_a_flow_of_countless_headers_keeps_the_first_and_says_so(tmp_path: Path,
+                                                                device_file: Path) -> None:
+    """Over the body cap, a flow is read value by value; a list of it (headers, WebSocket
+    messages) keeps its first entries: three million one-byte headers were gigabytes."""
+    from leakmap.addons.flows import _MAX_ITEMS
+
+    flow = tflow.tflow(resp=True)
+    flow.request.path = f"/up?imei={IMEI}"  # read before the headers, which spend the budget
+    flow.request.headers.fields = tuple((b"x-some-header", b"v") for _ in range(_MAX_ITEMS + 5_000))
+    capture = _write(tmp_path / "headers.flow", [flow])
+    assert capture.stat().st_size > 200_000 + (1 << 20)  # over --max-body and its slack
+    db = f"sqlite:///{tmp_path / 'headers.db'}"
+    leakmap_cli("analyze", str(capture), "--device", str(device_file), "--db", db,
+                "--max-body", "200000")
+    report = _report(db)
+    [stored] = report["flows"]
+    assert "request.headers of " in stored["analysis_error"]
+    assert "read from the capture" in stored["analysis_error"]
+    assert [f["field"] for f in report["findings"] if f["data_type"] == "imei"] == [
+        "request.query.imei"]
