@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import ipaddress
 import os
 import uuid
@@ -540,7 +541,34 @@ def _flow_errors(path: Path) -> Iterator[None]:
 def exchange_from_record(record: bytes, path: Path) -> Exchange | None:
     """The exchange of the flow stored as ``record`` (one of :func:`flow_records`), as
     :func:`exchange_from_flow` makes it of the flow mitmproxy's own reader builds; None for
-    a flow leakmap does not log, ValueError naming ``path`` if ``record`` is not a flow.
+    a flow leakmap does not log.
+
+    A record that is framed as a flow but is none mitmproxy can read (a version it does not
+    know, a state of the wrong shape) is logged as a flow with that error, and its own
+    bytes are searched as its body (:func:`_unreadable_record`). mitmproxy's reader stops
+    there; leakmap goes on to the next record, so that one crafted record cannot hide the
+    flows after it.
+    """
+    try:
+        return _exchange_from_record(record, path)
+    except ValueError as e:
+        return _unreadable_record(record, str(e).removeprefix(f"{path}: "))
+
+
+def _unreadable_record(record: bytes, problem: str) -> Exchange:
+    """A flow in the capture all the same: an id made of its bytes (the same in every run),
+    the problem, and its bytes to search."""
+    flow_id = str(uuid.uuid5(uuid.NAMESPACE_URL,
+                             f"leakmap-record:{hashlib.sha256(record).hexdigest()}"))
+    return Exchange(flow_id=flow_id, kind="http", timestamp=0.0, request_body=record,
+                    request_headers=[("Content-Type", "application/octet-stream")],
+                    error=f"unreadable flow record: {problem}",
+                    reader_notes=["an unreadable flow record: its bytes searched as they are"])
+
+
+
+def _exchange_from_record(record: bytes, path: Path) -> Exchange | None:
+    """:func:`exchange_from_record`; ValueError naming ``path`` if ``record`` is no flow.
 
     mitmproxy builds a whole flow from its stored state through generic,
     type-checked reflection: some 600 µs a flow, more than parsing the bytes.

@@ -90,13 +90,15 @@ def test_the_fast_path_reads_what_mitmproxys_reader_reads(flow: http.HTTPFlow) -
 
 def test_other_flows_and_damaged_states_go_through_mitmproxys_reader(tmp_path: Path) -> None:
     """WebSocket, TCP and DNS flows, and an HTTP flow whose state the fast path cannot read
-    (a response without status), still give what mitmproxy's reader gives, or its verdict."""
+    (a response without status), still give what mitmproxy's reader gives, or its verdict:
+    a record it refuses is logged as an unreadable flow, with that verdict as its error."""
     flows = [tflow.twebsocketflow(), tflow.ttcpflow(), tflow.tdnsflow(resp=True), tflow.tflow()]
     for flow in flows:
         record = _stored(flow)
         theirs = next(io.FlowReader(_io.BytesIO(record)).stream())
         assert exchange_from_record(record, tmp_path / "x.flow") == exchange_from_flow(theirs)
-    damaged = _stored(tflow.tflow(resp=True)).replace(b"11:status_code;3:200#", b"11:status_code;3:abc;")
+    original = tflow.tflow(resp=True)
+    damaged = _stored(original).replace(b"11:status_code;3:200#", b"11:status_code;3:abc;")
     assert damaged != _stored(tflow.tflow(resp=True))
     path = tmp_path / "damaged.flow"
     path.write_bytes(damaged)
@@ -105,13 +107,12 @@ def test_other_flows_and_damaged_states_go_through_mitmproxys_reader(tmp_path: P
         their_verdict = "read"
     except Exception:
         their_verdict = "refused"
-    try:
-        [exchange_from_record(record, path) for record in flow_records(path)]
-        our_verdict = "read"
-    except ValueError as e:
-        our_verdict = "refused"
-        assert str(e).startswith(f"{path}: not a readable mitmproxy flow file (")
-    assert our_verdict == their_verdict == "refused"
+    [ours] = [exchange_from_record(record, path) for record in flow_records(path)]
+    assert their_verdict == "refused"
+    assert ours is not None and ours.error is not None
+    assert ours.error.startswith("unreadable flow record: not a readable mitmproxy flow file (")
+    assert ours.flow_id == exchange_from_record(damaged, path).flow_id != original.id
+    assert ours.request_body == damaged  # its own bytes, searched
 
 
 # --------------------------------------------------------------------------

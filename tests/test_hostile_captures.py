@@ -214,3 +214,27 @@ def test_a_flow_of_countless_headers_keeps_the_first_and_says_so(tmp_path: Path,
     assert "read from the capture" in stored["analysis_error"]
     assert [f["field"] for f in report["findings"] if f["data_type"] == "imei"] == [
         "request.query.imei"]
+
+
+def test_a_flow_record_mitmproxy_refuses_does_not_hide_the_flows_after_it(
+        tmp_path: Path, device_file: Path) -> None:
+    """Framed as a flow, of a version no mitmproxy reads: logged with that error, its bytes
+    searched, and the flows after it read (mitmproxy's own reader stops there)."""
+    from mitmproxy.io import tnetstring
+
+    flows = []
+    for _ in range(3):
+        flow = tflow.tflow(resp=True)
+        flow.request.content = json.dumps({"imei": IMEI}).encode()
+        flows.append(flow)
+    capture = _write(tmp_path / "versions.flow", flows[:1])
+    state = flows[1].get_state()
+    state["version"] = 999
+    with capture.open("ab") as handle:
+        handle.write(tnetstring.dumps(state))
+        mitm_io.FlowWriter(handle).add(flows[2])
+    report = _analyze(capture, device_file, tmp_path)
+    assert len(report["flows"]) == 3
+    [refused] = [f for f in report["flows"] if "unreadable flow record" in str(f["flow_error"])]
+    assert "version 999" in refused["flow_error"]
+    assert len(_flows_with_imei(report)) == 3
