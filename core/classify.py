@@ -568,6 +568,8 @@ class Classifier:
         collector = exchange_leaves(exchange, self.limits, deadline, search_known,
                                     self._json_hot, self._form_hot, self._known_quiet)
         collector.hand_over()  # also after the deadline: the surest finding, and fast
+        if collector.leaves_spent:  # 50,000 values of padding must not hide a leak after them
+            keep(self._known_unread(exchange, best, problems))
         analysis = Analysis(errors=collector.errors)
         analysis.errors.extend(problems)
         try:
@@ -580,6 +582,21 @@ class Classifier:
         if not analysis.truncated and not analysis.errors:
             self._remember_quiet(collector.single_leaves, {finding.field for finding in findings})
         return analysis
+
+    def _known_unread(self, exchange: Exchange, best: dict[tuple[str, str], Finding],
+                      problems: list[str]) -> list[Finding]:
+        """Known values in the request as it came (URL, headers, the body within the cap),
+        when the leaf budget left values unread: one matcher pass, at ``request.unread``.
+        Only values not found already: the others have their own field."""
+        found = {(f.data_type, f.value) for f in best.values() if f.match == "known"}
+        body = exchange.request_body[: self.limits.max_body_bytes]
+        text = "\0".join([exchange.url or "",
+                           *(f"{name}: {value}" for name, value in exchange.request_headers),
+                           body.decode("utf-8", "replace")])
+        leaf = Leaf("request.unread", text, (), None, None)
+        problems.append("known values searched in the unread rest of the request as it came")
+        return [finding for finding in self._detected(self._known_hits, leaf, problems)
+                if (finding.data_type, finding.value) not in found]
 
     def _remember_quiet(self, leaves: list[Leaf], fields: set[str]) -> None:
         """Remember the URL path and headers of a flow that held nothing, to skip them later.

@@ -123,6 +123,7 @@ class Collector:
     single_leaves: list[Leaf] = field(default_factory=list)
     remembered: int = 0  # places skipped as known_quiet: each still counts as its one leaf
     out_of_time: bool = False
+    leaves_spent: bool = False  # the leaf budget ran out: values were left unread
     _asked: int = 0
     _handed: int = 0  # leaves before this index went to on_batch
     _unhanded_chars: int = 0
@@ -187,7 +188,7 @@ class Collector:
             return True
         if len(self.leaves) + self.remembered < self.limits.max_leaves:
             return False
-        self.truncated = True
+        self.truncated = self.leaves_spent = True
         self.note_once(f"leaf budget of {self.limits.max_leaves} values exhausted")
         return True
 

@@ -238,3 +238,23 @@ def test_a_flow_record_mitmproxy_refuses_does_not_hide_the_flows_after_it(
     [refused] = [f for f in report["flows"] if "unreadable flow record" in str(f["flow_error"])]
     assert "version 999" in refused["flow_error"]
     assert len(_flows_with_imei(report)) == 3
+
+
+def test_a_leak_behind_the_leaf_budget_is_still_found(tmp_path: Path, device_file: Path) -> None:
+    """60,000 headers, or a body of 60,000 fields, spend the 50,000-value budget before the
+    IMEI: the request as it came is searched once more for known values."""
+    by_header = tflow.tflow(resp=True)
+    by_header.request.headers.fields = (
+        *((f"x-h{index}".encode(), f"v{index}".encode()) for index in range(60_000)),
+        (b"x-dev", IMEI.encode()))
+    by_body = tflow.tflow(resp=True)
+    by_body.request.headers["content-type"] = "application/json"
+    by_body.request.content = json.dumps(
+        {**{f"k{index}": index for index in range(60_000)}, "imei": IMEI}).encode()
+    report = _analyze(_write(tmp_path / "padded.flow", [by_header, by_body]), device_file,
+                      tmp_path)
+    assert len(report["flows"]) == 2
+    assert all("leaf budget of 50000 values exhausted" in f["analysis_error"]
+               for f in report["flows"])
+    assert sorted((f["field"], f["encoding"]) for f in report["findings"]
+                  if f["data_type"] == "imei") == [("request.unread", "plain")] * 2
