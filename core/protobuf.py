@@ -104,7 +104,8 @@ def _length_delimited(
 
 
 def _float_field(prefix: str, value: float) -> list[Field]:
-    return [(prefix, value)] if math.isfinite(value) and 0 < abs(value) < 1e7 else []
+    # a plausible number (a coordinate, a price): not a denormal that an integer's bytes make
+    return [(prefix, value)] if math.isfinite(value) and 1e-6 <= abs(value) < 1e7 else []
 
 
 def _parse(
@@ -125,7 +126,10 @@ def _parse(
             elif wire_type == 1:
                 if pos + 8 > len(data):
                     raise _Invalid("fixed64 runs past the end")
-                fields += _float_field(name, struct.unpack_from("<d", data, pos)[0])
+                # a double (a coordinate), else an integer: Android's check-in sends its
+                # android_id as fixed64, and an IMEI fits in one
+                fields += (_float_field(name, struct.unpack_from("<d", data, pos)[0])
+                           or [(name, struct.unpack_from("<Q", data, pos)[0])])
                 pos += 8
             elif wire_type == 2:
                 length, pos = _varint(data, pos)

@@ -258,3 +258,19 @@ def test_a_leak_behind_the_leaf_budget_is_still_found(tmp_path: Path, device_fil
                for f in report["flows"])
     assert sorted((f["field"], f["encoding"]) for f in report["findings"]
                   if f["data_type"] == "imei") == [("request.unread", "plain")] * 2
+
+
+def test_an_id_in_a_protobuf_fixed64_is_read_as_an_integer(tmp_path: Path,
+                                                           device_file: Path) -> None:
+    """Android's check-in sends its android_id as a fixed64 field; an IMEI fits in one. A
+    fixed64 that reads as a plausible double (a coordinate) stays a double."""
+    import struct
+
+    body = (bytes([1 << 3 | 1]) + struct.pack("<Q", int(IMEI))  # field 1, fixed64
+            + bytes([2 << 3 | 1]) + struct.pack("<d", 28.6139))  # field 2, a latitude
+    flow = tflow.tflow(resp=True)
+    flow.request.headers["content-type"] = "application/x-protobuf"
+    flow.request.content = body
+    report = _analyze(_write(tmp_path / "fixed64.flow", [flow]), device_file, tmp_path)
+    assert [f["field"] for f in report["findings"] if f["data_type"] == "imei"] == [
+        "request.body.protobuf.1"]
