@@ -566,7 +566,6 @@ def _unreadable_record(record: bytes, problem: str) -> Exchange:
                     reader_notes=["an unreadable flow record: its bytes searched as they are"])
 
 
-
 def _exchange_from_record(record: bytes, path: Path) -> Exchange | None:
     """:func:`exchange_from_record`; ValueError naming ``path`` if ``record`` is no flow.
 

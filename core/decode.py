@@ -373,7 +373,7 @@ def sniffed(body: bytes, collector: Collector) -> bytes:
     return body
 
 
-_UTF16_BOMS = {b"\xff\xfe": "utf-16", b"\xfe\xff": "utf-16"}
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
 
 def _utf16_text(body: bytes, content_type: str) -> bytes | None:
@@ -382,9 +382,11 @@ def _utf16_text(body: bytes, content_type: str) -> bytes | None:
     if len(body) < 4 or len(body) % 2:
         return None
     head = body[:16]
-    if head[:2] in _UTF16_BOMS or "utf-16" in content_type.lower():
-        codec = "utf-16" if head[:2] in _UTF16_BOMS else (
-            "utf-16-be" if "be" in content_type.lower() or head[0] == 0 else "utf-16-le")
+    if head[:2] in _UTF16_BOMS:
+        codec = "utf-16"  # the mark says which end comes first
+    elif "utf-16" in content_type.lower():
+        big_end = "utf-16be" in content_type.lower() or head[0] == 0
+        codec = "utf-16-be" if big_end else "utf-16-le"
     elif not head[1::2].strip(b"\0") and head[::2].strip(b"\0"):
         codec = "utf-16-le"
     elif not head[::2].strip(b"\0") and head[1::2].strip(b"\0"):
@@ -1395,7 +1397,7 @@ def _request_leaves(collector: Collector, exchange: Exchange) -> None:
         "request.body",
         exchange.request_body,
         exchange.header("content-type"),
-        ", ".join(encodings) if len(encodings) > 1 else exchange.header("content-encoding"),
+        ", ".join(encodings) or None,
     )
 
 
