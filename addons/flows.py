@@ -22,6 +22,7 @@ from mitmproxy import connection, dns, http, tcp, tls, udp
 from mitmproxy.flow import Flow
 from mitmproxy.io import compat
 
+from leakmap.core.decode import Limits
 from leakmap.core.exchange import Exchange, Message, scanned_note
 
 
@@ -279,97 +280,128 @@ def _cut_record(handle: BinaryIO, size: int, keep: int, path: Path) -> bytes:
     whose values longer than ``keep`` bytes hold only their first ``keep`` bytes; where
     each was cut goes in its metadata (:data:`CUT_KEY`), for :func:`exchange_from_record`."""
     start = handle.tell()
-    cuts: list[list[Any]] = []
+    reader = _CutReader(handle, keep, path)
     try:
-        if _peek_type(handle, start, size, path) != b"}":
+        if reader.peek_type(start, size) != b"}":
             raise _unreadable(path)
-        state = _read_items(handle, start + size, keep, cuts, "", path, as_dict=True)
+        state = reader.items(start + size, "", as_dict=True)
         handle.seek(start + size + 1)
     except RecursionError as e:
         raise _unreadable(path, "nested too deeply") from e
     metadata = state.get("metadata")
-    if cuts and isinstance(metadata, dict):
-        metadata[CUT_KEY] = cuts
+    if reader.cuts and isinstance(metadata, dict):
+        metadata[CUT_KEY] = reader.cuts
     return tnetstring_dumps(state)
 
 
-def _peek_type(handle: BinaryIO, start: int, length: int, path: Path) -> bytes:
-    """The type byte of the value whose ``length``-byte payload starts at ``start``."""
-    handle.seek(start + length)
-    tag = handle.read(1)
-    if len(tag) != 1:
-        raise _unreadable(path)
-    handle.seek(start)
-    return tag
+class _CutReader:
+    """Reads the values of one flow over the cap from its capture, each cut to what the
+    analysis reads of it: a value to ``keep`` bytes; the messages the client sent to
+    ``Limits.max_decoded_bytes`` in all (:func:`_message_leaves` scans no more); the
+    server's messages to nothing (never analysed). Each cut goes in :attr:`cuts`:
+    ``[where, bytes in the capture, bytes kept]``."""
 
+    def __init__(self, handle: BinaryIO, keep: int, path: Path) -> None:
+        self.handle, self.keep, self.path = handle, keep, path
+        self.cuts: list[list[Any]] = []
+        self.sent_left = Limits.max_decoded_bytes  # bytes of the client's messages still read
 
-def _read_items(handle: BinaryIO, end: int, keep: int, cuts: list[list[Any]], where: str,
-                path: Path, as_dict: bool) -> Any:
-    """The entries of a dict or list whose payload ends at ``end``, read from ``handle``.
+    def peek_type(self, start: int, length: int) -> bytes:
+        """The type byte of the value whose ``length``-byte payload starts at ``start``."""
+        self.handle.seek(start + length)
+        tag = self.handle.read(1)
+        if len(tag) != 1:
+            raise _unreadable(self.path)
+        self.handle.seek(start)
+        return tag
 
-    A list keeps its first :data:`_MAX_ITEMS` entries (3 million headers or WebSocket
-    messages of one byte would be gigabytes of objects; the analysis reads at most
-    ``max_leaves`` values anyway), and the cut is noted like a long value's."""
-    entries: list[Any] = []
-    start = handle.tell()
-    while handle.tell() < end:
-        if not as_dict and len(entries) >= _MAX_ITEMS:
-            cuts.append([where, end - start, handle.tell() - start])
-            handle.seek(end)
-            break
-        # where the entry sits: a dict's value by its key (the entry before it), a list's by index
-        name = entries[-1] if as_dict and len(entries) % 2 else len(entries)
-        at = f"{where}.{name}" if where else str(name)
-        entries.append(_read_value(handle, end, keep, cuts, at, path))
-    if handle.tell() != end:
-        raise _unreadable(path)
-    if not as_dict:
-        return entries
-    if len(entries) % 2:
-        raise _unreadable(path)
-    try:
-        return dict(zip(entries[::2], entries[1::2], strict=True))
-    except TypeError as e:  # an unhashable key
-        raise _unreadable(path) from e
+    def items(self, end: int, where: str, as_dict: bool) -> Any:
+        """The entries of a dict or list whose payload ends at ``end``.
 
+        A list keeps its first :data:`_MAX_ITEMS` entries (3 million headers or WebSocket
+        messages of one byte would be gigabytes of objects; the analysis reads at most
+        ``max_leaves`` values anyway), and the cut is noted like a long value's."""
+        handle = self.handle
+        entries: list[Any] = []
+        start = handle.tell()
+        while handle.tell() < end:
+            if not as_dict and len(entries) >= _MAX_ITEMS:
+                self.cuts.append([where, end - start, handle.tell() - start])
+                handle.seek(end)
+                break
+            # where the entry sits: a dict's value by its key (the entry before it), a list's by index
+            name = entries[-1] if as_dict and len(entries) % 2 else len(entries)
+            at = f"{where}.{name}" if where else str(name)
+            # a message's content comes right after whether the client sent it
+            cap = self._content_cap(entries[-1]) if _message_index(at) is not None else None
+            entries.append(self.value(end, at, cap, _is_message(at)))
+        if handle.tell() != end:
+            raise _unreadable(self.path)
+        if not as_dict:
+            return entries
+        if len(entries) % 2:
+            raise _unreadable(self.path)
+        try:
+            return dict(zip(entries[::2], entries[1::2], strict=True))
+        except TypeError as e:  # an unhashable key
+            raise _unreadable(self.path) from e
 
-def _read_value(handle: BinaryIO, limit: int, keep: int, cuts: list[list[Any]], where: str,
-                path: Path) -> Any:
-    """One value of a cut flow, read from ``handle``; a long one cut to ``keep`` bytes."""
-    prefix = handle.read(_MAX_LENGTH_DIGITS + 1)
-    colon = prefix.find(b":")
-    if colon < 1 or not prefix[:colon].isdigit():
-        raise _unreadable(path)
-    start = handle.tell() - len(prefix) + colon + 1
-    length = int(prefix[:colon])
-    if start + length >= limit:
-        raise _unreadable(path)
-    if length <= keep + _CUT_SLACK:  # small enough: read and parsed whole
-        return _read_whole(handle, start, length, path)
-    tag = _peek_type(handle, start, length, path)
-    if tag in (b"}", b"]"):
-        value = _read_items(handle, start + length, keep, cuts, where, path, as_dict=tag == b"}")
-    elif tag in (b",", b";"):
-        value = _kept(handle.read(keep), tag == b";", path)
-        cuts.append([where, length, len(value.encode() if isinstance(value, str) else value)])
-    elif length <= _LONGEST_SCALAR:  # a number, true, false, null: read whole
-        return _read_whole(handle, start, length, path)
-    else:  # a number of megabytes: no flow holds one
-        raise _unreadable(path, f"a value of {length} bytes at {where}")
-    handle.seek(start + length + 1)
-    return value
+    def _content_cap(self, from_client: object) -> int:
+        return min(self.keep, self.sent_left) if from_client is True else 0
 
+    def value(self, limit: int, where: str, cap: int | None = None, message: bool = False) -> Any:
+        """One value, read from the handle; a long one cut to ``keep`` bytes, a string or
+        bytes to ``cap`` where given (a message's content), and a ``message`` (a list)
+        entry by entry, so that its content is."""
+        handle = self.handle
+        prefix = handle.read(_MAX_LENGTH_DIGITS + 1)
+        colon = prefix.find(b":")
+        if colon < 1 or not prefix[:colon].isdigit():
+            raise _unreadable(self.path)
+        start = handle.tell() - len(prefix) + colon + 1
+        length = int(prefix[:colon])
+        if start + length >= limit:
+            raise _unreadable(self.path)
+        small = length <= self.keep + _CUT_SLACK
+        tag = self.peek_type(start, length) if cap is not None or message or not small else b""
+        if tag in (b",", b";") and cap is not None:
+            value = self._string(start, length, min(length, cap), tag, where)
+            if cap:  # the client's: what the analysis reads of it is spent
+                self.sent_left -= len(value.encode() if isinstance(value, str) else value)
+            return value
+        if small and not (message and tag == b"]"):  # small enough: read and parsed whole
+            return self._whole(start, length)
+        if tag in (b"}", b"]"):
+            value = self.items(start + length, where, as_dict=tag == b"}")
+        elif tag in (b",", b";"):
+            return self._string(start, length, self.keep, tag, where)
+        elif length <= _LONGEST_SCALAR:  # a number, true, false, null: read whole
+            return self._whole(start, length)
+        else:  # a number of megabytes: no flow holds one
+            raise _unreadable(self.path, f"a value of {length} bytes at {where}")
+        handle.seek(start + length + 1)
+        return value
 
-def _read_whole(handle: BinaryIO, start: int, length: int, path: Path) -> Any:
-    """The value whose ``length``-byte payload starts at ``start``, read and parsed whole."""
-    handle.seek(start)
-    data = handle.read(length + 1)
-    if len(data) != length + 1:
-        raise _unreadable(path)
-    try:
-        return tnetstring_loads(b"%d:%b" % (length, data))
-    except (ValueError, TypeError, IndexError) as e:
-        raise _unreadable(path) from e
+    def _string(self, start: int, length: int, kept: int, tag: bytes, where: str) -> bytes | str:
+        """The first ``kept`` bytes of a string or bytes value (the cut noted if any)."""
+        if kept >= length:
+            return self._whole(start, length)  # type: ignore[no-any-return]
+        self.handle.seek(start)
+        value = _kept(self.handle.read(kept), tag == b";", self.path)
+        self.cuts.append([where, length, len(value.encode() if isinstance(value, str) else value)])
+        self.handle.seek(start + length + 1)
+        return value
+
+    def _whole(self, start: int, length: int) -> Any:
+        """The value whose ``length``-byte payload starts at ``start``, read and parsed whole."""
+        self.handle.seek(start)
+        data = self.handle.read(length + 1)
+        if len(data) != length + 1:
+            raise _unreadable(self.path)
+        try:
+            return tnetstring_loads(b"%d:%b" % (length, data))
+        except (ValueError, TypeError, IndexError) as e:
+            raise _unreadable(self.path) from e
 
 
 def _kept(data: bytes, text: bool, path: Path) -> bytes | str:
@@ -614,6 +646,8 @@ def note_cuts(exchange: Exchange, cuts: list[Any]) -> None:
     """What :func:`_cut_record` left out of the flow of ``exchange``: one note per value,
     and the sizes the flow had in its capture."""
     sent = 0  # bytes the client sent that were cut off
+    numbers = _client_numbers(exchange.messages)
+    beyond = f"messages beyond {Limits.max_decoded_bytes} bytes not scanned"  # as the decoder says
     for cut in cuts:
         if not (isinstance(cut, list) and len(cut) == 3 and isinstance(cut[0], str)
                 and isinstance(cut[1], int) and isinstance(cut[2], int)):
@@ -625,8 +659,9 @@ def note_cuts(exchange: Exchange, cuts: list[Any]) -> None:
         elif index is not None and index < len(exchange.messages):
             if exchange.messages[index].from_client:  # the server's are not analysed either
                 sent += length - kept
-                number = sum(m.from_client for m in exchange.messages[:index])  # as the decoder counts
-                exchange.reader_notes.append(scanned_note(f"message {number}", length, kept))
+                note = scanned_note(f"message {numbers[index]}", length, kept) if kept else beyond
+                if note is not beyond or beyond not in exchange.reader_notes[-1:]:
+                    exchange.reader_notes.append(note)
         elif where == "request.content":
             sent += length - kept
             exchange.reader_notes.append(scanned_note("body", length, kept))
@@ -635,6 +670,21 @@ def note_cuts(exchange: Exchange, cuts: list[Any]) -> None:
                 f"{where} of {length} bytes: only the first {kept} read from the capture")
     if sent:
         exchange.sent_size = exchange.request_size + sent
+
+
+def _client_numbers(messages: list[Message]) -> list[int]:
+    """Each message's number among the client's, as the decoder counts them."""
+    numbers, sent = [], 0
+    for message in messages:
+        numbers.append(sent)
+        sent += message.from_client
+    return numbers
+
+
+def _is_message(where: str) -> bool:
+    """Whether ``where`` is a message of a flow (``messages.N``, ``websocket.messages.N``)."""
+    head, _, index = where.rpartition(".")
+    return index.isdigit() and (head == "messages" or head.endswith(".messages"))
 
 
 def _message_index(where: str) -> int | None:

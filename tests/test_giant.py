@@ -79,7 +79,7 @@ def test_a_flow_over_the_cap_is_read_cut_and_says_what_it_was(tmp_path: Path) ->
     # the server's message is not analysed: cut without a note; the client's is noted
     assert stream.reader_notes == [scanned_note("message 0", BIG + 20, KEEP)]
     assert stream.request_size == BIG + 20
-    assert [len(m.content) for m in stream.messages] == [KEEP, KEEP]
+    assert [(m.from_client, len(m.content)) for m in stream.messages] == [(True, KEEP), (False, 0)]
     assert cut[1] == whole[1]  # a flow under the cap is read as it always was
     for exchange, plain in zip(cut, whole, strict=True):
         assert exchange is not None and plain is not None

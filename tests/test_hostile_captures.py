@@ -274,3 +274,45 @@ def test_an_id_in_a_protobuf_fixed64_is_read_as_an_integer(tmp_path: Path,
     report = _analyze(_write(tmp_path / "fixed64.flow", [flow]), device_file, tmp_path)
     assert [f["field"] for f in report["findings"] if f["data_type"] == "imei"] == [
         "request.body.protobuf.1"]
+
+
+@pytest.mark.parametrize("make", [tflow.twebsocketflow, tflow.ttcpflow])
+def test_a_flow_of_many_large_messages_keeps_what_the_analysis_reads(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make) -> None:
+    """Over the body cap, the client's messages are read up to the decoder's budget of
+    decoded bytes and the server's not at all: 45 messages of 15 MB (each under the cap)
+    were 1.6 GB of memory, all of it beyond what the analysis scans."""
+    from mitmproxy import tcp, websocket
+    from wsproto.frame_protocol import Opcode
+
+    from leakmap.addons import flows as flow_files
+    from leakmap.core.decode import Limits
+
+    monkeypatch.setattr(Limits, "max_decoded_bytes", 500_000)
+    flow = make()
+    size = 150_000
+    client = [(f"imei={IMEI};" if index == 0 else "").encode().ljust(size, b"x")
+              for index in range(12)]
+    stored = flow.websocket if make is tflow.twebsocketflow else flow
+    stored.messages = []
+    for index, content in enumerate(client):
+        if make is tflow.twebsocketflow:
+            stored.messages.append(websocket.WebSocketMessage(Opcode.TEXT, True, content))
+            if index % 2:
+                stored.messages.append(websocket.WebSocketMessage(Opcode.BINARY, False, b"s" * size))
+        else:
+            stored.messages.append(tcp.TCPMessage(True, content))
+            if index % 2:
+                stored.messages.append(tcp.TCPMessage(False, b"s" * size))
+    capture = _write(tmp_path / "messages.flow", [flow])
+    [record] = flow_files.flow_records(capture, keep=200_000)
+    exchange = flow_files.exchange_from_record(record, capture)
+    assert exchange is not None and exchange.error is None
+    sent = [m.content for m in exchange.messages if m.from_client]
+    assert [len(content) for content in sent] == [size] * 3 + [50_000] + [0] * 8
+    assert sent[0] == client[0] and sent[3] == client[3][:50_000]
+    assert all(m.content == b"" for m in exchange.messages if not m.from_client)
+    assert exchange.request_size == size * 12  # as in the capture
+    assert exchange.reader_notes == [
+        "message 3 of 150000 bytes: only the first 50000 scanned",
+        "messages beyond 500000 bytes not scanned"]
