@@ -189,9 +189,7 @@ def read_har(path: Path, keep: int | None = None) -> Iterator[Exchange]:
         return
     raw = path.read_bytes()
     try:
-        # json.loads keeps the last of repeated names; the entry reader reads every
-        # log.entries (a second, empty list must not hide the first)
-        document: Any = json.loads(raw) if raw.count(b'"entries"') < 2 else _BROKEN
+        document: Any = json.loads(raw) if _parse_whole(raw) else _BROKEN
     except (ValueError, RecursionError):
         # not JSON as a whole (a broken entry, a cut end: the error holds all of its text),
         # or JSON that json.loads refuses in one entry (nested too deeply, a number of
@@ -214,6 +212,14 @@ def read_har(path: Path, keep: int | None = None) -> Iterator[Exchange]:
         yield _exchange_or_note(entry, index, _flow_id(file_sha256, index))
 
 
+def _parse_whole(raw: bytes) -> bool:
+    """Whether ``json.loads`` may read the HAR ``raw`` at once: it names ``entries`` once
+    (json.loads keeps the last of repeated names, and a second, empty list must not hide
+    the first) and has no more brackets than one entry may hold (:data:`MAX_CONTAINERS`;
+    those in strings are counted too).  Else the entry reader decides, entry by entry."""
+    return raw.count(b'"entries"') < 2 and raw.count(b"{") + raw.count(b"[") <= MAX_CONTAINERS
+
+
 def _read_large_har(path: Path, keep: int) -> Iterator[Exchange]:
     """:func:`read_har` of a large file, or of one that is not JSON as a whole: hashed first
     (the flow ids need the file's digest), then read entry by entry.  An entry that is not
@@ -226,11 +232,12 @@ def _read_large_har(path: Path, keep: int) -> Iterator[Exchange]:
     file_sha256 = digest.hexdigest()
     with path.open("rb") as handle:
         # a base64 body (HAR's "encoding") takes 4 characters for 3 bytes
-        entries = har_entries(handle, keep * 4 // 3 + 4, _CHUNK)
+        cut = keep * 4 // 3 + 4
+        entries = har_entries(handle, cut, _CHUNK)
         index = 0
         while True:
             try:
-                text, cuts = next(entries)
+                text, cuts, oversized = next(entries)
             except StopIteration:
                 return
             except ValueError as e:
@@ -238,6 +245,9 @@ def _read_large_har(path: Path, keep: int) -> Iterator[Exchange]:
                 raise ValueError(f"{path}: not a HAR 1.2 file{after} ({_short(e)})") from e
             flow_id = _flow_id(file_sha256, index)
             try:
+                if oversized:
+                    raise ValueError(f"over {cut + 2 * ENTRY_SLACK} bytes or {MAX_CONTAINERS} "
+                                     "objects and arrays once its long strings are cut")
                 entry = json.loads(text)
             except (ValueError, RecursionError) as e:
                 yield _unreadable(index, flow_id, e, bytes(text[:keep]))
@@ -250,9 +260,9 @@ def _read_large_har(path: Path, keep: int) -> Iterator[Exchange]:
 
 
 _BROKEN = object()  # read_har: the file is not JSON as a whole
-# A HAR file larger than this is read entry by entry, with its giant strings cut (no body of
-# the cap's size fits in a smaller one together with the rest of a HAR worth cutting)
-BIG_HAR = 64 * 2**20
+# A HAR file larger than this is read entry by entry, with its giant strings cut and each
+# entry bounded; a smaller one is parsed at once, within a few hundred MB of objects
+BIG_HAR = 16 * 2**20
 _CHUNK = 8 * 2**20
 _STRUCTURE = re.compile(rb'[^"]*+')  # outside strings: up to the next quote
 # inside a string: up to its closing quote (unrolled: plain runs, each escape then a plain run)
@@ -276,20 +286,24 @@ class _Piece(NamedTuple):
 
 
 def json_pieces(handle: BinaryIO, keep: int, chunk_size: int = _CHUNK,
-                flat: Callable[[], bool] | None = None) -> Iterator[_Piece]:
+                flat: Callable[[], int] | None = None,
+                keep_for: Callable[[], int] | None = None) -> Iterator[_Piece]:
     """The JSON text read from ``handle`` as pieces, each string whole; a string that decodes
     to more than ``keep`` bytes is cut after at least ``keep`` (whole characters and
     escapes), then :data:`CUT_MARK` and its length in the file.  Memory: one string within
     ``keep``, and a chunk.  A string the file ends in comes last, without its closing quote.
-    Where ``flat()`` says so, up to ``keep`` bytes of strings and the text between them
-    come as one piece, up to a bracket outside a string."""
+    ``flat()``: how many bytes of strings and the text between them (at most ``keep``) may
+    come next as one piece, up to a bracket outside a string.  ``keep_for()``: the cut of
+    the string that starts (at most ``keep``; default ``keep``)."""
     buffer, position, eof = b"", 0, False
     string: bytearray | None = None  # in a string: its text so far, from its opening quote
     length = 0  # bytes of the string so far, in the file
     decoded = 0  # at most the bytes they decode to (_at_most)
+    limit = keep  # the cut of the string being read
     while True:
-        if string is None and flat is not None and flat():
-            run = _FLAT.match(buffer, position, position + keep).end()  # type: ignore[union-attr]
+        room = flat() if string is None and flat is not None else 0
+        if room:
+            run = _FLAT.match(buffer, position, position + min(keep, room)).end()  # type: ignore[union-attr]
             if run > position:
                 yield _Piece(buffer[position:run], flat=True)
                 position = run
@@ -299,24 +313,25 @@ def json_pieces(handle: BinaryIO, keep: int, chunk_size: int = _CHUNK,
                 yield _Piece(buffer[position:end])
         else:
             end = _STRING_BODY.match(buffer, position).end()  # type: ignore[union-attr]
-            if decoded <= keep:
+            if decoded <= limit:
                 string += buffer[position:end]
                 decoded += _at_most(buffer, position, end)
-                if decoded > keep:
-                    del string[_cut_at(string, 1, keep):]
+                if decoded > limit:
+                    del string[_cut_at(string, 1, limit):]
             length += end - position
         position = end
         if position < len(buffer) and not buffer.startswith(b"\\", position):
             position += 1  # a quote: a string starts or ends
             if string is None:
+                limit = keep if keep_for is None else keep_for()
                 end = _STRING_BODY.match(buffer, position).end()  # type: ignore[union-attr]
-                if end - position <= keep and buffer[end : end + 1] == b'"':  # whole, short
+                if end - position <= limit and buffer[end : end + 1] == b'"':  # whole, short
                     yield _Piece(buffer[position - 1 : end + 1], True)
                     position = end + 1
                     continue
                 string, length, decoded = bytearray(b'"'), 0, 0
                 continue
-            cut = decoded > keep
+            cut = decoded > limit
             string += (b"\\u0000" + CUT_MARK[1:].encode() + b"%d" % length) if cut else b""
             string.append(0x22)
             yield _Piece(string, True, cut)
@@ -331,18 +346,32 @@ def json_pieces(handle: BinaryIO, keep: int, chunk_size: int = _CHUNK,
         buffer, position = buffer[position:] + chunk, 0  # a lone backslash waits for its escape
 
 
-def har_entries(handle: BinaryIO, keep: int,
-                chunk_size: int = _CHUNK) -> Iterator[tuple[bytearray, int]]:
+class HarEntry(NamedTuple):
+    """The JSON text of an entry, how many of its strings were cut, and whether it is
+    ``oversized``: only its first bytes are there, not to be parsed."""
+
+    text: bytearray
+    cuts: int
+    oversized: bool = False
+
+
+def har_entries(handle: BinaryIO, keep: int, chunk_size: int = _CHUNK) -> Iterator[HarEntry]:
     """The JSON text of each element of ``log.entries`` in the HAR read from ``handle``, with
     strings cut as :func:`json_pieces` cuts them, and how many were cut in it; in order, one
     at a time.  Every array named ``entries`` in the root's ``log`` object is read (of
     repeated names, ``json.loads`` keeps the last).  Raises ValueError where brackets do
     not match, where the text ends inside a value, or at its end if there was no
-    ``log.entries``."""
-    reader = _EntryReader()
-    for piece in json_pieces(handle, keep, chunk_size, reader.flat):
+    ``log.entries``.
+
+    An entry is bounded too, whatever its strings each hold: once its text reaches ``keep``
+    and :data:`ENTRY_SLACK` more, each string after is cut to :data:`_NAME_BYTES`
+    (45 WebSocket messages of 15 MB each); past another :data:`ENTRY_SLACK`, or past
+    :data:`MAX_CONTAINERS` objects and arrays (36 million ``{}`` were 2.8 GB parsed), it is
+    ``oversized``: the rest of its text is passed over."""
+    reader = _EntryReader(keep)
+    for piece in json_pieces(handle, keep, chunk_size, reader.flat, reader.keep_for):
         if piece.flat:
-            reader.entry += piece.text  # type: ignore[operator]  # flat only in an entry
+            reader.add(piece.text)  # flat only in an entry
         elif piece.string:
             reader.string(piece)
         else:
@@ -354,39 +383,68 @@ def har_entries(handle: BinaryIO, keep: int,
 
 
 _OPEN_OBJECT, _OPEN_ARRAY, _COMMA, _CLOSE_OBJECT, _CLOSE_ARRAY, _COLON = b"{[,}]:"
+# An entry's text, its long strings cut, is parsed within these bounds (har_entries): parsed,
+# a byte of JSON can take some 24 bytes of objects ("{}," is a dict and a list slot)
+ENTRY_SLACK = 4 * 2**20
+MAX_CONTAINERS = 1_000_000
 
 
 class _EntryReader:
     """Where :func:`har_entries` is in the HAR's structure, and the entry being read."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep: int) -> None:
         self.open: list[tuple[int, str | None]] = []  # open containers: "{" or "[", its name
         self.name: str | None = None  # after a colon: the name of the value that follows
         self.last: str | None = None  # the last string outside entries, if short
         self.entry: bytearray | None = None  # in log.entries: the text since "[" or ","
         self.nested = 0  # containers open inside the entry (only counted: json.loads checks)
+        self.containers = 0  # objects and arrays opened in it
         self.cuts = 0  # strings cut in it
+        self.oversized = False  # past its bounds: no more of its text kept
         self.found = False
+        self.keep = keep
+        self.full = keep + ENTRY_SLACK  # from here, each string of the entry is cut short
+        self.most = self.full + ENTRY_SLACK  # from here, the entry is oversized
 
-    def flat(self) -> bool:
-        """Whether the text that follows is inside a container of an entry, where only
-        brackets outside strings matter."""
-        return self.entry is not None and self.nested > 0
+    def flat(self) -> int:
+        """How many bytes of the text that follows may come as one piece: inside a
+        container of an entry, where only brackets outside strings matter, within the
+        entry's room before :attr:`full`."""
+        if self.entry is None or not self.nested:
+            return 0
+        return max(0, self.full - len(self.entry))
+
+    def keep_for(self) -> int:
+        """The cut of the string that starts: ``keep``, less as the entry fills up."""
+        if self.entry is None:
+            return self.keep
+        return min(self.keep, max(_NAME_BYTES, self.full - len(self.entry)))
+
+    def add(self, text: bytes | bytearray) -> None:
+        """Text of the entry, unless it is oversized (then only counted as passed over)."""
+        if self.oversized or self.entry is None:
+            return
+        self.entry += text
+        if len(self.entry) > self.most or self.containers > MAX_CONTAINERS:
+            self.oversized = True
 
     def string(self, piece: _Piece) -> None:
         if self.entry is None:
             self.last = _name(piece.text)
         else:
-            self.entry += piece.text
+            self.add(piece.text)
             self.cuts += piece.cut
 
-    def structure(self, text: bytes | bytearray) -> Iterator[tuple[bytearray, int]]:
+    def structure(self, text: bytes | bytearray) -> Iterator[HarEntry]:
         """Each entry that ends in ``text`` (a piece between strings)."""
         if self.entry is not None:
             closing = text.count(b"}") + text.count(b"]")
-            if self.nested > closing:  # the entry goes on past this piece: counted in C
-                self.entry += text
-                self.nested += text.count(b"{") + text.count(b"[") - closing
+            if self.nested > closing or self.nested > _deepest_close(text, self.nested):
+                # the entry goes on past this piece: counted in C
+                opening = text.count(b"{") + text.count(b"[")
+                self.nested += opening - closing
+                self.containers += opening
+                self.add(text)
                 return
         at = 0
         for mark in _PUNCTUATION.finditer(text):
@@ -394,21 +452,27 @@ class _EntryReader:
             if self.entry is None:
                 self._outside(sign)
                 if _is_entries(self.open):
-                    self.found, self.entry, self.cuts, at = True, bytearray(), 0, mark.end()
+                    self.found, at = True, mark.end()
+                    self._next_entry()
             elif sign in (_OPEN_OBJECT, _OPEN_ARRAY):
                 self.nested += 1
+                self.containers += 1
             elif sign in (_CLOSE_OBJECT, _CLOSE_ARRAY) and self.nested:
                 self.nested -= 1
             elif not self.nested and sign in (_COMMA, _CLOSE_ARRAY):
-                self.entry += text[at : mark.start()]
+                self.add(text[at : mark.start()])
                 at = mark.end()
-                if self.entry.strip():
-                    yield self.entry, self.cuts
-                self.entry, self.cuts = (bytearray(), 0) if sign == _COMMA else (None, 0)
+                if self.entry is not None and self.entry.strip():
+                    yield HarEntry(self.entry, self.cuts, self.oversized)
+                self._next_entry()
                 if sign == _CLOSE_ARRAY:
+                    self.entry = None
                     self.open.pop()
         if self.entry is not None:
-            self.entry += text[at:]
+            self.add(text[at:])
+
+    def _next_entry(self) -> None:
+        self.entry, self.cuts, self.containers, self.oversized = bytearray(), 0, 0, False
 
     def _outside(self, sign: int) -> None:
         """Follow the structure outside log.entries, with each container's name."""
@@ -419,6 +483,25 @@ class _EntryReader:
                 not self.open or self.open.pop()[0] != sign - 2):  # "{" + 2 is "}"
             raise ValueError(f"an unmatched {chr(sign)!r}")
         self.name = self.last if sign == _COLON else None
+
+
+_AS_BRACES = bytes.maketrans(b"[]", b"{}")
+_NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"{}[]")))
+_PAIRS_REMOVED = 64  # rounds of removing the innermost pairs before counting mark by mark
+
+
+def _deepest_close(text: bytes | bytearray, unknown: int) -> int:
+    """How many more containers ``text`` (outside strings) closes than it opens, at its
+    deepest: with its matched pairs taken out, its brackets are closing ones, then opening
+    ones.  In C, for a piece such as 36 million ``{}`` that stays inside an entry; ``unknown``
+    where pairs are nested too deeply to take out in :data:`_PAIRS_REMOVED` rounds."""
+    marks = text.translate(_AS_BRACES, _NOT_BRACKETS)
+    for _ in range(_PAIRS_REMOVED):
+        fewer = marks.replace(b"{}", b"")
+        if len(fewer) == len(marks):
+            return len(marks) - len(marks.lstrip(b"}"))
+        marks = fewer
+    return unknown
 
 
 def _name(text: bytes | bytearray) -> str | None:
@@ -545,7 +628,8 @@ def _uncut(entry: Any) -> list[tuple[str, int, int]]:
 
 def _note_cuts(exchange: Exchange, found: list[tuple[str, int, int]], keep: int | None) -> None:
     """What :func:`json_pieces` left out of ``exchange``'s entry: its body within the cap,
-    and one note per string."""
+    and one note per string (of the first :data:`_NOTED_CUTS`; then how many more)."""
+    others = 0
     for where, length, kept in found:
         if where == "request.postData.text" and keep is not None:
             body = exchange.request_body
@@ -554,9 +638,16 @@ def _note_cuts(exchange: Exchange, found: list[tuple[str, int, int]], keep: int 
             exchange.reader_notes.append(
                 f"body of about {length} bytes (its text in the HAR): only the first "
                 f"{len(exchange.request_body)} scanned")
-        else:
+            continue
+        others += 1
+        if others <= _NOTED_CUTS:
             exchange.reader_notes.append(f"{where} of {length} bytes in the HAR: only the "
                                          f"first {kept} characters read from it")
+    if others > _NOTED_CUTS:
+        exchange.reader_notes.append(f"{others - _NOTED_CUTS} more strings of the entry cut")
+
+
+_NOTED_CUTS = 20
 
 
 def _flow_id(digest: str, index: int) -> str:

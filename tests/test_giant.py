@@ -213,7 +213,7 @@ def test_har_entries_are_the_entries_json_loads_finds(entries: list[object], bef
     reads end; with long strings cut as json_pieces cuts them one by one."""
     document = {"log": {**before, "entries": entries, "after": [before]}, "x": before}
     text = json.dumps(document, indent=1 if spaced else None).encode("utf-8", "surrogatepass")
-    read = [(json.loads(entry), cuts) for entry, cuts in
+    read = [(json.loads(entry), cuts) for entry, cuts, _oversized in
             har.har_entries(io.BytesIO(text), keep=keep, chunk_size=chunk)]
     pieces = list(har.json_pieces(io.BytesIO(text), keep, chunk))
     whole = json.loads(b"".join(piece.text for piece in pieces))["log"]["entries"]
@@ -221,6 +221,18 @@ def test_har_entries_are_the_entries_json_loads_finds(entries: list[object], bef
     if keep > len(text):
         assert read == [(entry, 0) for entry in json.loads(text)["log"]["entries"]]
     assert sum(cuts for _entry, cuts in read) <= sum(piece.cut for piece in pieces)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(alphabet="{}[],x", max_size=100))
+def test_deepest_close_is_how_far_below_its_start_a_piece_goes(text: str) -> None:
+    """What lets a piece of 36 million ``{}`` inside an entry be passed over in C."""
+    depth = lowest = 0
+    for sign in text:
+        depth += (sign in "{[") - (sign in "}]")
+        lowest = min(lowest, depth)
+    assert har._deepest_close(text.encode(), unknown=-1) == -lowest
+    assert har._deepest_close(b"[" * 65 + b"]" * 66, unknown=-1) == -1  # too deep: unknown
 
 
 @pytest.mark.parametrize("text, problem, before", [
@@ -237,7 +249,7 @@ def test_har_entries_keep_what_came_before_a_break(text: bytes, problem: str,
     reader = har.har_entries(io.BytesIO(text), keep=100)
     read = []
     with pytest.raises(ValueError, match=problem):
-        for entry, _cuts in reader:
+        for entry, _cuts, _oversized in reader:
             read.append(json.loads(entry))
     assert read == before
 

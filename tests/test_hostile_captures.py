@@ -316,3 +316,61 @@ def test_a_flow_of_many_large_messages_keeps_what_the_analysis_reads(
     assert exchange.reader_notes == [
         "message 3 of 150000 bytes: only the first 50000 scanned",
         "messages beyond 500000 bytes not scanned"]
+
+
+def _websocket_entry(messages: list[str]) -> dict:
+    entry = _entry()
+    entry["request"]["url"] = "wss://api.example.cn/socket"
+    entry["_webSocketMessages"] = [{"type": "send", "time": 1.0, "opcode": 1, "data": data}
+                                   for data in messages]
+    return entry
+
+
+def test_a_har_entry_of_many_large_messages_is_read_within_its_bounds(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read entry by entry, each string is cut to the cap; an entry is bounded too: once its
+    text is full (the cap and ENTRY_SLACK), each string after is cut short. 45 messages of
+    15 MB each were 2.2 GB of memory."""
+    from leakmap.core import har
+
+    monkeypatch.setattr(har, "BIG_HAR", 0)
+    monkeypatch.setattr(har, "ENTRY_SLACK", 100_000)
+    size = 60_000
+    messages = [(f"imei={IMEI};" if index == 0 else "").ljust(size, "x") for index in range(30)]
+    capture = tmp_path / "messages.har"
+    capture.write_text(_har_text([json.dumps(_websocket_entry(messages)), json.dumps(_entry())]))
+    keep = 30_000  # the body cap: strings of more than 40,004 characters are cut
+    socket, after = har.read_har(capture, keep)
+    assert socket.error is None and socket.host == "api.example.cn"
+    assert messages[0].startswith(socket.messages[0].content.decode())
+    kept = [len(m.content) for m in socket.messages]
+    assert len(kept) == 30 and kept[0] >= keep * 4 // 3  # the first cut to the cap
+    assert sum(kept) <= keep * 4 // 3 + 4 + 100_000 + 30 * 264  # within the entry's room
+    assert all(256 <= size <= 264 for size in kept[5:])  # the last ones cut short
+    assert len(socket.reader_notes) == 21
+    assert socket.reader_notes[-1] == "10 more strings of the entry cut"
+    assert after.error is None and after.request_body == _entry()["request"]["postData"][
+        "text"].encode()
+
+
+@pytest.mark.parametrize("big", [False, True])
+def test_a_har_entry_of_countless_objects_is_searched_as_text(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, big: bool) -> None:
+    """An entry of more objects and arrays than MAX_CONTAINERS is not parsed (36 million
+    ``{}`` were 2.8 GB of objects), but logged and its first bytes searched as text; a file
+    under BIG_HAR with that many brackets is read entry by entry, not parsed at once."""
+    from leakmap.core import har
+
+    monkeypatch.setattr(har, "MAX_CONTAINERS", 1_000)
+    if big:
+        monkeypatch.setattr(har, "BIG_HAR", 0)
+    plain = json.dumps(_entry())
+    crowded = plain[:-1] + ', "_extra": [' + ", ".join(["{}"] * 5_000) + "]}"
+    capture = tmp_path / "crowded.har"
+    capture.write_text(_har_text([plain, crowded, plain]))
+    first, odd, last = har.read_har(capture, 1 << 20)
+    assert first.error is None and last.error is None and first.request_body == last.request_body
+    most = (1 << 20) * 4 // 3 + 4 + 2 * har.ENTRY_SLACK  # the cap of a string, and the slack
+    assert odd.error == (f"HAR entry 1 unreadable: over {most} bytes or 1000 objects and arrays"
+                         " once its long strings are cut")
+    assert IMEI in odd.request_body.decode() and odd.reader_notes == ["HAR entry 1 searched as text"]
