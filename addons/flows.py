@@ -266,11 +266,28 @@ def flow_records(path: Path, keep: int | None = None) -> Iterator[bytes]:
             body = handle.read(size + 1)  # the payload and its type byte
             if len(body) != size + 1:
                 raise _unreadable(path)
+            if keep is not None and size > _CUT_SLACK and _crowded(body):
+                handle.seek(-len(body), os.SEEK_CUR)
+                yield _cut_record(handle, size, keep, path)
+                continue
             yield prefix + body
 
 
 _CUT_SLACK = 1 << 20  # a flow at most this much over the cap is read whole
 _MAX_ITEMS = 100_000  # entries of a list kept by the reader of a flow over the cap
+_MAX_ENTRIES = 1_000_000  # entries of all its lists and dicts kept by that reader
+# past them, still the names of the flow and its parts, and this many entries of lists and
+# dicts of at most _TINY bytes (an address, a header)
+_FLOW_PARTS = frozenset({"request", "response", "websocket", "client_conn", "server_conn",
+                         "error"})
+_GRACE, _TINY = 100_000, 256
+
+
+def _crowded(payload: bytes) -> bool:
+    """Whether a flow within the cap may hold more values than :data:`_MAX_ENTRIES`, about
+    one per ``:`` (those in its bodies counted too): 17 MB of ``0:]`` are 5.8 million
+    lists, 370 MB of objects, read whole."""
+    return payload.count(b":") > _MAX_ENTRIES
 _LONGEST_SCALAR = 1 << 16  # a longer number (or true, false, null) is damage, not a flow
 CUT_KEY = "leakmap_cut"  # in a cut flow's metadata: [where, bytes in the capture, bytes kept]...
 
@@ -305,6 +322,7 @@ class _CutReader:
         self.handle, self.keep, self.path = handle, keep, path
         self.cuts: list[list[Any]] = []
         self.sent_left = Limits.max_decoded_bytes  # bytes of the client's messages still read
+        self.entries_left = _MAX_ENTRIES  # entries of lists and dicts still read
 
     def peek_type(self, start: int, length: int) -> bytes:
         """The type byte of the value whose ``length``-byte payload starts at ``start``."""
@@ -320,15 +338,22 @@ class _CutReader:
 
         A list keeps its first :data:`_MAX_ITEMS` entries (3 million headers or WebSocket
         messages of one byte would be gigabytes of objects; the analysis reads at most
-        ``max_leaves`` values anyway), and the cut is noted like a long value's."""
+        ``max_leaves`` values anyway), all of them together the first :data:`_MAX_ENTRIES`
+        (20 million empty lists in 400 lists were 6 GB), except the names of the flow and
+        of its parts (request, websocket...), without which it is no flow; a cut is noted
+        like a long value's."""
         handle = self.handle
         entries: list[Any] = []
         start = handle.tell()
+        structural = as_dict and (where == "" or where in _FLOW_PARTS)
         while handle.tell() < end:
-            if not as_dict and len(entries) >= _MAX_ITEMS:
+            if len(entries) >= _MAX_ITEMS or (self.entries_left <= 0 and not structural):
                 self.cuts.append([where, end - start, handle.tell() - start])
                 handle.seek(end)
+                if as_dict and len(entries) % 2:
+                    entries.pop()  # a name without its value
                 break
+            self.entries_left -= 1
             # where the entry sits: a dict's value by its key (the entry before it), a list's by index
             name = entries[-1] if as_dict and len(entries) % 2 else len(entries)
             at = f"{where}.{name}" if where else str(name)
@@ -370,7 +395,11 @@ class _CutReader:
                 self.sent_left -= len(value.encode() if isinstance(value, str) else value)
             return value
         if small and not (message and tag == b"]"):  # small enough: read and parsed whole
-            return self._whole(start, length)
+            data = self._read(start, length)
+            if data[-1:] not in (b"}", b"]") or self._spend(data):
+                return self._parse(data, length)
+            tag = data[-1:]  # a list or dict of more entries than are left: entry by entry
+            handle.seek(start)
         if tag in (b"}", b"]"):
             value = self.items(start + length, where, as_dict=tag == b"}")
         elif tag in (b",", b";"):
@@ -392,12 +421,29 @@ class _CutReader:
         self.handle.seek(start + length + 1)
         return value
 
+    def _spend(self, data: bytes) -> bool:
+        """Whether the entries of the list or dict ``data`` (about one per ``:``, those in
+        its strings counted too) are within what is left of :data:`_MAX_ENTRIES`: then
+        they are spent."""
+        entries = data.count(b":")
+        if self.entries_left - entries < (-_GRACE if len(data) <= _TINY else 0):
+            return False
+        self.entries_left -= entries
+        return True
+
     def _whole(self, start: int, length: int) -> Any:
         """The value whose ``length``-byte payload starts at ``start``, read and parsed whole."""
+        return self._parse(self._read(start, length), length)
+
+    def _read(self, start: int, length: int) -> bytes:
+        """The ``length``-byte payload at ``start`` and its type byte."""
         self.handle.seek(start)
         data = self.handle.read(length + 1)
         if len(data) != length + 1:
             raise _unreadable(self.path)
+        return data
+
+    def _parse(self, data: bytes, length: int) -> Any:
         try:
             return tnetstring_loads(b"%d:%b" % (length, data))
         except (ValueError, TypeError, IndexError) as e:

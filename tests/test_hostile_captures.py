@@ -374,3 +374,27 @@ def test_a_har_entry_of_countless_objects_is_searched_as_text(
     assert odd.error == (f"HAR entry 1 unreadable: over {most} bytes or 1000 objects and arrays"
                          " once its long strings are cut")
     assert IMEI in odd.request_body.decode() and odd.reader_notes == ["HAR entry 1 searched as text"]
+
+
+@pytest.mark.parametrize("keep", [1_000, 10_000_000])
+def test_a_flow_of_countless_lists_keeps_the_first_and_its_own_parts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keep: int) -> None:
+    """Lists of lists (in its metadata) read whole were 6 GB for a 60 MB flow: a flow over
+    the cap, or crowded within it, keeps its first _MAX_ENTRIES values and still its own
+    parts (addresses, headers), and says what was cut."""
+    from leakmap.addons import flows as flow_files
+
+    monkeypatch.setattr(flow_files, "_MAX_ENTRIES", 5_000)
+    monkeypatch.setattr(flow_files, "_CUT_SLACK", 1_000)
+    flow = tflow.tflow(resp=True)
+    flow.request.content = json.dumps({"imei": IMEI}).encode()
+    flow.metadata["x"] = [[[] for _ in range(200)] for _ in range(100)]  # 20,100 lists
+    capture = _write(tmp_path / "lists.flow", [flow])
+    [record] = flow_files.flow_records(capture, keep)
+    exchange = flow_files.exchange_from_record(record, capture)
+    assert exchange is not None and exchange.error is None
+    assert exchange.request_body == flow.request.content
+    assert exchange.server_ip == flow.server_conn.peername[0]
+    assert exchange.request_headers == list(flow.request.headers.items(multi=True))
+    assert any(note.startswith("metadata.x of ") for note in exchange.reader_notes)
+    assert len(record) < 20_000  # what was kept of it: 5,000 values, not 20,100 lists
