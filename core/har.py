@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult, unquote, unquote_plus, urlencode, urlsplit
 
 from leakmap.core.exchange import Exchange, Message
 
@@ -50,8 +50,8 @@ def _server_ip(text: Any) -> str | None:
 
 
 def _body(post: dict[str, Any]) -> bytes:
-    text = post.get("text")
-    if isinstance(text, str):
+    text = _text(post.get("text"))
+    if text is not None:
         if post.get("encoding") == "base64":
             try:
                 return base64.b64decode(text)
@@ -64,12 +64,55 @@ def _body(post: dict[str, Any]) -> bytes:
     return "&".join(pairs).encode()
 
 
+def _text(value: Any) -> str | None:
+    """A HAR ``text`` as text: a number or a JSON document written as one (not as a
+    string, against the format) is its JSON text."""
+    if value is None or isinstance(value, str):
+        return value
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except (ValueError, RecursionError):  # a float of 5,000 digits reads as inf...
+        return str(value)
+
+
 def _headers(items: Any) -> list[tuple[str, str]]:
+    if isinstance(items, dict):  # {"name": "value"}, against the format
+        return [(str(name), _value(value)) for name, value in items.items()]
     return [
-        (str(item["name"]), str(item.get("value", "")))
+        (str(item["name"]), _value(item.get("value", "")))
         for item in (items if isinstance(items, list) else [])
         if isinstance(item, dict) and "name" in item
     ]
+
+
+def _value(value: Any) -> str:
+    text = _text(value)
+    return "" if text is None else text
+
+
+def _url(request: dict[str, Any]) -> str:
+    """The request's URL, with the ``queryString`` pairs it does not hold appended (an
+    exporter may list them there only)."""
+    url = str(request.get("url", ""))
+    pairs = _headers(request.get("queryString"))
+    if not pairs:
+        return url
+    written = (unquote(url), unquote_plus(url))
+    missing = [(name, value) for name, value in pairs
+               if value and not any(value in form for form in written)]
+    if not missing:
+        return url
+    return f"{url}{'&' if '?' in url else '?'}{urlencode(missing)}"
+
+
+def _cookie_header(request: dict[str, Any], headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """A Cookie header of the ``cookies`` pairs the headers do not hold."""
+    sent = " ".join(value for name, value in headers if name.lower() == "cookie")
+    missing = [(name, value) for name, value in _headers(request.get("cookies"))
+               if value and value not in sent]
+    if not missing:
+        return []
+    return [("Cookie", "; ".join(f"{name}={value}" for name, value in missing))]
 
 
 _COMPRESSED_MAGIC = (b"\x1f\x8b", b"\x28\xb5\x2f\xfd")  # gzip, zstd
@@ -88,6 +131,7 @@ def _still_encoded(body: bytes) -> bool:
 
 def _request_headers(request: dict[str, Any], body: bytes) -> list[tuple[str, str]]:
     headers = _headers(request.get("headers"))
+    headers += _cookie_header(request, headers)
     if not _still_encoded(body):
         # HAR stores bodies decoded: their Content-Encoding no longer applies
         headers = [(name, value) for name, value in headers if name.lower() != "content-encoding"]
@@ -102,7 +146,7 @@ def _websocket(entry: dict[str, Any]) -> list[Message]:
     items = entry.get("_webSocketMessages")
     for item in items if isinstance(items, list) else []:
         if isinstance(item, dict):
-            data = str(item.get("data", ""))
+            data = _value(item.get("data", ""))
             raw = data.encode("utf-8", "surrogateescape")
             if item.get("opcode") == 2:
                 with contextlib.suppress(binascii.Error, ValueError):
@@ -141,7 +185,7 @@ def exchange_from_entry(entry: dict[str, Any], flow_id: str) -> Exchange:
     """One HAR entry.  A malformed part is left out and named in ``error``."""
     request = _object(entry.get("request"))
     response = _object(entry.get("response"))
-    url = str(request.get("url", ""))
+    url = _url(request)
     parts = _split(url)
     messages = _websocket(entry)
     status = response.get("status")

@@ -398,3 +398,28 @@ def test_a_flow_of_countless_lists_keeps_the_first_and_its_own_parts(
     assert exchange.request_headers == list(flow.request.headers.items(multi=True))
     assert any(note.startswith("metadata.x of ") for note in exchange.reader_notes)
     assert len(record) < 20_000  # what was kept of it: 5,000 values, not 20,100 lists
+
+
+def test_har_values_where_exporters_put_them_against_the_format_are_searched(
+        tmp_path: Path, device_file: Path) -> None:
+    """A query only in ``queryString``, a cookie only in ``cookies``, a ``text`` that is a
+    JSON object or a number, headers as an object, a WebSocket message's data as an
+    object: each holds the IMEI, and each is found."""
+    quiet = {"mimeType": "application/json", "text": "{}"}
+    by_query, by_cookie, by_object, by_number, by_headers, by_message = (
+        _entry() for _ in range(6))
+    by_query["request"].update(postData=quiet, queryString=[{"name": "d", "value": IMEI}])
+    by_cookie["request"].update(postData=quiet, cookies=[{"name": "d", "value": IMEI}])
+    by_object["request"]["postData"]["text"] = {"imei": IMEI}
+    by_number["request"]["postData"].update(text=int(IMEI), mimeType="text/plain")
+    by_headers["request"].update(postData=quiet, headers={"x-device": IMEI})
+    by_message["request"].update(postData=quiet, url="wss://api.example.cn/socket")
+    by_message["_webSocketMessages"] = [{"type": "send", "opcode": 1, "data": {"imei": IMEI}}]
+    entries = [by_query, by_cookie, by_object, by_number, by_headers, by_message]
+    capture = tmp_path / "odd.har"
+    capture.write_text(_har_text([json.dumps(entry) for entry in entries]))
+    report = _analyze(capture, device_file, tmp_path)
+    assert len(report["flows"]) == 6
+    assert sorted(f["field"] for f in report["findings"] if f["data_type"] == "imei") == sorted([
+        "request.query.d", "request.cookies.d", "request.body.json.imei", "request.body.text",
+        "request.headers.x-device", "websocket.messages[0].json.imei"])
