@@ -81,6 +81,10 @@ def _http(flow: http.HTTPFlow) -> Exchange:
                                  v.decode("utf-8", "surrogateescape"))
                                 for k, v in request.headers.fields]
     exchange.request_body = request.raw_content or b""
+    if request.trailers:  # HTTP/2 or chunked: header fields after the body
+        exchange.request_trailers = [(k.decode("utf-8", "surrogateescape"),
+                                      v.decode("utf-8", "surrogateescape"))
+                                     for k, v in request.trailers.fields]
     exchange.request_body_truncated = request.raw_content is None and bool(
         request.headers.get("content-length", "0") not in ("", "0")
     )
@@ -782,6 +786,8 @@ def _request_view(state: dict) -> SimpleNamespace:
         path=data.path.decode("utf-8", "surrogateescape"),
         http_version=data.http_version.decode("utf-8", "surrogateescape"),
         raw_content=_typed(state["content"], bytes, type(None)),
+        trailers=None if state.get("trailers") is None else http.Headers(
+            tuple((_typed(name, bytes), _typed(value, bytes)) for name, value in state["trailers"])),
         timestamp_start=_typed(state["timestamp_start"], float, int),
         made=lambda: http.Request.from_state({**state, "content": None}))  # the URL needs no body
 

@@ -591,7 +591,8 @@ class Classifier:
         found = {(f.data_type, f.value) for f in best.values() if f.match == "known"}
         body = exchange.request_body[: self.limits.max_body_bytes]
         text = "\0".join([exchange.url or "",
-                           *(f"{name}: {value}" for name, value in exchange.request_headers),
+                           *(f"{name}: {value}" for name, value
+                             in (*exchange.request_headers, *exchange.request_trailers)),
                            body.decode("utf-8", "replace")])
         leaf = Leaf("request.unread", text, (), None, None)
         problems.append("known values searched in the unread rest of the request as it came")

@@ -1389,6 +1389,10 @@ def _request_leaves(collector: Collector, exchange: Exchange) -> None:
             _cookie_leaves(collector, value)
         elif not lower.startswith(":"):
             _read_place(collector, f"request.headers.{lower}", value, lower)
+    for name, value in exchange.request_trailers:
+        lower = name.lower()
+        expand_text(collector, f"request.trailers.{lower}", value, key=lower,
+                    parent="request.trailers")
     # two Content-Encoding headers are one list, as RFC 9110 reads them
     encodings = [value for name, value in exchange.request_headers
                  if name.lower() == "content-encoding"]

@@ -43,6 +43,7 @@ class Exchange:
     http_version: str | None = None
     request_headers: list[tuple[str, str]] = field(default_factory=list)
     request_body: bytes = b""
+    request_trailers: list[tuple[str, str]] = field(default_factory=list)  # after the body
     request_body_truncated: bool = False
     status_code: int | None = None
     response_headers: list[tuple[str, str]] = field(default_factory=list)

@@ -423,3 +423,15 @@ def test_har_values_where_exporters_put_them_against_the_format_are_searched(
     assert sorted(f["field"] for f in report["findings"] if f["data_type"] == "imei") == sorted([
         "request.query.d", "request.cookies.d", "request.body.json.imei", "request.body.text",
         "request.headers.x-device", "websocket.messages[0].json.imei"])
+
+
+def test_request_trailers_are_searched(tmp_path: Path, device_file: Path) -> None:
+    """Header fields sent after the body (HTTP/2, chunked): read as the headers are."""
+    from mitmproxy import http
+
+    flow = tflow.tflow(resp=True)
+    flow.request.content = b"{}"
+    flow.request.trailers = http.Headers(x_device=IMEI)
+    report = _analyze(_write(tmp_path / "trailers.flow", [flow]), device_file, tmp_path)
+    assert [f["field"] for f in report["findings"] if f["data_type"] == "imei"] == [
+        "request.trailers.x-device"]
