@@ -24,10 +24,11 @@ import re
 import string
 import threading
 import time
+import unicodedata
 import zlib
 from bisect import bisect_right
 from collections.abc import Callable, Container, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.feedparser import BytesFeedParser
 from email.policy import HTTP
 from email.utils import collapse_rfc2231_value
@@ -42,7 +43,7 @@ import simdjson
 import zstandard
 
 from leakmap.core import protobuf
-from leakmap.core.exchange import Exchange, scanned_note
+from leakmap.core.exchange import Exchange, Message, scanned_note
 
 
 @dataclass(frozen=True)
@@ -1458,6 +1459,65 @@ def _message_leaves(collector: Collector, exchange: Exchange) -> None:
         decode_payload(collector, f"{prefix}.messages[{index}]", content, declared)
 
 
+# A decimal digit of another script (full-width "８", Arabic-Indic "٨"...), and one written
+# percent-encoded (full-width, Arabic-Indic, extended Arabic-Indic, Devanagari)
+_OTHER_DIGIT = re.compile(r"[^\D0-9]")
+_PERCENT_OTHER_DIGIT = re.compile(r"%(?:EF%BC%9[0-9]|D9%A[0-9]|DB%B[0-9]|E0%A5%A[6-9A-F])",
+                                  re.IGNORECASE)
+OTHER_DIGITS_NOTE = "digits of another script (full-width...) read as ASCII digits"
+
+
+def _ascii_digit(digit: re.Match[str]) -> str:
+    return str(unicodedata.digit(digit.group()))
+
+
+def _text_in_ascii_digits(text: str) -> str | None:
+    """``text`` with its other digits (raw or percent-encoded) as ASCII; None: none."""
+    changed = _PERCENT_OTHER_DIGIT.sub(_unquoted, text) if "%" in text else text
+    if not changed.isascii():
+        changed = _OTHER_DIGIT.sub(_ascii_digit, changed)
+    return None if changed is text or changed == text else changed
+
+
+def _unquoted(encoded: re.Match[str]) -> str:
+    return unquote(encoded.group())
+
+
+def _bytes_in_ascii_digits(data: bytes) -> bytes | None:
+    if data.isascii():
+        return None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    changed = _OTHER_DIGIT.sub(_ascii_digit, text)
+    return None if changed is text or changed == text else changed.encode()
+
+
+def with_ascii_digits(exchange: Exchange) -> Exchange | None:
+    """``exchange`` with the digits of other scripts in its URL, headers, body and
+    messages written as ASCII digits, which the patterns and the matcher read; None when it
+    has none (checked in C: most requests are ASCII)."""
+    places = "\0".join([exchange.url or "", *(value for _n, value in exchange.request_headers)])
+    if (exchange.request_body.isascii() and not exchange.messages and places.isascii()
+            and ("%" not in places or _PERCENT_OTHER_DIGIT.search(places) is None)):
+        return None
+    url = _text_in_ascii_digits(exchange.url) if exchange.url else None
+    headers = [(name, _text_in_ascii_digits(value) if not value.isascii() or "%" in value
+                else None) for name, value in exchange.request_headers]
+    body = _bytes_in_ascii_digits(exchange.request_body)
+    messages = [_bytes_in_ascii_digits(m.content) if m.from_client else None
+                for m in exchange.messages]
+    if url is None and body is None and not any(v for _n, v in headers) and not any(messages):
+        return None
+    return replace(
+        exchange, url=url or exchange.url, request_body=body or exchange.request_body,
+        request_headers=[(name, changed or value) for (name, changed), (_n, value)
+                         in zip(headers, exchange.request_headers, strict=True)],
+        messages=[Message(m.from_client, content or m.content, m.is_text)
+                  for m, content in zip(exchange.messages, messages, strict=True)])
+
+
 def exchange_leaves(
     exchange: Exchange,
     limits: Limits | None = None,
@@ -1476,6 +1536,10 @@ def exchange_leaves(
     """
     collector = Collector(limits or Limits(), deadline=deadline, on_batch=on_batch,
                           json_hot=json_hot, form_hot=form_hot, known_quiet=known_quiet)
+    in_ascii = with_ascii_digits(exchange)
+    if in_ascii is not None:
+        collector.note(OTHER_DIGITS_NOTE)
+        exchange = in_ascii
     if exchange.request_body_truncated:
         collector.truncated = True
         collector.note("request body was not captured whole")

@@ -435,3 +435,20 @@ def test_request_trailers_are_searched(tmp_path: Path, device_file: Path) -> Non
     report = _analyze(_write(tmp_path / "trailers.flow", [flow]), device_file, tmp_path)
     assert [f["field"] for f in report["findings"] if f["data_type"] == "imei"] == [
         "request.trailers.x-device"]
+
+
+def test_digits_of_other_scripts_are_read_as_digits(tmp_path: Path, device_file: Path) -> None:
+    """An IMEI in full-width or Arabic-Indic digits, in a body, a header and a query
+    (percent-encoded): each found, with a note."""
+    wide = IMEI.translate({ord(d): chr(0xFF10 + int(d)) for d in "0123456789"})
+    arabic = IMEI.translate({ord(d): chr(0x0660 + int(d)) for d in "0123456789"})
+    by_body, by_header, by_query = (tflow.tflow(resp=True) for _ in range(3))
+    by_body.request.headers["content-type"] = "application/json"
+    by_body.request.content = json.dumps({"imei": wide}, ensure_ascii=False).encode()
+    by_header.request.headers["x-device"] = arabic
+    by_query.request.path = "/up?d=" + "".join(f"%{b:02X}" for b in wide.encode())
+    report = _analyze(_write(tmp_path / "digits.flow", [by_body, by_header, by_query]),
+                      device_file, tmp_path)
+    assert sorted(f["field"] for f in report["findings"] if f["data_type"] == "imei") == [
+        "request.body.json.imei", "request.headers.x-device", "request.query.d"]
+    assert all("read as ASCII digits" in f["analysis_error"] for f in report["flows"])
