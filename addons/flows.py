@@ -285,6 +285,8 @@ _MAX_ENTRIES = 1_000_000  # entries of all its lists and dicts kept by that read
 _FLOW_PARTS = frozenset({"request", "response", "websocket", "client_conn", "server_conn",
                          "error"})
 _GRACE, _TINY = 100_000, 256
+_LONGEST_SCALAR = 1 << 16  # a longer number (or true, false, null) is damage, not a flow
+CUT_KEY = "leakmap_cut"  # in a cut flow's metadata: [where, bytes in the capture, bytes kept]...
 
 
 def _crowded(payload: bytes) -> bool:
@@ -292,8 +294,6 @@ def _crowded(payload: bytes) -> bool:
     one per ``:`` (those in its bodies counted too): 17 MB of ``0:]`` are 5.8 million
     lists, 370 MB of objects, read whole."""
     return payload.count(b":") > _MAX_ENTRIES
-_LONGEST_SCALAR = 1 << 16  # a longer number (or true, false, null) is damage, not a flow
-CUT_KEY = "leakmap_cut"  # in a cut flow's metadata: [where, bytes in the capture, bytes kept]...
 
 
 def _cut_record(handle: BinaryIO, size: int, keep: int, path: Path) -> bytes:
