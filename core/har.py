@@ -71,8 +71,8 @@ def _text(value: Any) -> str | None:
         return value
     try:
         return json.dumps(value, ensure_ascii=False)
-    except (ValueError, RecursionError):  # a float of 5,000 digits reads as inf...
-        return str(value)
+    except (ValueError, RecursionError):  # nested as deeply as json.loads could read it
+        return ""
 
 
 def _headers(items: Any) -> list[tuple[str, str]]:
