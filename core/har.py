@@ -453,10 +453,13 @@ class _EntryReader:
     def flat(self) -> int:
         """How many bytes of the text that follows may come as one piece: inside a
         container of an entry, where only brackets outside strings matter, within the
-        entry's room before :attr:`full`."""
+        entry's room before :attr:`most` (a string too long for it is cut on its own,
+        :meth:`keep_for`); up to ``keep`` once the entry is oversized (passed over)."""
         if self.entry is None or not self.nested:
             return 0
-        return max(0, self.full - len(self.entry))
+        if self.oversized:
+            return self.keep
+        return max(0, self.most - len(self.entry))
 
     def keep_for(self) -> int:
         """The cut of the string that starts: ``keep``, less as the entry fills up."""
