@@ -98,7 +98,7 @@ def _http(flow: http.HTTPFlow) -> Exchange:
         exchange.error = f"CONNECT failed ({exchange.status_code or 'no answer'})"
     if flow.websocket is not None:
         exchange.messages = [
-            Message(m.from_client, m.content, m.is_text) for m in flow.websocket.messages
+            Message(bool(m.from_client), m.content, m.is_text) for m in flow.websocket.messages
         ]
     return exchange
 
@@ -138,7 +138,7 @@ _REMEMBERED = 4096
 
 def _stream(flow: tcp.TCPFlow | udp.UDPFlow, kind: str) -> Exchange:
     exchange = _base(flow, kind)
-    exchange.messages = [Message(m.from_client, m.content) for m in flow.messages]
+    exchange.messages = [Message(bool(m.from_client), m.content) for m in flow.messages]
     return exchange
 
 
@@ -285,6 +285,8 @@ _MAX_ENTRIES = 1_000_000  # entries of all its lists and dicts kept by that read
 _FLOW_PARTS = frozenset({"request", "response", "websocket", "client_conn", "server_conn",
                          "error"})
 _GRACE, _TINY = 100_000, 256
+# the parts of a flow's state the analysis reads: the rest spends a budget of _GRACE
+_ANALYSED = _FLOW_PARTS | {"messages", "type", "id", "version", "timestamp_created"}
 _LONGEST_SCALAR = 1 << 16  # a longer number (or true, false, null) is damage, not a flow
 CUT_KEY = "leakmap_cut"  # in a cut flow's metadata: [where, bytes in the capture, bytes kept]...
 
@@ -327,6 +329,7 @@ class _CutReader:
         self.cuts: list[list[Any]] = []
         self.sent_left = Limits.max_decoded_bytes  # bytes of the client's messages still read
         self.entries_left = _MAX_ENTRIES  # entries of lists and dicts still read
+        self.aside_left = _GRACE  # the same, for what the analysis does not read
 
     def peek_type(self, start: int, length: int) -> bytes:
         """The type byte of the value whose ``length``-byte payload starts at ``start``."""
@@ -361,6 +364,9 @@ class _CutReader:
             # where the entry sits: a dict's value by its key (the entry before it), a list's by index
             name = entries[-1] if as_dict and len(entries) % 2 else len(entries)
             at = f"{where}.{name}" if where else str(name)
+            if where == "" and as_dict and len(entries) % 2 and entries[-1] not in _ANALYSED:
+                entries.append(self._aside(end, at))  # metadata, comment...: its own budget
+                continue
             # a message's content comes right after whether the client sent it
             cap = self._content_cap(entries[-1]) if _message_index(at) is not None else None
             entries.append(self.value(end, at, cap, _is_message(at)))
@@ -375,8 +381,17 @@ class _CutReader:
         except TypeError as e:  # an unhashable key
             raise _unreadable(self.path) from e
 
+    def _aside(self, end: int, where: str) -> Any:
+        """A value of the flow that the analysis does not read (its metadata, a comment),
+        within a budget of its own: it cannot spend what the request's is."""
+        analysed, self.entries_left = self.entries_left, self.aside_left
+        try:
+            return self.value(end, where)
+        finally:
+            self.aside_left, self.entries_left = self.entries_left, analysed
+
     def _content_cap(self, from_client: object) -> int:
-        return min(self.keep, self.sent_left) if from_client is True else 0
+        return min(self.keep, self.sent_left) if from_client else 0  # truthy, as mitmproxy reads it
 
     def value(self, limit: int, where: str, cap: int | None = None, message: bool = False) -> Any:
         """One value, read from the handle; a long one cut to ``keep`` bytes, a string or
@@ -635,6 +650,8 @@ def exchange_from_record(record: bytes, path: Path) -> Exchange | None:
         return _exchange_from_record(record, path)
     except ValueError as e:
         return _unreadable_record(record, str(e).removeprefix(f"{path}: "))
+    except Exception as e:  # crafted to break a reader (a leakmap bug): still a flow, named
+        return _unreadable_record(record, f"{type(e).__name__}: {e}")
 
 
 def _unreadable_record(record: bytes, problem: str) -> Exchange:

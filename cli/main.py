@@ -337,6 +337,16 @@ class _Stored:
     findings: int = 0
 
 
+_BATCH_FIELDS = 200_000  # header fields a batch of records may hold, besides 500 records
+
+
+def _fields(record: Any) -> int:
+    """The header fields ``record`` holds (a crafted flow may have 300,000 of them)."""
+    exchange = record.exchange
+    return (len(exchange.request_headers) + len(exchange.response_headers)
+            + len(exchange.request_trailers))
+
+
 def _analyze_captures(analyse: Analyse, engine: Any, run_id: int,
                       captures: tuple[Path, ...]) -> tuple[_Stored, list[str]]:
     """Analyse and store every readable flow; the captures that broke off, named.
@@ -360,13 +370,15 @@ def _analyze_captures(analyse: Analyse, engine: Any, run_id: int,
     try:
         for capture in captures:
             batch: list[Any] = []
-            read = 0
+            read = fields = 0
             try:
                 for record in analyse(capture):
                     batch.append(record)
                     read += 1
-                    if len(batch) >= 500:
+                    fields += _fields(record)
+                    if len(batch) >= 500 or fields >= _BATCH_FIELDS:
                         write(batch)
+                        fields = 0
             except ValueError as e:  # a capture cut short: keep the flows before the cut
                 problems.append(f"{e} (the {read} flows before the damage are stored)"
                                 if read else str(e))

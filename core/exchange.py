@@ -66,9 +66,11 @@ class Exchange:
         return len(self.request_body) + sum(len(m.content) for m in self.messages if m.from_client)
 
     def without_payloads(self) -> Exchange:
-        """A copy without the bodies and messages, which keeps their size: all that is
-        stored of a flow once it has been classified, cheap to hand between processes."""
-        return replace(self, request_body=b"", messages=[], sent_size=self.request_size)
+        """A copy without the bodies, messages and header fields, which keeps their size:
+        all that is stored of a flow once it has been classified, cheap to hand between
+        processes (a crafted flow may hold 300,000 headers)."""
+        return replace(self, request_body=b"", messages=[], request_headers=[],
+                       response_headers=[], request_trailers=[], sent_size=self.request_size)
 
     def within(self, limit: int) -> Exchange:
         """This exchange with its request body and each message the client sent cut to their

@@ -8,19 +8,22 @@ where present.
 
 from __future__ import annotations
 
+import array
 import base64
 import binascii
 import contextlib
 import hashlib
 import ipaddress
+import itertools
 import json
 import re
+import secrets
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
-from urllib.parse import SplitResult, unquote, unquote_plus, urlencode, urlsplit
+from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit
 
 from leakmap.core.exchange import Exchange, Message
 
@@ -97,19 +100,26 @@ def _url(request: dict[str, Any]) -> str:
     pairs = _headers(request.get("queryString"))
     if not pairs:
         return url
-    written = (unquote(url), unquote_plus(url))
-    missing = [(name, value) for name, value in pairs
-               if value and not any(value in form for form in written)]
+    query = _split(url).query
+    written = {*parse_qsl(query, keep_blank_values=True), *_raw_pairs(query, "&")}
+    missing = [(name, value) for name, value in pairs if value and (name, value) not in written]
     if not missing:
         return url
     return f"{url}{'&' if '?' in url else '?'}{urlencode(missing)}"
 
 
+def _raw_pairs(text: str, separator: str) -> set[tuple[str, str]]:
+    """The ``name=value`` pairs of ``text`` as written (a HAR may list them undecoded)."""
+    return {(name.strip(), value) for name, _, value in
+            (part.partition("=") for part in text.split(separator))}
+
+
 def _cookie_header(request: dict[str, Any], headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """A Cookie header of the ``cookies`` pairs the headers do not hold."""
-    sent = " ".join(value for name, value in headers if name.lower() == "cookie")
+    sent = {pair for name, value in headers if name.lower() == "cookie"
+            for pair in _raw_pairs(value, ";")}
     missing = [(name, value) for name, value in _headers(request.get("cookies"))
-               if value and value not in sent]
+               if value and (name, value) not in sent]
     if not missing:
         return []
     return [("Cookie", "; ".join(f"{name}={value}" for name, value in missing))]
@@ -315,7 +325,9 @@ _PUNCTUATION = re.compile(rb"[{}\[\],:]")
 # text without brackets outside strings, and whole strings: what an entry holds between
 # its brackets, passed over in C
 _FLAT = re.compile(rb'(?:[^"{}\[\]\\]++|"[^"\\]*+(?:\\.[^"\\]*+)*+")*+', re.DOTALL)
-CUT_MARK = "\x00leakmap-cut:"  # how a cut string ends once parsed: then its length in the file
+# How a cut string ends once parsed, then its length in the file: with a number drawn in each
+# process, so that no string in a capture can pass for one that was cut
+CUT_MARK = f"\x00leakmap-cut-{secrets.token_hex(8)}:"
 _NAME_BYTES = 256  # a longer string is no name that matters here ("log", "entries")
 
 
@@ -360,6 +372,9 @@ def json_pieces(handle: BinaryIO, keep: int, chunk_size: int = _CHUNK,
             if decoded <= limit:
                 string += buffer[position:end]
                 decoded += _at_most(buffer, position, end)
+                # no character takes more than 6 bytes written: _at_most counts "\\\\u" as less
+                if length + end - position > 6 * limit + 6:
+                    decoded = max(decoded, limit + 1)
                 if decoded > limit:
                     del string[_cut_at(string, 1, limit):]
             length += end - position
@@ -486,7 +501,7 @@ class _EntryReader:
         """Each entry that ends in ``text`` (a piece between strings)."""
         if self.entry is not None:
             closing = text.count(b"}") + text.count(b"]")
-            if self.nested > closing or self.nested > _deepest_close(text, self.nested):
+            if self.nested > closing or self.nested > _deepest_close(text):
                 # the entry goes on past this piece: counted in C
                 opening = text.count(b"{") + text.count(b"[")
                 self.nested += opening - closing
@@ -534,21 +549,24 @@ class _EntryReader:
 
 _AS_BRACES = bytes.maketrans(b"[]", b"{}")
 _NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"{}[]")))
-_PAIRS_REMOVED = 64  # rounds of removing the innermost pairs before counting mark by mark
+_PAIRS_REMOVED = 64  # rounds of removing the innermost pairs before summing the steps
+_STEPS = bytes.maketrans(b"{}", b"\x01\xff")
 
 
-def _deepest_close(text: bytes | bytearray, unknown: int) -> int:
+def _deepest_close(text: bytes | bytearray) -> int:
     """How many more containers ``text`` (outside strings) closes than it opens, at its
     deepest: with its matched pairs taken out, its brackets are closing ones, then opening
-    ones.  In C, for a piece such as 36 million ``{}`` that stays inside an entry; ``unknown``
-    where pairs are nested too deeply to take out in :data:`_PAIRS_REMOVED` rounds."""
+    ones.  In C, for a piece such as 36 million ``{}`` that stays inside an entry; where
+    pairs are nested too deeply to take out in :data:`_PAIRS_REMOVED` rounds, the lowest
+    of the running depth (each bracket's step summed in C, one step at a time)."""
     marks = text.translate(_AS_BRACES, _NOT_BRACKETS)
     for _ in range(_PAIRS_REMOVED):
         fewer = marks.replace(b"{}", b"")
         if len(fewer) == len(marks):
             return len(marks) - len(marks.lstrip(b"}"))
         marks = fewer
-    return unknown
+    steps = array.array("b", marks.translate(_STEPS))  # "{" +1, "}" -1
+    return -min(0, min(itertools.accumulate(steps), default=0))
 
 
 def _name(text: bytes | bytearray) -> str | None:
@@ -664,7 +682,7 @@ def _uncut(entry: Any) -> list[tuple[str, int, int]]:
             at = f"{where}.{key}" if where else str(key)
             if isinstance(value, dict | list):
                 stack.append((value, at))
-            elif isinstance(value, str) and CUT_MARK in value[-40:]:
+            elif isinstance(value, str) and CUT_MARK in value[-60:]:
                 text, _, length = value.rpartition(CUT_MARK)
                 if length.isdigit():
                     text = text[: len(text) - len(text) % 4]  # base64 (a body, a message) decodes

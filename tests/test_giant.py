@@ -231,8 +231,13 @@ def test_deepest_close_is_how_far_below_its_start_a_piece_goes(text: str) -> Non
     for sign in text:
         depth += (sign in "{[") - (sign in "}]")
         lowest = min(lowest, depth)
-    assert har._deepest_close(text.encode(), unknown=-1) == -lowest
-    assert har._deepest_close(b"[" * 65 + b"]" * 66, unknown=-1) == -1  # too deep: unknown
+    assert har._deepest_close(text.encode()) == -lowest
+    deep = text * 3 + "[" * 70 + text + "]" * 71  # past the rounds of pairs taken out
+    depth = lowest = 0
+    for sign in deep:
+        depth += (sign in "{[") - (sign in "}]")
+        lowest = min(lowest, depth)
+    assert har._deepest_close(deep.encode()) == -lowest
 
 
 @pytest.mark.parametrize("text, problem, before", [

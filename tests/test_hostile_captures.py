@@ -380,24 +380,57 @@ def test_a_har_entry_of_countless_objects_is_searched_as_text(
 def test_a_flow_of_countless_lists_keeps_the_first_and_its_own_parts(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keep: int) -> None:
     """Lists of lists (in its metadata) read whole were 6 GB for a 60 MB flow: a flow over
-    the cap, or crowded within it, keeps its first _MAX_ENTRIES values and still its own
-    parts (addresses, headers), and says what was cut."""
+    the cap, or crowded within it, keeps its first values and still its own parts
+    (addresses, headers), and says what was cut. Its metadata has a budget of its own: first
+    in the record, it cannot spend the request's."""
     from leakmap.addons import flows as flow_files
 
     monkeypatch.setattr(flow_files, "_MAX_ENTRIES", 5_000)
+    monkeypatch.setattr(flow_files, "_GRACE", 5_000)
     monkeypatch.setattr(flow_files, "_CUT_SLACK", 1_000)
     flow = tflow.tflow(resp=True)
     flow.request.content = json.dumps({"imei": IMEI}).encode()
-    flow.metadata["x"] = [[[] for _ in range(200)] for _ in range(100)]  # 20,100 lists
-    capture = _write(tmp_path / "lists.flow", [flow])
-    [record] = flow_files.flow_records(capture, keep)
-    exchange = flow_files.exchange_from_record(record, capture)
+    flow.request.headers["x-pad"] = "x" * 300  # a list of headers over 256 bytes
+    state = flow.get_state()
+    metadata = {"x": [[[] for _ in range(200)] for _ in range(100)]}  # 20,100 lists
+    state.pop("metadata")
+    # written last first, as mitmproxy writes a dict: the metadata comes first in the file
+    record = flow_files.tnetstring_dumps({**state, "metadata": metadata})
+    assert record.index(b"metadata") < record.index(b"x-pad")
+    capture = tmp_path / "lists.flow"
+    capture.write_bytes(record)
+    [kept] = flow_files.flow_records(capture, keep)
+    exchange = flow_files.exchange_from_record(kept, capture)
     assert exchange is not None and exchange.error is None
     assert exchange.request_body == flow.request.content
     assert exchange.server_ip == flow.server_conn.peername[0]
     assert exchange.request_headers == list(flow.request.headers.items(multi=True))
     assert any(note.startswith("metadata.x of ") for note in exchange.reader_notes)
-    assert len(record) < 20_000  # what was kept of it: 5,000 values, not 20,100 lists
+    assert len(kept) < 40_000  # what was kept of it: 5,000 values, not 20,100 lists
+
+
+@pytest.mark.parametrize("from_client", [1, "yes"])
+def test_a_message_from_the_client_by_any_true_value_is_the_clients(
+        tmp_path: Path, device_file: Path, from_client: object) -> None:
+    """mitmproxy reads a stored ``from_client`` by its truth: so does leakmap, in a flow
+    within the cap and in one read value by value (a server message of a million ':'), and
+    a flow that breaks a reader is still logged, the flows after it too."""
+    from mitmproxy.io import tnetstring
+
+    records = []
+    for crowded in (False, True):
+        state = tflow.ttcpflow().get_state()
+        state["messages"] = [[from_client, json.dumps({"imei": IMEI}).encode(), 946681204.0]]
+        if crowded:
+            state["messages"].append([False, b":" * 1_100_000, 946681205.0])
+        records.append(tnetstring.dumps(state))
+    plain = tflow.tflow(resp=True)
+    plain.request.content = json.dumps({"imei": IMEI}).encode()
+    capture = tmp_path / "truthy.flow"
+    capture.write_bytes(b"".join(records) + tnetstring.dumps(plain.get_state()))
+    report = _analyze(capture, device_file, tmp_path)
+    assert len(report["flows"]) == 3
+    assert len(_flows_with_imei(report)) == 3
 
 
 def test_har_values_where_exporters_put_them_against_the_format_are_searched(
@@ -452,3 +485,40 @@ def test_digits_of_other_scripts_are_read_as_digits(tmp_path: Path, device_file:
     assert sorted(f["field"] for f in report["findings"] if f["data_type"] == "imei") == [
         "request.body.json.imei", "request.headers.x-device", "request.query.d"]
     assert all("read as ASCII digits" in f["analysis_error"] for f in report["flows"])
+
+
+def test_har_pairs_are_compared_as_pairs_and_cut_marks_cannot_be_forged(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A queryString or cookie pair whose value is only a substring of the URL or Cookie
+    header is still added; a string that ends like a cut one (the mark of an older version)
+    is read as it is, beside a string that was cut."""
+    from leakmap.core import har
+
+    monkeypatch.setattr(har, "BIG_HAR", 0)
+    entry = _entry()
+    entry["request"]["url"] = f"https://api.example.cn/up?sid=1{IMEI}2"
+    entry["request"]["queryString"] = [{"name": "imei", "value": IMEI}]
+    entry["request"]["headers"] = [{"name": "Cookie", "value": f"sid=1{IMEI}2"},
+                                   {"name": "X-Mark", "value": IMEI + "\x00leakmap-cut:99"}]
+    entry["request"]["cookies"] = [{"name": "imei", "value": IMEI}]
+    entry["request"]["postData"]["text"] = "x" * 2_000  # cut: the entry has a real cut
+    capture = tmp_path / "pairs.har"
+    capture.write_text(_har_text([json.dumps(entry)]))
+    [exchange] = har.read_har(capture, 1_000)
+    assert exchange.url.endswith(f"?sid=1{IMEI}2&imei={IMEI}")
+    assert ("Cookie", f"imei={IMEI}") in exchange.request_headers
+    assert ("X-Mark", IMEI + "\x00leakmap-cut:99") in exchange.request_headers
+    assert len(exchange.request_body) == 1_000
+
+
+def test_a_string_of_escaped_backslashes_is_cut_by_its_length_written() -> None:
+    """``\\\\u`` (an escaped backslash, then u) counted as less than nothing: such a string
+    was never cut, 500 MB of it held twice over."""
+    import io
+
+    from leakmap.core import har
+
+    text = b'["' + b"\\\\u" * 10_000 + b'"]'
+    pieces = list(har.json_pieces(io.BytesIO(text), 8, chunk_size=64))
+    [string] = [piece for piece in pieces if piece.string]
+    assert string.cut and len(string.text) < 6 * 8 + 6 + 64 + 100
