@@ -269,9 +269,11 @@ def read_har(path: Path, keep: int | None = None) -> Iterator[Exchange]:
 def _parse_whole(raw: bytes) -> bool:
     """Whether ``json.loads`` may read the HAR ``raw`` at once: it names ``entries`` once
     (json.loads keeps the last of repeated names, and a second, empty list must not hide
-    the first) and has no more brackets than one entry may hold (:data:`MAX_CONTAINERS`;
-    those in strings are counted too).  Else the entry reader decides, entry by entry."""
-    return raw.count(b'"entries"') < 2 and raw.count(b"{") + raw.count(b"[") <= MAX_CONTAINERS
+    the first) and has no more brackets or strings than one entry may hold
+    (:data:`MAX_CONTAINERS`, :data:`MAX_STRINGS`; brackets and quotes in strings are counted
+    too).  Else the entry reader decides, entry by entry."""
+    return (raw.count(b'"entries"') < 2 and raw.count(b"{") + raw.count(b"[") <= MAX_CONTAINERS
+            and raw.count(b'"') // 2 <= MAX_STRINGS)
 
 
 def _read_large_har(path: Path, keep: int) -> Iterator[Exchange]:
@@ -300,11 +302,12 @@ def _read_large_har(path: Path, keep: int) -> Iterator[Exchange]:
             flow_id = _flow_id(file_sha256, index)
             try:
                 if oversized:
-                    raise ValueError(f"over {cut + 2 * ENTRY_SLACK} bytes or {MAX_CONTAINERS} "
-                                     "objects and arrays once its long strings are cut")
+                    raise ValueError(f"over {cut + 2 * ENTRY_SLACK} bytes, {MAX_CONTAINERS} "
+                                     f"objects and arrays or {MAX_STRINGS} strings once its "
+                                     "long strings are cut")
                 entry = json.loads(text)
             except (ValueError, RecursionError) as e:
-                yield _unreadable(index, flow_id, e, bytes(text[:keep]))
+                yield _unreadable(index, flow_id, e, _ends(text, keep))
             else:
                 found = _uncut(entry) if cuts and isinstance(entry, dict | list) else []
                 exchange = _exchange_or_note(entry, index, flow_id)
@@ -425,11 +428,13 @@ def har_entries(handle: BinaryIO, keep: int, chunk_size: int = _CHUNK) -> Iterat
     An entry is bounded too, whatever its strings each hold: once its text reaches ``keep``
     and :data:`ENTRY_SLACK` more, each string after is cut to :data:`_NAME_BYTES`
     (45 WebSocket messages of 15 MB each); past another :data:`ENTRY_SLACK`, or past
-    :data:`MAX_CONTAINERS` objects and arrays (36 million ``{}`` were 2.8 GB parsed), it is
+    :data:`MAX_CONTAINERS` objects and arrays (36 million ``{}`` were 2.8 GB parsed) or
+    :data:`MAX_STRINGS` strings (headers as an object of 2.4 million pairs: 1 GB), it is
     ``oversized``: the rest of its text is passed over."""
     reader = _EntryReader(keep)
     for piece in json_pieces(handle, keep, chunk_size, reader.flat, reader.keep_for):
         if piece.flat:
+            reader.strings += piece.text.count(b'"') // 2
             reader.add(piece.text)  # flat only in an entry
         elif piece.string:
             reader.string(piece)
@@ -446,6 +451,7 @@ _OPEN_OBJECT, _OPEN_ARRAY, _COMMA, _CLOSE_OBJECT, _CLOSE_ARRAY, _COLON = b"{[,}]
 # a byte of JSON can take some 24 bytes of objects ("{}," is a dict and a list slot)
 ENTRY_SLACK = 4 * 2**20
 MAX_CONTAINERS = 1_000_000
+MAX_STRINGS = 2_000_000  # about 110 MB of short strings, and the dicts they fill
 
 
 class _EntryReader:
@@ -458,6 +464,7 @@ class _EntryReader:
         self.entry: bytearray | None = None  # in log.entries: the text since "[" or ","
         self.nested = 0  # containers open inside the entry (only counted: json.loads checks)
         self.containers = 0  # objects and arrays opened in it
+        self.strings = 0  # strings in it (about: a quote escaped in one counts too)
         self.cuts = 0  # strings cut in it
         self.oversized = False  # past its bounds: no more of its text kept
         self.found = False
@@ -483,17 +490,21 @@ class _EntryReader:
         return min(self.keep, max(_NAME_BYTES, self.full - len(self.entry)))
 
     def add(self, text: bytes | bytearray) -> None:
-        """Text of the entry, unless it is oversized (then only counted as passed over)."""
-        if self.oversized or self.entry is None:
+        """Text of the entry, kept up to :attr:`most` bytes (whose first and last bytes an
+        oversized entry has searched as text); past a bound, the entry is oversized."""
+        if self.entry is None:
             return
-        self.entry += text
-        if len(self.entry) > self.most or self.containers > MAX_CONTAINERS:
+        if len(self.entry) <= self.most:  # its text is kept up to there, oversized or not
+            self.entry += text
+        if (len(self.entry) > self.most or self.containers > MAX_CONTAINERS
+                or self.strings > MAX_STRINGS):
             self.oversized = True
 
     def string(self, piece: _Piece) -> None:
         if self.entry is None:
             self.last = _name(piece.text)
         else:
+            self.strings += 1
             self.add(piece.text)
             self.cuts += piece.cut
 
@@ -535,6 +546,7 @@ class _EntryReader:
 
     def _next_entry(self) -> None:
         self.entry, self.cuts, self.containers, self.oversized = bytearray(), 0, 0, False
+        self.strings = 0
 
     def _outside(self, sign: int) -> None:
         """Follow the structure outside log.entries, with each container's name."""
@@ -713,6 +725,13 @@ def _note_cuts(exchange: Exchange, found: list[tuple[str, int, int]], keep: int 
 
 
 _NOTED_CUTS = 20
+
+
+def _ends(text: bytearray, keep: int) -> bytes:
+    """At most ``keep`` bytes of an entry's text to search: its first and its last."""
+    if len(text) <= keep:
+        return bytes(text)
+    return bytes(text[: keep // 2]) + b"\n" + bytes(text[len(text) - (keep - keep // 2 - 1):])
 
 
 def _flow_id(digest: str, index: int) -> str:

@@ -371,8 +371,8 @@ def test_a_har_entry_of_countless_objects_is_searched_as_text(
     first, odd, last = har.read_har(capture, 1 << 20)
     assert first.error is None and last.error is None and first.request_body == last.request_body
     most = (1 << 20) * 4 // 3 + 4 + 2 * har.ENTRY_SLACK  # the cap of a string, and the slack
-    assert odd.error == (f"HAR entry 1 unreadable: over {most} bytes or 1000 objects and arrays"
-                         " once its long strings are cut")
+    assert odd.error == (f"HAR entry 1 unreadable: over {most} bytes, 1000 objects and arrays"
+                         f" or {har.MAX_STRINGS} strings once its long strings are cut")
     assert IMEI in odd.request_body.decode() and odd.reader_notes == ["HAR entry 1 searched as text"]
 
 
@@ -522,3 +522,22 @@ def test_a_string_of_escaped_backslashes_is_cut_by_its_length_written() -> None:
     pieces = list(har.json_pieces(io.BytesIO(text), 8, chunk_size=64))
     [string] = [piece for piece in pieces if piece.string]
     assert string.cut and len(string.text) < 6 * 8 + 6 + 64 + 100
+
+
+def test_an_entry_of_countless_strings_is_searched_at_both_ends(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Headers written as one object of countless pairs (2.4 million were 1 GB parsed): not
+    parsed past MAX_STRINGS strings; its first and last bytes searched, the IMEI after the
+    pairs too."""
+    from leakmap.core import har
+
+    monkeypatch.setattr(har, "MAX_STRINGS", 1_000)
+    entry = _entry()
+    entry["request"]["headers"] = {**{f"h{index}": "v" for index in range(5_000)},
+                                   "x-device": IMEI}
+    capture = tmp_path / "strings.har"
+    capture.write_text(_har_text([json.dumps(entry), json.dumps(_entry())]))
+    odd, plain = har.read_har(capture, 10_000)
+    assert plain.error is None
+    assert odd.error is not None and f"{har.MAX_STRINGS} strings" in odd.error
+    assert len(odd.request_body) <= 10_000 and IMEI in odd.request_body.decode()
