@@ -576,7 +576,9 @@ def _deepest_close(text: bytes | bytearray) -> int:
         fewer = marks.replace(b"{}", b"")
         if len(fewer) == len(marks):
             return len(marks) - len(marks.lstrip(b"}"))
-        marks = fewer
+        shrunk, marks = len(fewer) * 4 < len(marks) * 3, fewer
+        if not shrunk:  # less than a quarter taken out: nested deeply, sum the rest
+            break
     steps = array.array("b", marks.translate(_STEPS))  # "{" +1, "}" -1
     return -min(0, min(itertools.accumulate(steps), default=0))
 
