@@ -285,6 +285,7 @@ _MAX_ENTRIES = 1_000_000  # entries of all its lists and dicts kept by that read
 _FLOW_PARTS = frozenset({"request", "response", "websocket", "client_conn", "server_conn",
                          "error"})
 _GRACE, _TINY = 100_000, 256
+_SERVER_MESSAGES = 1_000  # the server's messages kept of a flow over the cap (content cut)
 # the parts of a flow's state the analysis reads: the rest spends a budget of _GRACE
 _ANALYSED = _FLOW_PARTS | {"messages", "type", "id", "version", "timestamp_created"}
 _LONGEST_SCALAR = 1 << 16  # a longer number (or true, false, null) is damage, not a flow
@@ -353,6 +354,8 @@ class _CutReader:
         entries: list[Any] = []
         start = handle.tell()
         structural = as_dict and (where == "" or where in _FLOW_PARTS)
+        server_at = {"messages": 0, "websocket.messages": 1}.get(where)  # from_client's place
+        servers = 0  # the server's messages seen in this list
         while handle.tell() < end:
             if len(entries) >= _MAX_ITEMS or (self.entries_left <= 0 and not structural):
                 self.cuts.append([where, end - start, handle.tell() - start])
@@ -369,7 +372,15 @@ class _CutReader:
                 continue
             # a message's content comes right after whether the client sent it
             cap = self._content_cap(entries[-1]) if _message_index(at) is not None else None
+            left = self.entries_left
             entries.append(self.value(end, at, cap, _is_message(at)))
+            if server_at is not None and _from_server(entries[-1], server_at):
+                servers += 1
+                if servers > _SERVER_MESSAGES:  # not analysed: past these, not even kept
+                    entries.pop()
+                    self.entries_left = left
+        if servers > _SERVER_MESSAGES:
+            self.cuts.append([f"{where} (the server's)", servers, _SERVER_MESSAGES])
         if handle.tell() != end:
             raise _unreadable(self.path)
         if not as_dict:
@@ -723,6 +734,9 @@ def note_cuts(exchange: Exchange, cuts: list[Any]) -> None:
         index = _message_index(where)
         if where == "response.content":  # not analysed: only its size counts
             exchange.response_size = length
+        elif where.endswith(" (the server's)"):
+            exchange.reader_notes.append(f"{length - kept} of the server's {length} messages "
+                                         "not read (not analysed)")
         elif index is not None and index < len(exchange.messages):
             if exchange.messages[index].from_client:  # the server's are not analysed either
                 sent += length - kept
@@ -746,6 +760,11 @@ def _client_numbers(messages: list[Message]) -> list[int]:
         numbers.append(sent)
         sent += message.from_client
     return numbers
+
+
+def _from_server(message: object, at: int) -> bool:
+    """Whether a stored message (a list) is the server's: ``from_client`` false."""
+    return isinstance(message, list) and len(message) > at and not message[at]
 
 
 def _is_message(where: str) -> bool:

@@ -541,3 +541,29 @@ def test_an_entry_of_countless_strings_is_searched_at_both_ends(
     assert plain.error is None
     assert odd.error is not None and f"{har.MAX_STRINGS} strings" in odd.error
     assert len(odd.request_body) <= 10_000 and IMEI in odd.request_body.decode()
+
+
+def test_the_servers_messages_do_not_crowd_out_the_clients(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over the cap, the server's messages (never analysed) are kept up to a count, so that
+    150,000 of them no longer pushed the client's message after them past the bounds."""
+    from mitmproxy import websocket
+    from wsproto.frame_protocol import Opcode
+
+    from leakmap.addons import flows as flow_files
+
+    monkeypatch.setattr(flow_files, "_SERVER_MESSAGES", 100)
+    monkeypatch.setattr(flow_files, "_MAX_ITEMS", 1_000)
+    monkeypatch.setattr(flow_files, "_CUT_SLACK", 1_000)
+    flow = tflow.twebsocketflow()
+    flow.websocket.messages = [websocket.WebSocketMessage(Opcode.TEXT, False, b"s")
+                               for _ in range(2_500)]
+    flow.websocket.messages.append(
+        websocket.WebSocketMessage(Opcode.TEXT, True, json.dumps({"imei": IMEI}).encode()))
+    capture = _write(tmp_path / "servers.flow", [flow])
+    [record] = flow_files.flow_records(capture, keep=1_000)
+    exchange = flow_files.exchange_from_record(record, capture)
+    assert exchange is not None and exchange.error is None
+    assert [m.from_client for m in exchange.messages] == [False] * 100 + [True]
+    assert exchange.messages[-1].content == json.dumps({"imei": IMEI}).encode()
+    assert "2400 of the server's 2500 messages not read (not analysed)" in exchange.reader_notes
