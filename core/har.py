@@ -466,7 +466,7 @@ class _EntryReader:
         self.containers = 0  # objects and arrays opened in it
         self.strings = 0  # strings in it (about: a quote escaped in one counts too)
         self.cuts = 0  # strings cut in it
-        self.oversized = False  # past its bounds: no more of its text kept
+        self.oversized = False  # past a bound: not to be parsed (its text kept up to most)
         self.found = False
         self.keep = keep
         self.full = keep + ENTRY_SLACK  # from here, each string of the entry is cut short
