@@ -740,9 +740,11 @@ def note_cuts(exchange: Exchange, cuts: list[Any]) -> None:
         elif index is not None and index < len(exchange.messages):
             if exchange.messages[index].from_client:  # the server's are not analysed either
                 sent += length - kept
-                note = scanned_note(f"message {numbers[index]}", length, kept) if kept else beyond
-                if note is not beyond or beyond not in exchange.reader_notes[-1:]:
-                    exchange.reader_notes.append(note)
+                if kept:
+                    exchange.reader_notes.append(
+                        scanned_note(f"message {numbers[index]}", length, kept))
+                elif beyond not in exchange.reader_notes:  # one note for all of them
+                    exchange.reader_notes.append(beyond)
         elif where == "request.content":
             sent += length - kept
             exchange.reader_notes.append(scanned_note("body", length, kept))

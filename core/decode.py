@@ -1476,7 +1476,7 @@ def _text_in_ascii_digits(text: str) -> str | None:
     changed = _PERCENT_OTHER_DIGIT.sub(_unquoted, text) if "%" in text else text
     if not changed.isascii():
         changed = _OTHER_DIGIT.sub(_ascii_digit, changed)
-    return None if changed is text or changed == text else changed
+    return None if changed == text else changed
 
 
 def _unquoted(encoded: re.Match[str]) -> str:
@@ -1491,7 +1491,7 @@ def _bytes_in_ascii_digits(data: bytes) -> bytes | None:
     except UnicodeDecodeError:
         return None
     changed = _OTHER_DIGIT.sub(_ascii_digit, text)
-    return None if changed is text or changed == text else changed.encode()
+    return None if changed == text else changed.encode()
 
 
 def with_ascii_digits(exchange: Exchange) -> Exchange | None:

@@ -410,7 +410,7 @@ def json_pieces(handle: BinaryIO, keep: int, chunk_size: int = _CHUNK,
 
 class HarEntry(NamedTuple):
     """The JSON text of an entry, how many of its strings were cut, and whether it is
-    ``oversized``: only its first bytes are there, not to be parsed."""
+    ``oversized``: not to be parsed, and its text kept only up to a bound."""
 
     text: bytearray
     cuts: int
@@ -430,12 +430,11 @@ def har_entries(handle: BinaryIO, keep: int, chunk_size: int = _CHUNK) -> Iterat
     (45 WebSocket messages of 15 MB each); past another :data:`ENTRY_SLACK`, or past
     :data:`MAX_CONTAINERS` objects and arrays (36 million ``{}`` were 2.8 GB parsed) or
     :data:`MAX_STRINGS` strings (headers as an object of 2.4 million pairs: 1 GB), it is
-    ``oversized``: the rest of its text is passed over."""
+    ``oversized``: its text is kept only to that bound, the rest passed over in C."""
     reader = _EntryReader(keep)
     for piece in json_pieces(handle, keep, chunk_size, reader.flat, reader.keep_for):
         if piece.flat:
-            reader.strings += piece.text.count(b'"') // 2
-            reader.add(piece.text)  # flat only in an entry
+            reader.flat_piece(piece.text)
         elif piece.string:
             reader.string(piece)
         else:
@@ -499,6 +498,11 @@ class _EntryReader:
         if (len(self.entry) > self.most or self.containers > MAX_CONTAINERS
                 or self.strings > MAX_STRINGS):
             self.oversized = True
+
+    def flat_piece(self, text: bytes | bytearray) -> None:
+        """Strings and the text between them, inside the entry (:meth:`flat`)."""
+        self.strings += text.count(b'"') // 2
+        self.add(text)
 
     def string(self, piece: _Piece) -> None:
         if self.entry is None:
