@@ -117,11 +117,23 @@ class Analysis:
 
 
 def encoding_chain(layers: tuple[str, ...], inner: str) -> str:
-    """``layers`` (outermost first) around ``inner``: ``url(base64)``, ``sha256(md5)``."""
+    """``layers`` (outermost first) around ``inner``: ``url(base64)``, ``sha256(md5)``.
+
+    A run of four or more of the same layer is written once with its count
+    (``base64*40``): a value wrapped 40 times still fits its column."""
     result = "" if inner == "plain" else inner
-    for layer in reversed(layers):
-        result = f"{layer}({result})" if result else layer
+    runs = [(layer, len(list(run))) for layer, run in itertools.groupby(layers)]
+    for layer, count in reversed(runs):
+        if count >= _COUNTED_RUN:
+            named = f"{layer}*{count}"
+            result = f"{named}({result})" if result else named
+            continue
+        for _ in range(count):
+            result = f"{layer}({result})" if result else layer
     return result or "plain"
+
+
+_COUNTED_RUN = 4
 
 
 def _distance_km(a: tuple[float, float], b: tuple[float, float]) -> float:

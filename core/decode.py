@@ -52,7 +52,14 @@ class Limits:
 
     max_body_bytes: int = 16 * 1024 * 1024
     max_decoded_bytes: int = 32 * 1024 * 1024
+    # Documents (JSON, a form string) inside strings, one inside another: each is a level of
+    # recursion, and its own tree up to max_structure_depth deep
     max_depth: int = 6
+    # Encodings (base64, hex, percent-encoding, compression) undone one inside another.
+    # Each one makes a value shorter, except compression (which spends max_decoded_bytes),
+    # so a chain costs at most a few times its outermost value: 40 layers of base64 around
+    # an IMEI (1.5 MB) are undone in a few milliseconds.
+    max_encodings: int = 64
     max_structure_depth: int = 64
     max_leaves: int = 50_000
     min_blob_length: int = 12
@@ -124,6 +131,7 @@ class Collector:
     single_leaves: list[Leaf] = field(default_factory=list)
     remembered: int = 0  # places skipped as known_quiet: each still counts as its one leaf
     out_of_time: bool = False
+    inflated: int = 0  # bytes inflated from compressed values (not the body): max_decoded_bytes
     leaves_spent: bool = False  # the leaf budget ran out: values were left unread
     _asked: int = 0
     _handed: int = 0  # leaves before this index went to on_batch
@@ -414,15 +422,17 @@ def is_texty(raw: bytes) -> str | None:
     """``raw`` as text if it is mostly printable UTF-8, else None."""
     if len(raw) < 4:
         return None
-    if raw.isascii():
-        text = raw.decode("ascii")
-    else:  # "ignore" drops what is not UTF-8: shorter means it was not (no exception raised)
-        text = raw.decode("utf-8", "ignore")
-        if len(text.encode("utf-8")) != len(raw):
-            return None
+    if raw.isascii():  # printable ASCII, tab, LF and CR deleted in C: what is left is not text
+        unprintable = len(raw.translate(None, _ASCII_TEXT))
+        return raw.decode("ascii") if unprintable <= 0.1 * len(raw) else None
+    # "ignore" drops what is not UTF-8: shorter means it was not (no exception raised)
+    text = raw.decode("utf-8", "ignore")
+    if len(text.encode("utf-8")) != len(raw):
+        return None
     return text if printable_count(text) >= 0.9 * len(text) else None
 
 
+_ASCII_TEXT = bytes(range(0x20, 0x7F)) + b"\t\n\r"
 _LINE_CONTROLS = str.maketrans("", "", "\r\n\t")
 _PRINTABLE_SLICE = 4096
 
@@ -494,10 +504,20 @@ def _is_base64(text: str) -> bool:
 
 def _all_of(text: str, alphabets: tuple[str, str]) -> bool:
     """Whether every character of ``text`` (not empty) is in one of ``alphabets``.  Its ends
-    are looked at first: ``str.strip`` of a 16 MB text that only ends in digits walks all of it."""
+    are looked at first: ``str.strip`` of a 16 MB text that only ends in digits walks all of it.
+    A long text is asked as bytes: ``str.strip`` looks each character up in the alphabet
+    (about 15 ns a character), ``bytes.translate`` in a table."""
     first, last = text[0], text[-1]
+    if len(text) > _LONG_ALPHABET_TEXT and text.isascii():
+        raw = text.encode("ascii")
+        return any(first in alphabet and last in alphabet
+                   and not raw.translate(None, alphabet.encode("ascii"))
+                   for alphabet in alphabets)
     return any(first in alphabet and last in alphabet and not text.strip(alphabet)
                for alphabet in alphabets)
+
+
+_LONG_ALPHABET_TEXT = 4096
 
 
 def decode_base64_text(value: str) -> str | None:
@@ -560,23 +580,36 @@ def expand_text(
         if "eyJ" in text and depth < limits.max_depth:  # base64 of '{"': a JSON Web Token?
             _follow_tokens(collector, path, text, layers, depth)
         return
-    if depth >= limits.max_depth:
-        collector.add(Leaf(path, text, layers, key, parent))
-        if _more_inside(collector, path, text, layers):
-            collector.note_once(f"nesting deeper than {limits.max_depth} not followed")
-        return
     # a document needs "{" or "[", a form string "&": most values that get here (base64,
     # hex, percent-encoding) have none, and skip the two parsers' checks
-    if ("{" in text or "[" in text or "&" in text) and _walk_structured(
-            collector, path, text, layers, depth):
+    if depth < limits.max_depth and ("{" in text or "[" in text or "&" in text) and (
+            _walk_structured(collector, path, text, layers, depth)):
         return
-    nested = list(_unwrap_once(collector, path, text, layers))
+    nested = list(_unwrap_once(collector, path, text, layers)) if (
+        len(layers) < limits.max_encodings) else []
     decoded_only = (len(text) > limits.max_leaf_chars and bool(nested)
-                    and nested[0][2][-1] in ("base64", "url"))
+                    and nested[0][2][-1] in _DECODED_ONLY)
     if not decoded_only and not collector.add(Leaf(path, text, layers, key, parent)):
         return
+    if not nested:
+        _note_not_followed(collector, path, text, layers, depth)
     for nested_path, nested_text, nested_layers in nested:
-        expand_text(collector, nested_path, nested_text, nested_layers, key, parent, depth + 1)
+        expand_text(collector, nested_path, nested_text, nested_layers, key, parent, depth)
+
+
+# An encoding whose value is kept only decoded when it is long: its encoded text shows nothing
+_DECODED_ONLY = frozenset({"base64", "url", "gzip", "zstd", "deflate"})
+
+
+def _note_not_followed(collector: Collector, path: str, text: str, layers: tuple[str, ...],
+                       depth: int) -> None:
+    """Say so when a limit kept a document or an encoding in ``text`` from being followed."""
+    limits = collector.limits
+    if depth >= limits.max_depth and (_looks_like_json(text) or _FORM.fullmatch(text)):
+        collector.note_once(f"nesting deeper than {limits.max_depth} not followed")
+    elif len(layers) >= limits.max_encodings and next(
+            _unwrap_once(collector, path, text, layers), None) is not None:
+        collector.note_once(f"encodings nested deeper than {limits.max_encodings} not undone")
 
 
 # A JSON Web Token (JWS compact form: header.payload.signature), as in "Bearer eyJ...": its
@@ -598,15 +631,6 @@ def _follow_tokens(collector: Collector, path: str, text: str, layers: tuple[str
                             (*layers, "base64"), depth=depth + 1)
 
 
-def _more_inside(collector: Collector, path: str, text: str, layers: tuple[str, ...]) -> bool:
-    """Whether ``text`` holds a document or an encoding that could be followed."""
-    return (
-        _looks_like_json(text)
-        or _FORM.fullmatch(text) is not None
-        or next(_unwrap_once(collector, path, text, layers), None) is not None
-    )
-
-
 def _unwrap_once(
     collector: Collector, path: str, text: str, layers: tuple[str, ...]
 ) -> Iterator[tuple[str, str, tuple[str, ...]]]:
@@ -615,6 +639,54 @@ def _unwrap_once(
     found = _decode_short(text, min_blob) if len(text) <= 64 else _decode_once(text, min_blob)
     if found is not None:
         yield path, found[0], (*layers, found[1])
+    elif text.startswith(_PACKED_HEADS) and len(text) >= min_blob:
+        packed = _inflated_value(collector, text)
+        if packed is not None:
+            yield path, packed[0], (*layers, *packed[1])
+
+
+# How a compressed stream's first bytes begin in base64 and in hex (gzip, zstd, zlib at its
+# four levels): the only values worth decoding to look for one
+_PACKED_HEADS = ("H4sI", "KLUv", "eJ", "eN", "eA", "eF",
+                 "1f8b08", "28b52ffd", "7801", "785e", "789c", "78da")
+
+
+def _inflated_value(collector: Collector, text: str) -> tuple[str, tuple[str, str]] | None:
+    """(text, (encoding, compression)) of a compressed stream in base64 or hex (``H4sI...``:
+    apps gzip what they send, then base64 it into JSON), or None.  Everything inflated from
+    values shares one flow's ``max_decoded_bytes``."""
+    encoding = "hex" if text[:1].isdigit() else "base64"
+    raw = bytes.fromhex(text) if encoding == "hex" and _is_hex(text) else (
+        base64_bytes(text) if encoding == "base64" else None)
+    compression = _compression(raw) if raw is not None else None
+    if raw is None or compression is None:
+        return None
+    cap = collector.limits.max_decoded_bytes - collector.inflated
+    if cap <= 0:
+        collector.note_once("decompression limit hit: compressed values past the flow's "
+                            f"{collector.limits.max_decoded_bytes} bytes not inflated")
+        return None
+    try:
+        inflated, hit_cap = decompress(raw, compression, cap, collector.deadline)
+    except ValueError:
+        return None  # binary that only starts like it
+    collector.inflated += len(inflated)
+    if hit_cap:
+        collector.truncated = True
+        collector.note_once(f"decompression limit hit: {compression} value cut at {cap} bytes")
+    texty = is_texty(inflated)
+    return None if texty is None else (texty, (encoding, compression))
+
+
+def _compression(raw: bytes) -> str | None:
+    """The compression ``raw`` starts as: gzip or zstd by magic, zlib (``deflate``) by its
+    header's check bits; else None."""
+    for magic, compression in _MAGIC:
+        if raw.startswith(magic):
+            return compression
+    if len(raw) > 2 and raw[0] == 0x78 and not (raw[0] << 8 | raw[1]) % 31 and not raw[1] & 0x20:
+        return "deflate"
+    return None
 
 
 def _decode_once(text: str, min_blob: int) -> tuple[str, str] | None:
@@ -640,7 +712,20 @@ def _decode_once(text: str, min_blob: int) -> tuple[str, str] | None:
 
 def unwraps(text: str, min_blob: int) -> bool:
     """Whether :func:`expand_text` would find an encoding to undo in ``text``."""
-    return unwrapped(text, min_blob) is not None
+    return unwrapped(text, min_blob) is not None or (
+        text.startswith(_PACKED_HEADS) and packed(text, min_blob))
+
+
+def packed(text: str, min_blob: int) -> bool:
+    """Whether ``text`` is base64 or hex whose bytes start as a compressed stream does
+    (by its first characters alone: nothing is inflated)."""
+    if len(text) < min_blob:
+        return False
+    if text[:1].isdigit():
+        head = bytes.fromhex(text[:8]) if _is_hex(text[:8]) else b""
+    else:
+        head = base64_bytes(text[:8]) or b""
+    return _compression(head + b"\0") is not None
 
 
 def unwrapped(text: str, min_blob: int) -> str | None:
@@ -702,7 +787,14 @@ def unwrapping(texts: Sequence[str], min_blob: int) -> set[str]:
         padded = list(texts)
     # the rest one by one: most are words (event and screen names) that come back flow
     # after flow, and unwraps remembers short ones
-    return {text for text in (*maybe, *odd, *padded) if unwraps(text, min_blob)}
+    found = {text for text in (*maybe, *odd, *padded) if unwraps(text, min_blob)}
+    if _PACKED_START.search("\0" + "\0".join(texts)):  # a compressed stream, base64 or hex?
+        found.update(text for text in texts
+                     if text.startswith(_PACKED_HEADS) and packed(text, min_blob))
+    return found
+
+
+_PACKED_START = re.compile("\0(?:H4sI|KLUv|e[AFJN]|1f8b08|28b52ffd|78(?:01|5e|9c|da))")
 
 
 class _Layout(NamedTuple):
@@ -768,9 +860,9 @@ def _walk_structured(
 ) -> bool:
     """Walk ``text`` if it is JSON or a form string; False when it is neither.
 
-    A document inside a string counts as one more level of nesting, like an
-    encoding: JSON in a JSON string in a JSON string... would otherwise
-    recurse until the interpreter gives up.
+    A document inside a string counts as one more level of nesting (encodings
+    are counted apart, in ``layers``): JSON in a JSON string in a JSON
+    string... would otherwise recurse until the interpreter gives up.
     """
     if _looks_like_json(text):
         parsed = parse_json(text, collector, quiet=True)
@@ -853,7 +945,7 @@ def walk_structure(
     if collector.full:
         return
     if depth > collector.limits.max_structure_depth:
-        collector.note_once(f"structure deeper than {collector.limits.max_structure_depth} cut")
+        _walk_deep(collector, path, node, layers, key, nesting)
         return
     if isinstance(node, dict):
         children: Iterable[tuple[str, object, str | None]] = (
@@ -876,10 +968,33 @@ def walk_structure(
             return
 
 
+def _deep_note(limits: Limits) -> str:
+    return (f"structure deeper than {limits.max_structure_depth}: "
+            "the deeper values read under one path")
+
+
+def _walk_deep(collector: Collector, path: str, node: object, layers: tuple[str, ...],
+               key: str | None, nesting: int) -> None:
+    """The rest of a tree below ``max_structure_depth``, without recursion: every value in
+    it, at ``path`` followed by ``…`` (a path as deep as the tree would cost its depth in
+    every leaf), under the name it has in its object."""
+    collector.note_once(_deep_note(collector.limits))
+    deeper = f"{path}.…"
+    pending: list[tuple[object, str | None]] = [(node, key)]
+    while pending and not collector.full:
+        node, key = pending.pop()
+        if isinstance(node, dict):
+            pending += reversed([(child, str(name)) for name, child in node.items()])
+        elif isinstance(node, list):
+            pending += reversed([(child, key) for child in node])
+        else:
+            _walk_scalar(collector, deeper, node, layers, key, path, nesting)
+
+
 def _walk_scalar(collector: Collector, path: str, node: object, layers: tuple[str, ...],
                  key: str | None, parent: str | None, nesting: int) -> None:
     if isinstance(node, str):
-        expand_text(collector, path, node, layers, key, parent, depth=max(len(layers), nesting))
+        expand_text(collector, path, node, layers, key, parent, depth=nesting)
     elif isinstance(node, bool):
         collector.add(Leaf(path, "true" if node else "false", layers, key, parent))
     elif node is not None:
@@ -1070,7 +1185,7 @@ def _walk_xml(collector: Collector, path: str, element: object, depth: int = 0) 
     if collector.full:
         return
     if depth > collector.limits.max_structure_depth:
-        collector.note_once(f"structure deeper than {collector.limits.max_structure_depth} cut")
+        _walk_deep_xml(collector, path, element)
         return
     tag = str(getattr(element, "tag", "node")).rsplit("}", 1)[-1]
     here = f"{path}.{tag}"
@@ -1081,6 +1196,25 @@ def _walk_xml(collector: Collector, path: str, element: object, depth: int = 0) 
         expand_text(collector, here, text, key=tag, parent=path)
     for child in list(element):  # type: ignore[call-overload]
         _walk_xml(collector, here, child, depth + 1)
+        tail = (getattr(child, "tail", None) or "").strip()  # mixed content: <a>x<b/>tail</a>
+        if tail and not collector.full:
+            expand_text(collector, here, tail, key=tag, parent=path)
+
+
+def _walk_deep_xml(collector: Collector, path: str, element: Any) -> None:
+    """The rest of an XML tree below ``max_structure_depth``: every attribute and text in
+    it, at ``path`` followed by ``…``, found by ``Element.iter`` (no recursion)."""
+    collector.note_once(_deep_note(collector.limits))
+    deeper = f"{path}.…"
+    for node in element.iter():
+        if collector.full:
+            return
+        tag = str(node.tag).rsplit("}", 1)[-1]
+        for name, value in node.attrib.items():
+            expand_text(collector, deeper, value, key=name, parent=path)
+        for text in (node.text, node.tail if node is not element else None):
+            if text and text.strip():
+                expand_text(collector, deeper, text.strip(), key=tag, parent=path)
 
 
 # Parsers are fed this much at a time, with a look at the clock in between

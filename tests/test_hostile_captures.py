@@ -567,3 +567,98 @@ def test_the_servers_messages_do_not_crowd_out_the_clients(
     assert [m.from_client for m in exchange.messages] == [False] * 100 + [True]
     assert exchange.messages[-1].content == json.dumps({"imei": IMEI}).encode()
     assert "2400 of the server's 2500 messages not read (not analysed)" in exchange.reader_notes
+
+
+def test_compressed_values_inside_base64_or_hex_are_inflated(tmp_path: Path,
+                                                             device_file: Path) -> None:
+    """Apps gzip what they send and base64 it into a field (``H4sI...``): gzip, zlib and zstd
+    streams in base64, URL-safe base64 or hex, in a body, a header and a query."""
+    import base64
+    import gzip
+    import zlib
+
+    import zstandard
+
+    document = json.dumps({"imei": IMEI}).encode()
+    in_body, in_header, in_query, in_form = (tflow.tflow(resp=True) for _ in range(4))
+    in_body.request.headers["content-type"] = "application/json"
+    in_body.request.content = json.dumps(
+        {"blob": base64.b64encode(gzip.compress(document)).decode()}).encode()
+    in_header.request.headers["x-state"] = base64.urlsafe_b64encode(
+        zlib.compress(document)).decode().rstrip("=")
+    in_query.request.path = "/up?z=" + base64.b64encode(zstandard.compress(document)).decode(
+        ).replace("+", "%2B").replace("/", "%2F").replace("=", "%3D")
+    in_form.request.headers["content-type"] = "application/x-www-form-urlencoded"
+    in_form.request.content = b"a=1&packed=" + gzip.compress(document).hex().encode()
+    report = _analyze(_write(tmp_path / "packed.flow", [in_body, in_header, in_query, in_form]),
+                      device_file, tmp_path)
+    found = sorted((f["field"], f["encoding"]) for f in report["findings"]
+                   if f["data_type"] == "imei")
+    assert found == [("request.body.form.packed.json.imei", "hex(gzip)"),
+                     ("request.body.json.blob.json.imei", "base64(gzip)"),
+                     ("request.headers.x-state.json.imei", "base64(deflate)"),
+                     ("request.query.z.json.imei", "base64(zstd)")]
+
+
+def test_compressed_values_share_the_flows_decoded_budget(tmp_path: Path,
+                                                          device_file: Path) -> None:
+    """Three base64'd gzip bombs of 64 MiB each in one body: the first is inflated to the
+    flow's 32 MiB, the others not at all (said once), and the IMEI beside them is found."""
+    import base64
+    import gzip
+
+    bombs = {name: base64.b64encode(gzip.compress(name.encode() * (64 << 20), 9)).decode()
+             for name in "abc"}
+    flow = tflow.tflow(resp=True)
+    flow.request.headers["content-type"] = "application/json"
+    flow.request.content = json.dumps({**bombs, "imei": IMEI}).encode()
+    report = _analyze(_write(tmp_path / "bombs.flow", [flow]), device_file, tmp_path)
+    [row] = report["flows"]
+    assert "decompression limit hit: gzip value cut at 33554432 bytes" in row["analysis_error"]
+    assert "compressed values past the flow's 33554432 bytes not inflated" in row["analysis_error"]
+    assert _flows_with_imei(report) == {row["flow_id"]}
+
+
+def test_encodings_are_undone_64_deep_and_said_so_past_that(tmp_path: Path,
+                                                           device_file: Path) -> None:
+    """A query value percent-encoded 60 times is read to its IMEI (as the known value, under
+    every layer); 70 times, the note says where the decoder stopped."""
+    from urllib.parse import quote
+
+    def encoded(times: int) -> str:
+        text = f"imei={IMEI}"
+        for _ in range(times):
+            text = quote(text, safe="")
+        return text
+
+    within, past = tflow.tflow(resp=True), tflow.tflow(resp=True)
+    within.request.path = "/up?d=" + encoded(60)
+    past.request.path = "/up?d=" + encoded(70)
+    report = _analyze(_write(tmp_path / "layers.flow", [within, past]), device_file, tmp_path)
+    [known] = [f for f in report["findings"] if f["flow_id"] == within.id
+               and f["data_type"] == "imei" and f["match"] == "known"]
+    assert known["encoding"] == "url*59"  # the query's own decoding is not a layer
+    notes = {row["flow_id"]: row["analysis_error"] or "" for row in report["flows"]}
+    assert "encodings nested deeper than 64 not undone" in notes[past.id]
+    assert "encodings nested" not in notes[within.id]
+
+
+@pytest.mark.parametrize("content_type, body", [
+    ("application/json", '{"a":' * 300 + json.dumps({"imei": IMEI}) + "}" * 300),
+    ("application/xml", "<a>" * 300 + f"<imei>{IMEI}</imei>" + "</a>" * 300),
+    ("application/xml", f"<r><x>1</x>{IMEI}<y/></r>"),  # mixed content: the text after <x>
+])
+def test_values_deeper_than_the_walk_and_between_elements_are_read(
+        tmp_path: Path, device_file: Path, content_type: str, body: str) -> None:
+    flow = tflow.tflow(resp=True)
+    flow.request.headers["content-type"] = content_type
+    flow.request.content = body.encode()
+    report = _analyze(_write(tmp_path / "deep.flow", [flow]), device_file, tmp_path)
+    [field] = [f["field"] for f in report["findings"] if f["data_type"] == "imei"]
+    [row] = report["flows"]
+    if body.startswith("<r>"):
+        assert field == "request.body.xml.r" and not row["analysis_error"]
+    else:
+        assert field.endswith(".…")
+        assert "structure deeper than 64: the deeper values read under one path" in (
+            row["analysis_error"])
