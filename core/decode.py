@@ -17,6 +17,7 @@ decompression stops at the next megabyte.
 from __future__ import annotations
 
 import binascii
+import html
 import itertools
 import json
 import operator
@@ -374,6 +375,8 @@ def sniffed(body: bytes, collector: Collector) -> bytes:
                 inflated, hit_cap = decompress(body, encoding, cap, collector.deadline)
             except ValueError:
                 return body  # binary that only starts like it
+            if collector.expired(exact=True):
+                return body  # out of time: nothing more is read
             collector.note(f"{encoding} body without a Content-Encoding saying so: inflated")
             if hit_cap:
                 collector.truncated = True
@@ -413,6 +416,7 @@ def _utf16_text(body: bytes, content_type: str) -> bytes | None:
 # Text values and the containers nested in them.
 
 _PERCENT = re.compile(r"%[0-9A-Fa-f]{2}")
+_ENTITY = re.compile(r"&(?:#[0-9]{1,7}|#[xX][0-9A-Fa-f]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});")
 _BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}|[A-Za-z0-9_-]+={0,2}")
 _HEX = re.compile(r"(?:[0-9a-f]{2})+|(?:[0-9A-F]{2})+")
 _FORM = re.compile(r"[^=&\s]+=[^&\s]*(?:&[^=&\s]+=[^&\s]*)+")
@@ -670,6 +674,8 @@ def _inflated_value(collector: Collector, text: str) -> tuple[str, tuple[str, st
         inflated, hit_cap = decompress(raw, compression, cap, collector.deadline)
     except ValueError:
         return None  # binary that only starts like it
+    if collector.expired(exact=True):
+        return None
     collector.inflated += len(inflated)
     if hit_cap:
         collector.truncated = True
@@ -695,6 +701,10 @@ def _decode_once(text: str, min_blob: int) -> tuple[str, str] | None:
         decoded = unquote(text)
         if decoded != text:
             return decoded, "url"
+    if "&" in text and _ENTITY.search(text):  # markup's character references: &#56;&#54;...
+        unescaped = html.unescape(text)
+        if unescaped != text:
+            return unescaped, "html"
     if len(text) < min_blob:
         return None
     if _is_hex(text):
@@ -948,6 +958,8 @@ def walk_structure(
         _walk_deep(collector, path, node, layers, key, nesting)
         return
     if isinstance(node, dict):
+        if node and _VALUE_IN_NAME.search("\0".join(map(str, node))):
+            _names_as_values(collector, path, node, layers, nesting)
         children: Iterable[tuple[str, object, str | None]] = (
             (f"{path}.{name}", child, str(name)) for name, child in node.items())
     elif isinstance(node, list):
@@ -966,6 +978,20 @@ def walk_structure(
         walk_structure(collector, child_path, child, layers, child_key, path, depth + 1, nesting)
         if collector.full:
             return
+
+
+# A name that may be a value itself: an object keyed by a device id, a phone number, an
+# address, something encoded, or a digest ({"865312345678901": {...}})
+_VALUE_IN_NAME = re.compile(r"[0-9]{6}|@|%[0-9A-Fa-f]{2}|&#|[0-9A-Za-z+/=_-]{22}")
+
+
+def _names_as_values(collector: Collector, path: str, node: dict, layers: tuple[str, ...],
+                     nesting: int) -> None:
+    """The names of ``node`` that may be values, each read as a value at its member's path."""
+    for name in node:
+        text = str(name)
+        if _VALUE_IN_NAME.search(text):
+            expand_text(collector, f"{path}.{text}", text, layers, None, path, nesting)
 
 
 def _deep_note(limits: Limits) -> str:
@@ -1111,6 +1137,8 @@ class _HotSkim:
         if not self._hot_before(end):
             return end
         path = f"{parent}[{name}]" if type(name) is int else f"{parent}.{name}"
+        if type(name) is str and _VALUE_IN_NAME.search(name):  # the name may be a value
+            self.kept.append((path, name, None, parent, depth + 1))
         if (end - at > _SKIM_CONTAINER_CHARS and type(node) in (dict, list)
                 and not self._hot_before(at)):  # hot only inside: skim it too
             self.container(at, path, key, depth + 1)
@@ -1236,7 +1264,22 @@ def decode_xml(collector: Collector, path: str, body: bytes) -> bool:
         collector.note(f"malformed XML: {type(e).__name__}: {e}")
         return False
     _walk_xml(collector, f"{path}.xml", root)
+    _xml_comments(collector, f"{path}.xml.comment", body)
     return True
+
+
+def _xml_comments(collector: Collector, path: str, body: bytes) -> None:
+    """The text of each ``<!-- comment -->`` (the parser drops them), found with
+    ``bytes.find``: one pass, however many are left open."""
+    start = body.find(b"<!--")
+    while start >= 0 and not collector.full:
+        end = body.find(b"-->", start + 4)
+        if end < 0:
+            return
+        text = body[start + 4 : end].decode("utf-8", "replace").strip()
+        if text:
+            expand_text(collector, path, text)
+        start = body.find(b"<!--", end + 3)
 
 
 # The email package parses structured headers slowly and into large trees
@@ -1286,8 +1329,18 @@ def decode_multipart(collector: Collector, path: str, body: bytes, content_type:
         name, payload, part_type, problems = _mime_part(part, index)
         if problems:  # one broken header must not hide the part, nor the others
             collector.note(f"multipart part {index} does not parse ({', '.join(problems)})")
+        _part_headers(collector, f"{path}.multipart.{name}", part)
         decode_payload(collector, f"{path}.multipart.{name}", payload, part_type)
     return True
+
+
+def _part_headers(collector: Collector, path: str, part: Any) -> None:
+    """A part's own header fields (a file name in Content-Disposition, an X-header), as sent."""
+    for header, value in part.raw_items():
+        lower = str(header).lower()
+        if lower != "content-type" and not collector.full:
+            expand_text(collector, f"{path}.headers.{lower}", str(value), key=lower,
+                        parent=f"{path}.headers")
 
 
 def _mime_part(part: Any, index: int) -> tuple[str, bytes, str, list[str]]:
@@ -1488,8 +1541,9 @@ def decode_body(
         collector.note(scanned_note("body", len(body), limit))
         body = body[:limit]
     decoded = undo_content_encoding(body, content_encoding, collector)
-    if decoded is None:  # scan the body as it came, by its looks
-        decode_payload(collector, path, body, "")
+    if decoded is None:  # scan the body as it came, by its looks (gzip that says it is br)
+        if not collector.expired(exact=True):
+            decode_payload(collector, path, sniffed(body, collector), "")
         return
     decode_payload(collector, path, decoded, content_type or "")
 

@@ -662,3 +662,59 @@ def test_values_deeper_than_the_walk_and_between_elements_are_read(
         assert field.endswith(".…")
         assert "structure deeper than 64: the deeper values read under one path" in (
             row["analysis_error"])
+
+
+def _flow_with(body: bytes, content_type: str, **headers: str):
+    flow = tflow.tflow(resp=True)
+    flow.request.headers["content-type"] = content_type
+    for name, value in headers.items():
+        flow.request.headers[name.replace("_", "-")] = value
+    flow.request.content = None
+    flow.request.raw_content = body
+    return flow
+
+
+def test_values_in_names_markup_part_headers_comments_and_lying_encodings_are_found(
+        tmp_path: Path, device_file: Path) -> None:
+    """Places an IMEI hides that a value-by-value walk passes over: an object keyed by it,
+    character references, a part's file name, an XML comment, and gzip that says it is br."""
+    import gzip
+
+    references = "".join(f"&#{ord(digit)};" for digit in IMEI)
+    multipart = (b'--XX\r\nContent-Disposition: form-data; name="log"; filename="dump-'
+                 + IMEI.encode() + b'.txt"\r\n\r\nhello\r\n--XX--\r\n')
+    flows = {
+        "request.body.json.devices.865312345678901": _flow_with(
+            json.dumps({"devices": {IMEI: {"seen": 1}}, "n": 2}).encode(), "application/json"),
+        "request.body.text": _flow_with(f"<p>{references}</p>".encode(), "text/html"),
+        "request.body.json.note": _flow_with(json.dumps({"note": references}).encode(),
+                                             "application/json"),
+        "request.body.multipart.log.headers.content-disposition": _flow_with(
+            multipart, "multipart/form-data; boundary=XX"),
+        "request.body.xml.comment": _flow_with(f"<a><!-- {IMEI} --><b>1</b></a>".encode(),
+                                               "application/xml"),
+        "request.body.json.imei": _flow_with(gzip.compress(json.dumps({"imei": IMEI}).encode()),
+                                             "application/json", content_encoding="br"),
+    }
+    report = _analyze(_write(tmp_path / "places.flow", list(flows.values())), device_file,
+                      tmp_path)
+    found = {f["flow_id"]: (f["field"], f["encoding"]) for f in report["findings"]
+             if f["data_type"] == "imei" and f["match"] == "known"}
+    assert {flow.id: field for field, flow in flows.items()} == {
+        flow_id: field for flow_id, (field, _encoding) in found.items()}
+    assert found[flows["request.body.text"].id][1] == "html"
+    errors = {row["flow_id"]: row["analysis_error"] for row in report["flows"]}
+    assert "gzip body without a Content-Encoding saying so" in errors[
+        flows["request.body.json.imei"].id]
+
+
+def test_names_that_may_be_values_are_read_by_the_plain_walk_too() -> None:
+    """The classifier's gates usually pick what to walk; without them (a long document, a
+    device with a location) the walk itself reads such names."""
+    from leakmap.core.decode import Collector, walk_structure
+
+    collector = Collector()
+    walk_structure(collector, "body", {"a": {IMEI: 1, "me@example.com": 2, "plain": 3}})
+    assert [(leaf.path, leaf.value) for leaf in collector.leaves] == [
+        (f"body.a.{IMEI}", IMEI), ("body.a.me@example.com", "me@example.com"),
+        (f"body.a.{IMEI}", "1"), ("body.a.me@example.com", "2"), ("body.a.plain", "3")]
