@@ -1486,6 +1486,8 @@ def _decode_structured(collector: Collector, path: str, body: bytes, kind: str,
         hot = collector.json_hot(body) if collector.json_hot is not None else None
         if hot is not None and walk_hot_json(collector, f"{path}.json", body, hot):
             return True
+        if _json_lines_shaped(body) and _walk_json_lines(collector, path, body):
+            return True
         parsed = parse_json(body, collector)
         if parsed is _INVALID:
             return False
@@ -1504,6 +1506,34 @@ def _decode_structured(collector: Collector, path: str, body: bytes, kind: str,
             decode_binary(collector, path, body, declared=kind == "protobuf")
     else:
         return False
+    return True
+
+
+def _json_lines_shaped(body: bytes) -> bool:
+    """Whether ``body`` may be JSON Lines (one document a line: analytics batches, Sentry
+    envelopes): its first line closes a document and the next opens one."""
+    first, _newline, rest = body.partition(b"\n")
+    return first.rstrip()[-1:] in (b"}", b"]") and rest.lstrip()[:1] in (b"{", b"[")
+
+
+def _walk_json_lines(collector: Collector, path: str, body: bytes) -> bool:
+    """Each line of a JSON Lines body, walked as its own document; False (nothing read) when
+    one line is not JSON or the lines are too many."""
+    lines = body.split(b"\n")
+    if len(lines) > collector.limits.max_parts or _too_many_nodes(collector, "JSON", body,
+                                                                  (",", "[", "{")):
+        return False
+    documents = []
+    for line in lines:
+        if line.strip():
+            parsed = parse_json(line, collector, quiet=True)
+            if parsed is _INVALID:
+                return False
+            documents.append(parsed)
+    for index, document in enumerate(documents):
+        if collector.full:
+            break
+        walk_structure(collector, f"{path}.jsonl[{index}]", document)
     return True
 
 

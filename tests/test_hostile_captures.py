@@ -677,7 +677,8 @@ def _flow_with(body: bytes, content_type: str, **headers: str):
 def test_values_in_names_markup_part_headers_comments_and_lying_encodings_are_found(
         tmp_path: Path, device_file: Path) -> None:
     """Places an IMEI hides that a value-by-value walk passes over: an object keyed by it,
-    character references, a part's file name, an XML comment, and gzip that says it is br."""
+    character references, a part's file name, an XML comment, gzip that says it is br, and
+    the second document of a JSON Lines body (read by its keys, not as text)."""
     import gzip
 
     references = "".join(f"&#{ord(digit)};" for digit in IMEI)
@@ -695,6 +696,8 @@ def test_values_in_names_markup_part_headers_comments_and_lying_encodings_are_fo
                                                "application/xml"),
         "request.body.json.imei": _flow_with(gzip.compress(json.dumps({"imei": IMEI}).encode()),
                                              "application/json", content_encoding="br"),
+        "request.body.jsonl[1].imei": _flow_with(
+            b'{"event": "start"}\n{"imei": "' + IMEI.encode() + b'"}\n', "application/x-ndjson"),
     }
     report = _analyze(_write(tmp_path / "places.flow", list(flows.values())), device_file,
                       tmp_path)
