@@ -24,6 +24,7 @@ from urllib.parse import parse_qsl, quote
 
 import brotli
 import corpus
+import hypothesis
 import pytest
 import zstandard
 from hypothesis import HealthCheck, given, settings
@@ -426,6 +427,42 @@ def _wrapped(text: str, layers: list[str]) -> str:
         else:
             text = json.dumps({"v": text})
     return text
+
+
+def _packed(text: str, layers: list[str]) -> str:
+    """``text`` in ``layers`` (innermost first): those of :func:`_wrapped`, character
+    references, and compressed streams in base64 or hex, as apps send them."""
+    for layer in layers:
+        raw = text.encode("utf-8", "surrogatepass")
+        if layer == "html":
+            text = "".join(f"&#{ord(ch)};" for ch in text)
+        elif layer == "gzip-base64":
+            text = base64.b64encode(gzip.compress(raw)).decode()
+        elif layer == "zlib-base64url":
+            text = base64.urlsafe_b64encode(zlib.compress(raw)).decode().rstrip("=")
+        elif layer == "zstd-hex":
+            text = zstandard.ZstdCompressor().compress(raw).hex()
+        else:
+            text = _wrapped(text, [layer])
+    return text
+
+
+PACKINGS = ["base64", "hex", "url", "json", "html", "gzip-base64", "zlib-base64url", "zstd-hex"]
+
+
+@HYPOTHESIS
+@given(st.lists(st.sampled_from(PACKINGS), max_size=12), st.booleans())
+def test_a_value_in_any_chain_of_encodings_is_found(classifier, layers: list[str],
+                                                     as_document: bool) -> None:
+    """Up to 12 encodings, documents and compressions, in any order: the IMEI inside is
+    found as the known value (within the limits: at most 5 documents, at most 2 MB)."""
+    hypothesis.assume(layers.count("json") <= 5)
+    inner = json.dumps({"imei": IMEI}) if as_document else IMEI
+    wrapped = _packed(inner, layers)
+    hypothesis.assume(len(wrapped) <= 2_000_000)
+    analysis = classifier.classify(corpus.request(
+        "chain", json.dumps({"d": wrapped}).encode(), "application/json"))
+    assert imei_found(analysis), (layers, analysis.errors)
 
 
 @HYPOTHESIS
