@@ -416,6 +416,16 @@ def _utf16_text(body: bytes, content_type: str) -> bytes | None:
 # Text values and the containers nested in them.
 
 _PERCENT = re.compile(r"%[0-9A-Fa-f]{2}")
+# A character escaped as code writes it: JSON's \uXXXX, JavaScript's \xXX.  JSON that parses
+# has its escapes undone by the parser; these are in text read as text (malformed JSON, a
+# script), where a value may hide as \u0038\u0036...
+_CODE_ESCAPE = re.compile(r"\\u([0-9A-Fa-f]{4})|\\x([0-9A-Fa-f]{2})")
+
+
+def _unescaped(escape: re.Match[str]) -> str:
+    return chr(int(escape.group(1) or escape.group(2), 16))
+
+
 _ENTITY = re.compile(r"&(?:#[0-9]{1,7}|#[xX][0-9A-Fa-f]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});")
 _BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}|[A-Za-z0-9_-]+={0,2}")
 _HEX = re.compile(r"(?:[0-9a-f]{2})+|(?:[0-9A-F]{2})+")
@@ -547,7 +557,8 @@ def plain_value(text: str, limits: Limits) -> bool:
     if (len(text) > limits.max_leaf_chars or "%" in text or "&" in text or "{" in text
             or "[" in text):
         return False
-    return len(text) < limits.min_blob_length or _NOT_BLOB.search(text) is not None
+    return len(text) < limits.min_blob_length or (
+        _NOT_BLOB.search(text) is not None and "\\" not in text)  # \u0038: an escape to undo
 
 
 def _looks_like_json(text: str) -> bool:
@@ -602,7 +613,7 @@ def expand_text(
 
 
 # An encoding whose value is kept only decoded when it is long: its encoded text shows nothing
-_DECODED_ONLY = frozenset({"base64", "url", "gzip", "zstd", "deflate"})
+_DECODED_ONLY = frozenset({"base64", "url", "html", "escape", "gzip", "zstd", "deflate"})
 
 
 def _note_not_followed(collector: Collector, path: str, text: str, layers: tuple[str, ...],
@@ -705,6 +716,8 @@ def _decode_once(text: str, min_blob: int) -> tuple[str, str] | None:
         unescaped = html.unescape(text)
         if unescaped != text:
             return unescaped, "html"
+    if "\\" in text and _CODE_ESCAPE.search(text):  # \u0038 or \x38 outside a JSON parser
+        return _CODE_ESCAPE.sub(_unescaped, text), "escape"
     if len(text) < min_blob:
         return None
     if _is_hex(text):
