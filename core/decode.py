@@ -56,11 +56,13 @@ class Limits:
     # Documents (JSON, a form string) inside strings, one inside another: each is a level of
     # recursion, and its own tree up to max_structure_depth deep
     max_depth: int = 6
-    # Encodings (base64, hex, percent-encoding, compression) undone one inside another.
-    # Each one makes a value shorter, except compression (which spends max_decoded_bytes),
-    # so a chain costs at most a few times its outermost value: 40 layers of base64 around
-    # an IMEI (1.5 MB) are undone in a few milliseconds.
+    # Encodings (base64, hex, percent-encoding, compression...) undone one inside another:
+    # 40 layers of base64 around an IMEI (1.5 MB) are undone in a few milliseconds.
     max_encodings: int = 64
+    # Characters decoded from values, all layers of all values of one flow together: a chain
+    # that hardly shortens its value (%25 -> %, &amp; -> &) would otherwise cost its length
+    # at every one of its layers
+    max_unwrapped_chars: int = 128 * 1024 * 1024
     max_structure_depth: int = 64
     max_leaves: int = 50_000
     min_blob_length: int = 12
@@ -133,6 +135,8 @@ class Collector:
     remembered: int = 0  # places skipped as known_quiet: each still counts as its one leaf
     out_of_time: bool = False
     inflated: int = 0  # bytes inflated from compressed values (not the body): max_decoded_bytes
+    unwrapped: int = 0  # characters decoded from values, every layer: max_unwrapped_chars
+    binary_nesting: int = 0  # compressed binary values being read, one inside another
     leaves_spent: bool = False  # the leaf budget ran out: values were left unread
     _asked: int = 0
     _handed: int = 0  # leaves before this index went to on_batch
@@ -244,6 +248,15 @@ class DecompressionLimit(Exception):
     """The decoded body would exceed the cap."""
 
 
+class DamagedStream(ValueError):
+    """A compressed stream that broke off (a bad checksum, junk): ``produced`` holds what it
+    inflated to before (within the cap), which readers keep and the budgets count."""
+
+    def __init__(self, message: str, produced: bytes = b"") -> None:
+        super().__init__(message)
+        self.produced = produced
+
+
 def _late(deadline: float | None) -> bool:
     return deadline is not None and time.monotonic() > deadline
 
@@ -274,9 +287,9 @@ def _stream_zlib(data: bytes, wbits: int, cap: int,
                     break
                 if not progressed:  # the input ended before the stream did
                     break
-        except zlib.error:
+        except zlib.error as e:
             if not members:
-                raise
+                raise DamagedStream(str(e), _capped(out, cap, deadline)) from e
             break  # junk after a complete member: keep what it gave
         members += 1
         gzip_member_follows = wbits > zlib.MAX_WBITS and pending.startswith(b"\x1f\x8b")
@@ -288,13 +301,17 @@ def _stream_zlib(data: bytes, wbits: int, cap: int,
 
 def _stream_brotli(data: bytes, cap: int, deadline: float | None = None) -> tuple[bytes, bool]:
     decoder = brotli.Decompressor()
-    out = bytearray(decoder.process(data, output_buffer_limit=_CHUNK))
-    steps = 0
-    while len(out) <= cap and not decoder.is_finished() and not decoder.can_accept_more_data():
-        steps += 1
-        if steps % (_STEP // _CHUNK) == 0 and _late(deadline):
-            break
-        out += decoder.process(b"", output_buffer_limit=_CHUNK)
+    out = bytearray()
+    try:
+        out += decoder.process(data, output_buffer_limit=_CHUNK)
+        steps = 0
+        while len(out) <= cap and not decoder.is_finished() and not decoder.can_accept_more_data():
+            steps += 1
+            if steps % (_STEP // _CHUNK) == 0 and _late(deadline):
+                break
+            out += decoder.process(b"", output_buffer_limit=_CHUNK)
+    except brotli.error as e:
+        raise DamagedStream(str(e), _capped(out, cap, deadline)) from e
     cut = len(out) > cap
     return _capped(out, cap, deadline), cut
 
@@ -302,19 +319,23 @@ def _stream_brotli(data: bytes, cap: int, deadline: float | None = None) -> tupl
 def _stream_zstd(data: bytes, cap: int, deadline: float | None = None) -> tuple[bytes, bool]:
     reader = zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=True)
     out = bytearray()
-    with reader:
-        while len(out) <= cap and not _late(deadline):
-            piece = reader.read(min(_STEP, cap + 1 - len(out)))
-            if not piece:
-                break
-            out += piece
+    try:
+        with reader:
+            while len(out) <= cap and not _late(deadline):
+                piece = reader.read(min(_STEP, cap + 1 - len(out)))
+                if not piece:
+                    break
+                out += piece
+    except zstandard.ZstdError as e:
+        raise DamagedStream(str(e), _capped(out, cap, deadline)) from e
     cut = len(out) > cap
     return _capped(out, cap, deadline), cut
 
 
 def decompress(data: bytes, encoding: str, cap: int,
                deadline: float | None = None) -> tuple[bytes, bool]:
-    """Undo one Content-Encoding.  Returns (bytes, hit_cap); raises ValueError.
+    """Undo one Content-Encoding.  Returns (bytes, hit_cap); raises ValueError
+    (:class:`DamagedStream`, with what it inflated, when the stream broke off).
 
     Past ``deadline`` (``time.monotonic()``) it stops at the next megabyte
     and returns no bytes: the caller looks at the clock.
@@ -326,12 +347,16 @@ def decompress(data: bytes, encoding: str, cap: int,
         if name == "deflate":
             try:
                 return _stream_zlib(data, zlib.MAX_WBITS, cap, deadline)
-            except zlib.error:
-                return _stream_zlib(data, -zlib.MAX_WBITS, cap, deadline)
+            except DamagedStream as e:
+                if e.produced:
+                    raise
+                return _stream_zlib(data, -zlib.MAX_WBITS, cap, deadline)  # raw, no header
         if name == "br":
             return _stream_brotli(data, cap, deadline)
         if name == "zstd":
             return _stream_zstd(data, cap, deadline)
+    except DamagedStream as e:
+        raise DamagedStream(f"{name} body does not decode: {e}", e.produced) from e
     except (zlib.error, brotli.error, zstandard.ZstdError) as e:
         raise ValueError(f"{name} body does not decode: {e}") from e
     if name in ("identity", ""):
@@ -349,6 +374,12 @@ def undo_content_encoding(
     for encoding in reversed([e for e in content_encoding.split(",") if e.strip()]):
         try:
             body, hit_cap = decompress(body, encoding, cap, collector.deadline)
+        except DamagedStream as e:
+            if not e.produced:
+                collector.note(f"decoder error: {e}")
+                return None
+            collector.note(f"decoder error: {e}; the {len(e.produced)} bytes before the damage read")
+            body, hit_cap = e.produced, False
         except ValueError as e:
             collector.note(f"decoder error: {e}")
             return None
@@ -374,7 +405,7 @@ def sniffed(body: bytes, collector: Collector) -> bytes:
             try:
                 inflated, hit_cap = decompress(body, encoding, cap, collector.deadline)
             except ValueError:
-                return body  # binary that only starts like it
+                return body  # binary that only starts like it (or a damaged stream: as it came)
             if collector.expired(exact=True):
                 return body  # out of time: nothing more is read
             collector.note(f"{encoding} body without a Content-Encoding saying so: inflated")
@@ -585,45 +616,69 @@ def expand_text(
     decoded: its encoded form shows nothing the decoded one does not
     (findings prefer the more decoded view anyway), and keeping every layer
     would make a value nested in encodings cost each layer's length again.
-    Hex is kept in both forms: a string of digits is hex too.
+    Hex is kept in both forms: a string of digits is hex too.  A chain of
+    encodings is undone in a loop, each decoded text taking the place of the
+    one before (one copy alive at a time, no recursion), every layer charged
+    to the flow's ``max_unwrapped_chars``.
     """
-    if not text or collector.full:
-        return
     limits = collector.limits
-    if plain_value(text, limits):
-        collector.add(Leaf(path, text, layers, key, parent))
-        if "eyJ" in text and depth < limits.max_depth:  # base64 of '{"': a JSON Web Token?
-            _follow_tokens(collector, path, text, layers, depth)
+    while text and not collector.full:
+        if plain_value(text, limits):
+            collector.add(Leaf(path, text, layers, key, parent))
+            if "eyJ" in text and depth < limits.max_depth:  # base64 of '{"': a JSON Web Token?
+                _follow_tokens(collector, path, text, layers, depth)
+            return
+        # a document needs "{" or "[", a form string "&": most values that get here (base64,
+        # hex, percent-encoding) have none, and skip the two parsers' checks
+        if depth < limits.max_depth and ("{" in text or "[" in text or "&" in text) and (
+                _walk_structured(collector, path, text, layers, depth)):
+            return
+        # the clock, before a long value is decoded once more (not recorded: the value itself
+        # is still kept below, as far as the leaf budget's own look at the clock lets it)
+        nested = _unwrap_once(collector, text, layers) if len(layers) < limits.max_encodings and (
+            len(text) <= _BIG_TEXT or not _late(collector.deadline)) else None
+        decoded_only = (len(text) > limits.max_leaf_chars and nested is not None
+                        and nested[1][-1] in _DECODED_ONLY)
+        if not decoded_only and not collector.add(Leaf(path, text, layers, key, parent)):
+            return
+        if nested is None:
+            _note_not_followed(collector, text, layers, depth)
+            return
+        contents, layers = nested
+        if isinstance(contents, bytes):  # inflated, not text: read as a binary body is
+            _inflated_binary(collector, path, contents)
+            return
+        text = contents
+
+
+_BIG_TEXT = 1 << 20
+_MAX_BINARY_NESTING = 4
+
+
+def _inflated_binary(collector: Collector, path: str, contents: bytes) -> None:
+    """Compressed binary inside a value (``base64(gzip(protobuf))``), read as a binary body,
+    at most four inside one another: each starts counting its encodings again."""
+    if collector.binary_nesting >= _MAX_BINARY_NESTING:
+        collector.note_once(f"compressed binary nested deeper than {_MAX_BINARY_NESTING} not read")
         return
-    # a document needs "{" or "[", a form string "&": most values that get here (base64,
-    # hex, percent-encoding) have none, and skip the two parsers' checks
-    if depth < limits.max_depth and ("{" in text or "[" in text or "&" in text) and (
-            _walk_structured(collector, path, text, layers, depth)):
-        return
-    nested = list(_unwrap_once(collector, path, text, layers)) if (
-        len(layers) < limits.max_encodings) else []
-    decoded_only = (len(text) > limits.max_leaf_chars and bool(nested)
-                    and nested[0][2][-1] in _DECODED_ONLY)
-    if not decoded_only and not collector.add(Leaf(path, text, layers, key, parent)):
-        return
-    if not nested:
-        _note_not_followed(collector, path, text, layers, depth)
-    for nested_path, nested_text, nested_layers in nested:
-        expand_text(collector, nested_path, nested_text, nested_layers, key, parent, depth)
+    collector.binary_nesting += 1
+    try:
+        decode_binary(collector, path, contents)
+    finally:
+        collector.binary_nesting -= 1
 
 
 # An encoding whose value is kept only decoded when it is long: its encoded text shows nothing
 _DECODED_ONLY = frozenset({"base64", "url", "html", "escape", "gzip", "zstd", "deflate"})
 
 
-def _note_not_followed(collector: Collector, path: str, text: str, layers: tuple[str, ...],
+def _note_not_followed(collector: Collector, text: str, layers: tuple[str, ...],
                        depth: int) -> None:
     """Say so when a limit kept a document or an encoding in ``text`` from being followed."""
     limits = collector.limits
     if depth >= limits.max_depth and (_looks_like_json(text) or _FORM.fullmatch(text)):
         collector.note_once(f"nesting deeper than {limits.max_depth} not followed")
-    elif len(layers) >= limits.max_encodings and next(
-            _unwrap_once(collector, path, text, layers), None) is not None:
+    elif len(layers) >= limits.max_encodings and _unwrap_once(collector, text, layers):
         collector.note_once(f"encodings nested deeper than {limits.max_encodings} not undone")
 
 
@@ -646,33 +701,47 @@ def _follow_tokens(collector: Collector, path: str, text: str, layers: tuple[str
                             (*layers, "base64"), depth=depth + 1)
 
 
-def _unwrap_once(
-    collector: Collector, path: str, text: str, layers: tuple[str, ...]
-) -> Iterator[tuple[str, str, tuple[str, ...]]]:
-    """The decoded text one encoding below ``text``, if any."""
-    min_blob = collector.limits.min_blob_length
+def _unwrap_once(collector: Collector, text: str, layers: tuple[str, ...]
+                 ) -> tuple[str | bytes, tuple[str, ...]] | None:
+    """(the text one encoding below ``text``, its layers), or None: none, or the flow's
+    ``max_unwrapped_chars`` spent.  Bytes instead of text: a compressed stream whose
+    contents are not text."""
+    limits = collector.limits
+    if collector.unwrapped >= limits.max_unwrapped_chars:
+        collector.note_once(f"values decoded past {limits.max_unwrapped_chars} characters in all:"
+                            " the rest not decoded")
+        return None
+    min_blob = limits.min_blob_length
     found = _decode_short(text, min_blob) if len(text) <= 64 else _decode_once(text, min_blob)
     if found is not None:
-        yield path, found[0], (*layers, found[1])
-    elif text.startswith(_PACKED_HEADS) and len(text) >= min_blob:
+        collector.unwrapped += len(found[0])
+        return found[0], (*layers, found[1])
+    if text.startswith(_PACKED_HEADS) and len(text) >= min_blob:
         packed = _inflated_value(collector, text)
         if packed is not None:
-            yield path, packed[0], (*layers, *packed[1])
+            collector.unwrapped += len(packed[0])
+            return packed[0], (*layers, *packed[1])
+    return None
 
 
 # How a compressed stream's first bytes begin in base64 and in hex (gzip, zstd, zlib at its
 # four levels): the only values worth decoding to look for one
-_PACKED_HEADS = ("H4sI", "KLUv", "eJ", "eN", "eA", "eF",
-                 "1f8b08", "28b52ffd", "7801", "785e", "789c", "78da")
+_PACKED_HEX_HEADS = ("1f8b08", "28b52ffd", "7801", "785e", "789c", "78da")
+_PACKED_HEADS = ("H4sI", "KLUv", "eJ", "eN", "eA", "eF", *_PACKED_HEX_HEADS,
+                 *(head.upper() for head in _PACKED_HEX_HEADS))
 
 
-def _inflated_value(collector: Collector, text: str) -> tuple[str, tuple[str, str]] | None:
-    """(text, (encoding, compression)) of a compressed stream in base64 or hex (``H4sI...``:
-    apps gzip what they send, then base64 it into JSON), or None.  Everything inflated from
+def _inflated_value(collector: Collector, text: str
+                    ) -> tuple[str | bytes, tuple[str, str]] | None:
+    """(contents, (encoding, compression)) of a compressed stream in base64 or hex
+    (``H4sI...``: apps gzip what they send, then base64 it into JSON), or None.  The
+    contents are text, or bytes when they are not (a protobuf).  Everything inflated from
     values shares one flow's ``max_decoded_bytes``."""
     encoding = "hex" if text[:1].isdigit() else "base64"
-    raw = bytes.fromhex(text) if encoding == "hex" and _is_hex(text) else (
-        base64_bytes(text) if encoding == "base64" else None)
+    if encoding == "hex":
+        raw = bytes.fromhex(text) if _is_hex(text) else None
+    else:  # MIME-style base64 (Android's Base64.DEFAULT) breaks lines every 76 characters
+        raw = base64_bytes(text.replace("\r", "").replace("\n", "") if "\n" in text else text)
     compression = _compression(raw) if raw is not None else None
     if raw is None or compression is None:
         return None
@@ -683,16 +752,17 @@ def _inflated_value(collector: Collector, text: str) -> tuple[str, tuple[str, st
         return None
     try:
         inflated, hit_cap = decompress(raw, compression, cap, collector.deadline)
+    except DamagedStream as e:  # what came before the damage counts, and is read
+        inflated, hit_cap = e.produced, False
     except ValueError:
         return None  # binary that only starts like it
-    if collector.expired(exact=True):
-        return None
     collector.inflated += len(inflated)
+    if collector.expired(exact=True) or not inflated:
+        return None
     if hit_cap:
         collector.truncated = True
         collector.note_once(f"decompression limit hit: {compression} value cut at {cap} bytes")
-    texty = is_texty(inflated)
-    return None if texty is None else (texty, (encoding, compression))
+    return is_texty(inflated) or inflated, (encoding, compression)
 
 
 def _compression(raw: bytes) -> str | None:
@@ -817,7 +887,7 @@ def unwrapping(texts: Sequence[str], min_blob: int) -> set[str]:
     return found
 
 
-_PACKED_START = re.compile("\0(?:H4sI|KLUv|e[AFJN]|1f8b08|28b52ffd|78(?:01|5e|9c|da))")
+_PACKED_START = re.compile("\0(?:H4sI|KLUv|e[AFJN]|(?i:1f8b08|28b52ffd|78(?:01|5e|9c|da)))")
 
 
 class _Layout(NamedTuple):
@@ -971,7 +1041,7 @@ def walk_structure(
         _walk_deep(collector, path, node, layers, key, nesting)
         return
     if isinstance(node, dict):
-        if node and _VALUE_IN_NAME.search("\0".join(map(str, node))):
+        if node and _NAME_MARKS.search(_names(node)):
             _names_as_values(collector, path, node, layers, nesting)
         children: Iterable[tuple[str, object, str | None]] = (
             (f"{path}.{name}", child, str(name)) for name, child in node.items())
@@ -994,8 +1064,23 @@ def walk_structure(
 
 
 # A name that may be a value itself: an object keyed by a device id, a phone number, an
-# address, something encoded, or a digest ({"865312345678901": {...}})
-_VALUE_IN_NAME = re.compile(r"[0-9]{6}|@|%[0-9A-Fa-f]{2}|&#|[0-9A-Za-z+/=_-]{22}")
+# address, something escaped, or a token of 16 or more characters with a digit, "+", "/" or
+# "=" in it (base64 or hex: {"ODY1MzEyMzQ1Njc4OTAx": 1}), not a long name of words
+_VALUE_IN_NAME = re.compile(r"[0-9]{6}|@|%[0-9A-Fa-f]{2}|&#|\\[ux]"
+                            r"|(?<![0-9A-Za-z+/=_-])(?=[0-9A-Za-z+/=_-]{16})[A-Za-z_-]*[0-9+/=]")
+
+
+# What every such name holds at least one of: one class, searched over all the names of an
+# object at once (0.2 us; the full expression takes 3 us over the same names)
+_NAME_MARKS = re.compile(r"[0-9@%&\\+/=]")
+
+
+def _names(node: dict) -> str:
+    """The names of ``node`` joined by NUL (JSON's are text; another tree's may not be)."""
+    try:
+        return "\0".join(node)
+    except TypeError:
+        return "\0".join(map(str, node))
 
 
 def _names_as_values(collector: Collector, path: str, node: dict, layers: tuple[str, ...],
@@ -1024,6 +1109,8 @@ def _walk_deep(collector: Collector, path: str, node: object, layers: tuple[str,
         node, key = pending.pop()
         if isinstance(node, dict):
             pending += reversed([(child, str(name)) for name, child in node.items()])
+            if _NAME_MARKS.search(_names(node)):
+                pending += [(str(name), None) for name in node if _VALUE_IN_NAME.search(str(name))]
         elif isinstance(node, list):
             pending += reversed([(child, key) for child in node])
         else:
@@ -1150,7 +1237,7 @@ class _HotSkim:
         if not self._hot_before(end):
             return end
         path = f"{parent}[{name}]" if type(name) is int else f"{parent}.{name}"
-        if type(name) is str and _VALUE_IN_NAME.search(name):  # the name may be a value
+        if type(name) is str and _NAME_MARKS.search(name) and _VALUE_IN_NAME.search(name):
             self.kept.append((path, name, None, parent, depth + 1))
         if (end - at > _SKIM_CONTAINER_CHARS and type(node) in (dict, list)
                 and not self._hot_before(at)):  # hot only inside: skim it too
@@ -1348,10 +1435,11 @@ def decode_multipart(collector: Collector, path: str, body: bytes, content_type:
 
 
 def _part_headers(collector: Collector, path: str, part: Any) -> None:
-    """A part's own header fields (a file name in Content-Disposition, an X-header), as sent."""
+    """A part's own header fields (a file name in Content-Disposition or in Content-Type's
+    ``name``, an X-header), as sent."""
     for header, value in part.raw_items():
         lower = str(header).lower()
-        if lower != "content-type" and not collector.full:
+        if not collector.full:
             expand_text(collector, f"{path}.headers.{lower}", str(value), key=lower,
                         parent=f"{path}.headers")
 
@@ -1524,29 +1612,38 @@ def _decode_structured(collector: Collector, path: str, body: bytes, kind: str,
 
 def _json_lines_shaped(body: bytes) -> bool:
     """Whether ``body`` may be JSON Lines (one document a line: analytics batches, Sentry
-    envelopes): its first line closes a document and the next opens one."""
-    first, _newline, rest = body.partition(b"\n")
-    return first.rstrip()[-1:] in (b"}", b"]") and rest.lstrip()[:1] in (b"{", b"[")
+    envelopes): its first line closes a document and the next opens one (looked at near the
+    first line break only: no copy of a large body)."""
+    newline = body.find(b"\n")
+    if newline < 0:
+        return False
+    before = body[max(0, newline - 64) : newline].rstrip()
+    after = body[newline + 1 : newline + 65].lstrip()
+    return before[-1:] in (b"}", b"]") and after[:1] in (b"{", b"[")
 
 
 def _walk_json_lines(collector: Collector, path: str, body: bytes) -> bool:
-    """Each line of a JSON Lines body, walked as its own document; False (nothing read) when
-    one line is not JSON or the lines are too many."""
-    lines = body.split(b"\n")
-    if len(lines) > collector.limits.max_parts or _too_many_nodes(collector, "JSON", body,
-                                                                  (",", "[", "{")):
+    """Each line of a JSON Lines body walked as its own document, a line that is not JSON
+    read as text (an envelope's attachment); False (nothing read) when no line but the first
+    is JSON, or the lines are too many."""
+    if body.count(b"\n") >= collector.limits.max_parts or _too_many_nodes(
+            collector, "JSON", body, (",", "[", "{")):
         return False
-    documents = []
-    for line in lines:
-        if line.strip():
-            parsed = parse_json(line, collector, quiet=True)
-            if parsed is _INVALID:
-                return False
-            documents.append(parsed)
-    for index, document in enumerate(documents):
+    lines = [line for line in body.split(b"\n") if line.strip()]
+    documents = [parse_json(line, collector, quiet=True) for line in lines]
+    if sum(document is not _INVALID for document in documents[1:]) == 0:
+        return False
+    texts = 0
+    for index, (line, document) in enumerate(zip(lines, documents, strict=True)):
         if collector.full:
             break
-        walk_structure(collector, f"{path}.jsonl[{index}]", document)
+        if document is _INVALID:
+            texts += 1
+            expand_text(collector, f"{path}.jsonl[{index}]", line.decode("utf-8", "replace"))
+        else:
+            walk_structure(collector, f"{path}.jsonl[{index}]", document)
+    if texts:
+        collector.note(f"JSON Lines body: {texts} of its {len(lines)} lines not JSON, read as text")
     return True
 
 
@@ -1586,7 +1683,9 @@ def decode_body(
     decoded = undo_content_encoding(body, content_encoding, collector)
     if decoded is None:  # scan the body as it came, by its looks (gzip that says it is br)
         if not collector.expired(exact=True):
-            decode_payload(collector, path, sniffed(body, collector), "")
+            inflated = sniffed(body, collector)
+            decode_payload(collector, path, inflated, content_type or "" if inflated is not body
+                           else "")
         return
     decode_payload(collector, path, decoded, content_type or "")
 

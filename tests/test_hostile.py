@@ -224,6 +224,39 @@ def test_decoding_memory_stays_within_a_few_times_the_cap(name: str) -> None:
     assert peak < 4 * CAP, f"{name}: peak {peak / 2**20:.0f} MiB for a {CAP / 2**20:.0f} MiB cap"
 
 
+def _percent_chain(size: int, compressed: bool) -> bytes:
+    """A JSON body whose value is the IMEI percent-encoded 61 times (each layer only two
+    characters shorter), padded to ``size``; as base64 of its gzip if ``compressed``."""
+    inner = "%" + "25" * 60 + "38" + IMEI[1:]
+    inner += " " * (size - len(inner))
+    value = base64.b64encode(gzip.compress(inner.encode(), 9)).decode() if compressed else inner
+    return json.dumps({"a": value}).encode()
+
+
+@pytest.mark.parametrize(("size", "compressed"), [(8 << 20, False), (CAP - 200, True)])
+def test_a_chain_that_hardly_shortens_its_value_is_undone_within_a_budget(
+        size: int, compressed: bool) -> None:
+    """Each layer replaces the one before (one copy alive, not 61), and all of them together
+    are charged to the flow's max_unwrapped_chars: bounded memory and time, and said so."""
+    exchange = corpus.request("chain", _percent_chain(size, compressed), "application/json")
+    tracemalloc.start()
+    try:
+        collector = exchange_leaves(exchange, Limits(budget_ms=0))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert f"values decoded past {Limits().max_unwrapped_chars} characters in all: the rest " \
+        "not decoded" in collector.errors
+    # the inflated bytes, their copy and text, two layers: five times the cap (61 copies: 2 GB)
+    assert peak < 6 * CAP, f"peak {peak / 2**20:.0f} MiB"
+
+
+def test_a_small_chain_of_percent_encodings_is_undone_to_its_end(classifier) -> None:
+    analysis = classifier.classify(corpus.request("chain", _percent_chain(4096, True),
+                                                  "application/json"))
+    assert imei_found(analysis) and not analysis.errors
+
+
 @pytest.mark.parametrize(("encoding", "bomb"), [
     ("gzip", corpus.gzip_bomb), ("deflate", corpus.zlib_bomb), ("br", corpus.brotli_bomb),
     ("zstd", corpus.zstd_bomb),
@@ -781,3 +814,73 @@ def test_a_body_reads_as_json_exactly_when_json_loads_reads_it(body: bytes) -> N
     except (ValueError, RecursionError):
         expected = False
     assert _reads_as_json(body) is expected
+
+
+def test_a_damaged_compressed_value_is_read_to_its_damage_and_counted(classifier) -> None:
+    """gzip whose checksum is wrong (as a stream cut or flipped in transit is): what it
+    inflated is read, and charged to the flow's decoded budget, so the next such value is
+    inflated only to what is left of it, and the one after not at all."""
+    values = []
+    for filler in (b" ", b"\t", b"\n"):
+        stream = bytearray(gzip.compress(json.dumps({"imei": IMEI}).encode() + filler * (
+            24 << 20), 9))
+        stream[-8] ^= 0xFF  # the CRC
+        values.append(base64.b64encode(bytes(stream)).decode())
+    body = json.dumps(dict(zip("abc", values, strict=True))).encode()
+    analysis = classifier.classify(corpus.request("damaged", body, "application/json"))
+    assert any(f.data_type == "imei" and f.encoding == "base64(gzip)" for f in analysis.findings)
+    assert f"decompression limit hit: compressed values past the flow's {CAP} bytes not " \
+        "inflated" in analysis.errors
+
+
+def _multipart(content_type: str, body: bytes = b"hello") -> bytes:
+    return (b"--XX\r\nContent-Disposition: form-data; name=\"f\"\r\nContent-Type: "
+            + content_type.encode() + b"\r\n\r\n" + body + b"\r\n--XX--\r\n")
+
+
+def _protobuf_string(text: str) -> bytes:
+    return b"\x12" + bytes([len(text)]) + text.encode()
+
+
+DOCUMENT = json.dumps({"imei": IMEI}).encode()
+HIDDEN: dict[str, tuple[bytes, str, list[tuple[str, str]], str]] = {
+    # name: (body, content type, headers, the field the IMEI is found at)
+    "gzip in upper-case hex": (json.dumps({"d": gzip.compress(DOCUMENT).hex().upper()}).encode(),
+                               "application/json", [], "request.body.json.d.json.imei"),
+    "gzip in base64 of 76-character lines": (
+        json.dumps({"d": base64.encodebytes(gzip.compress(DOCUMENT + b" " * 200)).decode()}
+                   ).encode(), "application/json", [], "request.body.json.d.json.imei"),
+    "a file name in a part's Content-Type": (
+        _multipart(f'image/jpeg; name="IMG_{IMEI}.jpg"'), "multipart/form-data; boundary=XX",
+        [], "request.body.multipart.f.headers.content-type"),
+    "JSON Lines with a line of text": (  # a Sentry envelope's attachment
+        b'{"event_id": "1"}\n{"type": "attachment"}\nsome text\n' + DOCUMENT + b"\n",
+        "application/x-sentry-envelope", [], "request.body.jsonl[3].imei"),
+    "gzip multipart said to be br": (
+        gzip.compress(_multipart("application/json", DOCUMENT)),
+        "multipart/form-data; boundary=XX", [("content-encoding", "br")],
+        "request.body.multipart.f.json.imei"),
+    "gzip of a protobuf in base64": (
+        json.dumps({"d": base64.b64encode(gzip.compress(_protobuf_string(IMEI))).decode()}
+                   ).encode(), "application/json", [], "request.body.json.d.protobuf.2"),
+}
+
+
+@pytest.mark.parametrize("name", HIDDEN)
+def test_an_imei_where_an_adversarial_review_found_it_hidden(classifier, name: str) -> None:
+    body, content_type, headers, field = HIDDEN[name]
+    analysis = classifier.classify(corpus.request("hidden", body, content_type, headers))
+    assert [f.field for f in analysis.findings if f.data_type == "imei"] == [field], (
+        analysis.findings, analysis.errors)
+
+
+def test_long_names_of_words_are_names_and_names_of_tokens_values() -> None:
+    """A 30-letter snake_case name stays a name (one more leaf per event would spend the
+    leaf budget on analytics batches); base64 of an IMEI as a name is read as a value."""
+    encoded = base64.b64encode(IMEI.encode()).decode()  # 20 characters, digits among them
+    collector = Collector()
+    expand_text(collector, "x", json.dumps({"firebase_previous_screen_class": "Main",
+                                            encoded: 1}))
+    assert [(leaf.path, leaf.value) for leaf in collector.leaves] == [
+        (f"x.json.{encoded}", encoded), (f"x.json.{encoded}", IMEI),
+        ("x.json.firebase_previous_screen_class", "Main"), (f"x.json.{encoded}", "1")]
