@@ -11,7 +11,9 @@ import contextlib
 import functools
 import hashlib
 import ipaddress
+import mmap
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -244,8 +246,9 @@ def _unreadable(path: Path, problem: str = _UNREADABLE) -> ValueError:
 def flow_records(path: Path, keep: int | None = None) -> Iterator[bytes]:
     """Each flow of a flow file as its stored bytes, unparsed: cutting a file into flows
     is cheap, parsing them is not, so ``leakmap analyze`` parses them in its workers
-    (:func:`exchange_from_record`).  Raises ValueError where the file is cut short or damaged,
-    after the flows before that point.
+    (:func:`exchange_from_record`).  Junk where a flow should begin is passed on as a
+    record of its own (:func:`_damaged_stretch`), and the flows after it are read; where no
+    flow begins again (the file is cut short), ValueError after the flows before that point.
 
     With ``keep`` (the body cap), a flow larger than that is read value by value instead,
     and each value longer than ``keep`` bytes (a 500 MB body) is cut to its first ``keep``
@@ -253,28 +256,88 @@ def flow_records(path: Path, keep: int | None = None) -> Iterator[bytes]:
     capture (:func:`_cut_record`; the flow notes the cut)."""
     with path.open("rb") as handle:
         total = os.fstat(handle.fileno()).st_size
-        while prefix := handle.read(1):
+        while True:
+            start = handle.tell()
+            prefix = handle.read(1)
+            if not prefix:
+                return
             while prefix[-1:].isdigit() and len(prefix) <= _MAX_LENGTH_DIGITS:
                 digit = handle.read(1)
                 if not digit:  # the file ends inside the prefix
                     break
                 prefix += digit
-            if not prefix.endswith(b":") or len(prefix) < 2:
-                raise _unreadable(path)
-            size = int(prefix[:-1])
-            if handle.tell() + size + 1 > total:  # cut short, or a length that lies
-                raise _unreadable(path)
+            size = int(prefix[:-1]) if prefix.endswith(b":") and len(prefix) >= 2 else -1
+            # not a length, or one past the end (cut short, or a length that lies)
+            if size < 0 or handle.tell() + size + 1 > total:
+                yield _damaged_stretch(handle, path, start, total, keep)
+                continue
             if keep is not None and size > keep + _CUT_SLACK:
                 yield _cut_record(handle, size, keep, path)
                 continue
             body = handle.read(size + 1)  # the payload and its type byte
             if len(body) != size + 1:
                 raise _unreadable(path)
+            if body[-1:] != b"}" and _next_record(handle, start + 1, total) is not None:
+                # not a flow (a state is a dict): a length that lies, or junk with a length
+                handle.seek(start)
+                yield _damaged_stretch(handle, path, start, total, keep)
+                continue
             if keep is not None and size > _CUT_SLACK and _crowded(body):
                 handle.seek(-len(body), os.SEEK_CUR)
                 yield _cut_record(handle, size, keep, path)
                 continue
             yield prefix + body
+
+
+def _damaged_stretch(handle: BinaryIO, path: Path, start: int, total: int,
+                     keep: int | None) -> bytes:
+    """The bytes from ``start`` (where a flow should begin and none does: junk written into
+    the file, a record whose length lies) to the next place a whole flow begins, cut to the
+    body cap; the handle is left there.  Returned as a record: it is logged as an
+    unreadable flow, its bytes searched (:func:`exchange_from_record`), and the flows after
+    it are read.  Where no flow begins again (a file cut short), ValueError."""
+    resume = _next_record(handle, start + 1, total)
+    if resume is None:
+        raise _unreadable(path)
+    handle.seek(start)
+    stretch = handle.read(min(resume - start, keep if keep is not None else _STRETCH_KEPT))
+    handle.seek(resume)
+    return stretch
+
+
+_STRETCH_KEPT = Limits().max_body_bytes
+_RECORD_START = re.compile(rb"(\d{1,%d}):" % _MAX_LENGTH_DIGITS)
+
+
+def _next_record(handle: BinaryIO, position: int, total: int) -> int | None:
+    """Where, from ``position`` on, the next stored flow begins (a length, a dict of that
+    length that mitmproxy's tnetstring reads, with a version, type and id), or None.  One pass of a
+    regular expression over the file, mapped (not read); a candidate costs a look at its
+    last byte, and only one that ends as a dict does is parsed."""
+    if position >= total:
+        return None
+    with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
+        while (candidate := _RECORD_START.search(view, position)) is not None:
+            end = candidate.end() + int(candidate.group(1))
+            if end < total and view[end] == _DICT_TYPE and _RECORD_START.match(
+                    view, candidate.end()) and _is_flow_state(view[candidate.start() : end + 1]):
+                return candidate.start()
+            position = candidate.start() + 1  # "99" + "1234:": the length may start later
+    return None
+
+
+_DICT_TYPE = ord("}")
+
+
+def _is_flow_state(record: bytes) -> bool:
+    """Whether ``record`` is a whole flow's state (its version, type and id), not a dict
+    inside one (a connection, a DNS question)."""
+    try:
+        state = tnetstring_loads(record)
+    except (ValueError, TypeError, IndexError, RecursionError):
+        return False
+    return isinstance(state, dict) and all(
+        name in state or name.encode() in state for name in ("version", "type", "id"))
 
 
 _CUT_SLACK = 1 << 20  # a flow at most this much over the cap is read whole

@@ -721,3 +721,37 @@ def test_names_that_may_be_values_are_read_by_the_plain_walk_too() -> None:
     assert [(leaf.path, leaf.value) for leaf in collector.leaves] == [
         (f"body.a.{IMEI}", IMEI), ("body.a.me@example.com", "me@example.com"),
         (f"body.a.{IMEI}", "1"), ("body.a.me@example.com", "2"), ("body.a.plain", "3")]
+
+
+@pytest.mark.parametrize("damage", ["junk between two flows", "a length that lies"])
+def test_damage_inside_a_flow_file_does_not_hide_the_flows_after_it(
+        tmp_path: Path, device_file: Path, damage: str) -> None:
+    """Junk written where a flow should begin, or a flow whose length is wrong: its bytes are
+    logged as an unreadable flow (and searched: the IMEI in them is found), and reading
+    goes on at the next place a whole flow begins."""
+    flows = [tflow.tflow(resp=True) for _ in range(3)]
+    for index, flow in enumerate(flows):
+        flow.request.path = f"/flow{index}?imei={IMEI}" if index else f"/flow{index}"
+    records = []
+    for flow in flows:
+        single = _write(tmp_path / "one.flow", [flow])
+        records.append(single.read_bytes())
+    if damage == "junk between two flows":
+        middle = records[1] + b"\x00junk 12:34:{}} imei " + IMEI.encode() + b" 99" + records[2]
+        expected_flows = 4  # the three, and the junk
+    else:
+        length, _colon, rest = records[1].partition(b":")
+        middle = str(int(length) + 7).encode() + b":" + rest + records[2]
+        expected_flows = 3  # the first, the second's bytes (its IMEI found), the third
+    capture = tmp_path / "damaged.flow"
+    capture.write_bytes(records[0] + middle)
+    db = f"sqlite:///{tmp_path / 'damaged.db'}"
+    result = leakmap_cli("analyze", str(capture), "--device", str(device_file), "--db", db)
+    assert "Traceback" not in result.stderr and "not a readable" not in result.stderr
+    report = _report(db)
+    assert len(report["flows"]) == expected_flows
+    unreadable = [row for row in report["flows"]
+                  if (row["flow_error"] or "").startswith("unreadable flow record")]
+    assert len(unreadable) == 1
+    assert unreadable[0]["flow_id"] in _flows_with_imei(report)
+    assert flows[2].id in _flows_with_imei(report)
