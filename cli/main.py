@@ -341,10 +341,12 @@ _BATCH_FIELDS = 200_000  # header fields a batch of records may hold, besides 50
 
 
 def _fields(record: Any) -> int:
-    """The header fields ``record`` holds (a crafted flow may have 300,000 of them)."""
+    """The header fields ``record`` holds (a crafted flow may have 300,000 of them), and one
+    more for each 100 characters of its URL and path (a crafted URL may have a million)."""
     exchange = record.exchange
     return (len(exchange.request_headers) + len(exchange.response_headers)
-            + len(exchange.request_trailers))
+            + len(exchange.request_trailers)
+            + (len(exchange.url or "") + len(exchange.path or "")) // 100)
 
 
 def _analyze_captures(analyse: Analyse, engine: Any, run_id: int,

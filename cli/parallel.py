@@ -248,10 +248,14 @@ def _read_batch(items: Iterator[Item]) -> tuple[list[Item], Exception | None, bo
 
 
 def _payload_bytes(item: Item) -> int:
-    """About how much memory ``item`` holds: its stored bytes, or its exchange's payloads."""
+    """About how much memory ``item`` holds: its stored bytes, or its exchange's payloads,
+    URL (twice: the path is part of it) and header fields (a HAR entry's 20 MB URL or
+    headers count as a body does)."""
     if isinstance(item, bytes):
         return len(item)
-    return len(item.request_body) + sum(len(message.content) for message in item.messages)
+    fields = sum(len(name) + len(value) for name, value in item.request_headers)
+    return (len(item.request_body) + sum(len(message.content) for message in item.messages)
+            + 2 * len(item.url or "") + fields)
 
 
 def _create_hash_key(settings: dict[str, Any]) -> None:

@@ -16,13 +16,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from leakmap.addons.review import destination
 from leakmap.core.classify import Classifier
 from leakmap.core.decode import Limits
 from leakmap.core.device import load_device
-from leakmap.core.exchange import Exchange
+from leakmap.core.exchange import Exchange, split_url
 from leakmap.core.known import KnownMatcher
 from leakmap.core.pipeline import FlowRecord, Pipeline
 from leakmap.core.redact import printable
@@ -57,7 +56,7 @@ class RawRequest:
     headers: tuple[str, ...]
 
     def exchange(self, body: bytes, name: str) -> Exchange:
-        parts = urlsplit(self.url)
+        parts = split_url(self.url)
         kind = self.content_type or mimetypes.guess_type(name)[0]
         headers = [(n.strip(), v.strip()) for n, _, v in (h.partition(":") for h in self.headers)]
         if kind and not any(n.lower() == "content-type" for n, _ in headers):

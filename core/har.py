@@ -23,9 +23,9 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
-from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit
+from urllib.parse import SplitResult, parse_qsl, urlencode
 
-from leakmap.core.exchange import Exchange, Message
+from leakmap.core.exchange import Exchange, Message, split_url
 
 
 def _timestamp(text: Any) -> float | None:
@@ -167,7 +167,7 @@ def _websocket(entry: dict[str, Any]) -> list[Message]:
 
 def _split(url: str) -> SplitResult:
     try:
-        return urlsplit(url)
+        return split_url(url)
     except ValueError:  # "Invalid IPv6 URL": the decoder notes and scans it as text
         return SplitResult("", "", "", "", "")
 

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from leakmap.core.actions import Place, decide
 from leakmap.core.classify import Analysis, Classifier, Finding
 from leakmap.core.destination import Destination
-from leakmap.core.exchange import Exchange, check_time
+from leakmap.core.exchange import Exchange, check_time, check_url
 from leakmap.core.redact import keyed_hash, mask
 from leakmap.policies.model import ActionRule
 
@@ -87,12 +87,13 @@ class Pipeline:
         What does not depend on other flows: ``leakmap analyze`` runs it in
         several processes at once and places the records in capture order.
         """
-        time_note = check_time(exchange)  # a capture's own field: the flow is stored anyway
+        # a capture's own fields: the flow is stored anyway
+        notes = [note for note in (check_time(exchange), check_url(exchange)) if note]
         try:
             analysis = self.classifier.classify(exchange)
         except Exception as e:  # the record must exist even if analysis breaks
             analysis = Analysis(errors=[f"analysis failed: {type(e).__name__}: {e}"])
-        errors = [*analysis.errors, time_note] if time_note else analysis.errors
+        errors = [*analysis.errors, *notes] if notes else analysis.errors
         return FlowRecord(
             exchange=exchange,
             findings=[self._redact(finding) for finding in analysis.findings],

@@ -13,9 +13,9 @@ from __future__ import annotations
 import base64
 from collections.abc import Iterable, Sequence
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl
 
-from leakmap.core.exchange import Exchange, iso_utc
+from leakmap.core.exchange import Exchange, iso_utc, split_url
 
 _LEAKMAP_KEYS = ("run", "flow_id", "host", "server_ip", "country", "city", "asn", "as_org", "operator",
                  "operator_country", "watched", "watch_reason", "action", "action_rule", "enforced",
@@ -70,7 +70,7 @@ def _headers(pairs: Iterable[tuple[str, str]]) -> list[dict[str, str]]:
 
 def _query(url: str) -> list[dict[str, str]]:
     try:
-        query = urlsplit(url).query
+        query = split_url(url).query
     except ValueError:
         return []
     return [{"name": name, "value": value} for name, value in parse_qsl(query, keep_blank_values=True)]

@@ -884,3 +884,34 @@ def test_long_names_of_words_are_names_and_names_of_tokens_values() -> None:
     assert [(leaf.path, leaf.value) for leaf in collector.leaves] == [
         (f"x.json.{encoded}", encoded), (f"x.json.{encoded}", IMEI),
         ("x.json.firebase_previous_screen_class", "Main"), (f"x.json.{encoded}", "1")]
+
+
+def test_a_body_of_countless_gzip_members_is_read_to_the_members_cap() -> None:
+    """10,000 members are read (the IMEI in the last is found); past them the body counts
+    as cut. Each member is fed from a view of the body, not a copy of the rest of it (a
+    million empty members in 16 MiB had taken 8 minutes)."""
+    from leakmap.core.decode import _MAX_MEMBERS
+
+    empty = gzip.compress(b"")
+    within = empty * (_MAX_MEMBERS - 1) + gzip.compress(IMEI.encode())
+    out, cut = decompress(within, "gzip", CAP)
+    assert out == IMEI.encode() and not cut
+    out, cut = decompress(within + empty * 50_000 + gzip.compress(b"late"), "gzip", CAP)
+    assert out == IMEI.encode() and cut
+
+
+def test_a_long_url_is_cut_for_the_flow_and_not_kept_by_urlsplits_cache(classifier) -> None:
+    from urllib.parse import urlsplit
+
+    from leakmap.core.exchange import MAX_URL_CHARS, split_url
+    from leakmap.core.pipeline import Pipeline
+
+    url = f"https://h.example/?imei={IMEI}&pad=" + "p" * (3 * MAX_URL_CHARS)
+    before = urlsplit.cache_info().currsize
+    assert split_url(url).query.startswith("imei=")
+    assert urlsplit.cache_info().currsize == before
+    pipeline = Pipeline(classifier, None, b"key")  # type: ignore[arg-type]  # no locator: inspect
+    record = pipeline.inspect(corpus.request("long-url", url=url, path=url[17:]))
+    assert len(record.exchange.url) == MAX_URL_CHARS
+    assert f"only the first {MAX_URL_CHARS} kept and scanned" in record.analysis_error
+    assert any(f.data_type == "imei" for f in record.findings)
