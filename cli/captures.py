@@ -15,7 +15,13 @@ _BOM = b"\xef\xbb\xbf"
 def is_har(path: Path) -> bool:
     """JSON (HAR) rather than a mitmproxy flow file, whose first byte is a digit."""
     with path.open("rb") as handle:
-        return handle.read(64).removeprefix(_BOM).lstrip()[:1] in (b"{", b"[")
+        head = handle.read(64).removeprefix(_BOM).lstrip()
+        while not head and (more := handle.read(_HEAD)):  # whitespace before the document
+            head = more.lstrip()
+        return head[:1] in (b"{", b"[")
+
+
+_HEAD = 64 * 1024
 
 
 def read_capture(path: Path, keep: int | None = None) -> Iterator[Exchange]:

@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import sys
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -349,6 +350,20 @@ def _fields(record: Any) -> int:
             + (len(exchange.url or "") + len(exchange.path or "")) // 100)
 
 
+def _distinct_id(record: Any, seen: dict[int, int]) -> None:
+    """A flow whose id came before in the run (two flows of one capture, or the same capture
+    twice) gets an id of its own, made of the old one and its count, and a note: the store
+    keeps the last record of an id, so the first would be lost."""
+    flow_id = record.exchange.flow_id
+    count = seen.get(hash(flow_id), 0)
+    seen[hash(flow_id)] = count + 1
+    if not count:
+        return
+    record.exchange.flow_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{flow_id}#{count}"))
+    note = f"flow id {flow_id[:80]} came before in the run: stored as {record.exchange.flow_id}"
+    record.analysis_error = f"{record.analysis_error}; {note}" if record.analysis_error else note
+
+
 def _analyze_captures(analyse: Analyse, engine: Any, run_id: int,
                       captures: tuple[Path, ...]) -> tuple[_Stored, list[str]]:
     """Analyse and store every readable flow; the captures that broke off, named.
@@ -361,6 +376,7 @@ def _analyze_captures(analyse: Analyse, engine: Any, run_id: int,
 
     stored, problems = _Stored(), []
     progress = Progress(len(captures))  # on a terminal only
+    seen: dict[int, int] = {}  # hash of each flow id stored so far -> how often it came
 
     def write(batch: list[Any]) -> None:
         found = sum(len(r.findings) for r in batch)
@@ -375,6 +391,7 @@ def _analyze_captures(analyse: Analyse, engine: Any, run_id: int,
             read = fields = 0
             try:
                 for record in analyse(capture):
+                    _distinct_id(record, seen)
                     batch.append(record)
                     read += 1
                     fields += _fields(record)

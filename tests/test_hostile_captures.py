@@ -755,3 +755,29 @@ def test_damage_inside_a_flow_file_does_not_hide_the_flows_after_it(
     assert len(unreadable) == 1
     assert unreadable[0]["flow_id"] in _flows_with_imei(report)
     assert flows[2].id in _flows_with_imei(report)
+
+
+def test_flows_that_share_an_id_are_each_stored(tmp_path: Path, device_file: Path) -> None:
+    """The store keeps the last record of an id; a capture with two flows of one id (a
+    crafted one, or one file analysed twice in a run) must not lose the first."""
+    first, second = tflow.tflow(resp=True), tflow.tflow(resp=True)
+    first.request.path = f"/up?imei={IMEI}"
+    second.id = first.id
+    report = _analyze(_write(tmp_path / "twins.flow", [first, second]), device_file, tmp_path)
+    ids = [row["flow_id"] for row in report["flows"]]
+    assert len(ids) == len(set(ids)) == 2 and first.id in ids
+    assert _flows_with_imei(report) == {first.id}
+    [renamed] = [row for row in report["flows"] if row["flow_id"] != first.id]
+    assert f"flow id {first.id} came before in the run" in renamed["analysis_error"]
+
+
+@pytest.mark.parametrize("lead", [b"\n" * 100, b"\xef\xbb\xbf" + b" " * 100])
+def test_a_har_after_whitespace_is_read_as_har(tmp_path: Path, device_file: Path,
+                                               lead: bytes) -> None:
+    entry = {"startedDateTime": "2014-08-01T10:00:00Z",
+             "request": {"method": "GET", "url": f"https://h.example/?imei={IMEI}"},
+             "response": {"status": 200}}
+    capture = tmp_path / "lead.har"
+    capture.write_bytes(lead + json.dumps({"log": {"version": "1.2", "entries": [entry]}}).encode())
+    report = _analyze(capture, device_file, tmp_path)
+    assert len(report["flows"]) == 1 and _flows_with_imei(report)
