@@ -43,6 +43,7 @@ from leakmap.core.decode import (
     Leaf,
     Limits,
     exchange_leaves,
+    names_that_may_be_values,
     plain_value,
     unwrapped,
     unwrapping,
@@ -518,6 +519,7 @@ class Classifier:
             return None
         hot = {index for indices in candidates.values() for index in indices}
         hot.update(self._named_pairs(names))
+        hot.update(names_that_may_be_values(names))  # ?865312345678901=1
         text = joined.text
         if "%" in text or "{" in text or "[" in text:
             hot.update(joined.indices(mark.start(), mark.end())[0]

@@ -838,6 +838,12 @@ def _multipart(content_type: str, body: bytes = b"hello") -> bytes:
             + content_type.encode() + b"\r\n\r\n" + body + b"\r\n--XX--\r\n")
 
 
+def _bad_crc(stream: bytes) -> bytes:
+    damaged = bytearray(stream)
+    damaged[-8] ^= 0xFF  # the CRC-32 in the trailer
+    return bytes(damaged)
+
+
 def _protobuf_string(text: str) -> bytes:
     return b"\x12" + bytes([len(text)]) + text.encode()
 
@@ -860,6 +866,27 @@ HIDDEN: dict[str, tuple[bytes, str, list[tuple[str, str]], str]] = {
         gzip.compress(_multipart("application/json", DOCUMENT)),
         "multipart/form-data; boundary=XX", [("content-encoding", "br")],
         "request.body.multipart.f.json.imei"),
+    "a bare value as a form body": (IMEI.encode(), "application/x-www-form-urlencoded", [],
+                                    "request.body.text"),
+    "JSON sent as a form": (DOCUMENT, "application/x-www-form-urlencoded", [],
+                            "request.body.text.json.imei"),
+    "a form's name": (f"a=1&{IMEI}=1".encode(), "application/x-www-form-urlencoded", [],
+                      f"request.body.form.{IMEI}"),
+    "a form piece with no value": (f"a=1&{IMEI}".encode(), "application/x-www-form-urlencoded",
+                                   [], "request.body.form[1]"),
+    "gzip whose CRC is wrong": (_bad_crc(gzip.compress(DOCUMENT)), "application/json",
+                                [("content-encoding", "gzip")], "request.body.json.imei"),
+    "gzip inside gzip, said once": (gzip.compress(gzip.compress(DOCUMENT)), "application/json",
+                                    [("content-encoding", "gzip")], "request.body.json.imei"),
+    "gzip said to be identity": (gzip.compress(DOCUMENT), "application/json",
+                                 [("content-encoding", "identity")], "request.body.json.imei"),
+    "zlib said nothing of": (zlib.compress(DOCUMENT), "application/json", [],
+                             "request.body.json.imei"),
+    "a gzip file in a multipart part": (
+        _multipart("application/gzip", gzip.compress(DOCUMENT)),
+        "multipart/form-data; boundary=XX", [], "request.body.multipart.f.json.imei"),
+    "a header's name": (b"{}", "application/json", [(f"x-{IMEI}", "1")],
+                        f"request.headers.x-{IMEI}"),
     "gzip of a protobuf in base64": (
         json.dumps({"d": base64.b64encode(gzip.compress(_protobuf_string(IMEI))).decode()}
                    ).encode(), "application/json", [], "request.body.json.d.protobuf.2"),
@@ -915,3 +942,11 @@ def test_a_long_url_is_cut_for_the_flow_and_not_kept_by_urlsplits_cache(classifi
     assert len(record.exchange.url) == MAX_URL_CHARS
     assert f"only the first {MAX_URL_CHARS} kept and scanned" in record.analysis_error
     assert any(f.data_type == "imei" for f in record.findings)
+
+
+@pytest.mark.parametrize(("query", "field"), [
+    (f"?{IMEI}", "request.query[0]"), (f"?a=1&{IMEI}=1", f"request.query.{IMEI}")])
+def test_an_imei_as_a_query_name_or_piece_is_found(classifier, query: str, field: str) -> None:
+    url = f"https://h.example/q{query}"
+    analysis = classifier.classify(corpus.request("query", url=url, path=url[17:]))
+    assert [f.field for f in analysis.findings if f.data_type == "imei"] == [field]
