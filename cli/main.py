@@ -10,7 +10,6 @@ import contextlib
 import logging
 import os
 import sys
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -350,18 +349,29 @@ def _fields(record: Any) -> int:
             + (len(exchange.url or "") + len(exchange.path or "")) // 100)
 
 
-def _distinct_id(record: Any, seen: dict[int, int]) -> None:
-    """A flow whose id came before in the run (two flows of one capture, or the same capture
-    twice) gets an id of its own, made of the old one and its count, and a note: the store
-    keeps the last record of an id, so the first would be lost."""
-    flow_id = record.exchange.flow_id
-    count = seen.get(hash(flow_id), 0)
-    seen[hash(flow_id)] = count + 1
-    if not count:
-        return
-    record.exchange.flow_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{flow_id}#{count}"))
-    note = f"flow id {flow_id[:80]} came before in the run: stored as {record.exchange.flow_id}"
-    record.analysis_error = f"{record.analysis_error}; {note}" if record.analysis_error else note
+def _carry_findings(record: Any, earlier: dict[int, list[Any]]) -> None:
+    """A flow whose id came before in the run is stored as its last state (the store keeps
+    the last record of an id: a flow saved again when it ended is one flow), with the
+    findings of its earlier records that the last lacks, and a note: two different flows
+    given one id (a crafted capture) must not hide the first one's leak."""
+    key = hash(record.exchange.flow_id)
+    before = earlier.get(key)
+    if before:
+        have = {(f.field, f.data_type, f.value_hash) for f in record.findings}
+        carried = [f for f in before if (f.field, f.data_type, f.value_hash) not in have]
+        if carried:
+            record.findings = [*record.findings, *carried]
+            note = (f"flow id came before in the run: stored as its last record, with "
+                    f"{len(carried)} finding(s) of the earlier one")
+            record.analysis_error = (f"{record.analysis_error}; {note}" if record.analysis_error
+                                     else note)
+    if record.findings:
+        if len(earlier) >= _CARRIED_FLOWS:
+            earlier.clear()
+        earlier[key] = list(record.findings)
+
+
+_CARRIED_FLOWS = 200_000  # flows whose findings are remembered for a repeat of their id
 
 
 def _analyze_captures(analyse: Analyse, engine: Any, run_id: int,
@@ -376,7 +386,7 @@ def _analyze_captures(analyse: Analyse, engine: Any, run_id: int,
 
     stored, problems = _Stored(), []
     progress = Progress(len(captures))  # on a terminal only
-    seen: dict[int, int] = {}  # hash of each flow id stored so far -> how often it came
+    earlier: dict[int, list[Any]] = {}  # hash of a flow id -> its findings so far
 
     def write(batch: list[Any]) -> None:
         found = sum(len(r.findings) for r in batch)
@@ -391,7 +401,7 @@ def _analyze_captures(analyse: Analyse, engine: Any, run_id: int,
             read = fields = 0
             try:
                 for record in analyse(capture):
-                    _distinct_id(record, seen)
+                    _carry_findings(record, earlier)
                     batch.append(record)
                     read += 1
                     fields += _fields(record)

@@ -599,19 +599,32 @@ class Classifier:
 
     def _known_unread(self, exchange: Exchange, best: dict[tuple[str, str], Finding],
                       problems: list[str]) -> list[Finding]:
-        """Known values in the request as it came (URL, headers, the body within the cap),
-        when the leaf budget left values unread: one matcher pass, at ``request.unread``.
-        Only values not found already: the others have their own field."""
+        """Known values in the request as it came (URL, headers, the body within the cap,
+        the client's messages within the decoded cap), when the leaf budget left values
+        unread: one matcher pass, at ``request.unread``.  Only values not found already:
+        the others have their own field."""
         found = {(f.data_type, f.value) for f in best.values() if f.match == "known"}
         body = exchange.request_body[: self.limits.max_body_bytes]
         text = "\0".join([exchange.url or "",
                            *(f"{name}: {value}" for name, value
                              in (*exchange.request_headers, *exchange.request_trailers)),
-                           body.decode("utf-8", "replace")])
+                           body.decode("utf-8", "replace"), *self._client_contents(exchange)])
         leaf = Leaf("request.unread", text, (), None, None)
         problems.append("known values searched in the unread rest of the request as it came")
         return [finding for finding in self._detected(self._known_hits, leaf, problems)
                 if (finding.data_type, finding.value) not in found]
+
+    def _client_contents(self, exchange: Exchange) -> Iterator[str]:
+        """The client's messages (WebSocket, TCP, UDP) as text, up to ``max_decoded_bytes``
+        in all: 60,000 messages with the IMEI in the last fill the leaf budget first."""
+        room = self.limits.max_decoded_bytes
+        for message in exchange.messages:
+            if room <= 0:
+                return
+            if message.from_client:
+                content = message.content[:room]
+                room -= len(content)
+                yield content.decode("utf-8", "replace")
 
     def _remember_quiet(self, leaves: list[Leaf], fields: set[str]) -> None:
         """Remember the URL path and headers of a flow that held nothing, to skip them later.

@@ -950,3 +950,14 @@ def test_an_imei_as_a_query_name_or_piece_is_found(classifier, query: str, field
     url = f"https://h.example/q{query}"
     analysis = classifier.classify(corpus.request("query", url=url, path=url[17:]))
     assert [f.field for f in analysis.findings if f.data_type == "imei"] == [field]
+
+
+def test_a_known_value_in_the_last_of_countless_messages_is_found(classifier) -> None:
+    """60,000 client messages fill the leaf budget before the last, which holds the IMEI:
+    the matcher's pass over the unread rest reads the client's messages too."""
+    messages = [Message(True, b"tick %d" % index, True) for index in range(60_000)]
+    messages.append(Message(True, json.dumps({"imei": IMEI}).encode(), True))
+    exchange = corpus.request("ws", kind="websocket", messages=messages)
+    analysis = classifier.classify(exchange)
+    assert any(f.data_type == "imei" and f.field == "request.unread" for f in analysis.findings)
+    assert "known values searched in the unread rest of the request as it came" in analysis.errors
