@@ -64,7 +64,10 @@ def _body(post: dict[str, Any]) -> bytes:
     params = post.get("params")
     pairs = [f"{p.get('name', '')}={p.get('value', '')}"
              for p in (params if isinstance(params, list) else []) if isinstance(p, dict)]
-    return "&".join(pairs).encode()
+    pairs += [f"{p.get('name', '')}.fileName={p['fileName']}"  # an upload's file name
+              for p in (params if isinstance(params, list) else [])
+              if isinstance(p, dict) and p.get("fileName")]
+    return "&".join(pairs).encode("utf-8", "surrogatepass")
 
 
 def _text(value: Any) -> str | None:
@@ -200,6 +203,8 @@ def exchange_from_entry(entry: dict[str, Any], flow_id: str) -> Exchange:
     messages = _websocket(entry)
     status = response.get("status")
     body = _body(_object(request.get("postData")))
+    if not isinstance(entry.get("request"), dict | None):  # a string or list: its text searched
+        body = (_text(entry.get("request")) or "").encode("utf-8", "surrogatepass")
     timestamp = _timestamp(entry.get("startedDateTime"))
     size = _object(response.get("content")).get("size")
     return Exchange(
@@ -746,8 +751,10 @@ def _flow_id(digest: str, index: int) -> str:
 
 def _exchange_or_note(entry: Any, index: int, flow_id: str) -> Exchange:
     try:
-        if not isinstance(entry, dict):
-            raise TypeError("not an object")
+        if not isinstance(entry, dict):  # a string, a number, a list: its text searched
+            text = _text(entry)
+            return _unreadable(index, flow_id, TypeError("not an object"),
+                               (text or "").encode("utf-8", "surrogatepass"))
         return exchange_from_entry(entry, flow_id)
     except (TypeError, AttributeError, ValueError, RecursionError) as e:
         return _unreadable(index, flow_id, e)

@@ -783,3 +783,22 @@ def test_a_har_after_whitespace_is_read_as_har(tmp_path: Path, device_file: Path
     capture.write_bytes(lead + json.dumps({"log": {"version": "1.2", "entries": [entry]}}).encode())
     report = _analyze(capture, device_file, tmp_path)
     assert len(report["flows"]) == 1 and _flows_with_imei(report)
+
+
+def test_har_entries_of_the_wrong_type_and_upload_file_names_are_searched(
+        tmp_path: Path, device_file: Path) -> None:
+    """An entry that is a string, a request that is a list: logged with the problem and
+    their text searched; a posted file's name (``params[].fileName``) read."""
+    upload = {"startedDateTime": "2014-08-01T10:00:00Z",
+              "request": {"method": "POST", "url": "https://h.example/up",
+                          "postData": {"mimeType": "multipart/form-data", "params": [
+                              {"name": "log", "fileName": f"dump-{IMEI}.txt", "value": "x"}]}},
+              "response": {"status": 200}}
+    listed = {"startedDateTime": "2014-08-01T10:00:00Z", "request": ["imei", IMEI],
+              "response": {"status": 200}}
+    capture = tmp_path / "types.har"
+    capture.write_text(json.dumps({"log": {"version": "1.2", "entries": [
+        f"imei={IMEI}", listed, upload]}}))
+    report = _analyze(capture, device_file, tmp_path)
+    assert len(report["flows"]) == 3
+    assert len(_flows_with_imei(report)) == 3
