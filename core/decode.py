@@ -749,12 +749,17 @@ def _note_not_followed(collector: Collector, text: str, layers: tuple[str, ...],
 # dots keep it from being read as one base64 value
 _TOKEN = re.compile(r"eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]*)?")
 _TOKEN_PARTS = ("header", "payload")
+# base64 of a JSON object ('{"') inside longer text, with no dots: "Bearer eyJpbWVp...",
+# "payload follows: eyJ..."; at least 16 characters
+_JSON_IN_BASE64 = re.compile(r"(?<![A-Za-z0-9+/_.-])eyJ[A-Za-z0-9+/_-]{13,}={0,2}(?![A-Za-z0-9.])")
+_MAX_TOKENS = 16
 
 
 def _follow_tokens(collector: Collector, path: str, text: str, layers: tuple[str, ...],
                    depth: int) -> None:
-    """The header and payload of each JSON Web Token in ``text``, decoded and followed."""
-    for index, token in enumerate(_TOKEN.finditer(text)):
+    """The header and payload of each JSON Web Token in ``text``, and each base64 JSON
+    object standing in it with no dots, decoded and followed (the first 16 of each)."""
+    for index, token in enumerate(itertools.islice(_TOKEN.finditer(text), _MAX_TOKENS)):
         for part, segment in zip(_TOKEN_PARTS, token.group().split("."), strict=False):
             if collector.full:
                 return
@@ -762,6 +767,13 @@ def _follow_tokens(collector: Collector, path: str, text: str, layers: tuple[str
             if decoded is not None:
                 expand_text(collector, f"{path}.jwt[{index}].{part}", decoded,
                             (*layers, "base64"), depth=depth + 1)
+    for index, blob in enumerate(itertools.islice(_JSON_IN_BASE64.finditer(text), _MAX_TOKENS)):
+        decoded = decode_base64_text(blob.group())
+        if collector.full:
+            return
+        if decoded is not None:
+            expand_text(collector, f"{path}.base64[{index}]", decoded, (*layers, "base64"),
+                        depth=depth + 1)
 
 
 def _unwrap_once(collector: Collector, text: str, layers: tuple[str, ...]

@@ -961,3 +961,19 @@ def test_a_known_value_in_the_last_of_countless_messages_is_found(classifier) ->
     analysis = classifier.classify(exchange)
     assert any(f.data_type == "imei" and f.field == "request.unread" for f in analysis.findings)
     assert "known values searched in the unread rest of the request as it came" in analysis.errors
+
+
+@pytest.mark.parametrize("where", ["header", "text body"])
+def test_base64_json_inside_longer_text_is_opened(classifier, where: str) -> None:
+    """``Bearer <base64 of {"imei": ...}>``: base64 of a JSON object with no dots (not a
+    JSON Web Token) inside longer text is decoded and walked."""
+    blob = base64.b64encode(DOCUMENT).decode()
+    if where == "header":
+        exchange = corpus.request("b64", b"{}", "application/json",
+                                  [("authorization", f"Bearer {blob}")])
+        field = "request.headers.authorization.base64[0].json.imei"
+    else:
+        exchange = corpus.request("b64", f"payload follows: {blob}".encode(), "text/plain")
+        field = "request.body.text.base64[0].json.imei"
+    analysis = classifier.classify(exchange)
+    assert [f.field for f in analysis.findings if f.data_type == "imei"] == [field]
