@@ -419,7 +419,14 @@ def undo_content_encoding(
     if not content_encoding:
         return sniffed(body, collector)
     cap = collector.limits.max_decoded_bytes
-    for encoding in reversed([e for e in content_encoding.split(",") if e.strip()]):
+    for said in reversed([e for e in content_encoding.split(",") if e.strip()]):
+        # a stream whose first bytes say it is another compression is read as that one (gzip
+        # said to be br: brotli has no magic, and reads one gzip body in ten without error)
+        encoding = said
+        actual = _compression(body[:4])
+        if actual is not None and actual != _canonical(said) and _canonical(said) != "identity":
+            collector.note(f"body said to be {said.strip()[:40]} starts as {actual}: read as {actual}")
+            encoding = actual
         try:
             body, hit_cap = decompress(body, encoding, cap, collector.deadline)
         except DamagedStream as e:
@@ -442,6 +449,12 @@ def undo_content_encoding(
 # A body compressed without a Content-Encoding to say so, by its first bytes: gzip (its
 # magic and the deflate method) and zstd.  Brotli has no magic.
 _MAGIC = ((b"\x1f\x8b\x08", "gzip"), (b"\x28\xb5\x2f\xfd", "zstd"))
+
+
+def _canonical(encoding: str) -> str:
+    """A Content-Encoding as :func:`_compression` names it (``x-gzip`` is gzip)."""
+    name = encoding.strip().lower()
+    return "gzip" if name == "x-gzip" else name
 
 
 def sniffed(body: bytes, collector: Collector) -> bytes:

@@ -862,6 +862,10 @@ HIDDEN: dict[str, tuple[bytes, str, list[tuple[str, str]], str]] = {
     "JSON Lines with a line of text": (  # a Sentry envelope's attachment
         b'{"event_id": "1"}\n{"type": "attachment"}\nsome text\n' + DOCUMENT + b"\n",
         "application/x-sentry-envelope", [], "request.body.jsonl[3].imei"),
+    # brotli reads this one (its time field 1790000112) without an error, as an empty stream
+    "gzip said to be br, read by brotli as nothing": (
+        gzip.compress(DOCUMENT, mtime=1790000112), "application/json",
+        [("content-encoding", "br")], "request.body.json.imei"),
     "gzip multipart said to be br": (
         gzip.compress(_multipart("application/json", DOCUMENT)),
         "multipart/form-data; boundary=XX", [("content-encoding", "br")],

@@ -707,7 +707,7 @@ def test_values_in_names_markup_part_headers_comments_and_lying_encodings_are_fo
         flow_id: field for flow_id, (field, _encoding) in found.items()}
     assert found[flows["request.body.text"].id][1] == "html"
     errors = {row["flow_id"]: row["analysis_error"] for row in report["flows"]}
-    assert "gzip body without a Content-Encoding saying so" in errors[
+    assert "body said to be br starts as gzip: read as gzip" in errors[
         flows["request.body.json.imei"].id]
 
 
