@@ -80,6 +80,8 @@ _QUIET_MAX_BYTES = 16 * 1024
 _DECODES_FURTHER = re.compile(r"[\\%&]")
 # The same in a form's values, decoded once already: percent-encoding again, a document
 _FORM_DECODES_FURTHER = re.compile(r"[%{\[]")
+# Base64 of a JSON object, in longer text too ("Bearer eyJ..."): a token, followed
+_TOKEN_START = re.compile("eyJ")
 
 
 @lru_cache(maxsize=4)
@@ -450,6 +452,8 @@ class Classifier:
         hot += self._decoding_strings(text)
         if "\\" in text or "%" in text or "&" in text:
             hot += [mark.start() for mark in _DECODES_FURTHER.finditer(text)]
+        if "eyJ" in text:
+            hot += [mark.start() for mark in _TOKEN_START.finditer(text)]
         hot.sort()
         return hot
 
@@ -524,6 +528,9 @@ class Classifier:
         if "%" in text or "{" in text or "[" in text:
             hot.update(joined.indices(mark.start(), mark.end())[0]
                        for mark in _FORM_DECODES_FURTHER.finditer(text))
+        if "eyJ" in text:
+            hot.update(joined.indices(mark.start(), mark.end())[0]
+                       for mark in _TOKEN_START.finditer(text))
         if max(map(len, values)) > self.limits.max_leaf_chars:
             hot.update(index for index, value in enumerate(values)
                        if len(value) > self.limits.max_leaf_chars)

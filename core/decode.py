@@ -1142,7 +1142,8 @@ def walk_structure(
     for child_path, child, child_key in children:
         # a plain value (most are) is a leaf at once, without a call of its own
         kind = type(child)
-        if kind is JsonNumber or (kind is str and plain_value(child, limits)):  # type: ignore[arg-type]
+        if kind is JsonNumber or (kind is str and plain_value(child, limits)  # type: ignore[arg-type]
+                                  and "eyJ" not in child):  # type: ignore[operator]  # a token: followed
             if child and not append(Leaf(child_path, str(child), layers, child_key, path)):
                 return
             continue
@@ -1405,7 +1406,8 @@ def walk_hot_json(collector: Collector, path: str, body: bytes, hot: list[int]) 
     limits, append = collector.limits, collector._append
     for child_path, child, key, parent, depth in skim.kept:
         kind = type(child)
-        if kind is JsonNumber or (kind is str and plain_value(child, limits)):  # type: ignore[arg-type]
+        if kind is JsonNumber or (kind is str and plain_value(child, limits)  # type: ignore[arg-type]
+                                  and "eyJ" not in child):  # type: ignore[operator]  # a token: followed
             if child and not append(Leaf(child_path, str(child), (), key, parent)):
                 return True
             continue

@@ -967,17 +967,27 @@ def test_a_known_value_in_the_last_of_countless_messages_is_found(classifier) ->
     assert "known values searched in the unread rest of the request as it came" in analysis.errors
 
 
-@pytest.mark.parametrize("where", ["header", "text body"])
+@pytest.mark.parametrize("where", ["header", "text body", "JSON string", "JWT in a JSON string"])
 def test_base64_json_inside_longer_text_is_opened(classifier, where: str) -> None:
     """``Bearer <base64 of {"imei": ...}>``: base64 of a JSON object with no dots (not a
-    JSON Web Token) inside longer text is decoded and walked."""
+    JSON Web Token) inside longer text is decoded and walked; so is a JSON Web Token
+    inside a JSON string (the walk had taken such a value as plain)."""
     blob = base64.b64encode(DOCUMENT).decode()
+    token = "eyJhbGciOiJub25lIn0." + base64.urlsafe_b64encode(DOCUMENT).decode().rstrip("=") + "."
     if where == "header":
         exchange = corpus.request("b64", b"{}", "application/json",
                                   [("authorization", f"Bearer {blob}")])
         field = "request.headers.authorization.base64[0].json.imei"
-    else:
+    elif where == "text body":
         exchange = corpus.request("b64", f"payload follows: {blob}".encode(), "text/plain")
         field = "request.body.text.base64[0].json.imei"
+    elif where == "JSON string":
+        exchange = corpus.request("b64", json.dumps({"note": f"payload: {blob}", "n": 1}).encode(),
+                                  "application/json")
+        field = "request.body.json.note.base64[0].json.imei"
+    else:
+        exchange = corpus.request("b64", json.dumps({"auth": f"Bearer {token}", "n": 1}).encode(),
+                                  "application/json")
+        field = "request.body.json.auth.jwt[0].payload.json.imei"
     analysis = classifier.classify(exchange)
     assert [f.field for f in analysis.findings if f.data_type == "imei"] == [field]
