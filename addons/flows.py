@@ -277,10 +277,9 @@ def flow_records(path: Path, keep: int | None = None) -> Iterator[bytes]:
             body = handle.read(size + 1)  # the payload and its type byte
             if len(body) != size + 1:
                 raise _unreadable(path)
-            if body[-1:] != b"}" and _next_record(handle, start + 1, total) is not None:
-                # not a flow (a state is a dict): a length that lies, or junk with a length
-                handle.seek(start)
-                yield _damaged_stretch(handle, path, start, total, keep)
+            resume = _next_record(handle, start + 1, total) if body[-1:] != b"}" else None
+            if resume is not None:  # not a flow (a state is a dict): a length that lies...
+                yield _damaged_stretch(handle, path, start, total, keep, resume)
                 continue
             if keep is not None and size > _CUT_SLACK and _crowded(body):
                 handle.seek(-len(body), os.SEEK_CUR)
@@ -290,13 +289,15 @@ def flow_records(path: Path, keep: int | None = None) -> Iterator[bytes]:
 
 
 def _damaged_stretch(handle: BinaryIO, path: Path, start: int, total: int,
-                     keep: int | None) -> bytes:
+                     keep: int | None, resume: int | None = None) -> bytes:
     """The bytes from ``start`` (where a flow should begin and none does: junk written into
     the file, a record whose length lies) to the next place a whole flow begins, cut to the
     body cap; the handle is left there.  Returned as a record: it is logged as an
     unreadable flow, its bytes searched (:func:`exchange_from_record`), and the flows after
-    it are read.  Where no flow begins again (a file cut short), ValueError."""
-    resume = _next_record(handle, start + 1, total)
+    it are read.  Where no flow begins again (a file cut short), ValueError.  ``resume``:
+    where the next flow begins, if the caller looked already."""
+    if resume is None:
+        resume = _next_record(handle, start + 1, total)
     if resume is None:
         raise _unreadable(path)
     handle.seek(start)

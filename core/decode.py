@@ -308,8 +308,7 @@ def _stream_zlib(data: bytes, wbits: int, cap: int,
         if (not decoder.eof or not gzip_member_follows or len(out) > cap
                 or members >= _MAX_MEMBERS):
             break
-    more = offset < len(data) and (not decoder.eof or gzip_member_follows)
-    cut = len(out) > cap or bool(more and not decoder.eof) or (
+    cut = len(out) > cap or (offset < len(data) and not decoder.eof) or (
         members >= _MAX_MEMBERS and gzip_member_follows)
     return _capped(out, cap, deadline), cut
 
@@ -415,9 +414,10 @@ def decompress(data: bytes, encoding: str, cap: int,
 def undo_content_encoding(
     body: bytes, content_encoding: str | None, collector: Collector
 ) -> bytes | None:
-    """The body with every Content-Encoding undone, or None if it cannot be."""
+    """The body with every Content-Encoding undone, or None if it cannot be.  One said by
+    no header is undone by :func:`decode_payload` (:func:`_unpacked`)."""
     if not content_encoding:
-        return sniffed(body, collector)
+        return body
     cap = collector.limits.max_decoded_bytes
     for said in reversed([e for e in content_encoding.split(",") if e.strip()]):
         # a stream whose first bytes say it is another compression is read as that one (gzip
@@ -425,10 +425,18 @@ def undo_content_encoding(
         encoding = said
         actual = _compression(body[:4])
         if actual is not None and actual != _canonical(said) and _canonical(said) != "identity":
-            collector.note(f"body said to be {said.strip()[:40]} starts as {actual}: read as {actual}")
             encoding = actual
         try:
-            body, hit_cap = decompress(body, encoding, cap, collector.deadline)
+            try:
+                body, hit_cap = decompress(body, encoding, cap, collector.deadline)
+            except ValueError as e:
+                if encoding == said or (isinstance(e, DamagedStream) and e.produced):
+                    raise
+                encoding = said  # only looked like one (a br stream can start as zlib does)
+                body, hit_cap = decompress(body, said, cap, collector.deadline)
+            if encoding != said:
+                collector.note(f"body said to be {said.strip()[:40]} starts as {encoding}: "
+                               f"read as {encoding}")
         except DamagedStream as e:
             if not e.produced:
                 collector.note(f"decoder error: {e}")
@@ -1182,6 +1190,11 @@ _DIGITS_AS_NINE = bytes.maketrans(b"0123456789", b"9" * 10)
 _SIX_DIGITS = b"9" * 6
 
 
+def _may_be_value(name: str) -> bool:
+    """Whether one name may be a value itself (:data:`_VALUE_IN_NAME`), its marks asked first."""
+    return _NAME_MARKS.search(name) is not None and _VALUE_IN_NAME.search(name) is not None
+
+
 def _names(node: dict) -> str:
     """The names of ``node`` joined by NUL (JSON's are text; another tree's may not be)."""
     try:
@@ -1217,7 +1230,7 @@ def _walk_deep(collector: Collector, path: str, node: object, layers: tuple[str,
         if isinstance(node, dict):
             pending += reversed([(child, str(name)) for name, child in node.items()])
             if _NAME_MARKS.search(_names(node)):
-                pending += [(str(name), None) for name in node if _VALUE_IN_NAME.search(str(name))]
+                pending += [(str(name), None) for name in node if _may_be_value(str(name))]
         elif isinstance(node, list):
             pending += reversed([(child, key) for child in node])
         else:
@@ -1344,7 +1357,7 @@ class _HotSkim:
         if not self._hot_before(end):
             return end
         path = f"{parent}[{name}]" if type(name) is int else f"{parent}.{name}"
-        if type(name) is str and _NAME_MARKS.search(name) and _VALUE_IN_NAME.search(name):
+        if type(name) is str and _may_be_value(name):  # the name may be a value itself
             self.kept.append((path, name, None, parent, depth + 1))
         if (end - at > _SKIM_CONTAINER_CHARS and type(node) in (dict, list)
                 and not self._hot_before(at)):  # hot only inside: skim it too
@@ -1672,8 +1685,8 @@ def _decode_grpc(collector: Collector, path: str, body: bytes, media: str) -> No
 
 
 def _name_as_value(collector: Collector, path: str, name: str, parent: str) -> None:
-    """A form's or query's name that may be a value (``?865312345678901=1``), read as one."""
-    if _NAME_MARKS.search(name) and _VALUE_IN_NAME.search(name) and not collector.full:
+    """A header's name that may be a value (``x-865312345678901: 1``), read as one."""
+    if _may_be_value(name) and not collector.full:
         expand_text(collector, path, name, parent=parent)
 
 
@@ -1938,8 +1951,6 @@ def _message_leaves(collector: Collector, exchange: Exchange) -> None:
             content = content[:budget]
         budget -= len(content)
         declared = "" if message.is_text else "application/octet-stream"
-        if not message.is_text:
-            content = sniffed(content, collector)
         decode_payload(collector, f"{prefix}.messages[{index}]", content, declared)
 
 
