@@ -82,6 +82,7 @@ _DECODES_FURTHER = re.compile(r"[\\%&]")
 _FORM_DECODES_FURTHER = re.compile(r"[%{\[]")
 # Base64 of a JSON object, in longer text too ("Bearer eyJ..."): a token, followed
 _TOKEN_START = re.compile("eyJ")
+_DATA_URL = re.compile(";base64,")
 
 
 @lru_cache(maxsize=4)
@@ -454,6 +455,8 @@ class Classifier:
             hot += [mark.start() for mark in _DECODES_FURTHER.finditer(text)]
         if "eyJ" in text:
             hot += [mark.start() for mark in _TOKEN_START.finditer(text)]
+        if ";base64," in text:  # a data URL: base64 behind a label (decode.py: _follow_labelled)
+            hot += [mark.start() for mark in _DATA_URL.finditer(text)]
         hot.sort()
         return hot
 
@@ -531,6 +534,9 @@ class Classifier:
         if "eyJ" in text:
             hot.update(joined.indices(mark.start(), mark.end())[0]
                        for mark in _TOKEN_START.finditer(text))
+        if ";base64," in text:
+            hot.update(joined.indices(mark.start(), mark.end())[0]
+                       for mark in _DATA_URL.finditer(text))
         if max(map(len, values)) > self.limits.max_leaf_chars:
             hot.update(index for index, value in enumerate(values)
                        if len(value) > self.limits.max_leaf_chars)

@@ -505,9 +505,11 @@ _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
 def _utf16_text(body: bytes, content_type: str) -> bytes | None:
     """A UTF-16 body (a byte-order mark, a ``charset=utf-16``, or every other byte of its
-    start NUL) as UTF-8, if it decodes to text; else None."""
-    if len(body) < 4 or len(body) % 2:
+    start NUL) as UTF-8, if it decodes to text; else None.  A stray last byte (a body cut
+    short, a line break added) and a broken surrogate do not undo the rest."""
+    if len(body) < 4:
         return None
+    body = body[: len(body) - len(body) % 2]
     head = body[:16]
     if head[:2] in _UTF16_BOMS:
         codec = "utf-16"  # the mark says which end comes first
@@ -520,11 +522,8 @@ def _utf16_text(body: bytes, content_type: str) -> bytes | None:
         codec = "utf-16-be"
     else:
         return None
-    try:
-        text = body.decode(codec)
-    except UnicodeDecodeError:
-        return None
-    return text.encode("utf-8", "surrogatepass") if _mostly_text(text) else None
+    text = body.decode(codec, "replace")
+    return text.encode("utf-8") if _mostly_text(text) else None
 
 
 # --------------------------------------------------------------------------
@@ -711,6 +710,8 @@ def expand_text(
             collector.add(Leaf(path, text, layers, key, parent))
             if "eyJ" in text and depth < limits.max_depth:  # base64 of '{"': a JSON Web Token?
                 _follow_tokens(collector, path, text, layers, depth)
+            elif depth < limits.max_depth and may_be_labelled(text):
+                _follow_labelled(collector, path, text, layers, depth)
             return
         # a document needs "{" or "[", a form string "&": most values that get here (base64,
         # hex, percent-encoding) have none, and skip the two parsers' checks
@@ -795,6 +796,42 @@ def _follow_tokens(collector: Collector, path: str, text: str, layers: tuple[str
         if decoded is not None:
             expand_text(collector, f"{path}.base64[{index}]", decoded, (*layers, "base64"),
                         depth=depth + 1)
+
+
+# base64 behind a short label: "Basic <user:password>", "v1:<payload>", a data URL
+# ("data:text/plain;base64,<payload>"); the whole value is the label and the base64
+_LABELLED_BASE64 = re.compile(r"\s*(?:[A-Za-z][\w.-]{0,23}(?::|\s+)|data:[\w.+/-]*(?:;[\w.=-]+)*"
+                              r";base64,)([A-Za-z0-9+/_-]{12,}={0,2})\s*")
+
+
+def may_be_labelled(text: str) -> bool:
+    """Whether ``text`` may be base64 behind a label (:data:`_LABELLED_BASE64`): not a value
+    to keep as it is without a look."""
+    return len(text) >= 14 and (" " in text or ":" in text or "," in text)
+
+
+_SOME_TEXT = re.compile(rb"[\x20-\x7e]{6}")  # binary worth reading: a random token seldom has it
+
+
+def _follow_labelled(collector: Collector, path: str, text: str, layers: tuple[str, ...],
+                     depth: int) -> None:
+    """The text inside base64 behind a short label (:data:`_LABELLED_BASE64`), followed at
+    ``<path>.base64``; binary inside it is read as a binary body is."""
+    labelled = _LABELLED_BASE64.fullmatch(text) if len(text) >= 14 else None
+    if labelled is None:
+        return
+    raw = base64_bytes(labelled.group(1))
+    if raw is None or len(raw) < 4:
+        return
+    decoded = is_texty(raw)
+    if decoded is not None:
+        expand_text(collector, f"{path}.base64", decoded, (*layers, "base64"), depth=depth + 1)
+    elif collector.binary_nesting < _MAX_BINARY_NESTING and _SOME_TEXT.search(raw):
+        collector.binary_nesting += 1
+        try:
+            decode_binary(collector, f"{path}.base64", raw)
+        finally:
+            collector.binary_nesting -= 1
 
 
 def _unwrap_once(collector: Collector, text: str, layers: tuple[str, ...]
@@ -1080,6 +1117,32 @@ class JsonNumber(str):
     __slots__ = ()
 
 
+class RepeatedNames(dict):
+    """A JSON object that names a member more than once.  json.loads keeps the last value;
+    an earlier one may be the leak (``{"imei": "8653...", "imei": "0"}``), so the tree keeps
+    every (name, value) pair in ``pairs``, and :func:`members` walks them all."""
+
+    __slots__ = ("pairs",)
+
+    def __init__(self, pairs: list[tuple[str, object]]) -> None:
+        super().__init__(pairs)
+        self.pairs = pairs
+
+
+def _object_of(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object as json.loads builds it, or :class:`RepeatedNames` when it repeats one."""
+    node = dict(pairs)
+    return node if len(node) == len(pairs) else RepeatedNames(pairs)
+
+
+_REPEATED_NOTE = "JSON object names a member twice: each of its values read"
+
+
+def members(node: dict) -> Iterable[tuple[object, object]]:
+    """Every (name, value) of a parsed object, a repeated name's earlier values too."""
+    return node.pairs if type(node) is RepeatedNames else node.items()
+
+
 def parse_json(text: str | bytes, collector: Collector, quiet: bool = False) -> object:
     """Parsed JSON with numbers kept as their exact text, or ``_INVALID``.
 
@@ -1089,7 +1152,7 @@ def parse_json(text: str | bytes, collector: Collector, quiet: bool = False) -> 
         return _INVALID
     try:
         return json.loads(text, parse_int=JsonNumber, parse_float=JsonNumber,
-                          parse_constant=JsonNumber)
+                          parse_constant=JsonNumber, object_pairs_hook=_object_of)
     except RecursionError:
         collector.note_once("JSON nested too deeply to parse")
     except (ValueError, TypeError) as e:
@@ -1137,10 +1200,12 @@ def walk_structure(
         _walk_deep(collector, path, node, layers, key, nesting)
         return
     if isinstance(node, dict):
+        if type(node) is RepeatedNames:
+            collector.note_once(_REPEATED_NOTE)
         if node and _NAME_MARKS.search(_names(node)):
             _names_as_values(collector, path, node, layers, nesting)
         children: Iterable[tuple[str, object, str | None]] = (
-            (f"{path}.{name}", child, str(name)) for name, child in node.items())
+            (f"{path}.{name}", child, str(name)) for name, child in members(node))
     elif isinstance(node, list):
         children = ((f"{path}[{index}]", child, key) for index, child in enumerate(node))
     else:
@@ -1151,7 +1216,8 @@ def walk_structure(
         # a plain value (most are) is a leaf at once, without a call of its own
         kind = type(child)
         if kind is JsonNumber or (kind is str and plain_value(child, limits)  # type: ignore[arg-type]
-                                  and "eyJ" not in child):  # type: ignore[operator]  # a token: followed
+                                  and "eyJ" not in child  # type: ignore[operator]  # a token: followed
+                                  and not may_be_labelled(child)):  # type: ignore[arg-type]
             if child and not append(Leaf(child_path, str(child), layers, child_key, path)):
                 return
             continue
@@ -1228,7 +1294,7 @@ def _walk_deep(collector: Collector, path: str, node: object, layers: tuple[str,
     while pending and not collector.full:
         node, key = pending.pop()
         if isinstance(node, dict):
-            pending += reversed([(child, str(name)) for name, child in node.items()])
+            pending += reversed([(child, str(name)) for name, child in members(node)])
             if _NAME_MARKS.search(_names(node)):
                 pending += [(str(name), None) for name in node if _may_be_value(str(name))]
         elif isinstance(node, list):
@@ -1256,6 +1322,11 @@ _JSON_SPACE_CHARACTERS = " \t\n\r"
 _scan_value: Callable[[str, int], tuple[object, int]] = json.JSONDecoder(
     parse_int=JsonNumber, parse_float=JsonNumber, parse_constant=JsonNumber,
 ).scan_once  # type: ignore[attr-defined]  # not in typeshed
+# the same, with a repeated name's earlier values kept (RepeatedNames): for what is walked
+_scan_members: Callable[[str, int], tuple[object, int]] = json.JSONDecoder(
+    parse_int=JsonNumber, parse_float=JsonNumber, parse_constant=JsonNumber,
+    object_pairs_hook=_object_of,
+).scan_once  # type: ignore[attr-defined]  # not in typeshed
 _scan_name: Callable[[str, int], tuple[str, int]] = json.decoder.scanstring  # type: ignore[attr-defined]
 # A hot container longer than this is read again child by child, to skip its quiet ones.
 _SKIM_CONTAINER_CHARS = 256
@@ -1274,12 +1345,15 @@ class _HotSkim:
     only inside: that one is read again the same way.  ``kept`` lists
     (path, node, key, parent path, depth) as :func:`walk_structure` would
     walk them, in document order.  Children are read in document order, so
-    the next hot offset is a pointer that only moves forward.
+    the next hot offset is a pointer that only moves forward.  A name an
+    object repeats names a child each time (json.loads would keep the last
+    value only): ``repeated`` says one did.
     """
 
     def __init__(self, text: str, hot: list[int]) -> None:
         self.text, self.hot, self.next_hot = text, hot, 0
         self.kept: list[tuple[str, object, str | None, str, int]] = []
+        self.repeated = False
 
     def _space(self, at: int) -> int:
         """The first offset from ``at`` that is not JSON whitespace."""
@@ -1315,8 +1389,8 @@ class _HotSkim:
             if text[at] != '"':
                 raise _Unskimmable("a name expected")
             name, after = _scan_name(text, at + 1)
-            if name in names:  # json.loads keeps the last value, in the first one's place
-                raise _Unskimmable("a name repeated")
+            if name in names:
+                self.repeated = True
             names.add(name)
             colon = space(after)
             if text[colon] != ":":
@@ -1362,7 +1436,9 @@ class _HotSkim:
         if (end - at > _SKIM_CONTAINER_CHARS and type(node) in (dict, list)
                 and not self._hot_before(at)):  # hot only inside: skim it too
             self.container(at, path, key, depth + 1)
-        else:  # hot by its name, or small: walked whole
+        else:  # hot by its name, or small: walked whole, every member of it
+            if type(node) in (dict, list):  # a name it repeats inside: both values
+                node = _scan_members(self.text, at)[0]
             self.kept.append((path, node, key, parent, depth + 1))
         self._pass(end)
         return end
@@ -1401,8 +1477,9 @@ def walk_hot_json(collector: Collector, path: str, body: bytes, hot: list[int]) 
     """Walk the parts of the JSON document ``body`` that hold an offset of ``hot`` (sorted).
 
     False, with nothing walked, when the document is not an object or array
-    that this reading parses exactly as json.loads would: the caller then
-    parses and walks it whole.  A valid document with nothing hot is not walked.
+    that json.loads would read: the caller then parses and walks it whole.
+    A valid document with nothing hot is not walked.  A repeated name's
+    values are each read (where json.loads would keep the last), and noted.
     """
     if not hot:  # nothing to walk: whether it is JSON at all
         return _reads_as_json(body)
@@ -1416,11 +1493,14 @@ def walk_hot_json(collector: Collector, path: str, body: bytes, hot: list[int]) 
             return False
     except (ValueError, StopIteration, IndexError, RecursionError):  # _Unskimmable is one
         return False
+    if skim.repeated:
+        collector.note_once(_REPEATED_NOTE)
     limits, append = collector.limits, collector._append
     for child_path, child, key, parent, depth in skim.kept:
         kind = type(child)
         if kind is JsonNumber or (kind is str and plain_value(child, limits)  # type: ignore[arg-type]
-                                  and "eyJ" not in child):  # type: ignore[operator]  # a token: followed
+                                  and "eyJ" not in child  # type: ignore[operator]  # a token: followed
+                                  and not may_be_labelled(child)):  # type: ignore[arg-type]
             if child and not append(Leaf(child_path, str(child), (), key, parent)):
                 return True
             continue
@@ -1544,15 +1624,42 @@ def decode_multipart(collector: Collector, path: str, body: bytes, content_type:
     if header_chars > _MAX_MIME_HEADERS:
         collector.note(f"multipart part headers of {header_chars} characters: scanned as text")
         return False
+    _walk_parts(collector, f"{path}.multipart", message, parts)
+    return True
+
+
+def _walk_parts(collector: Collector, path: str, message: Any, parts: list[Any],
+                depth: int = 0) -> None:
+    """Each part of a parsed multipart ``message`` at ``<path>.<name>``, a multipart part's
+    own parts inside it (as deep as ``max_depth``), and the text before the first part and
+    after the last (the preamble and epilogue, which a server ignores)."""
+    for end, text in (("preamble", message.preamble), ("epilogue", message.epilogue)):
+        if isinstance(text, str) and text.strip() and not collector.full:
+            expand_text(collector, f"{path}.{end}", text.strip())
     for index, part in enumerate(parts):
         if collector.full:
-            return True
+            return
         name, payload, part_type, problems = _mime_part(part, index)
         if problems:  # one broken header must not hide the part, nor the others
             collector.note(f"multipart part {index} does not parse ({', '.join(problems)})")
-        _part_headers(collector, f"{path}.multipart.{name}", part)
-        decode_payload(collector, f"{path}.multipart.{name}", payload, part_type)
-    return True
+        _part_headers(collector, f"{path}.{name}", part)
+        inner = _inner_parts(part)
+        if inner is None:
+            decode_payload(collector, f"{path}.{name}", payload, part_type)
+        elif depth + 1 >= collector.limits.max_depth:
+            collector.note_once(f"multipart nested deeper than {collector.limits.max_depth} "
+                                "not read")
+        else:
+            _walk_parts(collector, f"{path}.{name}.multipart", part, inner, depth + 1)
+
+
+def _inner_parts(part: Any) -> list[Any] | None:
+    """The parts of a part that is multipart itself (``multipart/mixed`` inside a form), or
+    None."""
+    try:
+        return list(part.iter_parts()) if part.is_multipart() else None
+    except Exception:  # the email package raises assorted errors on malformed input
+        return None
 
 
 def _part_headers(collector: Collector, path: str, part: Any) -> None:
@@ -1870,7 +1977,9 @@ def _request_leaves(collector: Collector, exchange: Exchange) -> None:
         # HTTP/2 and 3 name the host in :authority, not in a Host header read below
         _read_place(collector, "request.host", parts.hostname, None)
     if parts is not None and parts.path:
-        _read_place(collector, "request.path", unquote(parts.path), None)
+        url_path = unquote(parts.path)
+        _read_place(collector, "request.path", url_path, None)
+        _path_segments(collector, url_path)
     if parts is not None and parts.query:
         names = []
         for name, value in form_pairs(parts.query):
@@ -1914,6 +2023,24 @@ def _read_place(collector: Collector, path: str, value: str, key: str | None) ->
         leaf = collector.leaves[-1]
         if leaf.path == path and leaf.value == value and not leaf.layers:
             collector.single_leaves.append(leaf)
+
+
+# A path segment that may be base64url or hex (/t/eyJpbWVp.../): the whole segment
+_PATH_BLOB = re.compile(r"(?<=/)[A-Za-z0-9+_=-]{16,}(?![^/])")
+_MAX_PATH_SEGMENTS = 64
+
+
+def _path_segments(collector: Collector, url_path: str) -> None:
+    """The segments of a URL path that are base64 or hex of text (or of a compressed
+    stream), each read at ``request.path[<index>]`` (its place among the segments)."""
+    min_blob = collector.limits.min_blob_length
+    for segment in itertools.islice(_PATH_BLOB.finditer(url_path), _MAX_PATH_SEGMENTS):
+        text = segment.group()
+        if collector.full:
+            return
+        if unwraps(text, min_blob):
+            index = url_path.count("/", 0, segment.start()) - 1
+            expand_text(collector, f"request.path[{index}]", text, parent="request.path")
 
 
 _COOKIE = re.compile(r"[^;]+")

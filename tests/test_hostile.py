@@ -848,6 +848,10 @@ def _protobuf_string(text: str) -> bytes:
     return b"\x12" + bytes([len(text)]) + text.encode()
 
 
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
 DOCUMENT = json.dumps({"imei": IMEI}).encode()
 HIDDEN: dict[str, tuple[bytes, str, list[tuple[str, str]], str]] = {
     # name: (body, content type, headers, the field the IMEI is found at)
@@ -894,6 +898,40 @@ HIDDEN: dict[str, tuple[bytes, str, list[tuple[str, str]], str]] = {
     "gzip of a protobuf in base64": (
         json.dumps({"d": base64.b64encode(gzip.compress(_protobuf_string(IMEI))).decode()}
                    ).encode(), "application/json", [], "request.body.json.d.protobuf.2"),
+    # a second examiner (2026-12-04)
+    "UTF-16 of odd length": (DOCUMENT.decode().encode("utf-16-le") + b"\n",
+                             "application/json; charset=utf-16le", [], "request.body.json.imei"),
+    "UTF-16 with a mark, of odd length": (DOCUMENT.decode().encode("utf-16") + b"\n",
+                                          "application/json; charset=utf-16", [],
+                                          "request.body.json.imei"),
+    "a name repeated, the IMEI first": (
+        b'{"imei":"%s","imei":"0"}' % IMEI.encode(), "application/json", [],
+        "request.body.json.imei"),
+    "a name repeated inside an object": (
+        b'{"dev":{"imei":"%s","imei":null},"n":1}' % IMEI.encode(), "application/json", [],
+        "request.body.json.dev.imei"),
+    "Basic authorization": (b"{}", "application/json",
+                            [("authorization", "Basic " + _b64(IMEI + ":secret"))],
+                            "request.headers.authorization.base64"),
+    "base64 behind a label in text": (("v1:" + _b64(f"imei={IMEI}&x=1")).encode(), "text/plain",
+                                      [], "request.body.text.base64.form.imei"),
+    "a data URL in a JSON string": (
+        json.dumps({"d": "data:text/plain;base64," + _b64(f"imei={IMEI}"), "n": 1}).encode(),
+        "application/json", [], "request.body.json.d.base64"),
+    "a protobuf in base64 behind a label": (
+        b"{}", "application/json",
+        [("x-token", "Token " + base64.b64encode(_protobuf_string(IMEI) + b"\x18\x01").decode())],
+        "request.headers.x-token.base64.protobuf.2"),
+    "a multipart part that is multipart": (
+        _multipart("multipart/mixed; boundary=YY", b"--YY\r\nContent-Type: application/json"
+                   b"\r\n\r\n" + DOCUMENT + b"\r\n--YY--\r\n"),
+        "multipart/form-data; boundary=XX", [], "request.body.multipart.f.multipart.0.json.imei"),
+    "a multipart preamble": (b"imei=%s\r\n" % IMEI.encode() + _multipart("text/plain"),
+                             "multipart/form-data; boundary=XX", [],
+                             "request.body.multipart.preamble"),
+    "a multipart epilogue": (_multipart("text/plain") + b"imei=" + IMEI.encode(),
+                             "multipart/form-data; boundary=XX", [],
+                             "request.body.multipart.epilogue"),
 }
 
 
@@ -903,6 +941,34 @@ def test_an_imei_where_an_adversarial_review_found_it_hidden(classifier, name: s
     analysis = classifier.classify(corpus.request("hidden", body, content_type, headers))
     assert [f.field for f in analysis.findings if f.data_type == "imei"] == [field], (
         analysis.findings, analysis.errors)
+
+
+@pytest.mark.parametrize("name", [name for name in HIDDEN if name.startswith((
+    "UTF-16", "a name repeated", "Basic", "base64 behind", "a data URL", "a protobuf in",
+    "a multipart"))])
+def test_the_same_places_are_read_without_a_device_profile(name: str) -> None:
+    """Without a device profile the IMEI is found by its pattern, at the same field."""
+    body, content_type, headers, field = HIDDEN[name]
+    bare = Classifier(load_policy(), load_device(None), NO_TIME_BUDGET)
+    analysis = bare.classify(corpus.request("hidden", body, content_type, headers))
+    assert [(f.field, f.match) for f in analysis.findings if f.data_type == "imei"] == [
+        (field, "pattern")], (analysis.findings, analysis.errors)
+
+
+def test_base64url_of_a_document_as_a_url_path_segment_is_read(classifier) -> None:
+    segment = base64.urlsafe_b64encode(DOCUMENT).decode().rstrip("=")
+    exchange = corpus.request("hidden", b"{}", "application/json",
+                              url=f"https://{corpus.HOST}/t/{segment}/x", path=f"/t/{segment}/x")
+    analysis = classifier.classify(exchange)
+    assert [f.field for f in analysis.findings if f.data_type == "imei"] == [
+        "request.path[1].json.imei"]
+
+
+def test_a_repeated_name_is_noted() -> None:
+    collector = Collector(NO_TIME_BUDGET)
+    decode_payload(collector, "request.body", b'{"a": 1, "a": 2}', "application/json")
+    assert [leaf.value for leaf in collector.leaves] == ["1", "2"]
+    assert "JSON object names a member twice: each of its values read" in collector.errors
 
 
 def test_long_names_of_words_are_names_and_names_of_tokens_values() -> None:
