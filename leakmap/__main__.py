@@ -1,5 +1,5 @@
 """``python -m leakmap`` runs the command line."""
 
-from leakmap.cli.main import main
+from leakmap.cli.launch import main
 
 main()
