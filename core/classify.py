@@ -493,8 +493,9 @@ class Classifier:
         return (ends is None or bool(ends) or bool(self.known.hot_ends(data))
                 or bool(self.known.phone_ends(data)))
 
-    def _form_hot(self, body: bytes) -> set[int] | None:
-        """Indices of the pairs of the form body ``body`` where a detector might find something.
+    def _form_hot(self, body: bytes) -> dict[int, tuple[str, str]] | None:
+        """The pairs of the form body ``body`` where a detector might find something, decoded,
+        by index (in order).
 
         The form is percent-decoded whole, once; where that adds no ``&`` or
         ``=`` (no separator was encoded) its pairs are those the decoder would
@@ -504,7 +505,7 @@ class Classifier:
         a run shaped like a known number, a loosened pattern, or something
         that decodes further (``%``, a document, base64 or hex that
         :func:`unwraps`), or is long enough to be cut into windows.  An empty
-        set: nothing to walk; None: the gates cannot tell (walk it all).
+        dict: nothing to walk; None: the gates cannot tell (walk it all).
         """
         if (len(body) > _QUIET_MAX_BYTES or self.device.location is not None
                 or len(self._gate.covered) < len(self.pattern_types)):
@@ -518,7 +519,7 @@ class Classifier:
             return None
         pairs = FORM_PAIR.findall(text)
         if not pairs:
-            return set()
+            return {}
         names, values = zip(*pairs, strict=True)
         joined = Joined(values)
         candidates = self._gate.candidates(joined)
@@ -548,7 +549,7 @@ class Classifier:
             unwrapping(blobs.findall(f"\x00{text}\x00"), self.limits.min_blob_length))
         if decoding:
             hot.update(index for index, value in enumerate(values) if value in decoding)
-        return hot
+        return {index: pairs[index] for index in sorted(hot)}
 
     def _named_pairs(self, names: Sequence[str]) -> Iterable[int]:
         """Indices of the ``names`` that some data type's keys, or a location type's, might name.

@@ -125,7 +125,7 @@ class Collector:
     json_hot: Callable[[bytes], list[int] | None] | None = None
     # The same for a form body (application/x-www-form-urlencoded): the indices of
     # the pairs worth decoding.
-    form_hot: Callable[[bytes], set[int] | None] | None = None
+    form_hot: Callable[[bytes], dict[int, tuple[str, str]] | None] | None = None
     # (path, value) of the URL path and headers known to hold nothing (the classifier's
     # memory of earlier flows): they are not read again.
     known_quiet: Container[tuple[str, str]] = ()
@@ -807,7 +807,8 @@ _LABELLED_BASE64 = re.compile(r"\s*(?:[A-Za-z][\w.-]{0,23}(?::|\s+)|data:[\w.+/-
 def may_be_labelled(text: str) -> bool:
     """Whether ``text`` may be base64 behind a label (:data:`_LABELLED_BASE64`): not a value
     to keep as it is without a look."""
-    return len(text) >= 14 and (" " in text or ":" in text or "," in text)
+    return (len(text) >= 14 and (text[0].isalpha() or text[0].isspace())
+            and (" " in text or ":" in text or "," in text))
 
 
 _SOME_TEXT = re.compile(rb"[\x20-\x7e]{6}")  # binary worth reading: a random token seldom has it
@@ -854,6 +855,10 @@ def _unwrap_once(collector: Collector, text: str, layers: tuple[str, ...]
         if packed is not None:
             collector.unwrapped += len(packed[0])
             return packed[0], (*layers, *packed[1])
+    binary = _binary_of(text) if len(text) >= max(min_blob, _MIN_BINARY_BLOB) else None
+    if binary is not None:
+        collector.unwrapped += len(binary)
+        return binary, (*layers, "hex" if _is_hex(text) else "base64")
     return None
 
 
@@ -939,7 +944,28 @@ def _decode_once(text: str, min_blob: int) -> tuple[str, str] | None:
 def unwraps(text: str, min_blob: int) -> bool:
     """Whether :func:`expand_text` would find an encoding to undo in ``text``."""
     return unwrapped(text, min_blob) is not None or (
-        text.startswith(_PACKED_HEADS) and packed(text, min_blob))
+        text.startswith(_PACKED_HEADS) and packed(text, min_blob)) or (
+        len(text) >= _MIN_BINARY_BLOB and _binary_of(text) is not None)
+
+
+# Base64 or hex of binary that holds text (a protobuf with a string field: SDKs base64 what
+# they serialise into JSON): at least this long (18 bytes), with 8 printable bytes in a row
+_MIN_BINARY_BLOB = 24
+_TEXT_IN_BINARY = re.compile(rb"[\x20-\x7e]{8}")
+
+
+def binary_with_text(text: str) -> bytes | None:
+    """The bytes of ``text``, hex or else base64, of something that is not text but holds
+    8 printable bytes in a row; else None.  (Hex is not also read as base64 here, as
+    :func:`_decode_once` reads it: 24 hex digits are no serialised message's base64.)"""
+    compact = text.replace("\r", "").replace("\n", "") if "\n" in text else text
+    if _is_hex(compact):
+        raw: bytes | None = bytes.fromhex(compact)
+    else:
+        raw = base64_bytes(compact) if _is_base64(compact) else None
+    if raw is None or _TEXT_IN_BINARY.search(raw) is None or is_texty(raw) is not None:
+        return None
+    return raw
 
 
 def packed(text: str, min_blob: int) -> bool:
@@ -980,6 +1006,9 @@ _BYTE_KINDS = bytes(
 # Possessive: the alternatives begin with different kinds, so giving one back never helps
 # (the same matches, without retrying the lookahead at each step back: a third less time).
 _UTF8_RUN = re.compile(rb"\|(?:[pc]|2k|3kk|4kkk)++(?=\|)")
+# Eight printable bytes in a row (_TEXT_IN_BINARY): a bytes.find first, most bodies have none
+_PRINTABLE_KINDS = b"p" * 8
+_PRINTABLE_RUN = re.compile(rb"p{8,}")
 
 
 def unwrapping(texts: Sequence[str], min_blob: int) -> set[str]:
@@ -1045,7 +1074,10 @@ def _utf8_shaped(texts: list[str], decoded: bytes, layout: _Layout) -> set[str]:
     """
     if not texts:
         return set()
-    runs = [run.start() for run in _UTF8_RUN.finditer(decoded.translate(_BYTE_KINDS))]
+    kinds = decoded.translate(_BYTE_KINDS)
+    runs = [run.start() for run in _UTF8_RUN.finditer(kinds)]
+    if _PRINTABLE_KINDS in kinds:  # binary that holds text (binary_with_text): asked too
+        runs += [run.start() for run in _PRINTABLE_RUN.finditer(kinds)]
     if not runs:
         return set()
     # Where each text's separator begins in the join, in characters: native loops only
@@ -1061,6 +1093,12 @@ def _utf8_shaped(texts: list[str], decoded: bytes, layout: _Layout) -> set[str]:
 
 # Short values repeat from flow to flow (event names, ids, tokens): their decoding is kept.
 _decode_short = lru_cache(maxsize=16_384)(_decode_once)
+_binary_short = lru_cache(maxsize=4096)(binary_with_text)  # a device id's hash, flow after flow
+
+
+def _binary_of(text: str) -> bytes | None:
+    """:func:`binary_with_text`, remembered for short texts."""
+    return _binary_short(text) if len(text) <= 64 else binary_with_text(text)
 
 
 FORM_PAIR = re.compile(r"(?<![^&])([^&=]*)=([^&]+)")
@@ -1823,12 +1861,8 @@ def _decode_form(collector: Collector, path: str, body: bytes) -> bool:
     _bare_pieces(collector, f"{path}.form", text)
     if hot is not None and not hot:
         return True
-    if hot is None:
-        pairs: Iterable[tuple[str, str]] = form_pairs(text)
-    else:  # only the hot pairs are percent-decoded
-        raw = FORM_PAIR.findall(text)
-        pairs = [(_unquote_form(raw[index][0]), _unquote_form(raw[index][1]))
-                 for index in sorted(hot) if index < len(raw)]
+    pairs: Iterable[tuple[str, str]] = (
+        form_pairs(text) if hot is None else hot.values())  # the gate's, decoded already
     names = []
     for name, value in pairs:
         if collector.full:
@@ -2146,7 +2180,7 @@ def exchange_leaves(
     deadline: float | None = None,
     on_batch: Callable[[list[Leaf]], None] | None = None,
     json_hot: Callable[[bytes], list[int] | None] | None = None,
-    form_hot: Callable[[bytes], set[int] | None] | None = None,
+    form_hot: Callable[[bytes], dict[int, tuple[str, str]] | None] | None = None,
     known_quiet: Container[tuple[str, str]] = (),
 ) -> Collector:
     """Every value the client sent in ``exchange``, with the problems met.

@@ -932,6 +932,16 @@ HIDDEN: dict[str, tuple[bytes, str, list[tuple[str, str]], str]] = {
     "a multipart epilogue": (_multipart("text/plain") + b"imei=" + IMEI.encode(),
                              "multipart/form-data; boundary=XX", [],
                              "request.body.multipart.epilogue"),
+    "a protobuf in base64 in JSON": (
+        json.dumps({"d": base64.b64encode(_protobuf_string(IMEI) + b"\x18\x01").decode(),
+                    "n": 1}).encode(), "application/json", [], "request.body.json.d.protobuf.2"),
+    "a protobuf in hex in a form": (
+        b"a=1&d=" + (_protobuf_string(IMEI) + b"\x18\x01").hex().encode(),
+        "application/x-www-form-urlencoded", [], "request.body.form.d.protobuf.2"),
+    "a struct in URL-safe base64 in JSON": (
+        json.dumps({"d": base64.urlsafe_b64encode(b"\xfb\xff\x04\xd2" + IMEI.encode()
+                                                  + b"\xfe\x00\x00\x63").decode()}).encode(),
+        "application/json", [], "request.body.json.d.strings[0]"),
 }
 
 
@@ -945,7 +955,7 @@ def test_an_imei_where_an_adversarial_review_found_it_hidden(classifier, name: s
 
 @pytest.mark.parametrize("name", [name for name in HIDDEN if name.startswith((
     "UTF-16", "a name repeated", "Basic", "base64 behind", "a data URL", "a protobuf in",
-    "a multipart"))])
+    "a multipart", "a struct in"))])
 def test_the_same_places_are_read_without_a_device_profile(name: str) -> None:
     """Without a device profile the IMEI is found by its pattern, at the same field."""
     body, content_type, headers, field = HIDDEN[name]
