@@ -418,8 +418,14 @@ def undo_content_encoding(
     no header is undone by :func:`decode_payload` (:func:`_unpacked`)."""
     if not content_encoding:
         return body
+    said_order = [e for e in content_encoding.split(",") if e.strip()]
+    if len(said_order) > 1 and not _undoes(body, said_order[-1]) and _undoes(body, said_order[0]):
+        # "br, gzip" on brotli(gzip(...)): the encodings listed the wrong way round
+        collector.note(f"Content-Encoding {content_encoding.strip()[:60]} listed the wrong way "
+                       "round: undone in the order written")
+        said_order.reverse()
     cap = collector.limits.max_decoded_bytes
-    for said in reversed([e for e in content_encoding.split(",") if e.strip()]):
+    for said in reversed(said_order):
         # a stream whose first bytes say it is another compression is read as that one (gzip
         # said to be br: brotli has no magic, and reads one gzip body in ten without error)
         encoding = said
@@ -452,6 +458,20 @@ def undo_content_encoding(
             collector.truncated = True
             collector.note(f"decompression limit hit: {encoding.strip()} body cut at {cap} bytes")
     return body
+
+
+def _undoes(body: bytes, encoding: str) -> bool:
+    """Whether ``body`` starts to decode as ``encoding`` (its first kilobytes inflate)."""
+    try:
+        decompress(body[:_PROBE_BYTES], encoding, _PROBE_BYTES, None)
+    except DamagedStream as e:  # the probe's cut end breaks the stream: what came before counts
+        return bool(e.produced)
+    except ValueError:
+        return False
+    return True
+
+
+_PROBE_BYTES = 4096
 
 
 # A body compressed without a Content-Encoding to say so, by its first bytes: gzip (its

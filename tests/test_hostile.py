@@ -938,6 +938,9 @@ HIDDEN: dict[str, tuple[bytes, str, list[tuple[str, str]], str]] = {
     "a protobuf in hex in a form": (
         b"a=1&d=" + (_protobuf_string(IMEI) + b"\x18\x01").hex().encode(),
         "application/x-www-form-urlencoded", [], "request.body.form.d.protobuf.2"),
+    "encodings listed the wrong way round": (
+        brotli.compress(gzip.compress(DOCUMENT)), "application/json",
+        [("content-encoding", "br, gzip")], "request.body.json.imei"),
     "a struct in URL-safe base64 in JSON": (
         json.dumps({"d": base64.urlsafe_b64encode(b"\xfb\xff\x04\xd2" + IMEI.encode()
                                                   + b"\xfe\x00\x00\x63").decode()}).encode(),
