@@ -42,6 +42,7 @@ from leakmap.core.decode import (
     Collector,
     Leaf,
     Limits,
+    _windows,
     exchange_leaves,
     names_that_may_be_values,
     plain_value,
@@ -71,6 +72,9 @@ _PHONE_SPAN = re.compile(r"(?<![\w+])(?:\+|\(\+?)?\d[\d ()./-]{5,22}\d(?![\w])")
 _DETECT_CHUNK_CHARS = 4096
 # Chunks each detector reads even once the flow's time is up (Classifier._detect)
 _GRACE_CHUNKS = 4
+# windows of the unread rest where a type's loosened form matched, searched before that type
+# is given up (see Classifier._patterns_unread)
+_UNREAD_WINDOWS = 1000
 # How many quiet URL paths and header values a classifier remembers (Classifier._remember_quiet)
 _QUIET_MEMORY = 4096
 # A JSON body up to this size may be found to hold nothing and not be walked: it
@@ -597,7 +601,8 @@ class Classifier:
                                     self._json_hot, self._form_hot, self._known_quiet)
         collector.hand_over()  # also after the deadline: the surest finding, and fast
         if collector.leaves_spent:  # 50,000 values of padding must not hide a leak after them
-            keep(self._known_unread(exchange, best, problems))
+            keep(self._known_unread(exchange, best, problems,
+                                    lambda: collector.expired(exact=True)))
         analysis = Analysis(errors=collector.errors)
         analysis.errors.extend(problems)
         try:
@@ -612,12 +617,13 @@ class Classifier:
         return analysis
 
     def _known_unread(self, exchange: Exchange, best: dict[tuple[str, str], Finding],
-                      problems: list[str]) -> list[Finding]:
+                      problems: list[str], late: Callable[[], bool]) -> list[Finding]:
         """Known values in the request as it came (URL, headers, the body within the cap,
         the client's messages within the decoded cap), when the leaf budget left values
-        unread: one matcher pass, at ``request.unread``.  Only values not found already:
-        the others have their own field."""
-        found = {(f.data_type, f.value) for f in best.values() if f.match == "known"}
+        unread: one matcher pass, at ``request.unread``; then the policy's patterns, window
+        by window, while there is time (:meth:`_patterns_unread`).  Only values not found
+        already: the others have their own field."""
+        found = {(f.data_type, f.value) for f in best.values()}
         body = exchange.request_body[: self.limits.max_body_bytes]
         text = "\0".join([exchange.url or "",
                            *(f"{name}: {value}" for name, value
@@ -625,8 +631,51 @@ class Classifier:
                            body.decode("utf-8", "replace"), *self._client_contents(exchange)])
         leaf = Leaf("request.unread", text, (), None, None)
         problems.append("known values searched in the unread rest of the request as it came")
-        return [finding for finding in self._detected(self._known_hits, leaf, problems)
-                if (finding.data_type, finding.value) not in found]
+        known = [finding for finding in self._detected(self._known_hits, leaf, problems)
+                 if (finding.data_type, finding.value) not in found]
+        return known + self._patterns_unread(text, found, problems, late)
+
+    def _patterns_unread(self, text: str, found: set[tuple[str, str]], problems: list[str],
+                         late: Callable[[], bool]) -> list[Finding]:
+        """The policy's patterns over ``text`` (the unread rest), in the windows a long value
+        is cut into, a few kilobytes at a time through the gate, until the clock runs out:
+        an IMEI after 30,000 contacts, found without a device profile.  The first value of
+        each data type not ``found`` already ends that type's search (one finding per field
+        and type is kept); a type is given up after the windows where its loosened form
+        matched reach ``_UNREAD_WINDOWS`` (a phone number's parse takes 100 us)."""
+        if not self.pattern_types or not text:
+            return []
+        problems.append("policy patterns searched in the unread rest of the request as it came")
+        windows = (Leaf("request.unread", window, (), None, None) for window
+                   in _windows(text, self.limits.max_leaf_chars, self.limits.leaf_overlap))
+        tried: dict[str, int] = dict.fromkeys((t.name for t in self.pattern_types), 0)
+        new: dict[str, Finding] = {}
+        for index, part in enumerate(_chunked(windows, _DETECT_CHUNK_CHARS)):
+            if index >= _GRACE_CHUNKS and late():
+                problems.append("out of time: the unread rest searched for patterns in part")
+                break
+            candidates = self._gate.candidates(Joined([leaf.value for leaf in part]))
+            for type_index, data_type in enumerate(self.pattern_types):
+                name = data_type.name
+                if name in new or tried[name] >= _UNREAD_WINDOWS:
+                    continue
+                where = (sorted(candidates.get(type_index, ())) if candidates is not None
+                         and type_index in self._gate.covered else range(len(part)))
+                for window in where:
+                    tried[name] += 1
+                    for finding in self._detected(partial(self._pattern_in, data_type),
+                                                  part[window], problems):
+                        if (name, finding.value) not in found:
+                            new[name] = finding
+                            break
+                    if name in new or tried[name] >= _UNREAD_WINDOWS:
+                        break
+        given_up = sorted(name for name, count in tried.items()
+                          if count >= _UNREAD_WINDOWS and name not in new)
+        if given_up:
+            problems.append(f"the unread rest's patterns given up after {_UNREAD_WINDOWS} "
+                            f"windows of candidates: {', '.join(given_up)}")
+        return list(new.values())
 
     def _client_contents(self, exchange: Exchange) -> Iterator[str]:
         """The client's messages (WebSocket, TCP, UDP) as text, up to ``max_decoded_bytes``
@@ -715,7 +764,7 @@ def _remembered(table: dict[tuple[str, str], bool], slot: tuple[str, str],
     return verdict
 
 
-def _chunked(leaves: list[Leaf], size: int) -> Iterator[list[Leaf]]:
+def _chunked(leaves: Iterable[Leaf], size: int) -> Iterator[list[Leaf]]:
     """``leaves`` in runs of about ``size`` characters of values (at least one leaf each)."""
     part: list[Leaf] = []
     chars = 0

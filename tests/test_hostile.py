@@ -1070,3 +1070,19 @@ def test_base64_json_inside_longer_text_is_opened(classifier, where: str) -> Non
         field = "request.body.json.auth.jwt[0].payload.json.imei"
     analysis = classifier.classify(exchange)
     assert [f.field for f in analysis.findings if f.data_type == "imei"] == [field]
+
+
+@pytest.mark.parametrize("padding", ["numbers", "contacts"])
+def test_past_the_leaf_budget_patterns_are_searched_without_a_device(padding: str) -> None:
+    """Without a device profile, an IMEI after the leaf budget's values (a contacts upload
+    of 30,000 entries) is found by its pattern in the unread rest, once."""
+    limits = Limits(budget_ms=600_000, max_leaves=2_000)
+    bare = Classifier(load_policy(), load_device(None), limits)
+    filler: object = (list(range(3_000)) if padding == "numbers" else
+                      [{"name": f"n{i}", "tel": "+1555%07d" % i} for i in range(2_000)])
+    body = json.dumps({"c": filler, "imei": IMEI}).encode()
+    analysis = bare.classify(corpus.request("flood", body, "application/json"))
+    assert [(f.field, f.match) for f in analysis.findings if f.data_type == "imei"] == [
+        ("request.unread", "pattern")], analysis.errors
+    assert "policy patterns searched in the unread rest of the request as it came" in (
+        analysis.errors)
