@@ -748,6 +748,11 @@ def expand_text(
             return
         if nested is None:
             _note_not_followed(collector, text, layers, depth)
+            if depth < limits.max_depth:  # a token or labelled base64 in a long value
+                if "eyJ" in text:
+                    _follow_tokens(collector, path, text, layers, depth)
+                elif may_be_labelled(text):
+                    _follow_labelled(collector, path, text, layers, depth)
             return
         contents, layers = nested
         if isinstance(contents, bytes):  # inflated, not text: read as a binary body is

@@ -1079,10 +1079,39 @@ def test_past_the_leaf_budget_patterns_are_searched_without_a_device(padding: st
     limits = Limits(budget_ms=600_000, max_leaves=2_000)
     bare = Classifier(load_policy(), load_device(None), limits)
     filler: object = (list(range(3_000)) if padding == "numbers" else
-                      [{"name": f"n{i}", "tel": "+1555%07d" % i} for i in range(2_000)])
+                      [{"name": f"n{i}", "tel": f"+1555{i:07d}"} for i in range(2_000)])
     body = json.dumps({"c": filler, "imei": IMEI}).encode()
     analysis = bare.classify(corpus.request("flood", body, "application/json"))
     assert [(f.field, f.match) for f in analysis.findings if f.data_type == "imei"] == [
         ("request.unread", "pattern")], analysis.errors
     assert "policy patterns searched in the unread rest of the request as it came" in (
         analysis.errors)
+
+
+def _long_token() -> str:
+    payload = json.dumps({"claims": "x" * 1500, "imei": IMEI}).encode()
+    return "eyJhbGciOiJub25lIn0." + base64.urlsafe_b64encode(payload).decode().rstrip("=") + ".s"
+
+
+@pytest.mark.parametrize(("where", "field"), [
+    ("a JSON Web Token in a header", "request.headers.authorization.jwt[0].payload.json.imei"),
+    ("a JSON Web Token in a JSON string", "request.body.json.t.jwt[0].payload.json.imei"),
+    ("Basic authorization", "request.headers.authorization.base64"),
+    ("a data URL in a JSON string", "request.body.json.d.base64"),
+])
+def test_tokens_and_labelled_base64_longer_than_a_window_are_followed(classifier, where: str,
+                                                                        field: str) -> None:
+    """A JSON Web Token of more than 1,024 characters (many claims) had been kept as a long
+    value in windows, never decoded; so had labelled base64 that long."""
+    padded = base64.b64encode(b"u" * 1500 + f":{IMEI}".encode()).decode()
+    body, headers = b"{}", []
+    if where == "a JSON Web Token in a header":
+        headers = [("authorization", f"Bearer {_long_token()}")]
+    elif where == "a JSON Web Token in a JSON string":
+        body = json.dumps({"t": _long_token()}).encode()
+    elif where == "Basic authorization":
+        headers = [("authorization", f"Basic {padded}")]
+    else:
+        body = json.dumps({"d": f"data:text/plain;base64,{padded}"}).encode()
+    analysis = classifier.classify(corpus.request("long", body, "application/json", headers))
+    assert [f.field for f in analysis.findings if f.data_type == "imei"] == [field]
