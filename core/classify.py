@@ -28,7 +28,7 @@ import math
 import re
 import time
 from bisect import bisect_right
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from dataclasses import field as dataclass_field
 from functools import lru_cache, partial
@@ -218,12 +218,22 @@ class Classifier:
         for hit in self.known.search(leaf.value):
             yield self._finding(hit.data_type, leaf, hit.encoding, "known", hit.canonical)
 
-    def _known_batch(self, leaves: list[Leaf], errors: list[str]) -> list[Finding]:
-        """Known values in ``leaves``, one matcher call for all of them."""
+    def _known_batch(self, leaves: list[Leaf], errors: list[str],
+                     whole: set[tuple[str, str]] | None = None) -> list[Finding]:
+        """Known values in ``leaves``, one matcher call for all of them.  The (path, value) of
+        each leaf that is one written form and nothing else goes into ``whole``: a key
+        rule's finding there would be that same value (see :meth:`_keys_in`)."""
         try:
             joined = Joined([leaf.value for leaf in leaves])
-            return [self._finding(hit.data_type, leaves[index], hit.encoding, "known", hit.canonical)
-                    for index, _start, _end, hit in self.known.search_joined(joined)]
+            found = []
+            for index, start, end, hit in self.known.search_joined(joined):
+                leaf = leaves[index]
+                found.append(self._finding(hit.data_type, leaf, hit.encoding, "known",
+                                           hit.canonical))
+                if (whole is not None and hit.encoding == "plain"
+                        and not leaf.value[:start].strip() and not leaf.value[end:].strip()):
+                    whole.add((leaf.path, leaf.value))
+            return found
         except Exception:  # find the value that breaks it; the others still count
             return [f for leaf in leaves for f in self._detected(self._known_hits, leaf, errors)]
 
@@ -594,8 +604,10 @@ class Classifier:
                 if _stronger(candidate, best.get(slot)):
                     best[slot] = candidate
 
+        whole_known: set[tuple[str, str]] = set()  # (path, value): a known value's written form
+
         def search_known(leaves: list[Leaf]) -> None:  # while decoding, batch by batch
-            keep(self._known_batch(leaves, problems))
+            keep(self._known_batch(leaves, problems, whole_known))
 
         collector = exchange_leaves(exchange, self.limits, deadline, search_known,
                                     self._json_hot, self._form_hot, self._known_quiet)
@@ -606,7 +618,7 @@ class Classifier:
         analysis = Analysis(errors=collector.errors)
         analysis.errors.extend(problems)
         try:
-            self._detect(collector, keep, analysis.errors)
+            self._detect(collector, keep, analysis.errors, whole_known)
         except Exception as e:  # the location pass; findings so far are kept
             analysis.errors.append(f"classifier error: {type(e).__name__}: {e}")
         analysis.truncated = collector.truncated
@@ -708,11 +720,13 @@ class Classifier:
                 memory[leaf.path, leaf.value] = None
 
     def _detect(self, collector: Collector, keep: Callable[[list[Finding]], None],
-                errors: list[str]) -> None:
+                errors: list[str], whole_known: Container[tuple[str, str]] = ()) -> None:
         """The detectors after decoding, one pass each, chunk by chunk, until the clock runs out.
 
         Each chunk is a few kB of values joined (core/joined.py): one regex call
         covers many values, and the clock is read between two chunks.
+        ``whole_known``: (path, value) of leaves that are a known value's written
+        form, which the key rules skip (:meth:`_keys_in`).
         """
         def late() -> bool:
             return collector.expired(exact=True)
@@ -726,7 +740,7 @@ class Classifier:
         passes: list[Callable[[list[Leaf], Joined, list[str]], Iterator[Finding]]] = []
         if self.known.known_phones:
             passes.append(self._known_phone_numbers)
-        passes += [self._keys_in, self._pattern_batch]
+        passes += [partial(self._keys_in, skip=whole_known), self._pattern_batch]
         for detector in passes:
             for index, (part, joined) in enumerate(chunks):
                 if index >= _GRACE_CHUNKS and late():
@@ -734,11 +748,18 @@ class Classifier:
                 keep(list(detector(part, joined, errors)))
         keep(list(self._location_hits(chunks, late)))
 
-    def _keys_in(self, leaves: list[Leaf], _joined: Joined, errors: list[str]) -> Iterator[Finding]:
+    def _keys_in(self, leaves: list[Leaf], _joined: Joined, errors: list[str],
+                 skip: Container[tuple[str, str]] = ()) -> Iterator[Finding]:
+        """Key rules' findings in ``leaves``.  A leaf in ``skip`` is a known value's written
+        form, whole: a key rule could only find that value again, under its own data type
+        or another, and :func:`_explained` drops a guess a known finding of the same field
+        names (a contact's number under ``phone``), so it is not asked (a phone number's
+        parse is 100 us)."""
         cache = self._key_cache
         for leaf in leaves:
             key = leaf.key
-            if key and (cache[key] if key in cache else self._types_for_key(key)):
+            if key and (leaf.path, leaf.value) not in skip and (
+                    cache[key] if key in cache else self._types_for_key(key)):
                 yield from self._detected(self._key_hits, leaf, errors)
 
     @staticmethod
