@@ -207,6 +207,9 @@ MEMORY_BOMBS = {
     "wide-protobuf-16MB": lambda: corpus.case_wide_protobuf(8_000_000),
     "form-16MB": lambda: ("form", corpus.request("form", b"a=1&" * (4 * 2**20),
                                                   "application/x-www-form-urlencoded")),
+    # urllib's unquote splits a text at every "%" at once: 350 MB for this value
+    "percent-16MB": lambda: ("percent", corpus.request("percent", b"a=1&d=" + b"%25" * 5_600_000,
+                                                       "application/x-www-form-urlencoded")),
 }
 
 
