@@ -278,20 +278,26 @@ class Classifier:
 
         A pattern that cannot run over joined values (``scans_joined``) runs on each.
         """
-        candidates = self._gate.candidates(joined)
-        for type_index, data_type in enumerate(self.pattern_types):
-            assert data_type.pattern is not None and data_type.pattern.regex is not None
-            regex = data_type.pattern.regex
-            if candidates is not None and type_index in self._gate.covered:
-                where = sorted(candidates.get(type_index, ()))  # where its loose form ended
-            elif data_type.name in self._joinable:
-                where = sorted({index for match in regex.finditer(joined.text)
-                                for index in joined.indices(*match.span())})
-            else:
-                where = list(range(len(leaves)))
+        for data_type, where in self._pattern_places(leaves, joined):
             for index in where:
                 yield from self._detected(partial(self._pattern_in, data_type), leaves[index],
                                           errors)
+
+    def _pattern_places(self, leaves: list[Leaf], joined: Joined
+                        ) -> Iterator[tuple[DataType, list[int]]]:
+        """Each pattern type, with the indices of ``leaves`` where it may match: where the
+        gate saw its loosened form end, else where its regex matches over the joined
+        values, else all of them."""
+        candidates = self._gate.candidates(joined)
+        for type_index, data_type in enumerate(self.pattern_types):
+            assert data_type.pattern is not None and data_type.pattern.regex is not None
+            if candidates is not None and type_index in self._gate.covered:
+                yield data_type, sorted(candidates.get(type_index, ()))  # its loose form ended
+            elif data_type.name in self._joinable:
+                yield data_type, sorted({index for match in data_type.pattern.regex.finditer(
+                    joined.text) for index in joined.indices(*match.span())})
+            else:
+                yield data_type, list(range(len(leaves)))
 
     def _pattern_in(self, data_type: DataType, leaf: Leaf) -> Iterator[Finding]:
         assert data_type.pattern is not None and data_type.pattern.regex is not None
@@ -666,13 +672,11 @@ class Classifier:
             if index >= _GRACE_CHUNKS and late():
                 problems.append("out of time: the unread rest searched for patterns in part")
                 break
-            candidates = self._gate.candidates(Joined([leaf.value for leaf in part]))
-            for type_index, data_type in enumerate(self.pattern_types):
+            for data_type, where in self._pattern_places(part, Joined([leaf.value
+                                                                       for leaf in part])):
                 name = data_type.name
                 if name in new or tried[name] >= _UNREAD_WINDOWS:
                     continue
-                where = (sorted(candidates.get(type_index, ())) if candidates is not None
-                         and type_index in self._gate.covered else range(len(part)))
                 for window in where:
                     tried[name] += 1
                     for finding in self._detected(partial(self._pattern_in, data_type),

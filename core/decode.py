@@ -728,10 +728,7 @@ def expand_text(
     while text and not collector.full:
         if plain_value(text, limits):
             collector.add(Leaf(path, text, layers, key, parent))
-            if "eyJ" in text and depth < limits.max_depth:  # base64 of '{"': a JSON Web Token?
-                _follow_tokens(collector, path, text, layers, depth)
-            elif depth < limits.max_depth and may_be_labelled(text):
-                _follow_labelled(collector, path, text, layers, depth)
+            _follow_inside(collector, path, text, layers, depth)
             return
         # a document needs "{" or "[", a form string "&": most values that get here (base64,
         # hex, percent-encoding) have none, and skip the two parsers' checks
@@ -748,15 +745,11 @@ def expand_text(
             return
         if nested is None:
             _note_not_followed(collector, text, layers, depth)
-            if depth < limits.max_depth:  # a token or labelled base64 in a long value
-                if "eyJ" in text:
-                    _follow_tokens(collector, path, text, layers, depth)
-                elif may_be_labelled(text):
-                    _follow_labelled(collector, path, text, layers, depth)
+            _follow_inside(collector, path, text, layers, depth)  # a long value holds them too
             return
         contents, layers = nested
-        if isinstance(contents, bytes):  # inflated, not text: read as a binary body is
-            _inflated_binary(collector, path, contents)
+        if isinstance(contents, bytes):  # inflated, or binary: read as a binary body is
+            _binary_value(collector, path, contents)
             return
         text = contents
 
@@ -765,11 +758,23 @@ _BIG_TEXT = 1 << 20
 _MAX_BINARY_NESTING = 4
 
 
-def _inflated_binary(collector: Collector, path: str, contents: bytes) -> None:
-    """Compressed binary inside a value (``base64(gzip(protobuf))``), read as a binary body,
-    at most four inside one another: each starts counting its encodings again."""
+def _follow_inside(collector: Collector, path: str, text: str, layers: tuple[str, ...],
+                   depth: int) -> None:
+    """What a value kept as it is may still hold: JSON Web Tokens or base64 of a JSON object
+    (``Bearer eyJ...``), or base64 behind a short label (``Basic ...``)."""
+    if depth >= collector.limits.max_depth:
+        return
+    if "eyJ" in text:  # base64 of '{"'
+        _follow_tokens(collector, path, text, layers, depth)
+    elif may_be_labelled(text):
+        _follow_labelled(collector, path, text, layers, depth)
+
+
+def _binary_value(collector: Collector, path: str, contents: bytes) -> None:
+    """Binary inside a value (``base64(gzip(protobuf))``, base64 of a protobuf), read as a
+    binary body, at most four inside one another: each starts counting its encodings again."""
     if collector.binary_nesting >= _MAX_BINARY_NESTING:
-        collector.note_once(f"compressed binary nested deeper than {_MAX_BINARY_NESTING} not read")
+        collector.note_once(f"binary values nested deeper than {_MAX_BINARY_NESTING} not read")
         return
     collector.binary_nesting += 1
     try:
@@ -843,7 +848,7 @@ def _follow_labelled(collector: Collector, path: str, text: str, layers: tuple[s
                      depth: int) -> None:
     """The text inside base64 behind a short label (:data:`_LABELLED_BASE64`), followed at
     ``<path>.base64``; binary inside it is read as a binary body is."""
-    labelled = _LABELLED_BASE64.fullmatch(text) if len(text) >= 14 else None
+    labelled = _LABELLED_BASE64.fullmatch(text)
     if labelled is None:
         return
     raw = base64_bytes(labelled.group(1))
@@ -852,19 +857,15 @@ def _follow_labelled(collector: Collector, path: str, text: str, layers: tuple[s
     decoded = is_texty(raw)
     if decoded is not None:
         expand_text(collector, f"{path}.base64", decoded, (*layers, "base64"), depth=depth + 1)
-    elif collector.binary_nesting < _MAX_BINARY_NESTING and _SOME_TEXT.search(raw):
-        collector.binary_nesting += 1
-        try:
-            decode_binary(collector, f"{path}.base64", raw)
-        finally:
-            collector.binary_nesting -= 1
+    elif _SOME_TEXT.search(raw):
+        _binary_value(collector, f"{path}.base64", raw)
 
 
 def _unwrap_once(collector: Collector, text: str, layers: tuple[str, ...]
                  ) -> tuple[str | bytes, tuple[str, ...]] | None:
     """(the text one encoding below ``text``, its layers), or None: none, or the flow's
     ``max_unwrapped_chars`` spent.  Bytes instead of text: a compressed stream whose
-    contents are not text."""
+    contents are not text, or base64 or hex of binary that holds text."""
     limits = collector.limits
     if collector.unwrapped >= limits.max_unwrapped_chars:
         collector.note_once(f"values decoded past {limits.max_unwrapped_chars} characters in all:"
@@ -970,7 +971,7 @@ def unwraps(text: str, min_blob: int) -> bool:
     """Whether :func:`expand_text` would find an encoding to undo in ``text``."""
     return unwrapped(text, min_blob) is not None or (
         text.startswith(_PACKED_HEADS) and packed(text, min_blob)) or (
-        len(text) >= _MIN_BINARY_BLOB and _binary_of(text) is not None)
+        len(text) >= max(min_blob, _MIN_BINARY_BLOB) and _binary_of(text) is not None)
 
 
 # Base64 or hex of binary that holds text (a protobuf with a string field: SDKs base64 what
